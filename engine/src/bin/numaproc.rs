@@ -1,0 +1,363 @@
+//! The `numaproc` command: a demo of the engine and a look at the plan.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use numaproc::sys::SysInfo;
+use numaproc::{
+    Engine, EngineOptions, OutputBuf, Plan, ProcContext, ProcError, SocKind, Target, Topology,
+};
+use serde::Serialize;
+
+const DEMO_TOML: &str = include_str!("demo.toml");
+
+#[derive(Parser)]
+#[command(
+    name = "numaproc",
+    version,
+    about = "A multi-process procedure execution engine for NUMA machines",
+    long_about = "A multi-process procedure execution engine for NUMA machines.\n\n\
+        A master starts one SOC per NUMA node (threads, or forked processes), each with worker \
+        threads pinned to the cores of its node; callers hand a worker a procedure name and a \
+        byte buffer through shared memory and get the output back."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start an engine, call built-in and user procedures on every worker,
+    /// and print the SOCs, their workers and cores, and sys_ping latency.
+    Demo(DemoArgs),
+    /// Print the machine's NUMA topology and the plan of SOCs and workers.
+    Topology(TopologyArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// SOC kind: emulated (threads of this process) or forked (child processes).
+    #[arg(long, value_name = "KIND")]
+    kind: Option<SocKind>,
+    /// Number of SOCs (default: one per NUMA node).
+    #[arg(long, value_name = "N")]
+    socs: Option<usize>,
+    /// Workers per SOC (default: the cores of the SOC's share of its node).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Number of timed sys_ping calls.
+    #[arg(long, value_name = "N", default_value_t = 5000)]
+    calls: usize,
+    /// Read engine options from a TOML file instead of the embedded default.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct TopologyArgs {
+    /// Plan this many SOCs (default: one per NUMA node).
+    #[arg(long, value_name = "N")]
+    socs: Option<usize>,
+    /// Plan this many workers per SOC (default: one per core).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Plan against an hwloc synthetic topology, e.g. "node:4 core:4 pu:1"
+    /// (the HWLOC_SYNTHETIC environment variable works too).
+    #[arg(long, value_name = "DESC")]
+    synthetic: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo(args),
+        Command::Topology(args) => topology(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("numaproc: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn topology(args: TopologyArgs) -> Result<ExitCode> {
+    let topo = match &args.synthetic {
+        Some(d) => Topology::synthetic(d),
+        None => Topology::detect(),
+    }
+    .context("reading the topology")?;
+    let plan = numaproc::plan::plan(
+        &topo,
+        &numaproc::plan::PlanRequest {
+            socs: args.socs,
+            workers_per_soc: args.workers,
+        },
+    )
+    .context("planning")?;
+    if args.json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            topology: &'a Topology,
+            plan: &'a Plan,
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Out {
+                topology: &topo,
+                plan: &plan
+            })?
+        );
+    } else {
+        print!("{}", plan.to_table());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's user procedure: the 64-bit FNV-1a hash of the input.
+fn fnv1a(input: &[u8]) -> u64 {
+    input.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn demo_hash(_: &ProcContext<'_>, input: &[u8], out: &mut OutputBuf<'_>) -> Result<(), ProcError> {
+    out.write(&fnv1a(input).to_le_bytes())
+}
+
+#[derive(Serialize)]
+struct WorkerRow {
+    soc: usize,
+    node: u32,
+    pid: u32,
+    worker: usize,
+    planned_cpu: Option<u32>,
+    affinity: Vec<u32>,
+    ping: bool,
+    echo: bool,
+    user: bool,
+}
+
+#[derive(Serialize)]
+struct Latency {
+    calls: usize,
+    p50_ns: u64,
+    p90_ns: u64,
+    p99_ns: u64,
+    p999_ns: u64,
+    max_ns: u64,
+    mean_ns: u64,
+}
+
+#[derive(Serialize)]
+struct DemoReport {
+    kind: SocKind,
+    master_pid: u32,
+    binding: bool,
+    plan_notes: Vec<String>,
+    workers: Vec<WorkerRow>,
+    latency: Latency,
+    shutdown: String,
+    ok: bool,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn fmt_ns(ns: u64) -> String {
+    if ns < 10_000 {
+        format!("{:.2} µs", ns as f64 / 1000.0)
+    } else if ns < 10_000_000 {
+        format!("{:.1} µs", ns as f64 / 1000.0)
+    } else {
+        format!("{:.1} ms", ns as f64 / 1e6)
+    }
+}
+
+fn demo(args: DemoArgs) -> Result<ExitCode> {
+    let mut options = match &args.config {
+        Some(path) => EngineOptions::from_toml_file(path)?,
+        None => EngineOptions::from_toml(DEMO_TOML).context("the embedded demo configuration")?,
+    };
+    if let Some(kind) = args.kind {
+        options.soc_kind = kind;
+    }
+    if args.socs.is_some() {
+        options.socs = args.socs;
+    }
+    if args.workers.is_some() {
+        options.workers_per_soc = args.workers;
+    }
+    let options = options.register("demo.fnv1a", demo_hash)?;
+    let kind = options.soc_kind;
+    let engine = Engine::start(options).context("starting the engine")?;
+
+    let mut rows = Vec::new();
+    let payload: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    for soc in 0..engine.soc_count() {
+        for worker in 0..engine.worker_count(soc) {
+            let t = Target::Worker { soc, worker };
+            let ping = engine
+                .call_on(t, "sys_ping", b"")
+                .is_ok_and(|o| o.is_empty());
+            let echo = engine
+                .call_on(t, "sys_echo", &payload)
+                .is_ok_and(|o| o == payload);
+            let user = engine
+                .call_on(t, "demo.fnv1a", &payload)
+                .is_ok_and(|o| o == fnv1a(&payload).to_le_bytes());
+            let info_bytes = engine
+                .call_on(t, "sys_info", b"")
+                .with_context(|| format!("sys_info on SOC {soc} worker {worker}"))?;
+            let info: SysInfo = serde_json::from_slice(&info_bytes)?;
+            rows.push(WorkerRow {
+                soc,
+                node: info.node,
+                pid: info.pid,
+                worker,
+                planned_cpu: info.planned_cpu,
+                affinity: info.affinity,
+                ping,
+                echo,
+                user,
+            });
+        }
+    }
+
+    // Latency: back-to-back sys_ping calls on any worker, name resolved once.
+    let ping = engine.proc_id("sys_ping")?;
+    let warmup = Instant::now();
+    while warmup.elapsed() < Duration::from_millis(100) {
+        engine.call(ping, b"")?;
+    }
+    let mut samples = Vec::with_capacity(args.calls);
+    for _ in 0..args.calls {
+        let t = Instant::now();
+        engine.call(ping, b"")?;
+        samples.push(t.elapsed().as_nanos() as u64);
+    }
+    samples.sort_unstable();
+    let latency = Latency {
+        calls: samples.len(),
+        p50_ns: percentile(&samples, 0.50),
+        p90_ns: percentile(&samples, 0.90),
+        p99_ns: percentile(&samples, 0.99),
+        p999_ns: percentile(&samples, 0.999),
+        max_ns: samples.last().copied().unwrap_or(0),
+        mean_ns: samples.iter().sum::<u64>() / samples.len().max(1) as u64,
+    };
+    let binding = engine.plan().binding;
+    let plan_notes = engine.plan().notes.clone();
+    let shutdown = match engine.shutdown() {
+        Ok(()) => "clean".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    let master_pid = std::process::id();
+    let pinned_ok = rows
+        .iter()
+        .all(|r| r.planned_cpu.is_none_or(|c| r.affinity == [c]));
+    let forked_ok = kind != SocKind::Forked || rows.iter().all(|r| r.pid != master_pid);
+    let ok = rows.iter().all(|r| r.ping && r.echo && r.user)
+        && pinned_ok
+        && forked_ok
+        && shutdown == "clean";
+    let report = DemoReport {
+        kind,
+        master_pid,
+        binding,
+        plan_notes,
+        workers: rows,
+        latency,
+        shutdown,
+        ok,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    if !ok {
+        bail!("some checks failed (see above)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(r: &DemoReport) {
+    let socs = r.workers.iter().map(|w| w.soc).max().map_or(0, |m| m + 1);
+    println!(
+        "numaproc demo: {socs} SOC(s), {kind} kind, {} worker(s), master pid {}",
+        r.workers.len(),
+        r.master_pid,
+        kind = r.kind
+    );
+    println!(
+        "binding: {}",
+        if r.binding {
+            "yes (each worker pinned to one CPU)"
+        } else {
+            "no"
+        }
+    );
+    for note in &r.plan_notes {
+        println!("note: {note}");
+    }
+    println!();
+    println!(
+        "{:>4} {:>5} {:>8} {:>7} {:>5} {:>9}  {:<5}{:<5}{:<5}",
+        "SOC", "node", "pid", "worker", "cpu", "affinity", "ping", "echo", "user"
+    );
+    let ok = |b: bool| if b { "ok" } else { "FAIL" };
+    for w in &r.workers {
+        let aff = w
+            .affinity
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let aff = if aff.len() > 9 {
+            format!("{}…", &aff[..8])
+        } else {
+            aff
+        };
+        println!(
+            "{:>4} {:>5} {:>8} {:>7} {:>5} {:>9}  {:<5}{:<5}{:<5}",
+            w.soc,
+            w.node,
+            w.pid,
+            w.worker,
+            w.planned_cpu.map_or("-".to_owned(), |c| c.to_string()),
+            aff,
+            ok(w.ping),
+            ok(w.echo),
+            ok(w.user)
+        );
+    }
+    let l = &r.latency;
+    println!();
+    println!(
+        "sys_ping round trip, {} calls: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {})",
+        l.calls,
+        fmt_ns(l.p50_ns),
+        fmt_ns(l.p90_ns),
+        fmt_ns(l.p99_ns),
+        fmt_ns(l.p999_ns),
+        fmt_ns(l.max_ns),
+        fmt_ns(l.mean_ns)
+    );
+    println!("shutdown: {}", r.shutdown);
+}

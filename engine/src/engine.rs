@@ -1,0 +1,696 @@
+//! The master: start, route calls, shut down.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+use numaproc_ipc::layout::{
+    GlobalFill, GlobalLayout, GlobalView, SocLayout, SocState, SocView, init_global, init_soc,
+};
+use numaproc_ipc::slot::{SESSION_SLEEPING, SlotRef};
+use numaproc_ipc::wait::wait_on;
+use numaproc_ipc::{Region, ShmName, WaitPolicy, stale};
+use numaproc_procs::{ProcId, Registry};
+
+use crate::error::{CallError, StartError};
+use crate::launch::{self, Ended, SocHandle, SocShared};
+use crate::options::{EngineOptions, SocKind};
+use crate::plan::{Plan, PlanRequest, plan};
+use crate::session::{Claim, Session};
+use crate::topology::Topology;
+
+static ENGINE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+const NO_SPIN: WaitPolicy = WaitPolicy {
+    spin: Duration::ZERO,
+    yield_after: Duration::ZERO,
+};
+
+thread_local! {
+    /// The slot this thread used last, per engine: tried first on the next
+    /// call, which keeps one worker hot for a thread making calls in a row.
+    static LAST_SLOT: Cell<(u64, usize)> = const { Cell::new((u64::MAX, 0)) };
+}
+
+/// Where a call may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// Any idle worker of any SOC.
+    #[default]
+    Any,
+    /// Any idle worker of this SOC.
+    Soc(usize),
+    /// This worker of this SOC.
+    Worker {
+        /// SOC index.
+        soc: usize,
+        /// Worker index within the SOC.
+        worker: usize,
+    },
+}
+
+/// A procedure given by name or by id.
+pub trait IntoProc {
+    /// Resolves to an id of `engine`.
+    fn resolve(self, engine: &Engine) -> Result<ProcId, CallError>;
+}
+
+impl IntoProc for ProcId {
+    fn resolve(self, engine: &Engine) -> Result<ProcId, CallError> {
+        match engine.registry.get(self) {
+            Some(_) => Ok(self),
+            None => Err(CallError::ProcNotFound(format!("#{}", self.0))),
+        }
+    }
+}
+
+impl IntoProc for &str {
+    fn resolve(self, engine: &Engine) -> Result<ProcId, CallError> {
+        engine.proc_id(self)
+    }
+}
+
+impl IntoProc for &String {
+    fn resolve(self, engine: &Engine) -> Result<ProcId, CallError> {
+        engine.proc_id(self)
+    }
+}
+
+/// One worker slot as the master routes to it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SlotHandle {
+    pub soc: usize,
+    pub worker: usize,
+    pub cpu: Option<u32>,
+    /// Points into `Engine::socs[soc].region`, which the engine keeps
+    /// mapped for as long as it lives; never handed out beyond `&Engine`.
+    pub slot: SlotRef<'static>,
+}
+
+/// A SOC as the master sees it.
+#[derive(Debug)]
+struct SocRuntime {
+    region: Arc<Region>,
+    handle: Option<SocHandle>,
+}
+
+/// The state of a SOC, as reported by [`Engine::socs`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SocStatus {
+    /// SOC index.
+    pub soc: usize,
+    /// NUMA node (OS index).
+    pub node: u32,
+    /// Process id (the master's own for emulated SOCs).
+    pub pid: u32,
+    /// Life-cycle state.
+    pub state: String,
+    /// Workers.
+    pub workers: usize,
+    /// Planned CPU of each worker (`None` when not bound).
+    pub cpus: Vec<Option<u32>>,
+    /// Calls routed to this SOC so far.
+    pub calls: u64,
+}
+
+/// Why a shutdown was not clean. The engine is gone either way: shared
+/// memory removed, children reaped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("shutdown was not clean: {}", .problems.join("; "))]
+pub struct ShutdownError {
+    /// One sentence per SOC that did not stop cleanly.
+    pub problems: Vec<String>,
+}
+
+/// A running engine: SOCs with pinned workers, ready for calls from any
+/// thread of this process. Share it between threads by reference (it is
+/// `Sync`) or in an `Arc`.
+#[derive(Debug)]
+pub struct Engine {
+    pub(crate) slots: Vec<SlotHandle>,
+    pub(crate) by_soc: Vec<Vec<usize>>,
+    socs: Vec<SocRuntime>,
+    pub(crate) global: Arc<Region>,
+    pub(crate) registry: Arc<Registry>,
+    plan: Plan,
+    options: EngineOptions,
+    pub(crate) session_policy: WaitPolicy,
+    pub(crate) input_capacity: usize,
+    pub(crate) output_capacity: usize,
+    next_start: CachePadded<AtomicUsize>,
+    id: u64,
+    stopped: bool,
+}
+
+impl Engine {
+    /// Reads the topology, plans SOCs and workers, creates the shared
+    /// memory, starts every SOC and waits until all report ready. On any
+    /// failure nothing is left behind.
+    pub fn start(options: EngineOptions) -> Result<Engine, StartError> {
+        options.validate()?;
+        let topology = match &options.synthetic_topology {
+            Some(desc) => Topology::synthetic(desc),
+            None => Topology::detect(),
+        }
+        .map_err(|e| StartError::Topology(e.to_string()))?;
+        let plan = plan(
+            &topology,
+            &PlanRequest {
+                socs: options.socs,
+                workers_per_soc: options.workers_per_soc,
+            },
+        )
+        .map_err(|e| StartError::Plan(e.to_string()))?;
+        if options.soc_kind == SocKind::Forked && !options.allow_fork_with_threads {
+            let threads = launch::settled_thread_count();
+            if threads > 1 {
+                return Err(StartError::ForkWithThreads { threads });
+            }
+        }
+        // One owner of stale-object cleanup: the start of an engine with the
+        // same prefix. Objects of live masters are never touched.
+        let _ = stale::remove_stale(Some(&options.name_prefix));
+
+        let seq = ENGINE_SEQ.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let registry = Arc::new(options.registry.clone());
+        let soc_layouts: Vec<SocLayout> = plan
+            .socs
+            .iter()
+            .map(|s| SocLayout {
+                worker_count: s.workers.len(),
+                input_capacity: options.input_capacity,
+                output_capacity: options.output_capacity,
+            })
+            .collect();
+        let global_layout = GlobalLayout {
+            soc_count: plan.socs.len(),
+            name_count: registry.len(),
+        };
+        let mut sizes = Vec::with_capacity(soc_layouts.len());
+        for (i, l) in soc_layouts.iter().enumerate() {
+            sizes.push(l.size().ok_or_else(|| {
+                StartError::SharedMemory(format!("SOC {i}: region size overflows"))
+            })?);
+        }
+        check_shm_space(global_layout.size() + sizes.iter().sum::<usize>())?;
+
+        let shm_err = |e: &dyn std::fmt::Display| StartError::SharedMemory(e.to_string());
+        let name = |what: &str| {
+            ShmName::new(&options.name_prefix, pid, seq, what).map_err(|e| shm_err(&e))
+        };
+        let global = Region::create(&name("g")?, global_layout.size(), GlobalLayout::SHAPE)
+            .map_err(|e| shm_err(&e))?;
+        let soc_entries: Vec<(u32, u32, usize)> = plan
+            .socs
+            .iter()
+            .zip(&sizes)
+            .map(|(s, &size)| (s.node, s.workers.len() as u32, size))
+            .collect();
+        let names: Vec<(&str, u32)> = registry
+            .entries()
+            .iter()
+            .map(|e| (e.name.as_str(), e.origin.tag()))
+            .collect();
+        let worker_policy = options.wait.worker();
+        // SAFETY: just created with global_layout.size() bytes, unpublished.
+        unsafe {
+            init_global(
+                &global,
+                &global_layout,
+                GlobalFill {
+                    engine_seq: seq,
+                    input_capacity: options.input_capacity,
+                    output_capacity: options.output_capacity,
+                    worker_spin: worker_policy.spin,
+                    worker_yield_after: worker_policy.yield_after,
+                    socs: &soc_entries,
+                    names: &names,
+                },
+            )
+        };
+        let global = Arc::new(global);
+        let mut socs = Vec::with_capacity(plan.socs.len());
+        for (i, (s, layout)) in plan.socs.iter().zip(&soc_layouts).enumerate() {
+            let region = Region::create(&name(&format!("s{i}"))?, sizes[i], SocLayout::SHAPE)
+                .map_err(|e| shm_err(&e))?;
+            let cpus: Vec<u32> = s
+                .workers
+                .iter()
+                .map(|w| if plan.binding { w.cpu } else { u32::MAX })
+                .collect();
+            // SAFETY: just created with layout.size() bytes, unpublished.
+            unsafe { init_soc(&region, layout, i as u32, s.node, &cpus) };
+            region.publish();
+            socs.push(SocRuntime {
+                region: Arc::new(region),
+                handle: None,
+            });
+        }
+        global.publish();
+
+        let shutdown_timeout = Duration::from_millis(options.shutdown_timeout_ms);
+        let deadline = Instant::now() + Duration::from_millis(options.startup_timeout_ms);
+        let view = GlobalView::new(&global);
+        for (i, soc) in socs.iter_mut().enumerate() {
+            let shared = SocShared {
+                global: Arc::clone(&global),
+                region: Arc::clone(&soc.region),
+                registry: Arc::clone(&registry),
+                bind: plan.binding,
+                init: options.soc_init,
+            };
+            let launched = match options.soc_kind {
+                SocKind::Emulated => launch::launch_thread(i, shared),
+                SocKind::Forked => launch::launch_child(i, &shared),
+            };
+            match launched {
+                Ok(h) => {
+                    let entry = view.soc(i);
+                    entry.pid.store(h.pid(), Ordering::Relaxed);
+                    entry.generation.fetch_add(1, Ordering::Relaxed);
+                    entry
+                        .state
+                        .store(SocState::Starting as u32, Ordering::Release);
+                    soc.handle = Some(h);
+                }
+                Err(reason) => {
+                    stop_socs(&global, &mut socs, shutdown_timeout);
+                    return Err(StartError::Soc { soc: i, reason });
+                }
+            }
+        }
+        let mut handles: Vec<SocHandle> = socs.iter_mut().filter_map(|s| s.handle.take()).collect();
+        let ready = launch::wait_ready(&mut handles, deadline);
+        for (s, h) in socs.iter_mut().zip(handles) {
+            s.handle = Some(h);
+        }
+        if let Err((soc, reason)) = ready {
+            view.soc(soc)
+                .state
+                .store(SocState::Dead as u32, Ordering::Release);
+            stop_socs(&global, &mut socs, shutdown_timeout);
+            return Err(StartError::Soc { soc, reason });
+        }
+        for i in 0..socs.len() {
+            view.soc(i)
+                .state
+                .store(SocState::Ready as u32, Ordering::Release);
+        }
+
+        // Slots in an order that interleaves SOCs, so that scans spread
+        // calls over SOCs.
+        let views: Vec<SocView<'_>> = socs.iter().map(|s| SocView::new(&s.region)).collect();
+        let mut slots = Vec::new();
+        let mut by_soc = vec![Vec::new(); socs.len()];
+        let most = views.iter().map(SocView::worker_count).max().unwrap_or(0);
+        for w in 0..most {
+            for (soc, v) in views.iter().enumerate() {
+                if w >= v.worker_count() {
+                    continue;
+                }
+                let slot = v.slot(w);
+                // SAFETY: the region behind `slot` is held in `socs` (an Arc)
+                // for the engine's whole life, and `SlotHandle`s never leave
+                // the engine except borrowed for less than `&self`.
+                let slot: SlotRef<'static> = unsafe { std::mem::transmute(slot) };
+                let cpu = plan.binding.then(|| plan.socs[soc].workers[w].cpu);
+                by_soc[soc].push(slots.len());
+                slots.push(SlotHandle {
+                    soc,
+                    worker: w,
+                    cpu,
+                    slot,
+                });
+            }
+        }
+        drop(views);
+        for list in &mut by_soc {
+            list.sort_by_key(|&i| slots[i].worker);
+        }
+        Ok(Engine {
+            slots,
+            by_soc,
+            socs,
+            global,
+            registry,
+            plan,
+            session_policy: options.wait.session(),
+            input_capacity: options.input_capacity,
+            output_capacity: options.output_capacity,
+            options,
+            next_start: CachePadded::new(AtomicUsize::new(0)),
+            id: seq,
+            stopped: false,
+        })
+    }
+
+    /// The placement plan the engine runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The options the engine was started with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// The procedures every SOC serves.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Number of SOCs.
+    pub fn soc_count(&self) -> usize {
+        self.socs.len()
+    }
+
+    /// Number of workers of SOC `soc` (0 if there is no such SOC).
+    pub fn worker_count(&self, soc: usize) -> usize {
+        self.by_soc.get(soc).map_or(0, Vec::len)
+    }
+
+    /// Input buffer capacity of every worker.
+    pub fn input_capacity(&self) -> usize {
+        self.input_capacity
+    }
+
+    /// Output buffer capacity of every worker.
+    pub fn output_capacity(&self) -> usize {
+        self.output_capacity
+    }
+
+    /// Names of the shared-memory objects of this engine (in /dev/shm).
+    pub fn shm_names(&self) -> Vec<String> {
+        std::iter::once(self.global.name().to_owned())
+            .chain(self.socs.iter().map(|s| s.region.name().to_owned()))
+            .collect()
+    }
+
+    /// The state of every SOC.
+    pub fn socs(&self) -> Vec<SocStatus> {
+        let view = GlobalView::new(&self.global);
+        (0..self.socs.len())
+            .map(|i| {
+                let e = view.soc(i);
+                SocStatus {
+                    soc: i,
+                    node: e.node,
+                    pid: e.pid.load(Ordering::Relaxed),
+                    state: format!("{:?}", SocState::from_u32(e.state.load(Ordering::Acquire)))
+                        .to_lowercase(),
+                    workers: self.by_soc[i].len(),
+                    cpus: self.by_soc[i].iter().map(|&s| self.slots[s].cpu).collect(),
+                    calls: e.routed.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// The id of a procedure name: resolve once, call many times.
+    pub fn proc_id(&self, name: &str) -> Result<ProcId, CallError> {
+        self.registry
+            .id(name)
+            .ok_or_else(|| CallError::ProcNotFound(name.to_owned()))
+    }
+
+    pub(crate) fn proc_name(&self, id: ProcId) -> String {
+        self.registry
+            .get(id)
+            .map_or_else(|| format!("#{}", id.0), |e| e.name.clone())
+    }
+
+    fn candidates(&self, target: Target) -> Result<&[usize], CallError> {
+        match target {
+            Target::Any => Ok(&[]),
+            Target::Soc(soc) => self.by_soc.get(soc).map(Vec::as_slice).ok_or_else(|| {
+                CallError::NoSuchTarget(format!("SOC {soc} (the engine has {})", self.socs.len()))
+            }),
+            Target::Worker { soc, worker } => self
+                .by_soc
+                .get(soc)
+                .and_then(|ws| ws.get(worker))
+                .map(std::slice::from_ref)
+                .ok_or_else(|| {
+                    CallError::NoSuchTarget(format!(
+                        "worker {worker} of SOC {soc} (SOC {soc} has {} workers)",
+                        self.worker_count(soc)
+                    ))
+                }),
+        }
+    }
+
+    /// One pass over the candidate slots; claims the first idle one.
+    fn claim_once(&self, target: Target, list: &[usize]) -> Option<(usize, u32)> {
+        let all = target == Target::Any;
+        let n = if all { self.slots.len() } else { list.len() };
+        let at = |k: usize| if all { k } else { list[k] };
+        let (engine, last) = LAST_SLOT.with(Cell::get);
+        let start = if engine == self.id {
+            // Start at the slot used last, if it is a candidate.
+            (0..n).find(|&k| at(k) == last).unwrap_or(0)
+        } else {
+            self.next_start.fetch_add(1, Ordering::Relaxed) % n
+        };
+        // With bound workers, first avoid the worker on this thread's CPU:
+        // it could only run when this thread stops spinning.
+        let here = if self.plan.binding && n > 1 {
+            // SAFETY: sched_getcpu has no preconditions.
+            let cpu = unsafe { nix::libc::sched_getcpu() };
+            u32::try_from(cpu).ok()
+        } else {
+            None
+        };
+        let passes = if here.is_some() { 2 } else { 1 };
+        for pass in 0..passes {
+            for k in 0..n {
+                let i = at((start + k) % n);
+                let s = &self.slots[i];
+                if pass == 0 && here.is_some() && s.cpu == here {
+                    continue;
+                }
+                if let Some(g) = s.slot.control.try_claim() {
+                    LAST_SLOT.with(|c| c.set((self.id, i)));
+                    return Some((i, g));
+                }
+            }
+        }
+        None
+    }
+
+    fn claim_impl(&self, target: Target, wait: Option<Duration>) -> Result<Claim<'_>, CallError> {
+        let list = self.candidates(target)?;
+        let got = match self.claim_once(target, list) {
+            Some(c) => Some(c),
+            None => match wait {
+                None => return Err(CallError::Busy),
+                Some(d) => GlobalView::new(&self.global)
+                    .header()
+                    .free
+                    .wait_for(Instant::now() + d, || self.claim_once(target, list)),
+            },
+        };
+        let (index, generation) = got.ok_or(CallError::ClaimTimeout(wait.unwrap_or_default()))?;
+        Ok(Claim::new(self, index, generation))
+    }
+
+    /// Claims an idle worker of `target`, waiting up to the claim timeout
+    /// (option `claim_timeout_ms`). Write the input into
+    /// [`Claim::input_mut`] and [`Claim::submit`] it: no copy.
+    pub fn claim(&self, target: Target) -> Result<Claim<'_>, CallError> {
+        self.claim_impl(
+            target,
+            Some(Duration::from_millis(self.options.claim_timeout_ms)),
+        )
+    }
+
+    /// Claims an idle worker, waiting at most `timeout`.
+    pub fn claim_within(&self, target: Target, timeout: Duration) -> Result<Claim<'_>, CallError> {
+        self.claim_impl(target, Some(timeout))
+    }
+
+    /// Claims an idle worker or fails with [`CallError::Busy`] at once.
+    pub fn try_claim(&self, target: Target) -> Result<Claim<'_>, CallError> {
+        self.claim_impl(target, None)
+    }
+
+    fn check_input(&self, input: &[u8]) -> Result<(), CallError> {
+        if input.len() > self.input_capacity {
+            return Err(CallError::InputTooLarge {
+                len: input.len(),
+                capacity: self.input_capacity,
+            });
+        }
+        Ok(())
+    }
+
+    fn start_call(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+        wait: Option<Duration>,
+    ) -> Result<Session<'_>, CallError> {
+        let id = proc.resolve(self)?;
+        self.check_input(input)?;
+        let mut claim = self.claim_impl(target, wait)?;
+        claim.input_mut()[..input.len()].copy_from_slice(input);
+        claim.submit(id, input.len())
+    }
+
+    /// Starts a call on an idle worker of `target` (waiting up to the claim
+    /// timeout for one) and returns its session, to wait on later.
+    pub fn submit(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+    ) -> Result<Session<'_>, CallError> {
+        let wait = Duration::from_millis(self.options.claim_timeout_ms);
+        self.start_call(target, proc, input, Some(wait))
+    }
+
+    fn call_timeout(&self) -> Option<Duration> {
+        (self.options.call_timeout_ms > 0)
+            .then(|| Duration::from_millis(self.options.call_timeout_ms))
+    }
+
+    fn finish(&self, mut session: Session<'_>) -> Result<Vec<u8>, CallError> {
+        match self.call_timeout() {
+            Some(d) => session.wait_timeout(d).map(<[u8]>::to_vec),
+            None => session.wait().map(<[u8]>::to_vec),
+        }
+    }
+
+    /// Calls `proc` on any idle worker and returns its output. Waits up to
+    /// the claim timeout for a worker and up to the call timeout for the
+    /// result.
+    pub fn call(&self, proc: impl IntoProc, input: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.call_on(Target::Any, proc, input)
+    }
+
+    /// Calls `proc` on an idle worker of `target`.
+    pub fn call_on(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+    ) -> Result<Vec<u8>, CallError> {
+        let session = self.submit(target, proc, input)?;
+        self.finish(session)
+    }
+
+    /// Like [`Engine::call`], but fails with [`CallError::Busy`] at once when
+    /// no worker is idle.
+    pub fn try_call(&self, proc: impl IntoProc, input: &[u8]) -> Result<Vec<u8>, CallError> {
+        let session = self.start_call(Target::Any, proc, input, None)?;
+        self.finish(session)
+    }
+
+    pub(crate) fn note_routed(&self, soc: usize) {
+        GlobalView::new(&self.global)
+            .soc(soc)
+            .routed
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn signal_free(&self) {
+        GlobalView::new(&self.global).header().free.notify();
+    }
+
+    /// Stops accepting calls, lets running calls end (up to the shutdown
+    /// timeout), stops and reaps every SOC and removes the shared memory.
+    pub fn shutdown(mut self) -> Result<(), ShutdownError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), ShutdownError> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        self.slots.clear();
+        let timeout = Duration::from_millis(self.options.shutdown_timeout_ms);
+        let problems = stop_socs(&self.global, &mut self.socs, timeout);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ShutdownError { problems })
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Closes every slot (waiting for running calls up to `timeout`), waits for
+/// every SOC to end (killing forked ones that do not), and unlinks the
+/// shared memory. Returns a sentence per SOC that did not end cleanly.
+fn stop_socs(global: &Region, socs: &mut [SocRuntime], timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let view = GlobalView::new(global);
+    view.header().closing.store(1, Ordering::SeqCst);
+    for (i, s) in socs.iter().enumerate() {
+        if s.handle.is_some() {
+            view.soc(i)
+                .state
+                .store(SocState::Stopping as u32, Ordering::Release);
+        }
+        let sv = SocView::new(&s.region);
+        for w in 0..sv.worker_count() {
+            let control = sv.slot(w).control;
+            // A slot is busy only while an abandoned call still runs.
+            while !control.close() && Instant::now() < deadline {
+                let before = control.word().0 & !SESSION_SLEEPING;
+                wait_on(
+                    &control.state,
+                    &NO_SPIN,
+                    Some(deadline),
+                    SESSION_SLEEPING,
+                    |v| v & !SESSION_SLEEPING != before,
+                );
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for (i, s) in socs.iter_mut().enumerate() {
+        let Some(mut h) = s.handle.take() else {
+            continue;
+        };
+        match h.wait_exit(deadline) {
+            Ended::Clean => {}
+            Ended::Abnormal(how) => problems.push(format!("SOC {i} {how}")),
+            Ended::Killed => problems.push(format!(
+                "SOC {i} did not stop within {timeout:?} and was killed"
+            )),
+            Ended::Detached => problems.push(format!(
+                "SOC {i} (emulated) did not stop within {timeout:?}; its thread ends after its current call"
+            )),
+        }
+        view.soc(i)
+            .state
+            .store(SocState::Stopped as u32, Ordering::Release);
+    }
+    problems
+}
+
+/// Refuses a start whose shared memory would not fit in /dev/shm: the
+/// workers would die of SIGBUS when they first touch their buffers.
+fn check_shm_space(bytes: usize) -> Result<(), StartError> {
+    let Ok(st) = nix::sys::statvfs::statvfs(stale::SHM_DIR) else {
+        return Ok(());
+    };
+    let free = (st.blocks_available() as u128) * (st.fragment_size() as u128);
+    if (bytes as u128) > free {
+        return Err(StartError::SharedMemory(format!(
+            "the engine needs {bytes} bytes of shared memory but {} has {free} bytes free; lower input_capacity, output_capacity or workers_per_soc",
+            stale::SHM_DIR
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Errors of the engine: starting it, and calling procedures.
+
+use std::time::Duration;
+
+use numaproc_procs::RegisterError;
+
+/// An option is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    /// An option has a value out of its range.
+    #[error("invalid option `{option}`: {reason}")]
+    Invalid {
+        /// The option's name as in TOML.
+        option: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The TOML text does not parse or holds unknown keys.
+    #[error("invalid options file: {0}")]
+    Toml(String),
+}
+
+/// Why [`crate::Engine::start`] failed. Nothing is left behind: every SOC
+/// started is stopped and reaped, and the shared memory is removed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// An option is wrong.
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    /// A procedure registration was refused.
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+    /// The topology could not be read.
+    #[error("cannot read the machine's topology: {0}")]
+    Topology(String),
+    /// The options do not fit the topology.
+    #[error("cannot plan SOCs and workers: {0}")]
+    Plan(String),
+    /// Forked SOCs were asked for while the process has other threads.
+    #[error(
+        "forked SOCs need a single-threaded master, but this process has {threads} threads: start the engine before any other thread, use emulated SOCs, or set allow_fork_with_threads (see its documentation)"
+    )]
+    ForkWithThreads {
+        /// Threads counted in /proc/self/task.
+        threads: usize,
+    },
+    /// Shared memory could not be created.
+    #[error("shared memory: {0}")]
+    SharedMemory(String),
+    /// A SOC could not be started or did not report ready.
+    #[error("SOC {soc} failed to start: {reason}")]
+    Soc {
+        /// The SOC's index.
+        soc: usize,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// No procedure has this name.
+    #[error("procedure {0:?} not found")]
+    ProcNotFound(String),
+    /// The input does not fit a worker's input buffer; no worker was used.
+    #[error("input of {len} bytes is larger than the {capacity}-byte input buffer")]
+    InputTooLarge {
+        /// The input's length.
+        len: usize,
+        /// The buffer's capacity (option `input_capacity`).
+        capacity: usize,
+    },
+    /// The procedure's output did not fit the output buffer.
+    #[error("procedure {proc} needed {needed} bytes of output, the buffer holds {capacity}")]
+    OutputTooLarge {
+        /// The procedure.
+        proc: String,
+        /// What it tried to write.
+        needed: usize,
+        /// The buffer's capacity (option `output_capacity`).
+        capacity: usize,
+    },
+    /// The procedure returned an error.
+    #[error("procedure {proc} failed with code {code}: {message}")]
+    Failed {
+        /// The procedure.
+        proc: String,
+        /// Its code.
+        code: u32,
+        /// Its message (at most 1024 bytes).
+        message: String,
+    },
+    /// The procedure panicked; its worker goes on serving.
+    #[error("procedure {proc} panicked: {message}")]
+    Panicked {
+        /// The procedure.
+        proc: String,
+        /// The panic message.
+        message: String,
+    },
+    /// `try_` forms: no worker of the target was idle.
+    #[error("no idle worker")]
+    Busy,
+    /// No worker of the target became idle in time.
+    #[error("no worker became idle within {0:?}")]
+    ClaimTimeout(Duration),
+    /// The result did not come in time; the call goes on and its worker
+    /// is freed when it ends (the procedure sees `is_cancelled()`).
+    #[error("no result within {0:?}")]
+    CallTimeout(Duration),
+    /// The target SOC or worker does not exist.
+    #[error("no such target: {0}")]
+    NoSuchTarget(String),
+    /// The SOC running the call died.
+    #[error("SOC {0} died during the call")]
+    SocDied(usize),
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// The session is not in a state that allows this operation.
+    #[error("session misuse: {0}")]
+    Session(&'static str),
+}

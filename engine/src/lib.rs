@@ -1,0 +1,60 @@
+//! numaproc: a multi-process procedure execution engine for NUMA machines.
+//!
+//! A master [`Engine`] starts one SOC per NUMA node: a group of worker
+//! threads pinned to the cores of that node, inside the master process
+//! ([`SocKind::Emulated`]) or in a forked child ([`SocKind::Forked`]). Any
+//! thread of the master calls a procedure by handing a worker its name and a
+//! byte buffer through shared memory; the worker runs it and hands back the
+//! output bytes or a typed error.
+//!
+//! ```
+//! use numaproc::{Engine, EngineOptions, OutputBuf, ProcContext, ProcError, SocKind};
+//!
+//! fn shout(_: &ProcContext<'_>, input: &[u8], out: &mut OutputBuf<'_>) -> Result<(), ProcError> {
+//!     out.write(&input.to_ascii_uppercase())
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let options = EngineOptions::new()
+//!     .soc_kind(SocKind::Emulated)
+//!     .name_prefix("doctest")
+//!     .register("shout", shout)?;
+//! let engine = Engine::start(options)?;
+//! assert_eq!(engine.call("shout", b"hello")?, b"HELLO");
+//! assert_eq!(engine.call("sys_echo", b"as is")?, b"as is");
+//! engine.shutdown()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Core concepts:
+//! - [`EngineOptions`]: how many SOCs and workers, buffer sizes, wait policy;
+//!   a builder or a TOML file; procedures are registered here.
+//! - [`Engine`]: started from options; `call`, `call_on`, `try_call`,
+//!   `submit` (asynchronous) and `claim` (write input in place).
+//! - [`Session`]: one submitted call; wait on it, read its output in place.
+//! - [`Plan`]: which core each worker of each SOC is pinned to.
+//! - Built-in procedures: `sys_ping`, `sys_echo`, `sys_info`,
+//!   `sys_list_procs`, `sys_stats`, `sys_sleep` (see [`sys`]).
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod engine;
+mod error;
+mod launch;
+mod options;
+pub mod plan;
+mod session;
+pub mod topology;
+
+pub use engine::{Engine, IntoProc, ShutdownError, SocStatus, Target};
+pub use error::{CallError, OptionsError, StartError};
+pub use numaproc_procs::sys;
+pub use numaproc_procs::{
+    CallStatus, Host, OutputBuf, ProcContext, ProcError, ProcFn, ProcId, RegisterError, Registry,
+    WorkerStats,
+};
+pub use numaproc_soc::{SocInfo, SocInitFn};
+pub use options::{DEFAULT_BUFFER, EngineOptions, MAX_BUFFER, SocKind, WaitOptions};
+pub use plan::Plan;
+pub use session::{Claim, Session};
+pub use topology::Topology;

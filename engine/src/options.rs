@@ -1,0 +1,428 @@
+//! Engine options: a builder and a TOML file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use numaproc_ipc::{ShmName, WaitPolicy};
+use numaproc_procs::{ProcFn, RegisterError, Registry};
+use numaproc_soc::SocInitFn;
+use serde::{Deserialize, Serialize};
+
+use crate::error::OptionsError;
+
+/// Default input and output buffer capacity per worker: 64 KiB.
+pub const DEFAULT_BUFFER: usize = 64 << 10;
+/// Largest input or output buffer per worker: 1 GiB.
+pub const MAX_BUFFER: usize = 1 << 30;
+/// Most SOCs, and most workers per SOC.
+pub const MAX_SOCS: usize = 256;
+/// Most workers per SOC.
+pub const MAX_WORKERS: usize = 256;
+
+/// How SOCs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SocKind {
+    /// A group of threads inside the master process. Works in any program;
+    /// no crash isolation.
+    #[default]
+    Emulated,
+    /// A child process forked from the master at start. Registered Rust
+    /// procedures are there through the fork. The master must have no other
+    /// threads when it forks (see [`EngineOptions::allow_fork_with_threads`]).
+    Forked,
+}
+
+impl std::fmt::Display for SocKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Emulated => "emulated",
+            Self::Forked => "forked",
+        })
+    }
+}
+
+impl std::str::FromStr for SocKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "emulated" => Ok(Self::Emulated),
+            "forked" => Ok(Self::Forked),
+            other => Err(format!(
+                "unknown SOC kind {other:?} (expected \"emulated\" or \"forked\")"
+            )),
+        }
+    }
+}
+
+/// Spin-then-sleep waiting (see `numaproc_ipc::wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WaitOptions {
+    /// How long an idle worker spins before it sleeps on a futex, in µs.
+    pub worker_spin_us: u64,
+    /// How long a session spins for its result before it sleeps, in µs.
+    pub session_spin_us: u64,
+    /// Pure spinning before spinning also yields the core, in µs.
+    pub yield_after_us: u64,
+}
+
+impl Default for WaitOptions {
+    fn default() -> Self {
+        Self {
+            worker_spin_us: WaitPolicy::WORKER_DEFAULT.spin.as_micros() as u64,
+            session_spin_us: WaitPolicy::SESSION_DEFAULT.spin.as_micros() as u64,
+            yield_after_us: WaitPolicy::WORKER_DEFAULT.yield_after.as_micros() as u64,
+        }
+    }
+}
+
+impl WaitOptions {
+    pub(crate) fn worker(&self) -> WaitPolicy {
+        WaitPolicy {
+            spin: Duration::from_micros(self.worker_spin_us),
+            yield_after: Duration::from_micros(self.yield_after_us),
+        }
+    }
+    pub(crate) fn session(&self) -> WaitPolicy {
+        WaitPolicy {
+            spin: Duration::from_micros(self.session_spin_us),
+            yield_after: Duration::from_micros(self.yield_after_us),
+        }
+    }
+}
+
+/// Everything [`crate::Engine::start`] needs. Build it with the chained
+/// setters, or read it from TOML with [`EngineOptions::from_toml`]; register
+/// procedures with [`EngineOptions::register`].
+///
+/// ```toml
+/// socs = 2                  # default: one per NUMA node
+/// workers_per_soc = 4       # default: the cores of the SOC's node share
+/// soc_kind = "forked"       # or "emulated" (the default)
+/// input_capacity = 65536    # bytes per worker
+/// output_capacity = 65536
+/// name_prefix = "myapp"
+/// [wait]
+/// worker_spin_us = 200
+/// ```
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineOptions {
+    /// Number of SOCs; `None`: one per NUMA node.
+    pub socs: Option<usize>,
+    /// Workers per SOC; `None`: the number of cores the SOC gets.
+    pub workers_per_soc: Option<usize>,
+    /// How SOCs run.
+    pub soc_kind: SocKind,
+    /// Input buffer capacity per worker, in bytes.
+    pub input_capacity: usize,
+    /// Output buffer capacity per worker, in bytes.
+    pub output_capacity: usize,
+    /// Spinning and sleeping.
+    pub wait: WaitOptions,
+    /// Prefix of shared-memory object names (`[A-Za-z0-9_]`, 1 to 32 bytes).
+    pub name_prefix: String,
+    /// How long to wait for every SOC to report ready, in ms.
+    pub startup_timeout_ms: u64,
+    /// Default wait for an idle worker, in ms.
+    pub claim_timeout_ms: u64,
+    /// Default wait for a call's result, in ms; 0: no limit.
+    pub call_timeout_ms: u64,
+    /// How long shutdown waits for running calls and SOC exits, in ms.
+    pub shutdown_timeout_ms: u64,
+    /// Plan against this hwloc synthetic topology (e.g. "node:4 core:4
+    /// pu:1") instead of the machine; workers are then not bound.
+    pub synthetic_topology: Option<String>,
+    /// Fork SOCs even when the master has other threads. Only the forking
+    /// thread survives in the child; a lock held by another thread at that
+    /// moment (in the allocator, stdio, or the program's own code) stays
+    /// locked there forever. Off by default: start the engine before other
+    /// threads, or use emulated SOCs.
+    pub allow_fork_with_threads: bool,
+    #[serde(skip)]
+    pub(crate) registry: Registry,
+    #[serde(skip)]
+    pub(crate) soc_init: Option<SocInitFn>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            socs: None,
+            workers_per_soc: None,
+            soc_kind: SocKind::default(),
+            input_capacity: DEFAULT_BUFFER,
+            output_capacity: DEFAULT_BUFFER,
+            wait: WaitOptions::default(),
+            name_prefix: "default".to_owned(),
+            startup_timeout_ms: 10_000,
+            claim_timeout_ms: 10_000,
+            call_timeout_ms: 60_000,
+            shutdown_timeout_ms: 5_000,
+            synthetic_topology: None,
+            allow_fork_with_threads: false,
+            registry: Registry::new(),
+            soc_init: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("socs", &self.socs)
+            .field("workers_per_soc", &self.workers_per_soc)
+            .field("soc_kind", &self.soc_kind)
+            .field("input_capacity", &self.input_capacity)
+            .field("output_capacity", &self.output_capacity)
+            .field("wait", &self.wait)
+            .field("name_prefix", &self.name_prefix)
+            .field("procedures", &self.registry.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineOptions {
+    /// The defaults: one SOC per node, one worker per core, emulated SOCs,
+    /// 64 KiB buffers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses TOML (unknown keys are errors).
+    pub fn from_toml(text: &str) -> Result<Self, OptionsError> {
+        toml::from_str(text).map_err(|e| OptionsError::Toml(e.to_string()))
+    }
+
+    /// Reads a TOML file.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self, OptionsError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| OptionsError::Toml(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| OptionsError::Toml(format!("{}: {e}", path.display())))
+    }
+
+    /// The options as TOML (without registered procedures).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot serialise options: {e}\n"))
+    }
+
+    /// Sets the number of SOCs.
+    pub fn socs(mut self, n: usize) -> Self {
+        self.socs = Some(n);
+        self
+    }
+
+    /// Sets the workers per SOC.
+    pub fn workers_per_soc(mut self, n: usize) -> Self {
+        self.workers_per_soc = Some(n);
+        self
+    }
+
+    /// Sets the SOC kind.
+    pub fn soc_kind(mut self, kind: SocKind) -> Self {
+        self.soc_kind = kind;
+        self
+    }
+
+    /// Sets the input buffer capacity per worker.
+    pub fn input_capacity(mut self, bytes: usize) -> Self {
+        self.input_capacity = bytes;
+        self
+    }
+
+    /// Sets the output buffer capacity per worker.
+    pub fn output_capacity(mut self, bytes: usize) -> Self {
+        self.output_capacity = bytes;
+        self
+    }
+
+    /// Sets the wait policy.
+    pub fn wait(mut self, wait: WaitOptions) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Sets the shared-object name prefix.
+    pub fn name_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.name_prefix = prefix.into();
+        self
+    }
+
+    /// Sets the start-up timeout.
+    pub fn startup_timeout(mut self, d: Duration) -> Self {
+        self.startup_timeout_ms = d.as_millis() as u64;
+        self
+    }
+
+    /// Sets the default wait for an idle worker.
+    pub fn claim_timeout(mut self, d: Duration) -> Self {
+        self.claim_timeout_ms = d.as_millis() as u64;
+        self
+    }
+
+    /// Sets the default wait for a result (`Duration::ZERO`: no limit).
+    pub fn call_timeout(mut self, d: Duration) -> Self {
+        self.call_timeout_ms = d.as_millis() as u64;
+        self
+    }
+
+    /// Sets the shutdown timeout.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout_ms = d.as_millis() as u64;
+        self
+    }
+
+    /// Plans against a synthetic hwloc topology (workers are not bound).
+    pub fn synthetic_topology(mut self, description: impl Into<String>) -> Self {
+        self.synthetic_topology = Some(description.into());
+        self
+    }
+
+    /// Allows forking SOCs while the master has other threads (see the field).
+    pub fn allow_fork_with_threads(mut self, yes: bool) -> Self {
+        self.allow_fork_with_threads = yes;
+        self
+    }
+
+    /// Registers a procedure under `name` (1 to 63 bytes of
+    /// `[A-Za-z0-9_.:-]`, unique, not starting with `sys_`).
+    pub fn register(mut self, name: &str, func: ProcFn) -> Result<Self, RegisterError> {
+        self.registry.register(name, func)?;
+        Ok(self)
+    }
+
+    /// Sets a hook run in every SOC before its workers start.
+    pub fn on_soc_start(mut self, hook: SocInitFn) -> Self {
+        self.soc_init = Some(hook);
+        self
+    }
+
+    /// The procedures registered so far (built-ins first).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Checks every option; the error names the option.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        let bad =
+            |option: &'static str, reason: String| Err(OptionsError::Invalid { option, reason });
+        if let Some(n) = self.socs
+            && !(1..=MAX_SOCS).contains(&n)
+        {
+            return bad("socs", format!("must be 1 to {MAX_SOCS}, got {n}"));
+        }
+        if let Some(n) = self.workers_per_soc
+            && !(1..=MAX_WORKERS).contains(&n)
+        {
+            return bad(
+                "workers_per_soc",
+                format!("must be 1 to {MAX_WORKERS}, got {n}"),
+            );
+        }
+        for (option, v) in [
+            ("input_capacity", self.input_capacity),
+            ("output_capacity", self.output_capacity),
+        ] {
+            if !(1..=MAX_BUFFER).contains(&v) {
+                return bad(
+                    option,
+                    format!("must be 1 byte to {MAX_BUFFER} bytes (1 GiB), got {v}"),
+                );
+            }
+        }
+        if let Err(e) = ShmName::check_prefix(&self.name_prefix) {
+            return bad("name_prefix", e.to_string());
+        }
+        let second = 1_000_000;
+        for (option, v) in [
+            ("wait.worker_spin_us", self.wait.worker_spin_us),
+            ("wait.session_spin_us", self.wait.session_spin_us),
+            ("wait.yield_after_us", self.wait.yield_after_us),
+        ] {
+            if v > second {
+                return bad(
+                    option,
+                    format!("must be at most 1 s ({second} µs), got {v}"),
+                );
+            }
+        }
+        for (option, v) in [
+            ("startup_timeout_ms", self.startup_timeout_ms),
+            ("claim_timeout_ms", self.claim_timeout_ms),
+            ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+        ] {
+            if v == 0 {
+                return bad(option, "must be at least 1 ms".to_owned());
+            }
+        }
+        if let Some(s) = &self.synthetic_topology
+            && s.trim().is_empty()
+        {
+            return bad("synthetic_topology", "is empty".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trip_and_unknown_keys() {
+        let o = EngineOptions::from_toml(
+            "socs = 2\nsoc_kind = \"forked\"\ninput_capacity = 1024\n[wait]\nworker_spin_us = 5\n",
+        )
+        .unwrap();
+        assert_eq!(o.socs, Some(2));
+        assert_eq!(o.soc_kind, SocKind::Forked);
+        assert_eq!(o.input_capacity, 1024);
+        assert_eq!(o.output_capacity, DEFAULT_BUFFER);
+        assert_eq!(o.wait.worker_spin_us, 5);
+        let back = EngineOptions::from_toml(&o.to_toml()).unwrap();
+        assert_eq!(back.to_toml(), o.to_toml());
+        let e = EngineOptions::from_toml("sockets = 2").unwrap_err();
+        assert!(e.to_string().contains("sockets"), "{e}");
+        let e = EngineOptions::from_toml("soc_kind = \"spawnd\"").unwrap_err();
+        assert!(e.to_string().contains("spawnd"), "{e}");
+    }
+
+    #[test]
+    fn invalid_options_are_named() {
+        let cases: [(EngineOptions, &str); 7] = [
+            (EngineOptions::new().socs(0), "socs"),
+            (EngineOptions::new().workers_per_soc(257), "workers_per_soc"),
+            (EngineOptions::new().input_capacity(0), "input_capacity"),
+            (
+                EngineOptions::new().output_capacity(MAX_BUFFER + 1),
+                "output_capacity",
+            ),
+            (EngineOptions::new().name_prefix("a-b"), "name_prefix"),
+            (
+                EngineOptions::new().startup_timeout(Duration::ZERO),
+                "startup_timeout_ms",
+            ),
+            (
+                EngineOptions::new().wait(WaitOptions {
+                    worker_spin_us: 2_000_000,
+                    ..WaitOptions::default()
+                }),
+                "wait.worker_spin_us",
+            ),
+        ];
+        for (o, name) in cases {
+            match o.validate() {
+                Err(OptionsError::Invalid { option, .. }) => assert_eq!(option, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert!(
+            EngineOptions::new()
+                .input_capacity(64 << 20)
+                .validate()
+                .is_ok()
+        );
+    }
+}

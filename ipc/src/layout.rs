@@ -1,0 +1,658 @@
+//! What the global region and each SOC region hold, and where.
+//!
+//! ```text
+//! global region:  RegionHeader | GlobalHeader | SocEntry × socs | NameEntry × names
+//! SOC region:     RegionHeader | SocHeader    | slot × workers
+//! slot:           SlotControl + message (one page) | input (pages) | output (pages)
+//! ```
+//!
+//! Each slot's buffers start on a page boundary so that the first touch by
+//! the slot's worker places them on the worker's NUMA node.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::region::{Region, RegionHeader, RegionKind, Shape};
+use crate::slot::{MESSAGE_CAPACITY, SlotControl, SlotRef};
+use crate::{ShmSafe, futex};
+
+/// Page size assumed for placement and alignment.
+pub const PAGE: usize = 4096;
+/// Longest name in the name table, in bytes.
+pub const NAME_CAPACITY: usize = 63;
+
+const fn round_up(n: usize, to: usize) -> usize {
+    n.div_ceil(to) * to
+}
+
+/// Sessions waiting for a free slot sleep on `seq`; whoever frees a slot
+/// bumps it and wakes them, but only when `waiters` is not zero.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct FreeSignal {
+    /// Bumped on every signal.
+    pub seq: AtomicU32,
+    /// Number of sessions sleeping on `seq`.
+    pub waiters: AtomicU32,
+}
+
+// SAFETY: repr(C), atomics only.
+unsafe impl ShmSafe for FreeSignal {}
+
+impl FreeSignal {
+    /// Says a slot became free; wakes sleepers if there are any.
+    pub fn notify(&self) {
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            self.seq.fetch_add(1, Ordering::SeqCst);
+            futex::wake_all(&self.seq);
+        }
+    }
+
+    /// Runs `attempt` until it returns `Some`, sleeping between tries until
+    /// a slot is freed; gives up at `deadline`.
+    pub fn wait_for<T>(
+        &self,
+        deadline: Instant,
+        mut attempt: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        loop {
+            let seq = self.seq.load(Ordering::SeqCst);
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            // Re-try after announcing ourselves, so a release between the
+            // last attempt and the announcement is not missed.
+            if let Some(v) = attempt() {
+                self.waiters.fetch_sub(1, Ordering::SeqCst);
+                return Some(v);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                futex::wait(&self.seq, seq, Some(left));
+            }
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+            if let Some(v) = attempt() {
+                return Some(v);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+        }
+    }
+}
+
+/// The engine's header in the global region.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct GlobalHeader {
+    /// Number of SOCs (entries in the SOC table).
+    pub soc_count: u32,
+    /// Number of entries in the name table.
+    pub name_count: u32,
+    /// Engine sequence number within the master (part of object names).
+    pub engine_seq: u64,
+    /// Offset of the SOC table.
+    pub soc_table_offset: u64,
+    /// Offset of the name table.
+    pub name_table_offset: u64,
+    /// Input buffer capacity of every slot.
+    pub input_capacity: u64,
+    /// Output buffer capacity of every slot.
+    pub output_capacity: u64,
+    /// Worker wait policy: spin time in ns.
+    pub worker_spin_ns: u64,
+    /// Worker wait policy: pure-spin time in ns before yielding.
+    pub worker_yield_after_ns: u64,
+    /// Non-zero once the engine is shutting down.
+    pub closing: AtomicU32,
+    _reserved: u32,
+    /// Free-slot signal.
+    pub free: FreeSignal,
+}
+
+// SAFETY: repr(C), integers and atomics only.
+unsafe impl ShmSafe for GlobalHeader {}
+
+/// SOC life-cycle states as recorded in the SOC table.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocState {
+    /// Planned, not yet started.
+    Planned = 0,
+    /// Started, not yet ready.
+    Starting = 1,
+    /// All workers pinned and serving.
+    Ready = 2,
+    /// Failed to start, or died.
+    Dead = 3,
+    /// Told to stop.
+    Stopping = 4,
+    /// Stopped and reaped.
+    Stopped = 5,
+}
+
+impl SocState {
+    /// Decodes a table value (unknown values read as `Dead`).
+    pub fn from_u32(v: u32) -> Self {
+        match v {
+            0 => Self::Planned,
+            1 => Self::Starting,
+            2 => Self::Ready,
+            4 => Self::Stopping,
+            5 => Self::Stopped,
+            _ => Self::Dead,
+        }
+    }
+}
+
+/// One SOC's entry in the global SOC table.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct SocEntry {
+    /// A [`SocState`].
+    pub state: AtomicU32,
+    /// Pid of the process running the SOC.
+    pub pid: AtomicU32,
+    /// Bumped on each start of the SOC.
+    pub generation: AtomicU32,
+    /// NUMA node (OS index).
+    pub node: u32,
+    /// Workers (slots) of the SOC.
+    pub worker_count: u32,
+    _reserved: u32,
+    /// Size of the SOC's region.
+    pub region_size: u64,
+    /// Calls the master routed to this SOC.
+    pub routed: AtomicU64,
+}
+
+// SAFETY: repr(C), integers and atomics only.
+unsafe impl ShmSafe for SocEntry {}
+
+/// One entry of the name table (procedure names; ids are indices).
+#[repr(C)]
+#[derive(Debug)]
+pub struct NameEntry {
+    /// Bytes used in `name`.
+    pub len: u32,
+    /// Caller-defined tag (where the name comes from).
+    pub tag: u32,
+    /// The name, not NUL-terminated.
+    pub name: [u8; NAME_CAPACITY + 1],
+}
+
+// SAFETY: repr(C), integers and a byte array only.
+unsafe impl ShmSafe for NameEntry {}
+
+impl NameEntry {
+    /// The name, if valid UTF-8.
+    pub fn as_str(&self) -> Option<&str> {
+        let len = (self.len as usize).min(NAME_CAPACITY);
+        std::str::from_utf8(&self.name[..len]).ok()
+    }
+}
+
+/// The SOC's header in its region.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct SocHeader {
+    /// SOC index.
+    pub soc: u32,
+    /// NUMA node (OS index).
+    pub node: u32,
+    /// Number of slots.
+    pub worker_count: u32,
+    /// Message buffer capacity of every slot.
+    pub message_capacity: u32,
+    /// Offset of slot 0.
+    pub slots_offset: u64,
+    /// Distance between slots.
+    pub slot_stride: u64,
+    /// Offset of the input buffer within a slot.
+    pub input_offset: u64,
+    /// Input capacity.
+    pub input_capacity: u64,
+    /// Offset of the output buffer within a slot.
+    pub output_offset: u64,
+    /// Output capacity.
+    pub output_capacity: u64,
+}
+
+// SAFETY: repr(C), integers only.
+unsafe impl ShmSafe for SocHeader {}
+
+/// Sizes and offsets of the global region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GlobalLayout {
+    /// SOCs.
+    pub soc_count: usize,
+    /// Name-table entries.
+    pub name_count: usize,
+}
+
+impl GlobalLayout {
+    const HEADER: usize = round_up(size_of::<RegionHeader>(), 128);
+    /// The shape checked on open.
+    pub const SHAPE: Shape = Shape {
+        kind: RegionKind::Global,
+        body_size: size_of::<GlobalHeader>() as u32,
+        entry_size: size_of::<SocEntry>() as u32,
+        extra_size: size_of::<NameEntry>() as u32,
+    };
+    /// Offset of the SOC table.
+    pub fn soc_table(&self) -> usize {
+        Self::HEADER + size_of::<GlobalHeader>()
+    }
+    /// Offset of the name table.
+    pub fn name_table(&self) -> usize {
+        round_up(self.soc_table() + self.soc_count * size_of::<SocEntry>(), 8)
+    }
+    /// Total size.
+    pub fn size(&self) -> usize {
+        round_up(
+            self.name_table() + self.name_count * size_of::<NameEntry>(),
+            PAGE,
+        )
+    }
+}
+
+/// Sizes and offsets of a SOC region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocLayout {
+    /// Slots.
+    pub worker_count: usize,
+    /// Input capacity per slot.
+    pub input_capacity: usize,
+    /// Output capacity per slot.
+    pub output_capacity: usize,
+}
+
+impl SocLayout {
+    const HEADER: usize = round_up(size_of::<RegionHeader>(), 128);
+    const CONTROL: usize = round_up(size_of::<SlotControl>() + MESSAGE_CAPACITY, PAGE);
+    /// The shape checked on open.
+    pub const SHAPE: Shape = Shape {
+        kind: RegionKind::Soc,
+        body_size: size_of::<SocHeader>() as u32,
+        entry_size: size_of::<SlotControl>() as u32,
+        extra_size: MESSAGE_CAPACITY as u32,
+    };
+    /// Offset of slot 0.
+    pub fn slots(&self) -> usize {
+        round_up(Self::HEADER + size_of::<SocHeader>(), PAGE)
+    }
+    /// Offset of the input buffer within a slot.
+    pub fn input_offset(&self) -> usize {
+        Self::CONTROL
+    }
+    /// Offset of the output buffer within a slot.
+    pub fn output_offset(&self) -> usize {
+        Self::CONTROL + round_up(self.input_capacity.max(1), PAGE)
+    }
+    /// Distance between slots.
+    pub fn stride(&self) -> usize {
+        self.output_offset() + round_up(self.output_capacity.max(1), PAGE)
+    }
+    /// Total size, or `None` on overflow.
+    pub fn size(&self) -> Option<usize> {
+        self.stride()
+            .checked_mul(self.worker_count)?
+            .checked_add(self.slots())
+    }
+}
+
+fn header_offset() -> usize {
+    round_up(size_of::<RegionHeader>(), 128)
+}
+
+/// Typed access to a global region.
+#[derive(Debug, Clone, Copy)]
+pub struct GlobalView<'r> {
+    region: &'r Region,
+}
+
+impl<'r> GlobalView<'r> {
+    /// Wraps a region whose header was checked against [`GlobalLayout::SHAPE`].
+    pub fn new(region: &'r Region) -> Self {
+        Self { region }
+    }
+    /// The engine header.
+    pub fn header(&self) -> &'r GlobalHeader {
+        self.region.get(header_offset())
+    }
+    /// SOC `i`'s entry.
+    ///
+    /// # Panics
+    /// If `i` is not below the SOC count.
+    pub fn soc(&self, i: usize) -> &'r SocEntry {
+        let h = self.header();
+        assert!(i < h.soc_count as usize, "SOC {i} out of range");
+        self.region
+            .get(h.soc_table_offset as usize + i * size_of::<SocEntry>())
+    }
+    /// Name-table entry `i`.
+    ///
+    /// # Panics
+    /// If `i` is not below the name count.
+    pub fn name(&self, i: usize) -> &'r NameEntry {
+        let h = self.header();
+        assert!(i < h.name_count as usize, "name {i} out of range");
+        self.region
+            .get(h.name_table_offset as usize + i * size_of::<NameEntry>())
+    }
+    /// All names in table order.
+    pub fn names(&self) -> Vec<String> {
+        (0..self.header().name_count as usize)
+            .map(|i| self.name(i).as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+}
+
+/// Fills a freshly created global region (before `publish`).
+///
+/// # Safety
+/// The region must have been created with `layout.size()` bytes and not be
+/// visible to anyone else yet.
+pub unsafe fn init_global(region: &Region, layout: &GlobalLayout, fill: GlobalFill<'_>) {
+    let off = header_offset();
+    let header = GlobalHeader {
+        soc_count: layout.soc_count as u32,
+        name_count: layout.name_count as u32,
+        engine_seq: fill.engine_seq,
+        soc_table_offset: layout.soc_table() as u64,
+        name_table_offset: layout.name_table() as u64,
+        input_capacity: fill.input_capacity as u64,
+        output_capacity: fill.output_capacity as u64,
+        worker_spin_ns: fill.worker_spin.as_nanos() as u64,
+        worker_yield_after_ns: fill.worker_yield_after.as_nanos() as u64,
+        closing: AtomicU32::new(0),
+        _reserved: 0,
+        free: FreeSignal {
+            seq: AtomicU32::new(0),
+            waiters: AtomicU32::new(0),
+        },
+    };
+    let p = region
+        .bytes_ptr(off, size_of::<GlobalHeader>())
+        .cast::<GlobalHeader>();
+    // SAFETY: in bounds, 128-aligned (region base is page-aligned), unshared.
+    unsafe { p.write(header) };
+    for (i, (node, workers, size)) in fill.socs.iter().enumerate() {
+        let p = region
+            .bytes_ptr(
+                layout.soc_table() + i * size_of::<SocEntry>(),
+                size_of::<SocEntry>(),
+            )
+            .cast::<SocEntry>();
+        let e = SocEntry {
+            state: AtomicU32::new(SocState::Planned as u32),
+            pid: AtomicU32::new(0),
+            generation: AtomicU32::new(0),
+            node: *node,
+            worker_count: *workers,
+            _reserved: 0,
+            region_size: *size as u64,
+            routed: AtomicU64::new(0),
+        };
+        // SAFETY: in bounds, aligned (table offset and entry size are
+        // multiples of 64), unshared.
+        unsafe { p.write(e) };
+    }
+    for (i, (name, tag)) in fill.names.iter().enumerate() {
+        let p = region
+            .bytes_ptr(
+                layout.name_table() + i * size_of::<NameEntry>(),
+                size_of::<NameEntry>(),
+            )
+            .cast::<NameEntry>();
+        let mut e = NameEntry {
+            len: 0,
+            tag: *tag,
+            name: [0; NAME_CAPACITY + 1],
+        };
+        let n = name.len().min(NAME_CAPACITY);
+        e.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        e.len = n as u32;
+        // SAFETY: in bounds, aligned (8), unshared.
+        unsafe { p.write(e) };
+    }
+}
+
+/// What [`init_global`] writes.
+#[derive(Debug)]
+pub struct GlobalFill<'a> {
+    /// Engine sequence number.
+    pub engine_seq: u64,
+    /// Input capacity per slot.
+    pub input_capacity: usize,
+    /// Output capacity per slot.
+    pub output_capacity: usize,
+    /// Worker spin time.
+    pub worker_spin: Duration,
+    /// Worker pure-spin time.
+    pub worker_yield_after: Duration,
+    /// Per SOC: node, workers, region size.
+    pub socs: &'a [(u32, u32, usize)],
+    /// Name table: name and tag.
+    pub names: &'a [(&'a str, u32)],
+}
+
+/// Fills a freshly created SOC region (before `publish`). Only the header
+/// page and each slot's control block are touched: the buffers are left for
+/// the workers to touch first.
+///
+/// # Safety
+/// As for [`init_global`], with `layout.size()` bytes.
+pub unsafe fn init_soc(region: &Region, layout: &SocLayout, soc: u32, node: u32, cpus: &[u32]) {
+    let header = SocHeader {
+        soc,
+        node,
+        worker_count: layout.worker_count as u32,
+        message_capacity: MESSAGE_CAPACITY as u32,
+        slots_offset: layout.slots() as u64,
+        slot_stride: layout.stride() as u64,
+        input_offset: layout.input_offset() as u64,
+        input_capacity: layout.input_capacity as u64,
+        output_offset: layout.output_offset() as u64,
+        output_capacity: layout.output_capacity as u64,
+    };
+    let p = region
+        .bytes_ptr(header_offset(), size_of::<SocHeader>())
+        .cast::<SocHeader>();
+    // SAFETY: in bounds, aligned, unshared.
+    unsafe { p.write(header) };
+    let view = SocView::new(region);
+    for w in 0..layout.worker_count {
+        let c = view.slot(w).control;
+        c.worker.store(w as u32, Ordering::Relaxed);
+        c.planned_cpu
+            .store(cpus.get(w).copied().unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+}
+
+/// Typed access to a SOC region.
+#[derive(Debug, Clone, Copy)]
+pub struct SocView<'r> {
+    region: &'r Region,
+    slots: usize,
+    stride: usize,
+    input_offset: usize,
+    input_capacity: usize,
+    output_offset: usize,
+    output_capacity: usize,
+    worker_count: usize,
+}
+
+impl<'r> SocView<'r> {
+    /// Wraps a region whose header was checked against [`SocLayout::SHAPE`],
+    /// and checks that its slots fit in it.
+    ///
+    /// # Panics
+    /// If the slot table does not fit in the region (a corrupt header).
+    pub fn new(region: &'r Region) -> Self {
+        let h: &SocHeader = region.get(header_offset());
+        let v = Self {
+            region,
+            slots: h.slots_offset as usize,
+            stride: h.slot_stride as usize,
+            input_offset: h.input_offset as usize,
+            input_capacity: h.input_capacity as usize,
+            output_offset: h.output_offset as usize,
+            output_capacity: h.output_capacity as usize,
+            worker_count: h.worker_count as usize,
+        };
+        let end = v
+            .stride
+            .checked_mul(v.worker_count)
+            .and_then(|n| n.checked_add(v.slots));
+        assert!(
+            end.is_some_and(|e| e <= region.len())
+                && v.input_offset + v.input_capacity <= v.output_offset
+                && v.output_offset + v.output_capacity <= v.stride
+                && size_of::<SlotControl>() + MESSAGE_CAPACITY <= v.input_offset,
+            "SOC region {} has an inconsistent slot layout",
+            region.name()
+        );
+        v
+    }
+    /// The SOC header.
+    pub fn header(&self) -> &'r SocHeader {
+        self.region.get(header_offset())
+    }
+    /// Number of slots.
+    pub fn worker_count(&self) -> usize {
+        self.worker_count
+    }
+    /// Slot `i`.
+    ///
+    /// # Panics
+    /// If `i` is not below the worker count.
+    pub fn slot(&self, i: usize) -> SlotRef<'r> {
+        assert!(i < self.worker_count, "slot {i} out of range");
+        let base = self.slots + i * self.stride;
+        let control: &SlotControl = self.region.get(base);
+        let message = self
+            .region
+            .bytes_ptr(base + size_of::<SlotControl>(), MESSAGE_CAPACITY);
+        let input = self
+            .region
+            .bytes_ptr(base + self.input_offset, self.input_capacity);
+        let output = self
+            .region
+            .bytes_ptr(base + self.output_offset, self.output_capacity);
+        // SAFETY: the ranges are in bounds (bytes_ptr asserts), lie inside
+        // slot i (checked in `new`), do not overlap each other, and live as
+        // long as the region borrow 'r.
+        unsafe {
+            SlotRef::from_parts(
+                control,
+                message,
+                (input, self.input_capacity),
+                (output, self.output_capacity),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ShmName;
+
+    #[test]
+    fn soc_layout_is_page_aligned_and_disjoint() {
+        let l = SocLayout {
+            worker_count: 3,
+            input_capacity: 5000,
+            output_capacity: 1,
+        };
+        assert_eq!(l.slots() % PAGE, 0);
+        assert_eq!(l.input_offset() % PAGE, 0);
+        assert_eq!(l.output_offset(), PAGE + 8192);
+        assert_eq!(l.stride(), PAGE + 8192 + PAGE);
+        assert_eq!(l.size(), Some(l.slots() + 3 * l.stride()));
+        let huge = SocLayout {
+            worker_count: usize::MAX / 2,
+            input_capacity: 1 << 20,
+            output_capacity: 1 << 20,
+        };
+        assert_eq!(huge.size(), None);
+    }
+
+    #[test]
+    fn regions_initialise_and_read_back() {
+        let pid = std::process::id();
+        let gl = GlobalLayout {
+            soc_count: 2,
+            name_count: 3,
+        };
+        let g = Region::create(
+            &ShmName::new("layouttest", pid, 1, "g").unwrap(),
+            gl.size(),
+            GlobalLayout::SHAPE,
+        )
+        .unwrap();
+        let names = [("sys_ping", 0), ("b", 1), ("c", 2)];
+        // SAFETY: freshly created with gl.size() bytes.
+        unsafe {
+            init_global(
+                &g,
+                &gl,
+                GlobalFill {
+                    engine_seq: 1,
+                    input_capacity: 10,
+                    output_capacity: 20,
+                    worker_spin: Duration::from_micros(3),
+                    worker_yield_after: Duration::from_micros(1),
+                    socs: &[(0, 2, 100), (1, 2, 100)],
+                    names: &names,
+                },
+            )
+        };
+        g.publish();
+        let v = GlobalView::new(&g);
+        assert_eq!(v.names(), ["sys_ping", "b", "c"]);
+        assert_eq!(v.soc(1).node, 1);
+        assert_eq!(v.name(2).tag, 2);
+        assert_eq!(v.header().worker_spin_ns, 3000);
+
+        let sl = SocLayout {
+            worker_count: 2,
+            input_capacity: 10,
+            output_capacity: 20,
+        };
+        let s = Region::create(
+            &ShmName::new("layouttest", pid, 1, "s0").unwrap(),
+            sl.size().unwrap(),
+            SocLayout::SHAPE,
+        )
+        .unwrap();
+        // SAFETY: freshly created with sl.size() bytes.
+        unsafe { init_soc(&s, &sl, 0, 0, &[1, 0]) };
+        let sv = SocView::new(&s);
+        assert_eq!(sv.slot(0).control.planned_cpu.load(Ordering::Relaxed), 1);
+        assert_eq!(sv.slot(1).control.worker.load(Ordering::Relaxed), 1);
+        assert_eq!(sv.slot(1).input_capacity(), 10);
+        assert_eq!(sv.slot(1).output_capacity(), 20);
+    }
+
+    #[test]
+    fn free_signal_wakes_a_waiter() {
+        let f: &'static FreeSignal = Box::leak(Box::new(FreeSignal {
+            seq: AtomicU32::new(0),
+            waiters: AtomicU32::new(0),
+        }));
+        let flag: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+        let t = std::thread::spawn(move || {
+            f.wait_for(Instant::now() + Duration::from_secs(10), || {
+                (flag.load(Ordering::SeqCst) == 1).then_some(())
+            })
+        });
+        while f.waiters.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        flag.store(1, Ordering::SeqCst);
+        f.notify();
+        assert_eq!(t.join().unwrap(), Some(()));
+        let none = f.wait_for(Instant::now() + Duration::from_millis(5), || None::<()>);
+        assert_eq!(none, None);
+    }
+}

@@ -1,0 +1,536 @@
+//! A POSIX shared-memory object mapped into this process, with a versioned
+//! header at offset 0.
+//!
+//! This module and [`crate::futex`] are where this crate's unsafe code lives.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use memmap2::MmapMut;
+use nix::fcntl::OFlag;
+use nix::sys::mman::{shm_open, shm_unlink};
+use nix::sys::stat::Mode;
+
+use crate::{ShmName, ShmSafe, futex};
+
+/// `b"NUMAPROC"` read as a little-endian u64: the first word of every region.
+pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"NUMAPROC");
+
+/// Version of the shared-memory layout. Bump on any change of a structure
+/// placed in shared memory or of the slot state encoding.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Value of [`RegionHeader::ready`] once the creator has filled the region.
+pub const READY: u32 = 0x5245_4459; // "READ"
+
+/// What a region holds.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionKind {
+    /// The engine's global region: engine header, SOC table, name table.
+    Global = 1,
+    /// One SOC's region: its header and its worker slots.
+    Soc = 2,
+}
+
+/// The header at offset 0 of every region. Whoever attaches checks every
+/// field against what it was built with; `ready` is published last.
+#[repr(C)]
+#[derive(Debug)]
+pub struct RegionHeader {
+    /// [`REGION_MAGIC`].
+    pub magic: u64,
+    /// [`LAYOUT_VERSION`].
+    pub layout_version: u32,
+    /// A [`RegionKind`] as u32.
+    pub kind: u32,
+    /// `size_of::<RegionHeader>()`.
+    pub header_size: u32,
+    /// Size of the kind-specific header that follows.
+    pub body_size: u32,
+    /// Size of one table entry (SOC entry or slot control block).
+    pub entry_size: u32,
+    /// Size of a second kind of entry (name-table entry), or 0.
+    pub extra_size: u32,
+    /// Size of the whole region in bytes.
+    pub total_size: u64,
+    /// Pid of the master that created the region.
+    pub master_pid: u32,
+    /// [`READY`] once the region is filled; futex-woken when set.
+    pub ready: AtomicU32,
+}
+
+// SAFETY: repr(C), integers and an AtomicU32 only, valid when zeroed.
+unsafe impl ShmSafe for RegionHeader {}
+
+/// The structure sizes a region is expected to have, checked on open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Expected kind.
+    pub kind: RegionKind,
+    /// Expected kind-specific header size.
+    pub body_size: u32,
+    /// Expected entry size.
+    pub entry_size: u32,
+    /// Expected second entry size.
+    pub extra_size: u32,
+}
+
+/// Errors creating a region.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    /// `shm_open` failed (for example, the name exists already).
+    #[error("cannot create shared-memory object {name}: {source}")]
+    Create {
+        /// Object name.
+        name: String,
+        /// OS error.
+        source: nix::Error,
+    },
+    /// Sizing or mapping the object failed.
+    #[error("cannot size or map shared-memory object {name} ({size} bytes): {source}")]
+    Map {
+        /// Object name.
+        name: String,
+        /// Requested size.
+        size: usize,
+        /// OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Errors attaching to an existing region.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The object does not exist or cannot be opened or mapped.
+    #[error("cannot open shared-memory object {name}: {reason}")]
+    Open {
+        /// Object name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The object is smaller than its header says or than a header.
+    #[error("shared-memory object {name} is too small: {size} bytes")]
+    TooSmall {
+        /// Object name.
+        name: String,
+        /// Its size.
+        size: usize,
+    },
+    /// The first word is not [`REGION_MAGIC`]: not a numaproc region.
+    #[error("shared-memory object {name} is not a numaproc region (bad magic {found:#x})")]
+    BadMagic {
+        /// Object name.
+        name: String,
+        /// What was found.
+        found: u64,
+    },
+    /// Made by a build with another layout version.
+    #[error(
+        "shared-memory object {name} has layout version {found}, this build expects {expected}"
+    )]
+    VersionMismatch {
+        /// Object name.
+        name: String,
+        /// Found version.
+        found: u32,
+        /// Expected version.
+        expected: u32,
+    },
+    /// A structure size differs: made by an incompatible build.
+    #[error("shared-memory object {name}: {what} is {found}, this build expects {expected}")]
+    SizeMismatch {
+        /// Object name.
+        name: String,
+        /// Which field.
+        what: &'static str,
+        /// Found value.
+        found: u64,
+        /// Expected value.
+        expected: u64,
+    },
+    /// The creator did not publish the region within the timeout.
+    #[error("shared-memory object {name} was not ready within {timeout:?}")]
+    NotReady {
+        /// Object name.
+        name: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+}
+
+/// A mapped shared-memory region. The creator owns the name and unlinks it
+/// when the region is dropped (or earlier with [`Region::unlink`]).
+#[derive(Debug)]
+pub struct Region {
+    name: String,
+    map: MmapMut,
+    base: *mut u8,
+    owner: bool,
+}
+
+// SAFETY: the mapping is shared memory meant for concurrent use; every access
+// goes through atomics or through buffers whose exclusive use is arbitrated
+// by a slot's state word. The raw base pointer stays valid while `map` lives.
+unsafe impl Send for Region {}
+// SAFETY: as above.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Creates a new zero-filled object of `size` bytes (exclusive: fails if
+    /// the name exists) and writes its header, not yet ready.
+    pub fn create(name: &ShmName, size: usize, shape: Shape) -> Result<Self, RegionError> {
+        let path = name.path();
+        let fd = shm_open(
+            path.as_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )
+        .map_err(|source| RegionError::Create {
+            name: name.to_string(),
+            source,
+        })?;
+        let file = File::from(fd);
+        let map_err = |source| RegionError::Map {
+            name: name.to_string(),
+            size,
+            source,
+        };
+        let mapped = file.set_len(size as u64).and_then(|()| {
+            // SAFETY: the object was just created exclusively by us; other
+            // processes only map it through this crate, which accesses it
+            // through atomics and slot-arbitrated buffers.
+            unsafe { MmapMut::map_mut(&file) }
+        });
+        let mut map = match mapped {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = shm_unlink(path.as_str());
+                return Err(map_err(e));
+            }
+        };
+        let base = map.as_mut_ptr();
+        let region = Self {
+            name: name.to_string(),
+            map,
+            base,
+            owner: true,
+        };
+        if size < size_of::<RegionHeader>() {
+            return Err(map_err(std::io::Error::other(
+                "smaller than a region header",
+            )));
+        }
+        let header = RegionHeader {
+            magic: REGION_MAGIC,
+            layout_version: LAYOUT_VERSION,
+            kind: shape.kind as u32,
+            header_size: size_of::<RegionHeader>() as u32,
+            body_size: shape.body_size,
+            entry_size: shape.entry_size,
+            extra_size: shape.extra_size,
+            total_size: size as u64,
+            master_pid: std::process::id(),
+            ready: AtomicU32::new(0),
+        };
+        // SAFETY: offset 0 is in bounds (checked above) and page-aligned; no
+        // one else can see the object before `publish`.
+        unsafe { std::ptr::write(region.base.cast::<RegionHeader>(), header) };
+        Ok(region)
+    }
+
+    /// Opens an existing region, waits up to `timeout` for it to be ready,
+    /// and checks its header against `shape`.
+    pub fn open(name: &ShmName, shape: Shape, timeout: Duration) -> Result<Self, OpenError> {
+        let path = name.path();
+        let open_err = |reason: String| OpenError::Open {
+            name: name.to_string(),
+            reason,
+        };
+        let fd = shm_open(
+            path.as_str(),
+            OFlag::O_RDWR | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| open_err(e.to_string()))?;
+        let file = File::from(fd);
+        // SAFETY: see `create`; the header is validated before any other use.
+        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| open_err(e.to_string()))?;
+        let base = map.as_mut_ptr();
+        let region = Self {
+            name: name.to_string(),
+            map,
+            base,
+            owner: false,
+        };
+        if region.len() < size_of::<RegionHeader>() {
+            return Err(OpenError::TooSmall {
+                name: region.name.clone(),
+                size: region.len(),
+            });
+        }
+        region.wait_ready(timeout)?;
+        region.check(shape)?;
+        Ok(region)
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> Result<(), OpenError> {
+        let deadline = Instant::now() + timeout;
+        let ready = &self.header().ready;
+        loop {
+            let v = ready.load(Ordering::Acquire);
+            if v == READY {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(OpenError::NotReady {
+                    name: self.name.clone(),
+                    timeout,
+                });
+            }
+            futex::wait(ready, v, Some(left));
+        }
+    }
+
+    /// Checks the header against `shape`, this build's layout version and
+    /// the mapped size.
+    pub fn check(&self, shape: Shape) -> Result<(), OpenError> {
+        let h = self.header();
+        let name = || self.name.clone();
+        if h.magic != REGION_MAGIC {
+            return Err(OpenError::BadMagic {
+                name: name(),
+                found: h.magic,
+            });
+        }
+        if h.layout_version != LAYOUT_VERSION {
+            return Err(OpenError::VersionMismatch {
+                name: name(),
+                found: h.layout_version,
+                expected: LAYOUT_VERSION,
+            });
+        }
+        let checks: [(&'static str, u64, u64); 6] = [
+            ("region kind", h.kind.into(), shape.kind as u64),
+            (
+                "header size",
+                h.header_size.into(),
+                size_of::<RegionHeader>() as u64,
+            ),
+            (
+                "body header size",
+                h.body_size.into(),
+                shape.body_size.into(),
+            ),
+            ("entry size", h.entry_size.into(), shape.entry_size.into()),
+            (
+                "extra entry size",
+                h.extra_size.into(),
+                shape.extra_size.into(),
+            ),
+            ("total size", h.total_size, self.len() as u64),
+        ];
+        for (what, found, expected) in checks {
+            if found != expected {
+                return Err(OpenError::SizeMismatch {
+                    name: name(),
+                    what,
+                    found,
+                    expected,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the region ready (last step of the creator) and wakes openers.
+    pub fn publish(&self) {
+        let ready = &self.header().ready;
+        ready.store(READY, Ordering::Release);
+        futex::wake_all(ready);
+    }
+
+    /// The region's header.
+    pub fn header(&self) -> &RegionHeader {
+        self.get(0)
+    }
+
+    /// The object's name (without the leading `/`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the region has zero bytes (never, for a valid region).
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// A shared reference to the `T` at `offset`.
+    ///
+    /// # Panics
+    /// If `offset` is misaligned for `T` or `T` does not fit: offsets come
+    /// from [`crate::layout`], computed from a checked header, so this is a
+    /// bug in numaproc, never a condition a user can cause.
+    pub fn get<T: ShmSafe>(&self, offset: usize) -> &T {
+        assert!(
+            offset.is_multiple_of(align_of::<T>())
+                && offset
+                    .checked_add(size_of::<T>())
+                    .is_some_and(|end| end <= self.len()),
+            "region {}: bad offset {offset} for a {}-byte structure",
+            self.name,
+            size_of::<T>()
+        );
+        // SAFETY: in bounds and aligned (asserted); `T: ShmSafe` is valid for
+        // any bit pattern and only shared references are handed out.
+        unsafe { &*self.base.add(offset).cast::<T>() }
+    }
+
+    /// A raw pointer to `len` bytes at `offset`, for buffers whose exclusive
+    /// use is arbitrated by a slot state word.
+    ///
+    /// # Panics
+    /// If the range is out of bounds (a bug in numaproc's layout code).
+    pub fn bytes_ptr(&self, offset: usize, len: usize) -> *mut u8 {
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len()),
+            "region {}: byte range {offset}+{len} out of bounds",
+            self.name
+        );
+        // SAFETY: in bounds (asserted above).
+        unsafe { self.base.add(offset) }
+    }
+
+    /// Whether dropping the region removes its name (creators only).
+    pub fn unlink_on_drop(&mut self, yes: bool) {
+        self.owner = yes;
+    }
+
+    /// Removes the name now; the mapping stays valid until dropped.
+    /// Idempotent; only the creator unlinks.
+    pub fn unlink(&mut self) {
+        if self.owner {
+            self.owner = false;
+            let _ = shm_unlink(format!("/{}", self.name).as_str());
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        self.unlink();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape() -> Shape {
+        Shape {
+            kind: RegionKind::Soc,
+            body_size: 8,
+            entry_size: 16,
+            extra_size: 0,
+        }
+    }
+
+    fn name(what: &str) -> ShmName {
+        ShmName::new("ipctest", std::process::id(), 0, what).unwrap()
+    }
+
+    fn exists(n: &ShmName) -> bool {
+        std::path::Path::new("/dev/shm")
+            .join(n.to_string())
+            .exists()
+    }
+
+    #[test]
+    fn create_publish_open_and_unlink_on_drop() {
+        let n = name("a");
+        let r = Region::create(&n, 8192, shape()).unwrap();
+        assert!(exists(&n));
+        r.get::<AtomicU32>(4096).store(42, Ordering::Relaxed);
+        r.publish();
+        let o = Region::open(&n, shape(), Duration::from_secs(1)).unwrap();
+        assert_eq!(o.get::<AtomicU32>(4096).load(Ordering::Relaxed), 42);
+        drop(o);
+        assert!(exists(&n), "an opener must not unlink");
+        drop(r);
+        assert!(!exists(&n));
+    }
+
+    #[test]
+    fn open_checks_shape_and_readiness() {
+        let n = name("b");
+        let r = Region::create(&n, 4096, shape()).unwrap();
+        let err = Region::open(&n, shape(), Duration::from_millis(10)).unwrap_err();
+        assert!(matches!(err, OpenError::NotReady { .. }), "{err}");
+        r.publish();
+        let mut other = shape();
+        other.entry_size = 32;
+        let err = Region::open(&n, other, Duration::from_secs(1)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OpenError::SizeMismatch {
+                    what: "entry size",
+                    found: 16,
+                    expected: 32,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        other = shape();
+        other.kind = RegionKind::Global;
+        assert!(matches!(
+            Region::open(&n, other, Duration::from_secs(1)),
+            Err(OpenError::SizeMismatch {
+                what: "region kind",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn open_refuses_a_foreign_object() {
+        let n = name("c");
+        let path = n.path();
+        let fd = shm_open(
+            path.as_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )
+        .unwrap();
+        File::from(fd).set_len(4096).unwrap();
+        let err = Region::open(&n, shape(), Duration::from_millis(10)).unwrap_err();
+        shm_unlink(path.as_str()).unwrap();
+        // A zero-filled object is never ready.
+        assert!(matches!(err, OpenError::NotReady { .. }), "{err}");
+    }
+
+    #[test]
+    fn open_of_missing_object_names_it() {
+        let err = Region::open(&name("missing"), shape(), Duration::from_millis(1)).unwrap_err();
+        assert!(err.to_string().contains("numaproc-ipctest-"), "{err}");
+    }
+
+    #[test]
+    fn create_is_exclusive() {
+        let n = name("d");
+        let _r = Region::create(&n, 4096, shape()).unwrap();
+        assert!(matches!(
+            Region::create(&n, 4096, shape()),
+            Err(RegionError::Create { .. })
+        ));
+    }
+}

@@ -1,0 +1,183 @@
+//! Spin-then-sleep waits on a shared state word.
+//!
+//! A waiter first spins on the word for a bounded time: a pure spin for
+//! [`WaitPolicy::yield_after`], then spinning with `sched_yield` between
+//! checks so that a thread that needs this core (the other side of the call,
+//! when both share a core) gets it. Once [`WaitPolicy::spin`] has passed, the
+//! waiter sets its *sleeping* bit in the word with a CAS and sleeps on a
+//! futex. Whoever changes the word next clears the bit and makes the wake
+//! system call only when it was set.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::futex;
+
+/// How long a waiter spins before it sleeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitPolicy {
+    /// Total time to spin (pure, then yielding) before sleeping on a futex.
+    /// Zero: sleep at once.
+    pub spin: Duration,
+    /// Time of pure spinning before each check also yields the core.
+    pub yield_after: Duration,
+}
+
+impl WaitPolicy {
+    /// The policy of workers waiting for a task: they stay hot for a while
+    /// after a call so that back-to-back calls see no wake-up cost.
+    pub const WORKER_DEFAULT: Self = Self {
+        spin: Duration::from_micros(200),
+        yield_after: Duration::from_micros(2),
+    };
+    /// The policy of sessions waiting for a result.
+    pub const SESSION_DEFAULT: Self = Self {
+        spin: Duration::from_micros(100),
+        yield_after: Duration::from_micros(2),
+    };
+}
+
+/// Waits until `until(word)` holds, or `deadline` passes (`None`: no limit).
+///
+/// `sleep_flag` is the bit this waiter sets in the word before it sleeps;
+/// the writer that next changes the word must clear it and wake the futex.
+/// `until` must look only at the bits that matter to it, never at
+/// `sleep_flag`. Returns the word's value that satisfied `until`, or `None`
+/// when the deadline passed first.
+pub fn wait_on(
+    word: &AtomicU32,
+    policy: &WaitPolicy,
+    deadline: Option<Instant>,
+    sleep_flag: u32,
+    mut until: impl FnMut(u32) -> bool,
+) -> Option<u32> {
+    let v = word.load(Ordering::Acquire);
+    if until(v) {
+        return Some(v);
+    }
+    if !policy.spin.is_zero() {
+        let start = Instant::now();
+        let mut yielding = false;
+        let mut i: u32 = 0;
+        loop {
+            let v = word.load(Ordering::Acquire);
+            if until(v) {
+                return Some(v);
+            }
+            i = i.wrapping_add(1);
+            if i.is_multiple_of(16) {
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    return None;
+                }
+                let spent = now - start;
+                if spent >= policy.spin {
+                    break;
+                }
+                yielding = spent >= policy.yield_after;
+            }
+            if yielding {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+    loop {
+        let mut v = word.load(Ordering::Acquire);
+        if until(v) {
+            return Some(v);
+        }
+        let timeout = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                Some(left)
+            }
+            None => None,
+        };
+        if v & sleep_flag == 0 {
+            match word.compare_exchange(v, v | sleep_flag, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => v |= sleep_flag,
+                Err(_) => continue,
+            }
+        }
+        futex::wait(word, v, timeout);
+    }
+}
+
+/// Replaces the word by `next(current)` with a CAS loop; when the old value
+/// had any of `wake_flags`, wakes the futex sleepers. Returns the old value,
+/// or `None` when `next` declined (returned `None`).
+pub fn update_and_wake(
+    word: &AtomicU32,
+    wake_flags: u32,
+    mut next: impl FnMut(u32) -> Option<u32>,
+) -> Option<u32> {
+    let old = word
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, &mut next)
+        .ok()?;
+    if old & wake_flags != 0 {
+        futex::wake_all(word);
+    }
+    Some(old)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    const SLEEP: u32 = 1 << 31;
+
+    fn policy(spin_us: u64) -> WaitPolicy {
+        WaitPolicy {
+            spin: Duration::from_micros(spin_us),
+            yield_after: Duration::from_micros(1),
+        }
+    }
+
+    #[test]
+    fn times_out_after_spinning_and_sleeping() {
+        let w = AtomicU32::new(0);
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(30);
+        assert_eq!(
+            wait_on(&w, &policy(50), Some(deadline), SLEEP, |v| v & !SLEEP == 1),
+            None
+        );
+        assert!(start.elapsed() >= Duration::from_millis(29));
+        assert_eq!(
+            w.load(Ordering::Relaxed),
+            SLEEP,
+            "sleeping bit left for the waker"
+        );
+    }
+
+    #[test]
+    fn sleeper_is_woken_by_update_and_wake() {
+        for spin in [0, 20] {
+            let w = Arc::new(AtomicU32::new(0));
+            let w2 = Arc::clone(&w);
+            let t = std::thread::spawn(move || {
+                wait_on(&w2, &policy(spin), None, SLEEP, |v| v & !SLEEP == 7)
+            });
+            // Wait until the other thread sleeps, then change the word.
+            while w.load(Ordering::Acquire) & SLEEP == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let old = update_and_wake(&w, SLEEP, |v| Some((v & !SLEEP) | 7));
+            assert_eq!(old, Some(SLEEP));
+            assert_eq!(t.join().unwrap(), Some(7));
+        }
+    }
+
+    #[test]
+    fn update_declined_leaves_word() {
+        let w = AtomicU32::new(3);
+        assert_eq!(update_and_wake(&w, SLEEP, |_| None), None);
+        assert_eq!(w.load(Ordering::Relaxed), 3);
+    }
+}

@@ -1,0 +1,58 @@
+//! What a running procedure can learn about where it runs.
+
+use crate::Registry;
+
+/// Per-worker counters, as reported by `sys_stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerStats {
+    /// Worker index within its SOC.
+    pub worker: u32,
+    /// Calls run.
+    pub calls: u64,
+    /// Calls that ended with an error.
+    pub errors: u64,
+}
+
+/// Services the SOC offers to running procedures.
+pub trait Host: Sync {
+    /// Whether the caller gave up on the running call.
+    fn is_cancelled(&self) -> bool;
+    /// Counters of every worker of this SOC.
+    fn worker_stats(&self) -> Vec<WorkerStats>;
+}
+
+/// The context of one call: where it runs and what it may ask.
+#[derive(Clone, Copy)]
+pub struct ProcContext<'a> {
+    /// SOC index.
+    pub soc: u32,
+    /// NUMA node of the SOC (OS index).
+    pub node: u32,
+    /// Worker index within the SOC.
+    pub worker: u32,
+    /// The CPU the worker was planned on (OS index), if it is bound.
+    pub planned_cpu: Option<u32>,
+    /// The procedures of this SOC.
+    pub registry: &'a Registry,
+    /// SOC services.
+    pub host: &'a dyn Host,
+}
+
+impl std::fmt::Debug for ProcContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcContext")
+            .field("soc", &self.soc)
+            .field("node", &self.node)
+            .field("worker", &self.worker)
+            .field("planned_cpu", &self.planned_cpu)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProcContext<'_> {
+    /// Whether the caller gave up on this call (timed out or dropped its
+    /// session). Long procedures should check it and return early.
+    pub fn is_cancelled(&self) -> bool {
+        self.host.is_cancelled()
+    }
+}

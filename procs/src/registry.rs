@@ -1,0 +1,247 @@
+//! The procedure registry: names, ids and function pointers.
+//!
+//! Ids are indices into the registry, assigned at registration and fixed
+//! before the SOCs start; the master and every SOC hold the same table, so a
+//! name is resolved once and each call dispatches by index.
+
+use std::collections::HashMap;
+
+use crate::{OutputBuf, ProcContext, ProcError, sys};
+
+/// Longest procedure name, in bytes.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// A procedure: input bytes in, output bytes out, or an error.
+pub type ProcFn =
+    fn(ctx: &ProcContext<'_>, input: &[u8], output: &mut OutputBuf<'_>) -> Result<(), ProcError>;
+
+/// The index of a procedure in its engine's registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcId(pub u32);
+
+/// Where a procedure comes from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Built into numaproc (`sys_*`).
+    Builtin,
+    /// Registered as a Rust function pointer before the start.
+    Registered,
+}
+
+impl Origin {
+    /// A small number for the shared name table.
+    pub fn tag(&self) -> u32 {
+        match self {
+            Self::Builtin => 0,
+            Self::Registered => 1,
+        }
+    }
+}
+
+/// One registered procedure.
+#[derive(Debug, Clone)]
+pub struct ProcEntry {
+    /// Its name.
+    pub name: String,
+    /// Where it comes from.
+    pub origin: Origin,
+    /// The function.
+    pub func: ProcFn,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// Empty or longer than [`MAX_NAME_LEN`] bytes.
+    #[error("procedure name {name:?} must be 1 to {MAX_NAME_LEN} bytes long, it has {len}")]
+    Length {
+        /// The name.
+        name: String,
+        /// Its length.
+        len: usize,
+    },
+    /// A byte outside `[A-Za-z0-9_.:-]`.
+    #[error(
+        "procedure name {name:?} may only contain ASCII letters, digits and '_' '.' ':' '-' (found {found:?})"
+    )]
+    Charset {
+        /// The name.
+        name: String,
+        /// The first bad character.
+        found: char,
+    },
+    /// `sys_` names belong to built-in procedures.
+    #[error("procedure name {0:?} uses the reserved prefix \"sys_\" (built-in procedures only)")]
+    Reserved(String),
+    /// The name is taken.
+    #[error("procedure name {0:?} is already registered")]
+    Duplicate(String),
+    /// More than `u32::MAX` procedures.
+    #[error("too many procedures")]
+    TooMany,
+}
+
+/// Checks a procedure name: 1 to 63 bytes of `[A-Za-z0-9_.:-]`.
+pub fn check_name(name: &str) -> Result<(), RegisterError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(RegisterError::Length {
+            name: name.to_owned(),
+            len: name.len(),
+        });
+    }
+    if let Some(found) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
+    {
+        return Err(RegisterError::Charset {
+            name: name.to_owned(),
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// The procedures of an engine, indexed by [`ProcId`].
+#[derive(Debug, Clone)]
+pub struct Registry {
+    entries: Vec<ProcEntry>,
+    by_name: HashMap<String, ProcId>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    /// A registry holding the built-in `sys_*` procedures.
+    pub fn new() -> Self {
+        let mut r = Self {
+            entries: Vec::new(),
+            by_name: HashMap::new(),
+        };
+        for (name, func) in sys::BUILTINS {
+            r.insert(name, Origin::Builtin, *func)
+                .expect("built-in names are valid and unique");
+        }
+        r
+    }
+
+    /// Registers a user procedure. `sys_*` names are refused.
+    pub fn register(&mut self, name: &str, func: ProcFn) -> Result<ProcId, RegisterError> {
+        check_name(name)?;
+        if name.starts_with("sys_") {
+            return Err(RegisterError::Reserved(name.to_owned()));
+        }
+        self.insert(name, Origin::Registered, func)
+    }
+
+    fn insert(
+        &mut self,
+        name: &str,
+        origin: Origin,
+        func: ProcFn,
+    ) -> Result<ProcId, RegisterError> {
+        check_name(name)?;
+        if self.by_name.contains_key(name) {
+            return Err(RegisterError::Duplicate(name.to_owned()));
+        }
+        let id = ProcId(u32::try_from(self.entries.len()).map_err(|_| RegisterError::TooMany)?);
+        self.entries.push(ProcEntry {
+            name: name.to_owned(),
+            origin,
+            func,
+        });
+        self.by_name.insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    /// The id of `name`.
+    pub fn id(&self, name: &str) -> Option<ProcId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The procedure with `id`.
+    pub fn get(&self, id: ProcId) -> Option<&ProcEntry> {
+        self.entries.get(id.0 as usize)
+    }
+
+    /// All procedures in id order.
+    pub fn entries(&self) -> &[ProcEntry] {
+        &self.entries
+    }
+
+    /// Number of procedures.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none (never: built-ins are always there).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nop(_: &ProcContext<'_>, _: &[u8], _: &mut OutputBuf<'_>) -> Result<(), ProcError> {
+        Ok(())
+    }
+
+    #[test]
+    fn sys_names_are_reserved() {
+        let mut r = Registry::new();
+        assert_eq!(
+            r.register("sys_mine", nop),
+            Err(RegisterError::Reserved("sys_mine".into()))
+        );
+        assert_eq!(
+            r.register("sys_ping", nop),
+            Err(RegisterError::Reserved("sys_ping".into()))
+        );
+    }
+
+    #[test]
+    fn names_are_checked() {
+        let mut r = Registry::new();
+        assert!(matches!(
+            r.register("", nop),
+            Err(RegisterError::Length { len: 0, .. })
+        ));
+        assert!(matches!(
+            r.register(&"a".repeat(64), nop),
+            Err(RegisterError::Length { len: 64, .. })
+        ));
+        assert!(matches!(
+            r.register("a b", nop),
+            Err(RegisterError::Charset { found: ' ', .. })
+        ));
+        assert!(matches!(
+            r.register("é", nop),
+            Err(RegisterError::Charset { found: 'é', .. })
+        ));
+        let id = r.register(&"a".repeat(63), nop).unwrap();
+        assert_eq!(r.get(id).unwrap().origin, Origin::Registered);
+        r.register("ns:proc-1.v2", nop).unwrap();
+        assert_eq!(
+            r.register("ns:proc-1.v2", nop),
+            Err(RegisterError::Duplicate("ns:proc-1.v2".into()))
+        );
+    }
+
+    #[test]
+    fn ids_are_indices() {
+        let mut r = Registry::new();
+        let n = r.len();
+        let id = r.register("mine", nop).unwrap();
+        assert_eq!(id, ProcId(n as u32));
+        assert_eq!(r.id("mine"), Some(id));
+        assert_eq!(r.get(id).unwrap().name, "mine");
+        assert_eq!(r.id("sys_ping"), Some(ProcId(0)));
+        assert!(r.entries()[..n].iter().all(|e| e.origin == Origin::Builtin));
+    }
+}

@@ -1,0 +1,117 @@
+//! The SOC side of numaproc.
+//!
+//! A SOC serves one SOC region: it runs an optional per-SOC init hook, starts
+//! one worker thread per slot, pins each to its planned CPU, lets each touch
+//! its own buffers first (so that they are placed on the worker's node),
+//! reports ready, and serves calls until its slots are closed.
+//!
+//! The same code runs in every SOC kind: in a thread of the master
+//! (emulated), or in a forked child.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod worker;
+
+use std::time::Duration;
+
+use crossbeam_channel::bounded;
+use numaproc_ipc::layout::{GlobalView, SocView};
+use numaproc_ipc::{Region, WaitPolicy};
+use numaproc_procs::Registry;
+
+pub use worker::pin_current_thread;
+
+/// What a per-SOC init hook learns about its SOC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocInfo {
+    /// SOC index.
+    pub soc: u32,
+    /// NUMA node (OS index).
+    pub node: u32,
+    /// Number of workers.
+    pub workers: u32,
+}
+
+/// A hook run in each SOC (in its process) before its workers start; an
+/// error stops the engine's start and is reported with the SOC's id.
+pub type SocInitFn = fn(&SocInfo) -> Result<(), String>;
+
+/// Everything a SOC needs to run.
+#[derive(Debug)]
+pub struct SocConfig<'a> {
+    /// SOC index.
+    pub soc: u32,
+    /// The engine's global region.
+    pub global: &'a Region,
+    /// This SOC's region.
+    pub region: &'a Region,
+    /// The procedures.
+    pub registry: &'a Registry,
+    /// Whether to pin workers to their planned CPUs.
+    pub bind: bool,
+    /// Optional init hook.
+    pub init: Option<SocInitFn>,
+}
+
+/// Runs a SOC until its slots are closed. `report` is called exactly once:
+/// with `Ok` when every worker is pinned and serving, or with the reason the
+/// SOC could not start (then every started worker has been stopped).
+pub fn run(cfg: &SocConfig<'_>, report: impl FnOnce(Result<(), String>)) {
+    let view = SocView::new(cfg.region);
+    let global = GlobalView::new(cfg.global).header();
+    let header = view.header();
+    let info = SocInfo {
+        soc: cfg.soc,
+        node: header.node,
+        workers: header.worker_count,
+    };
+    if let Some(init) = cfg.init
+        && let Err(e) = init(&info)
+    {
+        close_all(&view);
+        report(Err(format!("init hook failed: {e}")));
+        return;
+    }
+    let policy = WaitPolicy {
+        spin: Duration::from_nanos(global.worker_spin_ns),
+        yield_after: Duration::from_nanos(global.worker_yield_after_ns),
+    };
+    let (tx, rx) = bounded::<Result<(), String>>(view.worker_count());
+    std::thread::scope(|scope| {
+        let mut spawn_error = None;
+        for w in 0..view.worker_count() {
+            let tx = tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("np{}w{}", cfg.soc, w))
+                .spawn_scoped(scope, {
+                    let view = &view;
+                    move || worker::run(cfg, view, info, w, &policy, global, tx)
+                });
+            if let Err(e) = spawned {
+                spawn_error = Some(format!("cannot start worker {w}: {e}"));
+                break;
+            }
+        }
+        drop(tx);
+        // Every spawned worker sends exactly one start result.
+        let mut first_error = spawn_error;
+        for result in rx.iter() {
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            None => report(Ok(())),
+            Some(e) => {
+                close_all(&view);
+                report(Err(e));
+            }
+        }
+    });
+}
+
+/// Closes every idle slot of a SOC so that its workers exit.
+fn close_all(view: &SocView<'_>) {
+    for w in 0..view.worker_count() {
+        view.slot(w).control.close();
+    }
+}

@@ -1,0 +1,208 @@
+//! One worker thread: pin, touch, serve.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::Sender;
+use numaproc_ipc::WaitPolicy;
+use numaproc_ipc::layout::{GlobalHeader, PAGE, SocView};
+use numaproc_ipc::slot::{Begin, SlotRef, Task};
+use numaproc_procs::{CallStatus, Host, OutputBuf, ProcContext, ProcId, WorkerStats};
+
+use crate::{SocConfig, SocInfo};
+
+/// Pins the calling thread to one CPU (OS index).
+pub fn pin_current_thread(cpu: u32) -> Result<(), String> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu as usize)
+        .map_err(|e| format!("CPU {cpu} is out of range: {e}"))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))
+}
+
+/// The host services seen by procedures on this worker.
+struct WorkerHost<'a> {
+    slot: SlotRef<'a>,
+    view: &'a SocView<'a>,
+}
+
+impl Host for WorkerHost<'_> {
+    fn is_cancelled(&self) -> bool {
+        self.slot.control.is_abandoned()
+    }
+
+    fn worker_stats(&self) -> Vec<WorkerStats> {
+        (0..self.view.worker_count())
+            .map(|w| {
+                let c = self.view.slot(w).control;
+                WorkerStats {
+                    worker: w as u32,
+                    calls: c.stats.calls.load(Ordering::Relaxed),
+                    errors: c.stats.errors.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Writes zeros over `len` bytes one page at a time: the first touch, which
+/// places the pages on the node of the touching (pinned) thread.
+fn touch(buf: &mut [u8]) {
+    for page in buf.chunks_mut(PAGE) {
+        page[0] = 0;
+    }
+}
+
+pub(crate) fn run(
+    cfg: &SocConfig<'_>,
+    view: &SocView<'_>,
+    info: SocInfo,
+    w: usize,
+    policy: &WaitPolicy,
+    global: &GlobalHeader,
+    started: Sender<Result<(), String>>,
+) {
+    let slot = view.slot(w);
+    let control = slot.control;
+    let planned = control.planned_cpu.load(Ordering::Relaxed);
+    let planned_cpu = (planned != u32::MAX).then_some(planned);
+    if cfg.bind
+        && let Some(cpu) = planned_cpu
+        && let Err(e) = pin_current_thread(cpu)
+    {
+        let _ = started.send(Err(format!("worker {w}: {e}")));
+        return;
+    }
+    // SAFETY: no session can use the slot before the SOC reports ready,
+    // which happens after this worker has sent its start result below.
+    unsafe {
+        touch(slot.input_mut());
+        touch(slot.output_mut());
+        touch(slot.message_mut());
+    }
+    control
+        .os_tid
+        .store(nix::unistd::gettid().as_raw() as u32, Ordering::Relaxed);
+    let _ = started.send(Ok(()));
+    drop(started);
+
+    let host = WorkerHost { slot, view };
+    let ctx = ProcContext {
+        soc: info.soc,
+        node: info.node,
+        worker: w as u32,
+        planned_cpu: planned_cpu.filter(|_| cfg.bind),
+        registry: cfg.registry,
+        host: &host,
+    };
+    loop {
+        let generation = match control.wait_task(policy) {
+            Task::Closed => return,
+            Task::Submitted(g) => g,
+        };
+        match control.begin(generation) {
+            Begin::Run => {}
+            Begin::Abandoned => {
+                global.free.notify();
+                continue;
+            }
+            Begin::Gone => continue,
+        }
+        serve(&ctx, slot);
+        if control.finish(generation) {
+            global.free.notify();
+        }
+        // A call that outlived the engine's shutdown wait: the master has
+        // stopped waiting for this worker, so leave now.
+        if global.closing.load(Ordering::Acquire) != 0 {
+            return;
+        }
+    }
+}
+
+/// Runs the submitted call and writes its response fields.
+fn serve(ctx: &ProcContext<'_>, slot: SlotRef<'_>) {
+    let control = slot.control;
+    let id = control.proc_id.load(Ordering::Relaxed);
+    let input_len = control.input_len.load(Ordering::Relaxed) as usize;
+    // SAFETY: the slot is Running under this worker: the session wrote the
+    // input before submitting and touches neither buffer until Done.
+    let (input, output, message) =
+        unsafe { (slot.input(input_len), slot.output_mut(), slot.message_mut()) };
+    let mut out = OutputBuf::new(output);
+    let (status, code, text, out_len): (CallStatus, u32, String, usize) =
+        match ctx.registry.get(ProcId(id)) {
+            None => (
+                CallStatus::NotFound,
+                0,
+                format!("no procedure with id {id} in SOC {}", ctx.soc),
+                0,
+            ),
+            Some(entry) => {
+                let result = catch_unwind(AssertUnwindSafe(|| (entry.func)(ctx, input, &mut out)));
+                match (result, out.overflow()) {
+                    (Ok(_), Some(needed)) => (
+                        CallStatus::OutputTooLarge,
+                        0,
+                        format!(
+                            "{} wrote {needed} bytes into a {}-byte output buffer",
+                            entry.name,
+                            out.capacity()
+                        ),
+                        needed,
+                    ),
+                    (Ok(Ok(())), None) => (CallStatus::Ok, 0, String::new(), out.len()),
+                    (Ok(Err(e)), None) => (CallStatus::Failed, e.code, e.message, 0),
+                    (Err(panic), _) => (CallStatus::Panicked, 0, panic_text(&*panic), 0),
+                }
+            }
+        };
+    let n = floor_char_boundary(&text, message.len());
+    message[..n].copy_from_slice(&text.as_bytes()[..n]);
+    control.message_len.store(n as u32, Ordering::Relaxed);
+    control.status.store(status as u32, Ordering::Relaxed);
+    control.error_code.store(code, Ordering::Relaxed);
+    control.output_len.store(out_len as u64, Ordering::Relaxed);
+    control.stats.calls.fetch_add(1, Ordering::Relaxed);
+    if status != CallStatus::Ok {
+        control.stats.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
+    }
+    (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_cut_on_char_boundaries() {
+        assert_eq!(floor_char_boundary("abc", 10), 3);
+        assert_eq!(floor_char_boundary("aé", 2), 1);
+        assert_eq!(floor_char_boundary("aé", 3), 3);
+    }
+
+    #[test]
+    fn pinning_to_an_impossible_cpu_is_an_error() {
+        let e = pin_current_thread(1_000_000).unwrap_err();
+        assert!(e.contains("1000000"), "{e}");
+    }
+}

@@ -1,0 +1,92 @@
+//! The shared scenarios with emulated SOCs (threads of this process), as
+//! ordinary tests, each under a watchdog.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use numaproc::SocKind;
+use numaproc_integration as it;
+
+/// Aborts the test process if the guarded test runs longer than `limit`.
+struct Watchdog(Option<mpsc::Sender<()>>);
+
+impl Watchdog {
+    fn new(name: &'static str, limit: Duration) -> Self {
+        let (tx, rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!("watchdog: {name} ran longer than {limit:?}; aborting");
+                std::process::abort();
+            }
+        });
+        Self(Some(tx))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.take();
+    }
+}
+
+macro_rules! scenario {
+    ($name:ident) => {
+        #[test]
+        fn $name() {
+            let _w = Watchdog::new(stringify!($name), Duration::from_secs(120));
+            it::run_named(stringify!($name), || it::$name(SocKind::Emulated)).unwrap();
+        }
+    };
+}
+
+scenario!(calls_reach_every_worker);
+scenario!(workers_are_pinned_to_their_planned_cpu);
+scenario!(concurrent_sessions_get_their_own_output);
+scenario!(every_error_is_typed);
+scenario!(zero_copy_claim_and_read);
+scenario!(dropped_sessions_never_leak_workers);
+scenario!(failed_start_names_the_soc_and_leaves_nothing);
+scenario!(synthetic_four_node_plan_runs);
+
+#[test]
+fn every_scenario_has_a_test() {
+    // Keeps this file and the scenario list in step.
+    assert_eq!(it::SCENARIOS.len(), 8);
+}
+
+#[test]
+fn forked_kind_refuses_a_multithreaded_master() {
+    let _w = Watchdog::new(
+        "forked_kind_refuses_a_multithreaded_master",
+        Duration::from_secs(60),
+    );
+    // The test harness and the watchdog are threads of this process.
+    let e = numaproc::Engine::start(it::options(SocKind::Forked, "threads")).unwrap_err();
+    assert!(
+        matches!(e, numaproc::StartError::ForkWithThreads { threads } if threads > 1),
+        "{e}"
+    );
+    it::assert_nothing_left("t_threads_forked", &[]).unwrap();
+}
+
+#[test]
+fn sys_names_are_refused_at_registration() {
+    let e = numaproc::EngineOptions::new()
+        .register("sys_mine", it::reverse)
+        .unwrap_err();
+    assert_eq!(e, numaproc::RegisterError::Reserved("sys_mine".into()));
+    let e = numaproc::EngineOptions::new()
+        .register("x", it::reverse)
+        .and_then(|o| o.register("x", it::reverse))
+        .unwrap_err();
+    assert_eq!(e, numaproc::RegisterError::Duplicate("x".into()));
+}
+
+#[test]
+fn invalid_options_stop_the_start_naming_the_option() {
+    let e = numaproc::Engine::start(numaproc::EngineOptions::new().workers_per_soc(0)).unwrap_err();
+    assert!(e.to_string().contains("workers_per_soc"), "{e}");
+    let e = numaproc::Engine::start(numaproc::EngineOptions::new().synthetic_topology("node:x"))
+        .unwrap_err();
+    assert!(matches!(e, numaproc::StartError::Topology(_)), "{e}");
+}
