@@ -47,11 +47,12 @@ scenario!(zero_copy_claim_and_read);
 scenario!(dropped_sessions_never_leak_workers);
 scenario!(failed_start_names_the_soc_and_leaves_nothing);
 scenario!(synthetic_four_node_plan_runs);
+scenario!(large_buffers_carry_64_mib);
 
 #[test]
 fn every_scenario_has_a_test() {
     // Keeps this file and the scenario list in step.
-    assert_eq!(it::SCENARIOS.len(), 8);
+    assert_eq!(it::SCENARIOS.len(), 9);
 }
 
 #[test]

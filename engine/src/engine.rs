@@ -111,7 +111,7 @@ pub struct SocStatus {
     pub workers: usize,
     /// Planned CPU of each worker (`None` when not bound).
     pub cpus: Vec<Option<u32>>,
-    /// Calls routed to this SOC so far.
+    /// Calls its workers have run so far.
     pub calls: u64,
 }
 
@@ -403,7 +403,17 @@ impl Engine {
                         .to_lowercase(),
                     workers: self.by_soc[i].len(),
                     cpus: self.by_soc[i].iter().map(|&s| self.slots[s].cpu).collect(),
-                    calls: e.routed.load(Ordering::Relaxed),
+                    calls: self.by_soc[i]
+                        .iter()
+                        .map(|&s| {
+                            self.slots[s]
+                                .slot
+                                .control
+                                .stats
+                                .calls
+                                .load(Ordering::Relaxed)
+                        })
+                        .sum(),
                 }
             })
             .collect()
@@ -587,13 +597,6 @@ impl Engine {
     pub fn try_call(&self, proc: impl IntoProc, input: &[u8]) -> Result<Vec<u8>, CallError> {
         let session = self.start_call(Target::Any, proc, input, None)?;
         self.finish(session)
-    }
-
-    pub(crate) fn note_routed(&self, soc: usize) {
-        GlobalView::new(&self.global)
-            .soc(soc)
-            .routed
-            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn signal_free(&self) {

@@ -63,7 +63,6 @@ impl<'e> Claim<'e> {
             return Err(CallError::Session("the claimed slot changed state"));
         }
         self.done = true;
-        self.engine.note_routed(h.soc);
         Ok(Session {
             engine: self.engine,
             index: self.index,

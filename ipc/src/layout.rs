@@ -9,7 +9,7 @@
 //! Each slot's buffers start on a page boundary so that the first touch by
 //! the slot's worker places them on the worker's NUMA node.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::region::{Region, RegionHeader, RegionKind, Shape};
@@ -160,8 +160,6 @@ pub struct SocEntry {
     _reserved: u32,
     /// Size of the SOC's region.
     pub region_size: u64,
-    /// Calls the master routed to this SOC.
-    pub routed: AtomicU64,
 }
 
 // SAFETY: repr(C), integers and atomics only.
@@ -390,7 +388,6 @@ pub unsafe fn init_global(region: &Region, layout: &GlobalLayout, fill: GlobalFi
             worker_count: *workers,
             _reserved: 0,
             region_size: *size as u64,
-            routed: AtomicU64::new(0),
         };
         // SAFETY: in bounds, aligned (table offset and entry size are
         // multiples of 64), unshared.

@@ -11,12 +11,15 @@
 //!
 //! Transitions (all by CAS on the whole word):
 //! `Idle(g) → Claimed(g+1)` by a session; `Claimed → Submitted` by that
-//! session; `Submitted → Running → Done` by the worker; `Done → Idle` when the
-//! session releases the slot. A session that gives up on a submitted call
-//! sets `ABANDONED`; the worker then returns the slot to `Idle` itself. The
-//! generation is bumped on every claim, so a session only ever sees the
-//! outcome of its own call. `Closed` ends a worker; `Failed` marks the slot
-//! of a SOC that died.
+//! session; `Submitted → Done` by the worker when the call ends; `Done →
+//! Idle` when the session releases the slot. `Submitted` covers both "to be
+//! started" and "running": the worker does not write the word when it starts
+//! a call, since each write costs a cache-line transfer while the session
+//! spins on the line. A session that gives up on a submitted call sets
+//! `ABANDONED` (the running procedure sees it as cancellation); the worker
+//! then returns the slot to `Idle` itself. The generation is bumped on every
+//! claim, so a session only ever sees the outcome of its own call. `Closed`
+//! ends a worker; `Failed` marks the slot of a SOC that died.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
@@ -35,10 +38,8 @@ pub enum State {
     Idle = 0,
     /// Owned by a session that is writing input.
     Claimed = 1,
-    /// Input written; the worker may start.
+    /// Input written; the worker runs (or is about to run) the call.
     Submitted = 2,
-    /// The worker runs the procedure.
-    Running = 3,
     /// Output and status written; the session may read them.
     Done = 4,
     /// The worker has been told to stop.
@@ -72,7 +73,6 @@ impl Word {
             0 => State::Idle,
             1 => State::Claimed,
             2 => State::Submitted,
-            3 => State::Running,
             4 => State::Done,
             5 => State::Closed,
             _ => State::Failed,
@@ -85,9 +85,6 @@ impl Word {
     /// Whether `flag` is set.
     pub fn has(self, flag: u32) -> bool {
         self.0 & flag != 0
-    }
-    fn with_state(self, state: State) -> Self {
-        Self((self.0 & !STATE_MASK) | state as u32)
     }
 }
 
@@ -162,7 +159,7 @@ pub enum Outcome {
 /// Result of [`SlotControl::begin`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Begin {
-    /// Run the procedure.
+    /// Run the procedure (the word is left as it is).
     Run,
     /// The session gave up before the start: the slot is idle again.
     Abandoned,
@@ -241,7 +238,7 @@ impl SlotControl {
                 State::Claimed | State::Done => {
                     Some(Word::new(State::Idle, generation, v & WORKER_SLEEPING).0)
                 }
-                State::Submitted | State::Running if !w.has(ABANDONED) => Some(v | ABANDONED),
+                State::Submitted if !w.has(ABANDONED) => Some(v | ABANDONED),
                 State::Failed => None,
                 _ => None,
             }
@@ -260,24 +257,24 @@ impl SlotControl {
         }
     }
 
-    /// Worker: moves a submitted call to `Running`.
+    /// Worker: decides whether to run submitted call `generation`. Writes
+    /// the word only when the session already gave the call up.
     pub fn begin(&self, generation: u32) -> Begin {
-        let mut result = Begin::Gone;
-        update_and_wake(&self.state, SESSION_SLEEPING, |v| {
-            let w = Word(v);
-            if w.generation() != generation || w.state() != State::Submitted {
-                result = Begin::Gone;
-                return None;
-            }
-            if w.has(ABANDONED) {
-                result = Begin::Abandoned;
-                Some(Word::new(State::Idle, generation, 0).0)
-            } else {
-                result = Begin::Run;
-                Some(w.with_state(State::Running).0)
-            }
-        });
-        result
+        let w = self.word();
+        if w.generation() != generation || w.state() != State::Submitted {
+            return Begin::Gone;
+        }
+        if !w.has(ABANDONED) {
+            return Begin::Run;
+        }
+        let idle = Word::new(State::Idle, generation, 0).0;
+        match self
+            .state
+            .compare_exchange(w.0, idle, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Begin::Abandoned,
+            Err(_) => Begin::Gone,
+        }
     }
 
     /// Worker: whether the session gave up on the running call.
@@ -292,7 +289,7 @@ impl SlotControl {
     pub fn finish(&self, generation: u32) -> bool {
         let old = update_and_wake(&self.state, SLEEPING, |v| {
             let w = Word(v);
-            if w.generation() != generation || w.state() != State::Running {
+            if w.generation() != generation || w.state() != State::Submitted {
                 return None;
             }
             Some(if w.has(ABANDONED) {
@@ -390,7 +387,7 @@ impl<'r> SlotRef<'r> {
     /// The input buffer, for reading.
     ///
     /// # Safety
-    /// The caller must be the worker running the call (`Running`), or the
+    /// The caller must be the worker running the call (`Submitted`), or the
     /// session owning it before `submit`; nobody may write it meanwhile.
     pub unsafe fn input(&self, len: usize) -> &'r [u8] {
         // SAFETY: as for `input_mut`; len is clamped to the capacity.
@@ -400,7 +397,7 @@ impl<'r> SlotRef<'r> {
     /// The output buffer, for writing by the worker.
     ///
     /// # Safety
-    /// The caller must be the worker running the call (`Running`).
+    /// The caller must be the worker running the call (`Submitted`).
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn output_mut(&self) -> &'r mut [u8] {
         // SAFETY: as for `input_mut`.

@@ -578,6 +578,30 @@ pub fn synthetic_four_node_plan_runs(kind: SocKind) -> Result<()> {
     shutdown_clean(engine)
 }
 
+/// 64 MiB input and output buffers carry a 64 MiB call both ways.
+pub fn large_buffers_carry_64_mib(kind: SocKind) -> Result<()> {
+    const SIZE: usize = 64 << 20;
+    let engine = Engine::start(
+        options(kind, "big")
+            .socs(1)
+            .workers_per_soc(1)
+            .input_capacity(SIZE)
+            .output_capacity(SIZE),
+    )?;
+    let input: Vec<u8> = (0..SIZE).map(|i| (i % 253) as u8).collect();
+    let out = engine.call("sys_echo", &input)?;
+    ensure!(
+        out.len() == SIZE && out == input,
+        "64 MiB echo came back different"
+    );
+    let e = expect_err(engine.call("sys_echo", &vec![0u8; SIZE + 1]), "too large")?;
+    ensure!(
+        matches!(e, CallError::InputTooLarge { capacity: SIZE, .. }),
+        "{e:?}"
+    );
+    shutdown_clean(engine)
+}
+
 /// Runs `f` and adds the scenario's name to its error.
 pub fn run_named(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     f().with_context(|| format!("scenario {name}"))
@@ -611,4 +635,5 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
         "synthetic_four_node_plan_runs",
         synthetic_four_node_plan_runs,
     ),
+    ("large_buffers_carry_64_mib", large_buffers_carry_64_mib),
 ];

@@ -11,6 +11,8 @@ use numaproc::{
 };
 use serde::Serialize;
 
+mod floor;
+
 const DEMO_TOML: &str = include_str!("demo.toml");
 
 #[derive(Parser)]
@@ -159,6 +161,40 @@ struct Latency {
     mean_ns: u64,
 }
 
+impl Latency {
+    fn of(mut samples: Vec<u64>) -> Self {
+        samples.sort_unstable();
+        Latency {
+            calls: samples.len(),
+            p50_ns: percentile(&samples, 0.50),
+            p90_ns: percentile(&samples, 0.90),
+            p99_ns: percentile(&samples, 0.99),
+            p999_ns: percentile(&samples, 0.999),
+            max_ns: samples.last().copied().unwrap_or(0),
+            mean_ns: samples.iter().sum::<u64>() / samples.len().max(1) as u64,
+        }
+    }
+}
+
+/// CPUs for the floor: those of the first two bound workers, else unpinned.
+fn floor_cpus(engine: &Engine) -> (Option<u32>, Option<u32>) {
+    let plan = engine.plan();
+    if !plan.binding {
+        return (None, None);
+    }
+    let mut cpus: Vec<u32> = plan
+        .socs
+        .iter()
+        .flat_map(|s| s.workers.iter().map(|w| w.cpu))
+        .collect();
+    cpus.sort_unstable();
+    cpus.dedup();
+    match cpus.as_slice() {
+        [a, b, ..] => (Some(*a), Some(*b)),
+        _ => (None, None),
+    }
+}
+
 #[derive(Serialize)]
 struct DemoReport {
     kind: SocKind,
@@ -167,6 +203,8 @@ struct DemoReport {
     plan_notes: Vec<String>,
     workers: Vec<WorkerRow>,
     latency: Latency,
+    floor: Latency,
+    floor_cpus: (Option<u32>, Option<u32>),
     shutdown: String,
     ok: bool,
 }
@@ -239,28 +277,29 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
         }
     }
 
-    // Latency: back-to-back sys_ping calls on any worker, name resolved once.
+    // Latency: back-to-back sys_ping calls on any worker, name resolved
+    // once, in blocks interleaved with blocks of the raw floor, so that both
+    // see the same placement of this machine's (virtual) CPUs.
     let ping = engine.proc_id("sys_ping")?;
+    let floor_cpus = floor_cpus(&engine);
     let warmup = Instant::now();
     while warmup.elapsed() < Duration::from_millis(100) {
         engine.call(ping, b"")?;
     }
+    const BLOCKS: usize = 10;
+    let per_block = args.calls.div_ceil(BLOCKS);
     let mut samples = Vec::with_capacity(args.calls);
-    for _ in 0..args.calls {
-        let t = Instant::now();
-        engine.call(ping, b"")?;
-        samples.push(t.elapsed().as_nanos() as u64);
+    let mut floor_samples = Vec::with_capacity(args.calls);
+    for _ in 0..BLOCKS {
+        floor_samples.extend(floor::spin_ping_pong(floor_cpus, per_block));
+        for _ in 0..per_block {
+            let t = Instant::now();
+            engine.call(ping, b"")?;
+            samples.push(t.elapsed().as_nanos() as u64);
+        }
     }
-    samples.sort_unstable();
-    let latency = Latency {
-        calls: samples.len(),
-        p50_ns: percentile(&samples, 0.50),
-        p90_ns: percentile(&samples, 0.90),
-        p99_ns: percentile(&samples, 0.99),
-        p999_ns: percentile(&samples, 0.999),
-        max_ns: samples.last().copied().unwrap_or(0),
-        mean_ns: samples.iter().sum::<u64>() / samples.len().max(1) as u64,
-    };
+    let latency = Latency::of(samples);
+    let floor = Latency::of(floor_samples);
     let binding = engine.plan().binding;
     let plan_notes = engine.plan().notes.clone();
     let shutdown = match engine.shutdown() {
@@ -283,6 +322,8 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
         plan_notes,
         workers: rows,
         latency,
+        floor,
+        floor_cpus,
         shutdown,
         ok,
     };
@@ -347,17 +388,33 @@ fn print_report(r: &DemoReport) {
             ok(w.user)
         );
     }
-    let l = &r.latency;
+    let line = |what: &str, l: &Latency| {
+        println!(
+            "{what:<10} p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {})",
+            fmt_ns(l.p50_ns),
+            fmt_ns(l.p90_ns),
+            fmt_ns(l.p99_ns),
+            fmt_ns(l.p999_ns),
+            fmt_ns(l.max_ns),
+            fmt_ns(l.mean_ns)
+        );
+    };
+    let cpu = |c: Option<u32>| c.map_or("any CPU".to_owned(), |c| format!("CPU {c}"));
     println!();
     println!(
-        "sys_ping round trip, {} calls: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {})",
-        l.calls,
-        fmt_ns(l.p50_ns),
-        fmt_ns(l.p90_ns),
-        fmt_ns(l.p99_ns),
-        fmt_ns(l.p999_ns),
-        fmt_ns(l.max_ns),
-        fmt_ns(l.mean_ns)
+        "Round trips, {} of each, in interleaved blocks:",
+        r.latency.calls
+    );
+    line("sys_ping", &r.latency);
+    line("floor", &r.floor);
+    println!(
+        "  floor: two threads ping-pong one cache line by pure spinning ({} and {});",
+        cpu(r.floor_cpus.0),
+        cpu(r.floor_cpus.1)
+    );
+    println!(
+        "  sys_ping / floor at p50: {:.1}x",
+        r.latency.p50_ns as f64 / r.floor.p50_ns.max(1) as f64
     );
     println!("shutdown: {}", r.shutdown);
 }
