@@ -457,10 +457,17 @@ impl Engine {
         let all = target == Target::Any;
         let n = if all { self.slots.len() } else { list.len() };
         let at = |k: usize| if all { k } else { list[k] };
+        if n == 0 {
+            return None;
+        }
         let (engine, last) = LAST_SLOT.with(Cell::get);
         let start = if engine == self.id {
             // Start at the slot used last, if it is a candidate.
-            (0..n).find(|&k| at(k) == last).unwrap_or(0)
+            if all {
+                last % n
+            } else {
+                (0..n).find(|&k| at(k) == last).unwrap_or(0)
+            }
         } else {
             self.next_start.fetch_add(1, Ordering::Relaxed) % n
         };

@@ -1,0 +1,1 @@
+//! Benchmarks of numaproc (see README.md).
