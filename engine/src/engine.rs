@@ -7,21 +7,26 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 use numaproc_ipc::layout::{
-    GlobalFill, GlobalLayout, GlobalView, SocLayout, SocState, SocView, init_global, init_soc,
+    GlobalFill, GlobalLayout, GlobalView, NameRecord, SocLayout, SocState, SocView, init_global,
+    init_soc,
 };
 use numaproc_ipc::slot::{SESSION_SLEEPING, SlotRef};
 use numaproc_ipc::wait::wait_on;
 use numaproc_ipc::{Region, ShmName, WaitPolicy, stale};
-use numaproc_procs::{ProcId, Registry};
+use numaproc_procs::{Origin, ProcId, Registry};
 
 use crate::error::{CallError, StartError};
 use crate::launch::{self, Ended, SocHandle, SocShared};
 use crate::options::{EngineOptions, SocKind};
 use crate::plan::{Plan, PlanRequest, plan};
 use crate::session::{Claim, Session};
+use crate::spawn;
 use crate::topology::Topology;
 
 static ENGINE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Library procedures a SOC can report.
+const SOC_NAME_CAPACITY: usize = 1024;
 
 const NO_SPIN: WaitPolicy = WaitPolicy {
     spin: Duration::ZERO,
@@ -163,6 +168,14 @@ impl Engine {
             },
         )
         .map_err(|e| StartError::Plan(e.to_string()))?;
+        if options.soc_kind == SocKind::Spawned {
+            if options.registry.has_registered() {
+                return Err(StartError::NotForSpawned("registered Rust procedures"));
+            }
+            if options.soc_init.is_some() {
+                return Err(StartError::NotForSpawned("an on_soc_start hook"));
+            }
+        }
         if options.soc_kind == SocKind::Forked && !options.allow_fork_with_threads {
             let threads = launch::settled_thread_count();
             if threads > 1 {
@@ -181,13 +194,16 @@ impl Engine {
             .iter()
             .map(|s| SocLayout {
                 worker_count: s.workers.len(),
+                names_capacity: SOC_NAME_CAPACITY,
                 input_capacity: options.input_capacity,
                 output_capacity: options.output_capacity,
             })
             .collect();
+        let settings = spawn::settings_text(&options);
         let global_layout = GlobalLayout {
             soc_count: plan.socs.len(),
             name_count: registry.len(),
+            settings_len: settings.len(),
         };
         let mut sizes = Vec::with_capacity(soc_layouts.len());
         for (i, l) in soc_layouts.iter().enumerate() {
@@ -209,10 +225,10 @@ impl Engine {
             .zip(&sizes)
             .map(|(s, &size)| (s.node, s.workers.len() as u32, size))
             .collect();
-        let names: Vec<(&str, u32)> = registry
+        let names: Vec<(&str, u32, String)> = registry
             .entries()
             .iter()
-            .map(|e| (e.name.as_str(), e.origin.tag()))
+            .map(|e| (e.name.as_str(), e.origin.tag(), e.origin.label()))
             .collect();
         let worker_policy = options.wait.worker();
         // SAFETY: just created with global_layout.size() bytes, unpublished.
@@ -228,6 +244,7 @@ impl Engine {
                     worker_yield_after: worker_policy.yield_after,
                     socs: &soc_entries,
                     names: &names,
+                    settings: &settings,
                 },
             )
         };
@@ -259,12 +276,16 @@ impl Engine {
                 global: Arc::clone(&global),
                 region: Arc::clone(&soc.region),
                 registry: Arc::clone(&registry),
-                bind: plan.binding,
+                library_dir: options.library_dir.clone(),
+                libraries: options.libraries.clone(),
                 init: options.soc_init,
             };
             let launched = match options.soc_kind {
                 SocKind::Emulated => launch::launch_thread(i, shared),
                 SocKind::Forked => launch::launch_child(i, &shared),
+                SocKind::Spawned => {
+                    spawn::launch(i, global.name(), options.soc_executable.as_deref())
+                }
             };
             match launched {
                 Ok(h) => {
@@ -294,6 +315,18 @@ impl Engine {
             stop_socs(&global, &mut socs, shutdown_timeout);
             return Err(StartError::Soc { soc, reason });
         }
+        // Library procedures: every SOC loaded its own and listed them in
+        // its region; all must agree, and the master learns their names.
+        let lists: Vec<_> = socs
+            .iter()
+            .map(|s| SocView::new(&s.region).names())
+            .collect();
+        let mut registry = (*registry).clone();
+        if let Err((soc, reason)) = merge_library_names(&mut registry, &lists) {
+            stop_socs(&global, &mut socs, shutdown_timeout);
+            return Err(StartError::Soc { soc, reason });
+        }
+        let registry = Arc::new(registry);
         for i in 0..socs.len() {
             view.soc(i)
                 .state
@@ -687,6 +720,41 @@ fn stop_socs(global: &Region, socs: &mut [SocRuntime], timeout: Duration) -> Vec
             .store(SocState::Stopped as u32, Ordering::Release);
     }
     problems
+}
+
+/// Checks that every SOC loaded the same library procedures and adds them
+/// to the master's registry (as procedures that run only in SOCs).
+fn merge_library_names(
+    registry: &mut Registry,
+    lists: &[Vec<NameRecord>],
+) -> Result<(), (usize, String)> {
+    let Some(first) = lists.first() else {
+        return Ok(());
+    };
+    let names = |l: &[NameRecord]| {
+        l.iter()
+            .map(|n| n.0.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (soc, list) in lists.iter().enumerate().skip(1) {
+        if list != first {
+            return Err((
+                soc,
+                format!(
+                    "its libraries export [{}] but SOC 0's export [{}]; every SOC must export the same procedures",
+                    names(list),
+                    names(first)
+                ),
+            ));
+        }
+    }
+    for (name, tag, label) in first {
+        registry
+            .register_external(name, Origin::from_parts(*tag, label))
+            .map_err(|e| (0, e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Refuses a start whose shared memory would not fit in /dev/shm: the

@@ -44,6 +44,11 @@ pub enum StartError {
         /// Threads counted in /proc/self/task.
         threads: usize,
     },
+    /// Something was asked of spawned SOCs that cannot cross exec.
+    #[error(
+        "spawned SOCs cannot have {0}: only built-in and library procedures reach a SOC started by exec"
+    )]
+    NotForSpawned(&'static str),
     /// Shared memory could not be created.
     #[error("shared memory: {0}")]
     SharedMemory(String),

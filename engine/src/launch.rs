@@ -54,11 +54,12 @@ pub(crate) struct SocShared {
     pub global: Arc<Region>,
     pub region: Arc<Region>,
     pub registry: Arc<Registry>,
-    pub bind: bool,
+    pub library_dir: Option<std::path::PathBuf>,
+    pub libraries: Vec<String>,
     pub init: Option<SocInitFn>,
 }
 
-fn write_report(fd: &OwnedFd, result: Result<(), String>) {
+pub(crate) fn write_report(fd: &OwnedFd, result: Result<(), String>) {
     let mut bytes = Vec::with_capacity(64);
     match result {
         Ok(()) => bytes.push(b'R'),
@@ -81,7 +82,8 @@ fn run_soc(soc: usize, shared: &SocShared, report: &OwnedFd) {
         global: &shared.global,
         region: &shared.region,
         registry: &shared.registry,
-        bind: shared.bind,
+        library_dir: shared.library_dir.as_deref(),
+        libraries: &shared.libraries,
         init: shared.init,
     };
     numaproc_soc::run(&cfg, |r| write_report(report, r));
@@ -154,6 +156,16 @@ fn child_main(soc: usize, shared: &SocShared, report: &OwnedFd, master: Pid) -> 
 }
 
 impl SocHandle {
+    /// A handle on a SOC process started some other way (spawned).
+    pub fn child(soc: usize, pid: Pid, report: OwnedFd) -> Self {
+        Self {
+            soc,
+            runner: Runner::Child { pid, reaped: false },
+            report,
+            ended: false,
+        }
+    }
+
     /// The SOC's process id (the master's own for emulated SOCs).
     pub fn pid(&self) -> u32 {
         match self.runner {

@@ -44,14 +44,20 @@ mod launch;
 mod options;
 pub mod plan;
 mod session;
+mod spawn;
 pub mod topology;
+
+/// The SOC side of spawned SOCs.
+pub mod soc {
+    pub use crate::spawn::run_if_spawned;
+}
 
 pub use engine::{Engine, IntoProc, ShutdownError, SocStatus, Target};
 pub use error::{CallError, OptionsError, StartError};
 pub use numaproc_procs::sys;
 pub use numaproc_procs::{
-    CallStatus, Host, OutputBuf, ProcContext, ProcError, ProcFn, ProcId, RegisterError, Registry,
-    WorkerStats,
+    CallStatus, Host, Origin, OutputBuf, ProcContext, ProcError, ProcFn, ProcId, RegisterError,
+    Registry, WorkerStats,
 };
 pub use numaproc_soc::{SocInfo, SocInitFn};
 pub use options::{DEFAULT_BUFFER, EngineOptions, MAX_BUFFER, SocKind, WaitOptions};

@@ -31,6 +31,12 @@ pub enum SocKind {
     /// procedures are there through the fork. The master must have no other
     /// threads when it forks (see [`EngineOptions::allow_fork_with_threads`]).
     Forked,
+    /// A fresh process started by exec of the SOC executable (by default
+    /// the current executable, whose `main` must call
+    /// [`crate::soc::run_if_spawned`] first; or `numaproc` itself). Only
+    /// built-in and library procedures exist there: registered Rust
+    /// functions cannot cross exec and are refused.
+    Spawned,
 }
 
 impl std::fmt::Display for SocKind {
@@ -38,6 +44,7 @@ impl std::fmt::Display for SocKind {
         f.write_str(match self {
             Self::Emulated => "emulated",
             Self::Forked => "forked",
+            Self::Spawned => "spawned",
         })
     }
 }
@@ -48,8 +55,9 @@ impl std::str::FromStr for SocKind {
         match s {
             "emulated" => Ok(Self::Emulated),
             "forked" => Ok(Self::Forked),
+            "spawned" => Ok(Self::Spawned),
             other => Err(format!(
-                "unknown SOC kind {other:?} (expected \"emulated\" or \"forked\")"
+                "unknown SOC kind {other:?} (expected \"emulated\", \"forked\" or \"spawned\")"
             )),
         }
     }
@@ -134,6 +142,16 @@ pub struct EngineOptions {
     /// Plan against this hwloc synthetic topology (e.g. "node:4 core:4
     /// pu:1") instead of the machine; workers are then not bound.
     pub synthetic_topology: Option<String>,
+    /// The directory procedure libraries are loaded from; nothing outside
+    /// it is loaded.
+    pub library_dir: Option<std::path::PathBuf>,
+    /// Procedure libraries each SOC loads: file names or relative paths
+    /// inside `library_dir`; a bare name `x` means `libx.so`; `{soc}` is
+    /// replaced by the SOC index. With `{soc}`, every SOC's libraries must
+    /// export the same procedures.
+    pub libraries: Vec<String>,
+    /// The executable spawned SOCs run (default: the current executable).
+    pub soc_executable: Option<std::path::PathBuf>,
     /// Fork SOCs even when the master has other threads. Only the forking
     /// thread survives in the child; a lock held by another thread at that
     /// moment (in the allocator, stdio, or the program's own code) stays
@@ -161,6 +179,9 @@ impl Default for EngineOptions {
             call_timeout_ms: 60_000,
             shutdown_timeout_ms: 5_000,
             synthetic_topology: None,
+            library_dir: None,
+            libraries: Vec::new(),
+            soc_executable: None,
             allow_fork_with_threads: false,
             registry: Registry::new(),
             soc_init: None,
@@ -178,6 +199,8 @@ impl std::fmt::Debug for EngineOptions {
             .field("output_capacity", &self.output_capacity)
             .field("wait", &self.wait)
             .field("name_prefix", &self.name_prefix)
+            .field("library_dir", &self.library_dir)
+            .field("libraries", &self.libraries)
             .field("procedures", &self.registry.len())
             .finish_non_exhaustive()
     }
@@ -280,6 +303,24 @@ impl EngineOptions {
         self
     }
 
+    /// Sets the directory procedure libraries are loaded from.
+    pub fn library_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.library_dir = Some(dir.into());
+        self
+    }
+
+    /// Adds a procedure library every SOC loads (see the field).
+    pub fn library(mut self, entry: impl Into<String>) -> Self {
+        self.libraries.push(entry.into());
+        self
+    }
+
+    /// Sets the executable spawned SOCs run.
+    pub fn soc_executable(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.soc_executable = Some(path.into());
+        self
+    }
+
     /// Allows forking SOCs while the master has other threads (see the field).
     pub fn allow_fork_with_threads(mut self, yes: bool) -> Self {
         self.allow_fork_with_threads = yes;
@@ -361,6 +402,30 @@ impl EngineOptions {
             && s.trim().is_empty()
         {
             return bad("synthetic_topology", "is empty".to_owned());
+        }
+        if !self.libraries.is_empty() && self.library_dir.is_none() {
+            return bad(
+                "library_dir",
+                "must be set when libraries are listed".to_owned(),
+            );
+        }
+        if let Some(dir) = &self.library_dir
+            && dir
+                .to_str()
+                .is_none_or(|d| d.is_empty() || d.contains('\n'))
+        {
+            return bad(
+                "library_dir",
+                format!("{} is not a usable path", dir.display()),
+            );
+        }
+        for entry in &self.libraries {
+            if entry.is_empty() || entry.contains('\n') || entry.contains('\0') {
+                return bad(
+                    "libraries",
+                    format!("{entry:?} is not a usable library name"),
+                );
+            }
         }
         Ok(())
     }

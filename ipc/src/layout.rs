@@ -93,6 +93,10 @@ pub struct GlobalHeader {
     pub soc_table_offset: u64,
     /// Offset of the name table.
     pub name_table_offset: u64,
+    /// Offset of the settings text.
+    pub settings_offset: u64,
+    /// Length of the settings text.
+    pub settings_len: u64,
     /// Input buffer capacity of every slot.
     pub input_capacity: u64,
     /// Output buffer capacity of every slot.
@@ -165,7 +169,7 @@ pub struct SocEntry {
 // SAFETY: repr(C), integers and atomics only.
 unsafe impl ShmSafe for SocEntry {}
 
-/// One entry of the name table (procedure names; ids are indices).
+/// One entry of a name table (procedure names; ids are indices).
 #[repr(C)]
 #[derive(Debug)]
 pub struct NameEntry {
@@ -175,18 +179,56 @@ pub struct NameEntry {
     pub tag: u32,
     /// The name, not NUL-terminated.
     pub name: [u8; NAME_CAPACITY + 1],
+    /// Bytes used in `label`.
+    pub label_len: u32,
+    _reserved: u32,
+    /// Caller-defined label (e.g. library name and version).
+    pub label: [u8; NAME_CAPACITY + 1],
 }
 
 // SAFETY: repr(C), integers and a byte array only.
 unsafe impl ShmSafe for NameEntry {}
 
 impl NameEntry {
+    fn new(name: &str, tag: u32, label: &str) -> Self {
+        let mut e = Self {
+            len: 0,
+            tag,
+            name: [0; NAME_CAPACITY + 1],
+            label_len: 0,
+            _reserved: 0,
+            label: [0; NAME_CAPACITY + 1],
+        };
+        e.len = copy_cut(&mut e.name[..NAME_CAPACITY], name);
+        e.label_len = copy_cut(&mut e.label[..NAME_CAPACITY], label);
+        e
+    }
+
     /// The name, if valid UTF-8.
     pub fn as_str(&self) -> Option<&str> {
         let len = (self.len as usize).min(NAME_CAPACITY);
         std::str::from_utf8(&self.name[..len]).ok()
     }
+
+    /// The label, if valid UTF-8.
+    pub fn label(&self) -> Option<&str> {
+        let len = (self.label_len as usize).min(NAME_CAPACITY);
+        std::str::from_utf8(&self.label[..len]).ok()
+    }
 }
+
+/// Copies as much of `text` as fits (on a character boundary); returns the length.
+fn copy_cut(dst: &mut [u8], text: &str) -> u32 {
+    let mut n = text.len().min(dst.len());
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    dst[..n].copy_from_slice(&text.as_bytes()[..n]);
+    n as u32
+}
+
+/// A name-table entry read back: name, tag, label.
+pub type NameRecord = (String, u32, String);
 
 /// The SOC's header in its region.
 #[repr(C, align(128))]
@@ -212,9 +254,15 @@ pub struct SocHeader {
     pub output_offset: u64,
     /// Output capacity.
     pub output_capacity: u64,
+    /// Offset of the SOC's name table (procedures the SOC loaded itself).
+    pub names_offset: u64,
+    /// Entries the name table holds.
+    pub names_capacity: u32,
+    /// Entries written by the SOC (before it reports ready).
+    pub names_count: AtomicU32,
 }
 
-// SAFETY: repr(C), integers only.
+// SAFETY: repr(C), integers and an atomic only.
 unsafe impl ShmSafe for SocHeader {}
 
 /// Sizes and offsets of the global region.
@@ -224,6 +272,8 @@ pub struct GlobalLayout {
     pub soc_count: usize,
     /// Name-table entries.
     pub name_count: usize,
+    /// Bytes of settings text.
+    pub settings_len: usize,
 }
 
 impl GlobalLayout {
@@ -243,12 +293,13 @@ impl GlobalLayout {
     pub fn name_table(&self) -> usize {
         round_up(self.soc_table() + self.soc_count * size_of::<SocEntry>(), 8)
     }
+    /// Offset of the settings text.
+    pub fn settings(&self) -> usize {
+        self.name_table() + self.name_count * size_of::<NameEntry>()
+    }
     /// Total size.
     pub fn size(&self) -> usize {
-        round_up(
-            self.name_table() + self.name_count * size_of::<NameEntry>(),
-            PAGE,
-        )
+        round_up(self.settings() + self.settings_len, PAGE)
     }
 }
 
@@ -257,6 +308,8 @@ impl GlobalLayout {
 pub struct SocLayout {
     /// Slots.
     pub worker_count: usize,
+    /// Entries of the SOC's name table.
+    pub names_capacity: usize,
     /// Input capacity per slot.
     pub input_capacity: usize,
     /// Output capacity per slot.
@@ -273,9 +326,16 @@ impl SocLayout {
         entry_size: size_of::<SlotControl>() as u32,
         extra_size: MESSAGE_CAPACITY as u32,
     };
+    /// Offset of the SOC's name table.
+    pub fn names(&self) -> usize {
+        Self::HEADER + size_of::<SocHeader>()
+    }
     /// Offset of slot 0.
     pub fn slots(&self) -> usize {
-        round_up(Self::HEADER + size_of::<SocHeader>(), PAGE)
+        round_up(
+            self.names() + self.names_capacity * size_of::<NameEntry>(),
+            PAGE,
+        )
     }
     /// Offset of the input buffer within a slot.
     pub fn input_offset(&self) -> usize {
@@ -342,6 +402,17 @@ impl<'r> GlobalView<'r> {
             .map(|i| self.name(i).as_str().unwrap_or("").to_owned())
             .collect()
     }
+    /// The settings text (empty if it is not UTF-8).
+    pub fn settings(&self) -> &'r str {
+        let h = self.header();
+        let p = self
+            .region
+            .bytes_ptr(h.settings_offset as usize, h.settings_len as usize);
+        // SAFETY: in bounds (checked by bytes_ptr); written before publish
+        // and never again.
+        let bytes = unsafe { std::slice::from_raw_parts(p, h.settings_len as usize) };
+        std::str::from_utf8(bytes).unwrap_or("")
+    }
 }
 
 /// Fills a freshly created global region (before `publish`).
@@ -357,6 +428,8 @@ pub unsafe fn init_global(region: &Region, layout: &GlobalLayout, fill: GlobalFi
         engine_seq: fill.engine_seq,
         soc_table_offset: layout.soc_table() as u64,
         name_table_offset: layout.name_table() as u64,
+        settings_offset: layout.settings() as u64,
+        settings_len: fill.settings.len().min(layout.settings_len) as u64,
         input_capacity: fill.input_capacity as u64,
         output_capacity: fill.output_capacity as u64,
         worker_spin_ns: fill.worker_spin.as_nanos() as u64,
@@ -393,23 +466,21 @@ pub unsafe fn init_global(region: &Region, layout: &GlobalLayout, fill: GlobalFi
         // multiples of 64), unshared.
         unsafe { p.write(e) };
     }
-    for (i, (name, tag)) in fill.names.iter().enumerate() {
+    for (i, (name, tag, label)) in fill.names.iter().enumerate() {
         let p = region
             .bytes_ptr(
                 layout.name_table() + i * size_of::<NameEntry>(),
                 size_of::<NameEntry>(),
             )
             .cast::<NameEntry>();
-        let mut e = NameEntry {
-            len: 0,
-            tag: *tag,
-            name: [0; NAME_CAPACITY + 1],
-        };
-        let n = name.len().min(NAME_CAPACITY);
-        e.name[..n].copy_from_slice(&name.as_bytes()[..n]);
-        e.len = n as u32;
         // SAFETY: in bounds, aligned (8), unshared.
-        unsafe { p.write(e) };
+        unsafe { p.write(NameEntry::new(name, *tag, label)) };
+    }
+    let settings = fill.settings.as_bytes();
+    let n = settings.len().min(layout.settings_len);
+    // SAFETY: the settings area holds layout.settings_len bytes, unshared.
+    unsafe {
+        std::ptr::copy_nonoverlapping(settings.as_ptr(), region.bytes_ptr(layout.settings(), n), n);
     }
 }
 
@@ -428,8 +499,10 @@ pub struct GlobalFill<'a> {
     pub worker_yield_after: Duration,
     /// Per SOC: node, workers, region size.
     pub socs: &'a [(u32, u32, usize)],
-    /// Name table: name and tag.
-    pub names: &'a [(&'a str, u32)],
+    /// Name table: name, tag and label.
+    pub names: &'a [(&'a str, u32, String)],
+    /// Settings text for SOCs that are not forked from the master.
+    pub settings: &'a str,
 }
 
 /// Fills a freshly created SOC region (before `publish`). Only the header
@@ -450,6 +523,9 @@ pub unsafe fn init_soc(region: &Region, layout: &SocLayout, soc: u32, node: u32,
         input_capacity: layout.input_capacity as u64,
         output_offset: layout.output_offset() as u64,
         output_capacity: layout.output_capacity as u64,
+        names_offset: layout.names() as u64,
+        names_capacity: layout.names_capacity as u32,
+        names_count: AtomicU32::new(0),
     };
     let p = region
         .bytes_ptr(header_offset(), size_of::<SocHeader>())
@@ -518,6 +594,54 @@ impl<'r> SocView<'r> {
     pub fn worker_count(&self) -> usize {
         self.worker_count
     }
+
+    fn name_ptr(&self, i: usize) -> *mut NameEntry {
+        let h = self.header();
+        self.region
+            .bytes_ptr(
+                h.names_offset as usize + i * size_of::<NameEntry>(),
+                size_of::<NameEntry>(),
+            )
+            .cast()
+    }
+
+    /// SOC side: writes the SOC's own name table (before reporting ready).
+    /// Fails when the table is too small.
+    pub fn set_names(&self, names: &[(&str, u32, String)]) -> Result<(), String> {
+        let h = self.header();
+        if names.len() > h.names_capacity as usize {
+            return Err(format!(
+                "{} procedures, the SOC's name table holds {}",
+                names.len(),
+                h.names_capacity
+            ));
+        }
+        for (i, (name, tag, label)) in names.iter().enumerate() {
+            // SAFETY: in bounds and aligned (bytes_ptr checks bounds; the
+            // table offset is 8-aligned); only this SOC writes the table,
+            // and only before it reports ready.
+            unsafe { self.name_ptr(i).write(NameEntry::new(name, *tag, label)) };
+        }
+        h.names_count.store(names.len() as u32, Ordering::Release);
+        Ok(())
+    }
+
+    /// Master side: the names the SOC wrote.
+    pub fn names(&self) -> Vec<NameRecord> {
+        let h = self.header();
+        let n = (h.names_count.load(Ordering::Acquire) as usize).min(h.names_capacity as usize);
+        (0..n)
+            .map(|i| {
+                // SAFETY: written by the SOC before names_count (Acquire).
+                let e = unsafe { &*self.name_ptr(i) };
+                (
+                    e.as_str().unwrap_or("").to_owned(),
+                    e.tag,
+                    e.label().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
     /// Slot `i`.
     ///
     /// # Panics
@@ -558,6 +682,7 @@ mod tests {
     fn soc_layout_is_page_aligned_and_disjoint() {
         let l = SocLayout {
             worker_count: 3,
+            names_capacity: 0,
             input_capacity: 5000,
             output_capacity: 1,
         };
@@ -568,6 +693,7 @@ mod tests {
         assert_eq!(l.size(), Some(l.slots() + 3 * l.stride()));
         let huge = SocLayout {
             worker_count: usize::MAX / 2,
+            names_capacity: 0,
             input_capacity: 1 << 20,
             output_capacity: 1 << 20,
         };
@@ -580,6 +706,7 @@ mod tests {
         let gl = GlobalLayout {
             soc_count: 2,
             name_count: 3,
+            settings_len: 5,
         };
         let g = Region::create(
             &ShmName::new("layouttest", pid, 1, "g").unwrap(),
@@ -587,7 +714,11 @@ mod tests {
             GlobalLayout::SHAPE,
         )
         .unwrap();
-        let names = [("sys_ping", 0), ("b", 1), ("c", 2)];
+        let names = [
+            ("sys_ping", 0, String::new()),
+            ("b", 1, String::new()),
+            ("c", 2, "lib 1.0".to_owned()),
+        ];
         // SAFETY: freshly created with gl.size() bytes.
         unsafe {
             init_global(
@@ -601,6 +732,7 @@ mod tests {
                     worker_yield_after: Duration::from_micros(1),
                     socs: &[(0, 2, 100), (1, 2, 100)],
                     names: &names,
+                    settings: "dir\nx",
                 },
             )
         };
@@ -609,10 +741,13 @@ mod tests {
         assert_eq!(v.names(), ["sys_ping", "b", "c"]);
         assert_eq!(v.soc(1).node, 1);
         assert_eq!(v.name(2).tag, 2);
+        assert_eq!(v.name(2).label(), Some("lib 1.0"));
+        assert_eq!(v.settings(), "dir\nx");
         assert_eq!(v.header().worker_spin_ns, 3000);
 
         let sl = SocLayout {
             worker_count: 2,
+            names_capacity: 2,
             input_capacity: 10,
             output_capacity: 20,
         };
@@ -629,6 +764,14 @@ mod tests {
         assert_eq!(sv.slot(1).control.worker.load(Ordering::Relaxed), 1);
         assert_eq!(sv.slot(1).input_capacity(), 10);
         assert_eq!(sv.slot(1).output_capacity(), 20);
+        assert!(sv.names().is_empty());
+        sv.set_names(&[
+            ("lib.a", 2, "lib 1.0".into()),
+            ("lib.b", 2, "lib 1.0".into()),
+        ])
+        .unwrap();
+        assert_eq!(sv.names()[1], ("lib.b".to_owned(), 2, "lib 1.0".to_owned()));
+        assert!(sv.set_names(&vec![("x", 0, String::new()); 3]).is_err());
     }
 
     #[test]

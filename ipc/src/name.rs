@@ -81,6 +81,14 @@ impl ShmName {
         })
     }
 
+    /// The name of another object of the same engine.
+    pub fn sibling(&self, what: &str) -> Self {
+        Self {
+            what: what.to_owned(),
+            ..self.clone()
+        }
+    }
+
     /// The prefix part.
     pub fn prefix(&self) -> &str {
         &self.prefix

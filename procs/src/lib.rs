@@ -17,14 +17,14 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod context;
-mod output;
+pub mod library;
 mod registry;
 pub mod sys;
 
 pub use context::{Host, ProcContext, WorkerStats};
-pub use output::OutputBuf;
+pub use numaproc_abi::{OutputBuf, ProcError};
 pub use registry::{
-    MAX_NAME_LEN, Origin, ProcEntry, ProcFn, ProcId, RegisterError, Registry, check_name,
+    MAX_NAME_LEN, Origin, ProcEntry, ProcFn, ProcId, ProcKind, RegisterError, Registry, check_name,
 };
 
 /// How a call ended, as it travels in a slot's status word.
@@ -59,37 +59,3 @@ impl CallStatus {
         }
     }
 }
-
-/// The error a procedure returns: a procedure-defined code and a message.
-/// The message reaches the caller truncated to the slot's message buffer
-/// (1024 bytes).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcError {
-    /// Procedure-defined code (0 is allowed; numaproc does not interpret it).
-    pub code: u32,
-    /// What went wrong.
-    pub message: String,
-}
-
-impl ProcError {
-    /// An error with a code and a message.
-    pub fn new(code: u32, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// An error with code 1 and a message.
-    pub fn msg(message: impl Into<String>) -> Self {
-        Self::new(1, message)
-    }
-}
-
-impl std::fmt::Display for ProcError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "error {}: {}", self.code, self.message)
-    }
-}
-
-impl std::error::Error for ProcError {}

@@ -27,6 +27,13 @@ pub enum Origin {
     Builtin,
     /// Registered as a Rust function pointer before the start.
     Registered,
+    /// Exported by a procedure library.
+    Library {
+        /// The library's name.
+        name: String,
+        /// The library's version.
+        version: String,
+    },
 }
 
 impl Origin {
@@ -35,8 +42,43 @@ impl Origin {
         match self {
             Self::Builtin => 0,
             Self::Registered => 1,
+            Self::Library { .. } => 2,
         }
     }
+
+    /// A short text for the shared name table: empty, or `name version`.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Library { name, version } => format!("{name} {version}"),
+            _ => String::new(),
+        }
+    }
+
+    /// The inverse of [`Origin::tag`] and [`Origin::label`].
+    pub fn from_parts(tag: u32, label: &str) -> Self {
+        match tag {
+            0 => Self::Builtin,
+            1 => Self::Registered,
+            _ => {
+                let (name, version) = label.split_once(' ').unwrap_or((label, ""));
+                Self::Library {
+                    name: name.to_owned(),
+                    version: version.to_owned(),
+                }
+            }
+        }
+    }
+}
+
+/// How a procedure is run.
+#[derive(Debug, Clone, Copy)]
+pub enum ProcKind {
+    /// A Rust function of this process.
+    Rust(ProcFn),
+    /// A C-ABI function of a library loaded in this process.
+    Library(numaproc_abi::ProcCFn),
+    /// Runs only in the SOCs (a library procedure seen from the master).
+    External,
 }
 
 /// One registered procedure.
@@ -46,8 +88,8 @@ pub struct ProcEntry {
     pub name: String,
     /// Where it comes from.
     pub origin: Origin,
-    /// The function.
-    pub func: ProcFn,
+    /// How to run it.
+    pub kind: ProcKind,
 }
 
 /// Why a registration was refused.
@@ -123,7 +165,7 @@ impl Registry {
             by_name: HashMap::new(),
         };
         for (name, func) in sys::BUILTINS {
-            r.insert(name, Origin::Builtin, *func)
+            r.insert(name, Origin::Builtin, ProcKind::Rust(*func))
                 .expect("built-in names are valid and unique");
         }
         r
@@ -131,18 +173,53 @@ impl Registry {
 
     /// Registers a user procedure. `sys_*` names are refused.
     pub fn register(&mut self, name: &str, func: ProcFn) -> Result<ProcId, RegisterError> {
+        self.insert_user(name, Origin::Registered, ProcKind::Rust(func))
+    }
+
+    /// Registers a library procedure. `sys_*` names are refused.
+    pub fn register_library(
+        &mut self,
+        name: &str,
+        origin: Origin,
+        func: numaproc_abi::ProcCFn,
+    ) -> Result<ProcId, RegisterError> {
+        self.insert_user(name, origin, ProcKind::Library(func))
+    }
+
+    /// Registers a procedure that runs only in the SOCs (the master's view
+    /// of a library procedure).
+    pub fn register_external(
+        &mut self,
+        name: &str,
+        origin: Origin,
+    ) -> Result<ProcId, RegisterError> {
+        self.insert_user(name, origin, ProcKind::External)
+    }
+
+    /// Whether any procedure is a Rust function registered by the user
+    /// (those cannot reach a SOC started by exec).
+    pub fn has_registered(&self) -> bool {
+        self.entries.iter().any(|e| e.origin == Origin::Registered)
+    }
+
+    fn insert_user(
+        &mut self,
+        name: &str,
+        origin: Origin,
+        kind: ProcKind,
+    ) -> Result<ProcId, RegisterError> {
         check_name(name)?;
         if name.starts_with("sys_") {
             return Err(RegisterError::Reserved(name.to_owned()));
         }
-        self.insert(name, Origin::Registered, func)
+        self.insert(name, origin, kind)
     }
 
     fn insert(
         &mut self,
         name: &str,
         origin: Origin,
-        func: ProcFn,
+        kind: ProcKind,
     ) -> Result<ProcId, RegisterError> {
         check_name(name)?;
         if self.by_name.contains_key(name) {
@@ -152,7 +229,7 @@ impl Registry {
         self.entries.push(ProcEntry {
             name: name.to_owned(),
             origin,
-            func,
+            kind,
         });
         self.by_name.insert(name.to_owned(), id);
         Ok(id)

@@ -195,7 +195,10 @@ mod tests {
         };
         let mut mem = vec![0u8; 4096];
         let mut out = OutputBuf::new(&mut mem);
-        let f = registry.get(registry.id(name).unwrap()).unwrap().func;
+        let crate::ProcKind::Rust(f) = registry.get(registry.id(name).unwrap()).unwrap().kind
+        else {
+            panic!("built-ins are Rust functions");
+        };
         f(&ctx, input, &mut out)?;
         Ok(out.as_slice().to_vec())
     }

@@ -11,12 +11,15 @@
 
 mod worker;
 
+use std::path::Path;
 use std::time::Duration;
 
 use crossbeam_channel::bounded;
+use numaproc_abi::HostServices;
 use numaproc_ipc::layout::{GlobalView, SocView};
 use numaproc_ipc::{Region, WaitPolicy};
 use numaproc_procs::Registry;
+use numaproc_procs::library::{self, LoadedLibrary};
 
 pub use worker::pin_current_thread;
 
@@ -44,12 +47,56 @@ pub struct SocConfig<'a> {
     pub global: &'a Region,
     /// This SOC's region.
     pub region: &'a Region,
-    /// The procedures.
+    /// The procedures every SOC has (built-in and registered); the SOC adds
+    /// those of its libraries.
     pub registry: &'a Registry,
-    /// Whether to pin workers to their planned CPUs.
-    pub bind: bool,
+    /// Directory that procedure libraries must be in.
+    pub library_dir: Option<&'a Path>,
+    /// Libraries to load (names or paths inside `library_dir`; `{soc}` is
+    /// replaced by the SOC index).
+    pub libraries: &'a [String],
     /// Optional init hook.
     pub init: Option<SocInitFn>,
+}
+
+/// Loads the SOC's libraries into `registry`, in order.
+fn load_libraries(
+    cfg: &SocConfig<'_>,
+    registry: &mut Registry,
+    host: &HostServices,
+) -> Result<Vec<LoadedLibrary>, String> {
+    let mut loaded = Vec::with_capacity(cfg.libraries.len());
+    if cfg.libraries.is_empty() {
+        return Ok(loaded);
+    }
+    let dir = cfg
+        .library_dir
+        .ok_or_else(|| library::LoadError::NoLibraryDir.to_string())?;
+    for entry in cfg.libraries {
+        let path = library::resolve(dir, entry, cfg.soc).map_err(|e| e.to_string())?;
+        // SAFETY: the path passed the directory and permission checks; the
+        // host table outlives the library (both live until `run` returns,
+        // the table declared first), and the library outlives every worker
+        // (dropped after the worker scope).
+        let lib = unsafe { library::load(&path, registry, host) }.map_err(|e| e.to_string())?;
+        loaded.push(lib);
+    }
+    Ok(loaded)
+}
+
+/// The host services of a SOC outside any call (for library init/deinit).
+fn soc_host(info: &SocInfo) -> HostServices {
+    HostServices {
+        struct_size: size_of::<HostServices>() as u32,
+        abi_major: numaproc_abi::ABI_MAJOR,
+        abi_minor: numaproc_abi::ABI_MINOR,
+        soc: info.soc,
+        node: info.node,
+        workers: info.workers,
+        log: library::host_log,
+        is_cancelled: worker::never_cancelled,
+        host_data: std::ptr::null(),
+    }
 }
 
 /// Runs a SOC until its slots are closed. `report` is called exactly once:
@@ -64,6 +111,26 @@ pub fn run(cfg: &SocConfig<'_>, report: impl FnOnce(Result<(), String>)) {
         node: header.node,
         workers: header.worker_count,
     };
+    let host = soc_host(&info);
+    let mut registry = cfg.registry.clone();
+    let base = registry.len();
+    let libraries = match load_libraries(cfg, &mut registry, &host) {
+        Ok(l) => l,
+        Err(e) => {
+            close_all(&view);
+            report(Err(e));
+            return;
+        }
+    };
+    let names: Vec<(&str, u32, String)> = registry.entries()[base..]
+        .iter()
+        .map(|e| (e.name.as_str(), e.origin.tag(), e.origin.label()))
+        .collect();
+    if let Err(e) = view.set_names(&names) {
+        close_all(&view);
+        report(Err(format!("too many library procedures: {e}")));
+        return;
+    }
     if let Some(init) = cfg.init
         && let Err(e) = init(&info)
     {
@@ -83,8 +150,8 @@ pub fn run(cfg: &SocConfig<'_>, report: impl FnOnce(Result<(), String>)) {
             let spawned = std::thread::Builder::new()
                 .name(format!("np{}w{}", cfg.soc, w))
                 .spawn_scoped(scope, {
-                    let view = &view;
-                    move || worker::run(cfg, view, info, w, &policy, global, tx)
+                    let (view, registry) = (&view, &registry);
+                    move || worker::run(registry, view, info, w, &policy, global, tx)
                 });
             if let Err(e) = spawned {
                 spawn_error = Some(format!("cannot start worker {w}: {e}"));
@@ -107,6 +174,8 @@ pub fn run(cfg: &SocConfig<'_>, report: impl FnOnce(Result<(), String>)) {
             }
         }
     });
+    // Every worker has stopped: no code of the libraries can run any more.
+    drop(libraries);
 }
 
 /// Closes every idle slot of a SOC so that its workers exit.

@@ -3,13 +3,36 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 
+use std::ffi::c_void;
+
 use crossbeam_channel::Sender;
+use numaproc_abi::{Call, HostServices, ProcCFn};
 use numaproc_ipc::WaitPolicy;
 use numaproc_ipc::layout::{GlobalHeader, PAGE, SocView};
-use numaproc_ipc::slot::{Begin, SlotRef, Task};
-use numaproc_procs::{CallStatus, Host, OutputBuf, ProcContext, ProcId, WorkerStats};
+use numaproc_ipc::slot::{Begin, SlotControl, SlotRef, Task};
+use numaproc_procs::{
+    CallStatus, Host, OutputBuf, ProcContext, ProcId, ProcKind, Registry, WorkerStats,
+};
 
-use crate::{SocConfig, SocInfo};
+use crate::SocInfo;
+
+/// `is_cancelled` of the host table used outside calls.
+pub(crate) unsafe extern "C" fn never_cancelled(_: *const Call) -> i32 {
+    0
+}
+
+/// `is_cancelled` of a worker's host table: `host_data` is its slot.
+unsafe extern "C" fn slot_cancelled(call: *const Call) -> i32 {
+    // SAFETY: the worker passes a call whose host table it built with
+    // host_data pointing at its own slot control block, valid meanwhile.
+    unsafe {
+        let host = (*call).host;
+        if host.is_null() || (*host).host_data.is_null() {
+            return 0;
+        }
+        i32::from((*(*host).host_data.cast::<SlotControl>()).is_abandoned())
+    }
+}
 
 /// Pins the calling thread to one CPU (OS index).
 pub fn pin_current_thread(cpu: u32) -> Result<(), String> {
@@ -54,7 +77,7 @@ fn touch(buf: &mut [u8]) {
 }
 
 pub(crate) fn run(
-    cfg: &SocConfig<'_>,
+    registry: &Registry,
     view: &SocView<'_>,
     info: SocInfo,
     w: usize,
@@ -66,8 +89,7 @@ pub(crate) fn run(
     let control = slot.control;
     let planned = control.planned_cpu.load(Ordering::Relaxed);
     let planned_cpu = (planned != u32::MAX).then_some(planned);
-    if cfg.bind
-        && let Some(cpu) = planned_cpu
+    if let Some(cpu) = planned_cpu
         && let Err(e) = pin_current_thread(cpu)
     {
         let _ = started.send(Err(format!("worker {w}: {e}")));
@@ -91,9 +113,20 @@ pub(crate) fn run(
         soc: info.soc,
         node: info.node,
         worker: w as u32,
-        planned_cpu: planned_cpu.filter(|_| cfg.bind),
-        registry: cfg.registry,
+        planned_cpu,
+        registry,
         host: &host,
+    };
+    let c_host = HostServices {
+        struct_size: size_of::<HostServices>() as u32,
+        abi_major: numaproc_abi::ABI_MAJOR,
+        abi_minor: numaproc_abi::ABI_MINOR,
+        soc: info.soc,
+        node: info.node,
+        workers: info.workers,
+        log: numaproc_procs::library::host_log,
+        is_cancelled: slot_cancelled,
+        host_data: std::ptr::from_ref(control).cast::<c_void>(),
     };
     loop {
         let generation = match control.wait_task(policy) {
@@ -108,7 +141,7 @@ pub(crate) fn run(
             }
             Begin::Gone => continue,
         }
-        serve(&ctx, slot);
+        serve(&ctx, &c_host, slot);
         if control.finish(generation) {
             global.free.notify();
         }
@@ -120,8 +153,72 @@ pub(crate) fn run(
     }
 }
 
+/// What a call ended with: status, code, message, output length (or size
+/// needed).
+type Outcome = (CallStatus, u32, String, usize);
+
+/// Runs a library procedure through the C ABI.
+fn call_library(
+    ctx: &ProcContext<'_>,
+    host: &HostServices,
+    func: ProcCFn,
+    input: &[u8],
+    output: &mut [u8],
+    message: &mut [u8],
+) -> Outcome {
+    let mut call = Call {
+        struct_size: size_of::<Call>() as u32,
+        soc: ctx.soc,
+        node: ctx.node,
+        worker: ctx.worker,
+        input: input.as_ptr(),
+        input_len: input.len() as u64,
+        output: output.as_mut_ptr(),
+        output_capacity: output.len() as u64,
+        output_len: 0,
+        error: message.as_mut_ptr().cast(),
+        error_capacity: message.len() as u64,
+        error_len: 0,
+        error_code: 0,
+        reserved: 0,
+        host,
+    };
+    // SAFETY: the call points at buffers valid for their stated lengths and
+    // at a host table that outlives the call; the library stays loaded
+    // while workers run (see the SOC's `run`).
+    let status = unsafe { func(&mut call) };
+    let text = || {
+        let n = (call.error_len as usize).min(message.len());
+        String::from_utf8_lossy(&message[..n]).into_owned()
+    };
+    let len = call.output_len as usize;
+    match status {
+        numaproc_abi::STATUS_OK if len <= output.len() => (CallStatus::Ok, 0, String::new(), len),
+        numaproc_abi::STATUS_OK | numaproc_abi::STATUS_OUTPUT_TOO_LARGE => (
+            CallStatus::OutputTooLarge,
+            0,
+            format!(
+                "needed {len} bytes of output, the buffer holds {}",
+                output.len()
+            ),
+            len,
+        ),
+        numaproc_abi::STATUS_ERROR => (CallStatus::Failed, call.error_code, text(), 0),
+        numaproc_abi::STATUS_PANICKED => (CallStatus::Panicked, 0, text(), 0),
+        other => (
+            CallStatus::Failed,
+            call.error_code,
+            format!(
+                "library procedure returned unknown status {other}: {}",
+                text()
+            ),
+            0,
+        ),
+    }
+}
+
 /// Runs the submitted call and writes its response fields.
-fn serve(ctx: &ProcContext<'_>, slot: SlotRef<'_>) {
+fn serve(ctx: &ProcContext<'_>, c_host: &HostServices, slot: SlotRef<'_>) {
     let control = slot.control;
     let id = control.proc_id.load(Ordering::Relaxed);
     let input_len = control.input_len.load(Ordering::Relaxed) as usize;
@@ -129,17 +226,24 @@ fn serve(ctx: &ProcContext<'_>, slot: SlotRef<'_>) {
     // input before submitting and touches neither buffer until Done.
     let (input, output, message) =
         unsafe { (slot.input(input_len), slot.output_mut(), slot.message_mut()) };
-    let mut out = OutputBuf::new(output);
-    let (status, code, text, out_len): (CallStatus, u32, String, usize) =
-        match ctx.registry.get(ProcId(id)) {
-            None => (
+    let (status, code, text, out_len): Outcome = match ctx.registry.get(ProcId(id)) {
+        None => (
+            CallStatus::NotFound,
+            0,
+            format!("no procedure with id {id} in SOC {}", ctx.soc),
+            0,
+        ),
+        Some(entry) => match entry.kind {
+            ProcKind::Library(func) => call_library(ctx, c_host, func, input, output, message),
+            ProcKind::External => (
                 CallStatus::NotFound,
                 0,
-                format!("no procedure with id {id} in SOC {}", ctx.soc),
+                format!("{} is not loaded in SOC {}", entry.name, ctx.soc),
                 0,
             ),
-            Some(entry) => {
-                let result = catch_unwind(AssertUnwindSafe(|| (entry.func)(ctx, input, &mut out)));
+            ProcKind::Rust(func) => {
+                let mut out = OutputBuf::new(output);
+                let result = catch_unwind(AssertUnwindSafe(|| func(ctx, input, &mut out)));
                 match (result, out.overflow()) {
                     (Ok(_), Some(needed)) => (
                         CallStatus::OutputTooLarge,
@@ -156,7 +260,8 @@ fn serve(ctx: &ProcContext<'_>, slot: SlotRef<'_>) {
                     (Err(panic), _) => (CallStatus::Panicked, 0, panic_text(&*panic), 0),
                 }
             }
-        };
+        },
+    };
     let n = floor_char_boundary(&text, message.len());
     message[..n].copy_from_slice(&text.as_bytes()[..n]);
     control.message_len.store(n as u32, Ordering::Relaxed);

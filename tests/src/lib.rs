@@ -181,6 +181,7 @@ pub fn calls_reach_every_worker(kind: SocKind) -> Result<()> {
             match kind {
                 SocKind::Forked => ensure!(i.pid != me, "forked SOC runs in the master"),
                 SocKind::Emulated => ensure!(i.pid == me, "emulated SOC runs elsewhere"),
+                SocKind::Spawned => ensure!(i.pid != me, "spawned SOC runs in the master"),
             }
             pids.insert(i.pid);
         }

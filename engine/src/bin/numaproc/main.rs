@@ -41,9 +41,18 @@ enum Command {
 
 #[derive(clap::Args)]
 struct DemoArgs {
-    /// SOC kind: emulated (threads of this process) or forked (child processes).
+    /// SOC kind: emulated (threads of this process), forked (child
+    /// processes) or spawned (fresh processes of this executable).
     #[arg(long, value_name = "KIND")]
     kind: Option<SocKind>,
+    /// Load this procedure library in every SOC (a name `x` means `libx.so`
+    /// in the library directory) and call its procedures. Repeatable.
+    #[arg(long = "lib", value_name = "NAME")]
+    libs: Vec<String>,
+    /// Directory of procedure libraries (default: the directory of this
+    /// executable, where cargo puts the example libraries).
+    #[arg(long, value_name = "DIR")]
+    lib_dir: Option<std::path::PathBuf>,
     /// Number of SOCs (default: one per NUMA node).
     #[arg(long, value_name = "N")]
     socs: Option<usize>,
@@ -79,6 +88,8 @@ struct TopologyArgs {
 }
 
 fn main() -> ExitCode {
+    // When the engine spawns this executable as a SOC, serve and exit.
+    numaproc::soc::run_if_spawned();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo(args),
@@ -202,6 +213,8 @@ struct DemoReport {
     binding: bool,
     plan_notes: Vec<String>,
     workers: Vec<WorkerRow>,
+    user_proc: String,
+    library_procs: Vec<String>,
     latency: Latency,
     floor: Latency,
     floor_cpus: (Option<u32>, Option<u32>),
@@ -241,7 +254,26 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
     if args.workers.is_some() {
         options.workers_per_soc = args.workers;
     }
-    let options = options.register("demo.fnv1a", demo_hash)?;
+    if !args.libs.is_empty() {
+        let dir = match args.lib_dir.clone() {
+            Some(d) => d,
+            None => std::env::current_exe()?
+                .parent()
+                .context("the executable's directory")?
+                .to_owned(),
+        };
+        options.library_dir = Some(dir);
+        options.libraries.extend(args.libs.iter().cloned());
+    }
+    // Registered Rust procedures cannot reach spawned SOCs: there the
+    // "user" procedure must come from a library (the example library's
+    // example.fnv1a computes the same hash).
+    let user_proc = if options.soc_kind == SocKind::Spawned {
+        "example.fnv1a"
+    } else {
+        options = options.register("demo.fnv1a", demo_hash)?;
+        "demo.fnv1a"
+    };
     let kind = options.soc_kind;
     let engine = Engine::start(options).context("starting the engine")?;
 
@@ -257,7 +289,7 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
                 .call_on(t, "sys_echo", &payload)
                 .is_ok_and(|o| o == payload);
             let user = engine
-                .call_on(t, "demo.fnv1a", &payload)
+                .call_on(t, user_proc, &payload)
                 .is_ok_and(|o| o == fnv1a(&payload).to_le_bytes());
             let info_bytes = engine
                 .call_on(t, "sys_info", b"")
@@ -300,6 +332,17 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
     }
     let latency = Latency::of(samples);
     let floor = Latency::of(floor_samples);
+    let library_procs: Vec<String> = engine
+        .registry()
+        .entries()
+        .iter()
+        .filter_map(|e| match &e.origin {
+            numaproc::Origin::Library { name, version } => {
+                Some(format!("{} ({name} {version})", e.name))
+            }
+            _ => None,
+        })
+        .collect();
     let binding = engine.plan().binding;
     let plan_notes = engine.plan().notes.clone();
     let shutdown = match engine.shutdown() {
@@ -321,6 +364,8 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
         binding,
         plan_notes,
         workers: rows,
+        user_proc: user_proc.to_owned(),
+        library_procs,
         latency,
         floor,
         floor_cpus,
@@ -357,6 +402,10 @@ fn print_report(r: &DemoReport) {
     for note in &r.plan_notes {
         println!("note: {note}");
     }
+    for p in &r.library_procs {
+        println!("library procedure: {p}");
+    }
+    println!("user procedure: {}", r.user_proc);
     println!();
     println!(
         "{:>4} {:>5} {:>8} {:>7} {:>5} {:>9}  {:<5}{:<5}{:<5}",

@@ -1,7 +1,40 @@
-//! The output buffer a procedure writes into: the slot's own buffer, so the
-//! caller reads the result without a copy.
+//! The output buffer a procedure writes into (the worker slot's own buffer,
+//! so the caller reads the result without a copy), and the error a
+//! procedure returns. Shared by in-process procedures and libraries.
 
-use crate::ProcError;
+/// The error a procedure returns: a procedure-defined code and a message.
+/// The message reaches the caller truncated to the slot's message buffer
+/// (1024 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcError {
+    /// Procedure-defined code (numaproc does not interpret it).
+    pub code: u32,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl ProcError {
+    /// An error with a code and a message.
+    pub fn new(code: u32, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// An error with code 1 and a message.
+    pub fn msg(message: impl Into<String>) -> Self {
+        Self::new(1, message)
+    }
+}
+
+impl std::fmt::Display for ProcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "error {}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ProcError {}
 
 /// A procedure's output: a fixed-capacity buffer and the length used so far.
 ///

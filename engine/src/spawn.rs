@@ -1,0 +1,201 @@
+//! Spawned SOCs: started by exec of an executable, which finds its engine
+//! from its environment, attaches to the master's shared memory by name
+//! (checking the versioned headers), loads its libraries and serves.
+//!
+//! The environment of a spawned SOC:
+//! - `NUMAPROC_SOC_ENGINE`: the name of the engine's global region;
+//! - `NUMAPROC_SOC_INDEX`: the SOC's index;
+//! - `NUMAPROC_SOC_MASTER`: the master's pid (the SOC exits if its parent
+//!   is another process);
+//! - `NUMAPROC_SOC_REPORT_FD`: the inherited write end of its report pipe.
+//!
+//! Everything else (library directory and libraries) comes from the
+//! settings text in the global region.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use nix::unistd::{Pid, pipe2};
+use numaproc_ipc::layout::{GlobalLayout, GlobalView, SocLayout};
+use numaproc_ipc::{Region, ShmName};
+use numaproc_procs::Registry;
+use numaproc_soc::SocConfig;
+
+use crate::launch::{SocHandle, write_report};
+use crate::options::EngineOptions;
+
+const ENV_ENGINE: &str = "NUMAPROC_SOC_ENGINE";
+const ENV_INDEX: &str = "NUMAPROC_SOC_INDEX";
+const ENV_MASTER: &str = "NUMAPROC_SOC_MASTER";
+const ENV_REPORT: &str = "NUMAPROC_SOC_REPORT_FD";
+const SETTINGS_HEADER: &str = "numaproc-settings 1";
+
+/// The settings a SOC that is not forked from the master needs, as text.
+pub(crate) fn settings_text(options: &EngineOptions) -> String {
+    let mut s = format!("{SETTINGS_HEADER}\n");
+    if let Some(dir) = options.library_dir.as_ref().and_then(|d| d.to_str()) {
+        s.push_str(&format!("library_dir={dir}\n"));
+    }
+    for l in &options.libraries {
+        s.push_str(&format!("library={l}\n"));
+    }
+    s
+}
+
+/// Library directory and libraries from a settings text.
+fn parse_settings(text: &str) -> Result<(Option<PathBuf>, Vec<String>), String> {
+    let mut lines = text.lines();
+    if lines.next() != Some(SETTINGS_HEADER) {
+        return Err("the engine's settings are missing or of another version".to_owned());
+    }
+    let mut dir = None;
+    let mut libs = Vec::new();
+    for line in lines {
+        match line.split_once('=') {
+            Some(("library_dir", v)) => dir = Some(PathBuf::from(v)),
+            Some(("library", v)) => libs.push(v.to_owned()),
+            _ => return Err(format!("unknown settings line {line:?}")),
+        }
+    }
+    Ok((dir, libs))
+}
+
+/// Starts SOC `soc` by exec of `exe` (default: the current executable).
+pub(crate) fn launch(soc: usize, engine: &str, exe: Option<&Path>) -> Result<SocHandle, String> {
+    let exe = match exe {
+        Some(p) => p.to_owned(),
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot find the current executable: {e}"))?,
+    };
+    let (read, write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let fd = write.as_raw_fd();
+    let mut cmd = Command::new(&exe);
+    cmd.env(ENV_ENGINE, engine)
+        .env(ENV_INDEX, soc.to_string())
+        .env(ENV_MASTER, std::process::id().to_string())
+        .env(ENV_REPORT, fd.to_string())
+        .stdin(Stdio::null());
+    // SAFETY: between fork and exec the closure only makes two
+    // async-signal-safe system calls (fcntl, prctl).
+    unsafe {
+        cmd.pre_exec(move || {
+            // Let the report pipe's write end survive the exec, in the child only.
+            if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    drop(write);
+    Ok(SocHandle::child(
+        soc,
+        Pid::from_raw(child.id() as i32),
+        read,
+    ))
+}
+
+/// If this process was started as a spawned SOC, serves as that SOC and
+/// exits; otherwise returns at once. Call it first thing in `main` of any
+/// executable used as a SOC executable.
+pub fn run_if_spawned() {
+    let Ok(engine) = std::env::var(ENV_ENGINE) else {
+        return;
+    };
+    let code = match serve(&engine) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("numaproc spawned SOC: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn env_number<T: std::str::FromStr>(name: &str) -> Result<T, String> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{name} is missing or not a number"))
+}
+
+fn serve(engine: &str) -> Result<(), String> {
+    let fd: i32 = env_number(ENV_REPORT)?;
+    let soc: u32 = env_number(ENV_INDEX)?;
+    let master: i32 = env_number(ENV_MASTER)?;
+    if fd < 3 {
+        return Err(format!("{ENV_REPORT}={fd} is not a pipe of the engine"));
+    }
+    // SAFETY: the engine passed this descriptor to us as our report pipe's
+    // write end; nothing else in this process owns it.
+    let report = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Die with the master (the death signal survives exec); then make sure
+    // it did not die before that.
+    if nix::unistd::getppid() != Pid::from_raw(master) {
+        return Err("the master is gone".to_owned());
+    }
+    if let Ok(name) = std::ffi::CString::new(format!("numaproc-soc{soc}")) {
+        let _ = nix::sys::prctl::set_name(&name);
+    }
+    let attach = || -> Result<(Region, Region, Option<PathBuf>, Vec<String>), String> {
+        let global_name = ShmName::parse(engine)
+            .ok_or_else(|| format!("{ENV_ENGINE}={engine} is not a numaproc object name"))?;
+        let timeout = Duration::from_secs(10);
+        let global =
+            Region::open(&global_name, GlobalLayout::SHAPE, timeout).map_err(|e| e.to_string())?;
+        let region = Region::open(
+            &global_name.sibling(&format!("s{soc}")),
+            SocLayout::SHAPE,
+            timeout,
+        )
+        .map_err(|e| e.to_string())?;
+        let (dir, libs) = parse_settings(GlobalView::new(&global).settings())?;
+        Ok((global, region, dir, libs))
+    };
+    let (global, region, dir, libs) = match attach() {
+        Ok(a) => a,
+        Err(e) => {
+            write_report(&report, Err(format!("cannot attach: {e}")));
+            return Err(e);
+        }
+    };
+    let registry = Registry::new();
+    let cfg = SocConfig {
+        soc,
+        global: &global,
+        region: &region,
+        registry: &registry,
+        library_dir: dir.as_deref(),
+        libraries: &libs,
+        init: None,
+    };
+    numaproc_soc::run(&cfg, |r| write_report(&report, r));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_round_trip() {
+        let o = EngineOptions::new()
+            .library_dir("/opt/libs")
+            .library("a")
+            .library("b_{soc}");
+        let (dir, libs) = parse_settings(&settings_text(&o)).unwrap();
+        assert_eq!(dir, Some(PathBuf::from("/opt/libs")));
+        assert_eq!(libs, ["a", "b_{soc}"]);
+        assert!(parse_settings("").is_err());
+        assert!(parse_settings("numaproc-settings 1\nbogus\n").is_err());
+    }
+}
