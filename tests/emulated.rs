@@ -48,11 +48,15 @@ scenario!(dropped_sessions_never_leak_workers);
 scenario!(failed_start_names_the_soc_and_leaves_nothing);
 scenario!(synthetic_four_node_plan_runs);
 scenario!(large_buffers_carry_64_mib);
+scenario!(example_libraries_serve);
+scenario!(per_soc_library_names);
+scenario!(library_load_failures_are_specific);
 
 #[test]
 fn every_scenario_has_a_test() {
     // Keeps this file and the scenario list in step.
     assert_eq!(it::SCENARIOS.len(), 9);
+    assert_eq!(it::LIBRARY_SCENARIOS.len(), 3);
 }
 
 #[test]

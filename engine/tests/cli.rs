@@ -71,11 +71,13 @@ fn json(out: &Output) -> serde_json::Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
 }
 
-fn demo_objects_left() -> Vec<String> {
+/// Shared-memory objects left with this name prefix.
+fn objects_left(prefix: &str) -> Vec<String> {
+    let needle = format!("numaproc-{prefix}-");
     std::fs::read_dir("/dev/shm")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("numaproc-clitest"))
+        .filter(|n| n.starts_with(&needle))
         .collect()
 }
 
@@ -179,7 +181,11 @@ fn demo_runs_in_both_kinds_and_leaves_nothing() {
             assert_eq!(w["affinity"], serde_json::json!([w["planned_cpu"]]));
         }
         assert_eq!(v["latency"]["calls"], 500);
-        assert!(demo_objects_left().is_empty(), "{:?}", demo_objects_left());
+        assert!(
+            objects_left("clitest").is_empty(),
+            "{:?}",
+            objects_left("clitest")
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -221,6 +227,86 @@ fn bad_arguments_are_clear_errors() {
     assert_ne!(out.code, Some(0));
     assert!(
         out.stderr.contains("/nonexistent/numaproc.toml"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// The Rust example library, built by cargo as a dev-dependency.
+fn example_library() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let mut dir = exe.parent();
+    while let Some(d) = dir {
+        for c in [
+            d.join("libnumaproc_example.so"),
+            d.join("deps/libnumaproc_example.so"),
+        ] {
+            if c.is_file() {
+                return c;
+            }
+        }
+        dir = d.parent();
+    }
+    panic!("libnumaproc_example.so not found near {}", exe.display());
+}
+
+#[test]
+fn demo_spawned_with_the_example_library() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("numaproc-cli-lib-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lib = dir.join("libnumaproc_example.so");
+    std::fs::copy(example_library(), &lib).unwrap();
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = dir.join("demo.toml");
+    std::fs::write(&config, "name_prefix = \"clilib\"\n").unwrap();
+    let out = run(
+        &[
+            "demo",
+            "--kind",
+            "spawned",
+            "--lib",
+            "numaproc_example",
+            "--lib-dir",
+            dir.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--calls",
+            "300",
+            "--json",
+        ],
+        &[],
+    );
+    let v = json(&out);
+    assert_eq!(v["ok"], true, "{}", out.stdout);
+    assert_eq!(v["kind"], "spawned");
+    assert_eq!(v["user_proc"], "example.fnv1a");
+    let procs = v["library_procs"].as_array().unwrap();
+    assert!(procs.iter().any(|p| {
+        p.as_str()
+            .unwrap()
+            .starts_with("example.fnv1a (numaproc_example ")
+    }));
+    let master = v["master_pid"].as_u64().unwrap();
+    for w in v["workers"].as_array().unwrap() {
+        assert_ne!(w["pid"].as_u64().unwrap(), master);
+        assert_eq!(w["user"], true);
+    }
+    assert!(
+        objects_left("clilib").is_empty(),
+        "{:?}",
+        objects_left("clilib")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let out = run(&["demo", "--kind", "spawned"], &[]);
+    assert_ne!(
+        out.code,
+        Some(0),
+        "spawned without a library has no user procedure"
+    );
+    assert!(
+        out.stderr.contains("--lib numaproc_example"),
         "{}",
         out.stderr
     );

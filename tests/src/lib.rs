@@ -7,6 +7,8 @@
 //! other threads), each under an `alarm` watchdog.
 
 use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -83,14 +85,20 @@ fn init_aborts_on_soc1(info: &SocInfo) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Options for a scenario: its own prefix, all test procedures registered.
-pub fn options(kind: SocKind, prefix: &str) -> EngineOptions {
+/// Options for a scenario: its own prefix, generous timeouts, nothing
+/// registered.
+pub fn base_options(kind: SocKind, prefix: &str) -> EngineOptions {
     EngineOptions::new()
         .soc_kind(kind)
         .name_prefix(format!("t_{prefix}_{kind}"))
         .startup_timeout(Duration::from_secs(20))
         .claim_timeout(Duration::from_secs(20))
         .call_timeout(Duration::from_secs(20))
+}
+
+/// Options for a scenario: its own prefix, all test procedures registered.
+pub fn options(kind: SocKind, prefix: &str) -> EngineOptions {
+    base_options(kind, prefix)
         .register("test.reverse", reverse)
         .and_then(|o| o.register("test.fail42", fail_42))
         .and_then(|o| o.register("test.panic", panics))
@@ -638,3 +646,355 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
     ),
     ("large_buffers_carry_64_mib", large_buffers_carry_64_mib),
 ];
+
+// ---------------------------------------------------------------------------
+// Procedure libraries
+
+/// Where the build script put the C libraries (example and fixtures).
+const FIXTURES: &str = env!("NUMAPROC_FIXTURES");
+
+/// A built C fixture or the C example library.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(FIXTURES).join(format!("lib{name}.so"))
+}
+
+/// The Rust example library, built by cargo as a dependency of this crate.
+pub fn rust_example() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent();
+    while let Some(d) = dir {
+        for candidate in [
+            d.join("libnumaproc_example.so"),
+            d.join("deps/libnumaproc_example.so"),
+        ] {
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+        dir = d.parent();
+    }
+    bail!("libnumaproc_example.so not found near {}", exe.display())
+}
+
+/// A temporary library directory, removed on drop.
+#[derive(Debug)]
+pub struct LibDir(PathBuf);
+
+impl LibDir {
+    /// An empty directory (mode 0755).
+    pub fn new(tag: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("numaproc-libs-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        Ok(Self(dir))
+    }
+    /// Copies `src` in as `file` with `mode`.
+    pub fn add(&self, src: &Path, file: &str, mode: u32) -> Result<&Self> {
+        let dst = self.0.join(file);
+        std::fs::copy(src, &dst).with_context(|| format!("copying {}", src.display()))?;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode))?;
+        Ok(self)
+    }
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for LibDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Pids of the live children of this process.
+pub fn children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Fields after the command name, which ends with the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(me) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+fn u64s(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+fn fnv1a(input: &[u8]) -> u64 {
+    input.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The Rust and the C example libraries load in every SOC and serve;
+/// library errors and panics come back typed and the worker keeps serving;
+/// sys_list_procs names each procedure's origin.
+pub fn example_libraries_serve(kind: SocKind) -> Result<()> {
+    let libs = LibDir::new(&format!("ex-{kind}"))?;
+    libs.add(&rust_example()?, "libnumaproc_example.so", 0o644)?
+        .add(
+            &fixture("numaproc_example_c"),
+            "libnumaproc_example_c.so",
+            0o755,
+        )?;
+    let engine = Engine::start(
+        base_options(kind, "libs")
+            .socs(2)
+            .workers_per_soc(1)
+            .output_capacity(2048)
+            .library_dir(libs.path())
+            .library("numaproc_example")
+            .library("libnumaproc_example_c.so"),
+    )?;
+    let me = std::process::id();
+    for soc in 0..2 {
+        let t = Target::Worker { soc, worker: 0 };
+        ensure!(engine.call_on(t, "example.fnv1a", b"abc")? == fnv1a(b"abc").to_le_bytes());
+        ensure!(engine.call_on(t, "example.reverse", b"abc")? == b"cba");
+        ensure!(engine.call_on(t, "example.sum", &u64s(&[1, 2, 39]))? == 42u64.to_le_bytes());
+        ensure!(engine.call_on(t, "example.div", &u64s(&[7, 2]))? == 3u64.to_le_bytes());
+        ensure!(engine.call_on(t, "c.crc32", b"123456789")? == 0xCBF4_3926u32.to_le_bytes());
+        ensure!(engine.call_on(t, "c.wordcount", b" two  words\n")? == 2u64.to_le_bytes());
+        ensure!(engine.call_on(t, "c.upper", b"Hello, C!")? == b"HELLO, C!");
+        let where_ = String::from_utf8(engine.call_on(t, "example.where", b"")?)?;
+        ensure!(where_.starts_with(&format!("soc {soc} ")), "{where_}");
+        let pid_here = where_.ends_with(&format!("pid {me}"));
+        ensure!(pid_here == (kind == SocKind::Emulated), "{kind}: {where_}");
+
+        // A Rust library procedure that panics: an error, and the worker serves on.
+        let e = expect_err(
+            engine.call_on(t, "example.div", &u64s(&[1, 0])),
+            "divide by zero",
+        )?;
+        ensure!(
+            matches!(&e, CallError::Panicked { proc, message } if proc == "example.div" && message.contains("divide by zero")),
+            "{e:?}"
+        );
+        ensure!(engine.call_on(t, "example.div", &u64s(&[9, 3]))? == 3u64.to_le_bytes());
+        let e = expect_err(engine.call_on(t, "example.sum", b"abc"), "not whole words")?;
+        ensure!(matches!(&e, CallError::Failed { code: 22, .. }), "{e:?}");
+        let e = expect_err(engine.call_on(t, "c.upper", b"\0x"), "C error")?;
+        ensure!(
+            e == CallError::Failed {
+                proc: "c.upper".into(),
+                code: 7,
+                message: "input starts with a NUL byte".into()
+            },
+            "{e:?}"
+        );
+        // Output larger than the buffer, from Rust and from C.
+        let e = expect_err(
+            engine.call_on(t, "example.reverse", &[b'a'; 3000]),
+            "rust output",
+        )?;
+        ensure!(
+            matches!(&e, CallError::OutputTooLarge { needed: 3000, capacity: 2048, proc } if proc == "example.reverse"),
+            "{e:?}"
+        );
+        let e = expect_err(engine.call_on(t, "c.upper", &[b'a'; 2500]), "C output")?;
+        ensure!(
+            matches!(&e, CallError::OutputTooLarge { needed: 2500, .. }),
+            "{e:?}"
+        );
+    }
+    let list: Vec<ProcListing> = serde_json::from_slice(&engine.call("sys_list_procs", b"")?)?;
+    let origin = |name: &str| {
+        list.iter()
+            .find(|p| p.name == name)
+            .map(|p| p.origin.clone())
+            .ok_or_else(|| anyhow!("{name} missing from sys_list_procs"))
+    };
+    ensure!(origin("sys_ping")? == numaproc::Origin::Builtin);
+    ensure!(
+        origin("example.div")?
+            == numaproc::Origin::Library {
+                name: "numaproc_example".into(),
+                version: "0.1.0".into()
+            }
+    );
+    ensure!(
+        origin("c.crc32")?
+            == numaproc::Origin::Library {
+                name: "numaproc_example_c".into(),
+                version: "1.0.0".into()
+            }
+    );
+    ensure!(
+        engine.proc_id("c.wordcount").is_ok(),
+        "the master knows library procedures"
+    );
+    shutdown_clean(engine)
+}
+
+/// `{soc}` in a library name gives each SOC its own file; SOCs whose files
+/// export different procedures stop the start, naming the SOC.
+pub fn per_soc_library_names(kind: SocKind) -> Result<()> {
+    let libs = LibDir::new(&format!("soc-{kind}"))?;
+    libs.add(&rust_example()?, "libper_0.so", 0o644)?.add(
+        &rust_example()?,
+        "libper_1.so",
+        0o644,
+    )?;
+    let o = base_options(kind, "persoc")
+        .socs(2)
+        .workers_per_soc(1)
+        .library_dir(libs.path())
+        .library("per_{soc}");
+    let engine = Engine::start(o)?;
+    ensure!(engine.call_on(Target::Soc(1), "example.reverse", b"ab")? == b"ba");
+    shutdown_clean(engine)?;
+
+    libs.add(&fixture("numaproc_example_c"), "libper_1.so", 0o644)?;
+    let o = base_options(kind, "persoc2")
+        .socs(2)
+        .workers_per_soc(1)
+        .library_dir(libs.path())
+        .library("per_{soc}");
+    let prefix = o.name_prefix.clone();
+    match Engine::start(o) {
+        Err(StartError::Soc { soc: 1, reason }) => {
+            ensure!(reason.contains("same procedures"), "{reason}");
+        }
+        other => bail!("expected SOC 1 to be refused, got {:?}", other.map(|_| ())),
+    }
+    assert_nothing_left(&prefix, &[])?;
+    ensure!(children().is_empty(), "children left: {:?}", children());
+    Ok(())
+}
+
+/// Each way a library can be refused gives its own error, naming the
+/// library and the SOC, and leaves no process or shared memory behind.
+pub fn library_load_failures_are_specific(kind: SocKind) -> Result<()> {
+    let libs = LibDir::new(&format!("bad-{kind}"))?;
+    for name in [
+        "bad_magic",
+        "bad_major",
+        "bad_sizes",
+        "no_symbol",
+        "init_fails",
+        "sys_name",
+        "dup_name",
+        "numaproc_example_c",
+    ] {
+        libs.add(&fixture(name), &format!("lib{name}.so"), 0o644)?;
+    }
+    libs.add(&fixture("good_fixture"), "libgroup_writable.so", 0o664)?;
+    let outside = LibDir::new(&format!("outside-{kind}"))?;
+    outside.add(&fixture("good_fixture"), "libescape.so", 0o644)?;
+    std::os::unix::fs::symlink(
+        outside.path().join("libescape.so"),
+        libs.path().join("libescape.so"),
+    )?;
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["bad_magic"], "bad descriptor magic"),
+        (&["bad_major"], "ABI major version 2"),
+        (&["bad_sizes"], "the call structure is"),
+        (&["no_symbol"], "does not export numaproc_library_v1"),
+        (
+            &["init_fails"],
+            "init failed: the fixture refuses to initialise",
+        ),
+        (&["sys_name"], "reserved prefix"),
+        (&["numaproc_example_c", "dup_name"], "already registered"),
+        (&["escape"], "outside library_dir"),
+        (&["group_writable"], "writable by group or others"),
+        (&["missing"], "not found"),
+        (&["../outside/libx.so"], "not found"),
+    ];
+    for (i, (entries, want)) in cases.iter().enumerate() {
+        let mut o = base_options(kind, &format!("bad{i}"))
+            .socs(1)
+            .workers_per_soc(1)
+            .library_dir(libs.path());
+        for e in entries.iter() {
+            o = o.library(*e);
+        }
+        let prefix = o.name_prefix.clone();
+        match Engine::start(o) {
+            Err(StartError::Soc { soc: 0, reason }) => {
+                ensure!(
+                    reason.contains(want),
+                    "{entries:?}: expected {want:?} in: {reason}"
+                );
+                let file = entries.last().unwrap_or(&"");
+                let stem = file.trim_start_matches("../outside/");
+                ensure!(
+                    reason.contains(stem) || reason.contains("libx"),
+                    "the error does not name the library: {reason}"
+                );
+            }
+            Err(e) => bail!("{entries:?}: wrong error: {e}"),
+            Ok(_) => bail!("{entries:?}: the start should fail"),
+        }
+        assert_nothing_left(&prefix, &[])?;
+        ensure!(children().is_empty(), "children left: {:?}", children());
+    }
+    Ok(())
+}
+
+/// Library scenarios, run in every SOC kind.
+pub const LIBRARY_SCENARIOS: &[(&str, Scenario)] = &[
+    ("example_libraries_serve", example_libraries_serve),
+    ("per_soc_library_names", per_soc_library_names),
+    (
+        "library_load_failures_are_specific",
+        library_load_failures_are_specific,
+    ),
+];
+
+/// A spawned SOC is a fresh exec of the SOC executable: its
+/// /proc/PID/exe is that executable, and it has none of the master's
+/// registrations (which the start refuses for spawned SOCs).
+pub fn spawned_soc_is_a_fresh_exec() -> Result<()> {
+    let e = Engine::start(options(SocKind::Spawned, "spawnreg"));
+    ensure!(
+        matches!(e, Err(StartError::NotForSpawned(_))),
+        "registered procedures must be refused: {:?}",
+        e.map(|_| ())
+    );
+    let engine = Engine::start(base_options(SocKind::Spawned, "spawn").socs(2))?;
+    let me = std::process::id();
+    let exe = std::env::current_exe()?.canonicalize()?;
+    for status in engine.socs() {
+        ensure!(status.pid != me);
+        let soc_exe = std::fs::read_link(format!("/proc/{}/exe", status.pid))?;
+        ensure!(
+            soc_exe == exe,
+            "SOC runs {} instead of {}",
+            soc_exe.display(),
+            exe.display()
+        );
+        let environ = std::fs::read(format!("/proc/{}/environ", status.pid))?;
+        ensure!(
+            environ
+                .split(|&b| b == 0)
+                .any(|v| v.starts_with(b"NUMAPROC_SOC_ENGINE=")),
+            "the SOC did not get its engine from the environment"
+        );
+    }
+    let list: Vec<ProcListing> = serde_json::from_slice(&engine.call("sys_list_procs", b"")?)?;
+    ensure!(
+        list.iter().all(|p| p.origin == numaproc::Origin::Builtin),
+        "a spawned SOC without libraries has only built-ins: {list:?}"
+    );
+    ensure!(engine.call("sys_echo", b"fresh")? == b"fresh");
+    shutdown_clean(engine)
+}

@@ -269,6 +269,12 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
     // "user" procedure must come from a library (the example library's
     // example.fnv1a computes the same hash).
     let user_proc = if options.soc_kind == SocKind::Spawned {
+        if options.libraries.is_empty() {
+            bail!(
+                "spawned SOCs only have built-in and library procedures: add --lib numaproc_example \
+                 (the example library, built next to this executable by scripts/demo)"
+            );
+        }
         "example.fnv1a"
     } else {
         options = options.register("demo.fnv1a", demo_hash)?;
