@@ -223,6 +223,9 @@ fn bad_arguments_are_clear_errors() {
     let out = run(&["topology", "--synthetic", "bogus:3"], &[]);
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("bogus:3"), "{}", out.stderr);
+    let out = run(&["soc"], &[]);
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("NUMAPROC_SOC_ENGINE"), "{}", out.stderr);
     let out = run(&["demo", "--config", "/nonexistent/numaproc.toml"], &[]);
     assert_ne!(out.code, Some(0));
     assert!(

@@ -37,6 +37,10 @@ enum Command {
     Demo(DemoArgs),
     /// Print the machine's NUMA topology and the plan of SOCs and workers.
     Topology(TopologyArgs),
+    /// Serve as a spawned SOC. An engine runs this executable with its
+    /// NUMAPROC_SOC_* environment when `soc_executable` names it (or when it
+    /// is the engine's own executable); it is not meant to be run by hand.
+    Soc,
 }
 
 #[derive(clap::Args)]
@@ -94,6 +98,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo(args),
         Command::Topology(args) => topology(args),
+        // A real spawned SOC never gets here: run_if_spawned served and exited.
+        Command::Soc => Err(anyhow::anyhow!(
+            "`numaproc soc` is started by an engine with NUMAPROC_SOC_ENGINE set (option soc_executable); it is not run by hand"
+        )),
     };
     match result {
         Ok(code) => code,
