@@ -35,10 +35,12 @@ fn main() {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let example = root.join("examples/c-lib/numaproc_example_c.c");
     let bad = manifest.join("fixtures/badlib.c");
-    for p in [&example, &bad, &include.join("numaproc.h")] {
+    let crash = manifest.join("fixtures/crashlib.c");
+    for p in [&example, &bad, &crash, &include.join("numaproc.h")] {
         println!("cargo:rerun-if-changed={}", p.display());
     }
     compile(&out, &include, &example, "numaproc_example_c", &[]);
+    compile(&out, &include, &crash, "crash", &[]);
     for (name, define) in [
         ("bad_magic", "BAD_MAGIC"),
         ("bad_major", "OTHER_MAJOR"),

@@ -14,6 +14,9 @@ const LIMIT_SECS: u32 = 120;
 
 fn main() -> ExitCode {
     numaproc::soc::run_if_spawned();
+    if let Ok(spec) = std::env::var(it::HELPER_ENV) {
+        it::helper_master(&spec);
+    }
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -26,7 +29,17 @@ fn main() -> ExitCode {
         .iter()
         .map(|s| (SocKind::Forked, s))
         .chain(it::LIBRARY_SCENARIOS.iter().map(|s| (SocKind::Forked, s)))
+        .chain(
+            it::SUPERVISION_SCENARIOS
+                .iter()
+                .map(|s| (SocKind::Forked, s)),
+        )
         .chain(it::LIBRARY_SCENARIOS.iter().map(|s| (SocKind::Spawned, s)))
+        .chain(
+            it::SUPERVISION_SCENARIOS
+                .iter()
+                .map(|s| (SocKind::Spawned, s)),
+        )
         .chain(spawned_only.iter().map(|s| (SocKind::Spawned, s)));
     for (kind, (name, scenario)) in runs {
         let full = format!("{kind}::{name}");

@@ -20,8 +20,9 @@ use crate::launch::{self, Ended, SocHandle, SocShared};
 use crate::options::{EngineOptions, SocKind};
 use crate::plan::{Plan, PlanRequest, plan};
 use crate::session::{Claim, Session};
-use crate::spawn;
+use crate::supervise::{Launcher, Supervisor};
 use crate::topology::Topology;
+use crate::zygote::Zygote;
 
 static ENGINE_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -89,16 +90,9 @@ pub(crate) struct SlotHandle {
     pub soc: usize,
     pub worker: usize,
     pub cpu: Option<u32>,
-    /// Points into `Engine::socs[soc].region`, which the engine keeps
+    /// Points into `Engine::regions[soc]`, which the engine keeps
     /// mapped for as long as it lives; never handed out beyond `&Engine`.
     pub slot: SlotRef<'static>,
-}
-
-/// A SOC as the master sees it.
-#[derive(Debug)]
-struct SocRuntime {
-    region: Arc<Region>,
-    handle: Option<SocHandle>,
 }
 
 /// The state of a SOC, as reported by [`Engine::socs`].
@@ -110,8 +104,11 @@ pub struct SocStatus {
     pub node: u32,
     /// Process id (the master's own for emulated SOCs).
     pub pid: u32,
-    /// Life-cycle state.
+    /// Life-cycle state: starting, ready, dead, restarting, given_up,
+    /// stopping or stopped.
     pub state: String,
+    /// How many times the SOC was started again after dying.
+    pub restarts: u32,
     /// Workers.
     pub workers: usize,
     /// Planned CPU of each worker (`None` when not bound).
@@ -136,7 +133,8 @@ pub struct ShutdownError {
 pub struct Engine {
     pub(crate) slots: Vec<SlotHandle>,
     pub(crate) by_soc: Vec<Vec<usize>>,
-    socs: Vec<SocRuntime>,
+    regions: Vec<Arc<Region>>,
+    supervisor: Supervisor,
     pub(crate) global: Arc<Region>,
     pub(crate) registry: Arc<Registry>,
     plan: Plan,
@@ -199,7 +197,7 @@ impl Engine {
                 output_capacity: options.output_capacity,
             })
             .collect();
-        let settings = spawn::settings_text(&options);
+        let settings = crate::spawn::settings_text(&options);
         let global_layout = GlobalLayout {
             soc_count: plan.socs.len(),
             name_count: registry.len(),
@@ -249,7 +247,7 @@ impl Engine {
             )
         };
         let global = Arc::new(global);
-        let mut socs = Vec::with_capacity(plan.socs.len());
+        let mut regions = Vec::with_capacity(plan.socs.len());
         for (i, (s, layout)) in plan.socs.iter().zip(&soc_layouts).enumerate() {
             let region = Region::create(&name(&format!("s{i}"))?, sizes[i], SocLayout::SHAPE)
                 .map_err(|e| shm_err(&e))?;
@@ -261,33 +259,42 @@ impl Engine {
             // SAFETY: just created with layout.size() bytes, unpublished.
             unsafe { init_soc(&region, layout, i as u32, s.node, &cpus) };
             region.publish();
-            socs.push(SocRuntime {
-                region: Arc::new(region),
-                handle: None,
-            });
+            regions.push(Arc::new(region));
         }
         global.publish();
 
         let shutdown_timeout = Duration::from_millis(options.shutdown_timeout_ms);
         let deadline = Instant::now() + Duration::from_millis(options.startup_timeout_ms);
         let view = GlobalView::new(&global);
-        for (i, soc) in socs.iter_mut().enumerate() {
-            let shared = SocShared {
+        let shared: Vec<SocShared> = regions
+            .iter()
+            .map(|region| SocShared {
                 global: Arc::clone(&global),
-                region: Arc::clone(&soc.region),
+                region: Arc::clone(region),
                 registry: Arc::clone(&registry),
                 library_dir: options.library_dir.clone(),
                 libraries: options.libraries.clone(),
                 init: options.soc_init,
-            };
-            let launched = match options.soc_kind {
-                SocKind::Emulated => launch::launch_thread(i, shared),
-                SocKind::Forked => launch::launch_child(i, &shared),
-                SocKind::Spawned => {
-                    spawn::launch(i, global.name(), options.soc_executable.as_deref())
-                }
-            };
-            match launched {
+            })
+            .collect();
+        let mut launcher = match options.soc_kind {
+            SocKind::Emulated => Launcher::Threads(shared),
+            SocKind::Forked => Launcher::Zygote(
+                Zygote::start(shared).map_err(|reason| StartError::Soc { soc: 0, reason })?,
+            ),
+            SocKind::Spawned => Launcher::Spawn {
+                engine: global.name().to_owned(),
+                exe: options.soc_executable.clone(),
+            },
+        };
+        let mut handles: Vec<Option<SocHandle>> = Vec::with_capacity(regions.len());
+        let fail = |handles: &mut Vec<Option<SocHandle>>, launcher: &mut Launcher, soc, reason| {
+            stop_socs(&global, &regions, handles, shutdown_timeout);
+            launcher.stop(shutdown_timeout);
+            StartError::Soc { soc, reason }
+        };
+        for i in 0..regions.len() {
+            match launcher.launch(i) {
                 Ok(h) => {
                     let entry = view.soc(i);
                     entry.pid.store(h.pid(), Ordering::Relaxed);
@@ -295,49 +302,52 @@ impl Engine {
                     entry
                         .state
                         .store(SocState::Starting as u32, Ordering::Release);
-                    soc.handle = Some(h);
+                    handles.push(Some(h));
                 }
-                Err(reason) => {
-                    stop_socs(&global, &mut socs, shutdown_timeout);
-                    return Err(StartError::Soc { soc: i, reason });
-                }
+                Err(reason) => return Err(fail(&mut handles, &mut launcher, i, reason)),
             }
         }
-        let mut handles: Vec<SocHandle> = socs.iter_mut().filter_map(|s| s.handle.take()).collect();
-        let ready = launch::wait_ready(&mut handles, deadline);
-        for (s, h) in socs.iter_mut().zip(handles) {
-            s.handle = Some(h);
-        }
+        let mut started: Vec<SocHandle> = handles.drain(..).flatten().collect();
+        let ready = launch::wait_ready(&mut started, deadline);
+        handles.extend(started.into_iter().map(Some));
         if let Err((soc, reason)) = ready {
             view.soc(soc)
                 .state
                 .store(SocState::Dead as u32, Ordering::Release);
-            stop_socs(&global, &mut socs, shutdown_timeout);
-            return Err(StartError::Soc { soc, reason });
+            return Err(fail(&mut handles, &mut launcher, soc, reason));
         }
         // Library procedures: every SOC loaded its own and listed them in
         // its region; all must agree, and the master learns their names.
-        let lists: Vec<_> = socs
-            .iter()
-            .map(|s| SocView::new(&s.region).names())
-            .collect();
+        let lists: Vec<_> = regions.iter().map(|r| SocView::new(r).names()).collect();
         let mut registry = (*registry).clone();
         if let Err((soc, reason)) = merge_library_names(&mut registry, &lists) {
-            stop_socs(&global, &mut socs, shutdown_timeout);
-            return Err(StartError::Soc { soc, reason });
+            return Err(fail(&mut handles, &mut launcher, soc, reason));
         }
         let registry = Arc::new(registry);
-        for i in 0..socs.len() {
+        for i in 0..regions.len() {
             view.soc(i)
                 .state
                 .store(SocState::Ready as u32, Ordering::Release);
         }
+        let handles: Vec<SocHandle> = handles.into_iter().flatten().collect();
+        let supervisor = match Supervisor::start(
+            Arc::clone(&global),
+            regions.clone(),
+            handles,
+            launcher,
+            options.restart,
+        ) {
+            Ok(s) => s,
+            Err((reason, (mut handles, mut launcher))) => {
+                return Err(fail(&mut handles, &mut launcher, 0, reason));
+            }
+        };
 
         // Slots in an order that interleaves SOCs, so that scans spread
         // calls over SOCs.
-        let views: Vec<SocView<'_>> = socs.iter().map(|s| SocView::new(&s.region)).collect();
+        let views: Vec<SocView<'_>> = regions.iter().map(|r| SocView::new(r)).collect();
         let mut slots = Vec::new();
-        let mut by_soc = vec![Vec::new(); socs.len()];
+        let mut by_soc = vec![Vec::new(); regions.len()];
         let most = views.iter().map(SocView::worker_count).max().unwrap_or(0);
         for w in 0..most {
             for (soc, v) in views.iter().enumerate() {
@@ -345,7 +355,7 @@ impl Engine {
                     continue;
                 }
                 let slot = v.slot(w);
-                // SAFETY: the region behind `slot` is held in `socs` (an Arc)
+                // SAFETY: the region behind `slot` is held in `regions` (an Arc)
                 // for the engine's whole life, and `SlotHandle`s never leave
                 // the engine except borrowed for less than `&self`.
                 let slot: SlotRef<'static> = unsafe { std::mem::transmute(slot) };
@@ -366,7 +376,8 @@ impl Engine {
         Ok(Engine {
             slots,
             by_soc,
-            socs,
+            regions,
+            supervisor,
             global,
             registry,
             plan,
@@ -397,7 +408,7 @@ impl Engine {
 
     /// Number of SOCs.
     pub fn soc_count(&self) -> usize {
-        self.socs.len()
+        self.regions.len()
     }
 
     /// Number of workers of SOC `soc` (0 if there is no such SOC).
@@ -418,22 +429,23 @@ impl Engine {
     /// Names of the shared-memory objects of this engine (in /dev/shm).
     pub fn shm_names(&self) -> Vec<String> {
         std::iter::once(self.global.name().to_owned())
-            .chain(self.socs.iter().map(|s| s.region.name().to_owned()))
+            .chain(self.regions.iter().map(|r| r.name().to_owned()))
             .collect()
     }
 
     /// The state of every SOC.
     pub fn socs(&self) -> Vec<SocStatus> {
         let view = GlobalView::new(&self.global);
-        (0..self.socs.len())
+        (0..self.regions.len())
             .map(|i| {
                 let e = view.soc(i);
                 SocStatus {
                     soc: i,
                     node: e.node,
                     pid: e.pid.load(Ordering::Relaxed),
-                    state: format!("{:?}", SocState::from_u32(e.state.load(Ordering::Acquire)))
-                        .to_lowercase(),
+                    state: state_name(SocState::from_u32(e.state.load(Ordering::Acquire)))
+                        .to_owned(),
+                    restarts: e.generation.load(Ordering::Relaxed).saturating_sub(1),
                     workers: self.by_soc[i].len(),
                     cpus: self.by_soc[i].iter().map(|&s| self.slots[s].cpu).collect(),
                     calls: self.by_soc[i]
@@ -469,7 +481,10 @@ impl Engine {
         match target {
             Target::Any => Ok(&[]),
             Target::Soc(soc) => self.by_soc.get(soc).map(Vec::as_slice).ok_or_else(|| {
-                CallError::NoSuchTarget(format!("SOC {soc} (the engine has {})", self.socs.len()))
+                CallError::NoSuchTarget(format!(
+                    "SOC {soc} (the engine has {})",
+                    self.regions.len()
+                ))
             }),
             Target::Worker { soc, worker } => self
                 .by_soc
@@ -530,19 +545,52 @@ impl Engine {
         None
     }
 
+    /// Whether a SOC among `target`'s can serve now or later (it is not
+    /// given up).
+    fn target_alive(&self, target: Target) -> bool {
+        let view = GlobalView::new(&self.global);
+        let alive = |soc: usize| {
+            !matches!(
+                SocState::from_u32(view.soc(soc).state.load(Ordering::Acquire)),
+                SocState::GivenUp | SocState::Stopping | SocState::Stopped
+            )
+        };
+        match target {
+            Target::Any => (0..self.regions.len()).any(alive),
+            Target::Soc(soc) | Target::Worker { soc, .. } => alive(soc),
+        }
+    }
+
+    /// One claim attempt: a slot, or an error when no candidate SOC can
+    /// ever serve, or `None` (try again later).
+    fn attempt(&self, target: Target, list: &[usize]) -> Option<Result<(usize, u32), CallError>> {
+        if let Some(c) = self.claim_once(target, list) {
+            return Some(Ok(c));
+        }
+        (!self.target_alive(target)).then(|| {
+            Err(CallError::Unavailable(match target {
+                Target::Any => "every SOC died too often and was given up".to_owned(),
+                Target::Soc(soc) | Target::Worker { soc, .. } => {
+                    format!("SOC {soc} died too often and was given up")
+                }
+            }))
+        })
+    }
+
     fn claim_impl(&self, target: Target, wait: Option<Duration>) -> Result<Claim<'_>, CallError> {
         let list = self.candidates(target)?;
-        let got = match self.claim_once(target, list) {
-            Some(c) => Some(c),
+        let got = match self.attempt(target, list) {
+            Some(r) => Some(r),
             None => match wait {
                 None => return Err(CallError::Busy),
                 Some(d) => GlobalView::new(&self.global)
                     .header()
                     .free
-                    .wait_for(Instant::now() + d, || self.claim_once(target, list)),
+                    .wait_for(Instant::now() + d, || self.attempt(target, list)),
             },
         };
-        let (index, generation) = got.ok_or(CallError::ClaimTimeout(wait.unwrap_or_default()))?;
+        let (index, generation) =
+            got.ok_or(CallError::ClaimTimeout(wait.unwrap_or_default()))??;
         Ok(Claim::new(self, index, generation))
     }
 
@@ -656,7 +704,12 @@ impl Engine {
         self.stopped = true;
         self.slots.clear();
         let timeout = Duration::from_millis(self.options.shutdown_timeout_ms);
-        let problems = stop_socs(&self.global, &mut self.socs, timeout);
+        let (mut handles, mut launcher) = self
+            .supervisor
+            .stop()
+            .unwrap_or_else(|| (Vec::new(), Launcher::Threads(Vec::new())));
+        let problems = stop_socs(&self.global, &self.regions, &mut handles, timeout);
+        launcher.stop(timeout);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -674,17 +727,22 @@ impl Drop for Engine {
 /// Closes every slot (waiting for running calls up to `timeout`), waits for
 /// every SOC to end (killing forked ones that do not), and unlinks the
 /// shared memory. Returns a sentence per SOC that did not end cleanly.
-fn stop_socs(global: &Region, socs: &mut [SocRuntime], timeout: Duration) -> Vec<String> {
+fn stop_socs(
+    global: &Region,
+    regions: &[Arc<Region>],
+    handles: &mut [Option<SocHandle>],
+    timeout: Duration,
+) -> Vec<String> {
     let deadline = Instant::now() + timeout;
     let view = GlobalView::new(global);
     view.header().closing.store(1, Ordering::SeqCst);
-    for (i, s) in socs.iter().enumerate() {
-        if s.handle.is_some() {
+    for (i, region) in regions.iter().enumerate() {
+        if handles.get(i).is_some_and(Option::is_some) {
             view.soc(i)
                 .state
                 .store(SocState::Stopping as u32, Ordering::Release);
         }
-        let sv = SocView::new(&s.region);
+        let sv = SocView::new(region);
         for w in 0..sv.worker_count() {
             let control = sv.slot(w).control;
             // A slot is busy only while an abandoned call still runs.
@@ -701,8 +759,8 @@ fn stop_socs(global: &Region, socs: &mut [SocRuntime], timeout: Duration) -> Vec
         }
     }
     let mut problems = Vec::new();
-    for (i, s) in socs.iter_mut().enumerate() {
-        let Some(mut h) = s.handle.take() else {
+    for (i, slot) in handles.iter_mut().enumerate() {
+        let Some(mut h) = slot.take() else {
             continue;
         };
         match h.wait_exit(deadline) {
@@ -720,6 +778,19 @@ fn stop_socs(global: &Region, socs: &mut [SocRuntime], timeout: Duration) -> Vec
             .store(SocState::Stopped as u32, Ordering::Release);
     }
     problems
+}
+
+fn state_name(state: SocState) -> &'static str {
+    match state {
+        SocState::Planned => "planned",
+        SocState::Starting => "starting",
+        SocState::Ready => "ready",
+        SocState::Dead => "dead",
+        SocState::Stopping => "stopping",
+        SocState::Stopped => "stopped",
+        SocState::Restarting => "restarting",
+        SocState::GivenUp => "given_up",
+    }
 }
 
 /// Checks that every SOC loaded the same library procedures and adds them

@@ -117,9 +117,12 @@ pub enum CallError {
     /// The target SOC or worker does not exist.
     #[error("no such target: {0}")]
     NoSuchTarget(String),
-    /// The SOC running the call died.
+    /// The SOC running the call died; the call's outcome is unknown.
     #[error("SOC {0} died during the call")]
     SocDied(usize),
+    /// No SOC of the target can serve: they died too often and were given up.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,

@@ -8,7 +8,8 @@
 //! `poll`, with a deadline and without polling loops, and a SOC that dies
 //! before it reports is noticed at once.
 //!
-//! This module holds the engine's `fork`.
+//! Forked SOCs are forked by the zygote (see `zygote.rs`), which also runs
+//! [`child_main`] in each.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork, getppid, pipe2};
+use nix::unistd::{Pid, getppid, pipe2};
 use numaproc_ipc::Region;
 use numaproc_procs::Registry;
 use numaproc_soc::{SocConfig, SocInitFn};
@@ -33,8 +34,10 @@ const MAX_REPORT: usize = 4000;
 pub(crate) enum Runner {
     /// An emulated SOC's thread (None once joined or detached).
     Thread(Option<JoinHandle<()>>),
-    /// A forked child (reaped once `reaped` is set).
+    /// A child process of the master (reaped once `reaped` is set).
     Child { pid: Pid, reaped: bool },
+    /// A process forked by the zygote: the zygote reaps it.
+    Grandchild { pid: Pid },
 }
 
 /// A started SOC as the master sees it.
@@ -107,41 +110,10 @@ pub(crate) fn launch_thread(soc: usize, shared: SocShared) -> Result<SocHandle, 
     })
 }
 
-/// Starts a forked SOC.
-pub(crate) fn launch_child(soc: usize, shared: &SocShared) -> Result<SocHandle, String> {
-    let (read, write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let master = nix::unistd::getpid();
-    // SAFETY: the caller checked that this process has no other threads (or
-    // the user accepted the risk with `allow_fork_with_threads`). The child
-    // never returns from this function: it ends in `_exit`.
-    match unsafe { fork() } {
-        Err(e) => Err(format!("fork failed: {e}")),
-        Ok(ForkResult::Parent { child }) => {
-            drop(write);
-            Ok(SocHandle {
-                soc,
-                runner: Runner::Child {
-                    pid: child,
-                    reaped: false,
-                },
-                report: read,
-                ended: false,
-            })
-        }
-        Ok(ForkResult::Child) => {
-            drop(read);
-            let code = child_main(soc, shared, &write, master);
-            // SAFETY: _exit ends the child without running the master's
-            // atexit handlers or destructors (its shared-memory objects must
-            // not be unlinked by the child).
-            unsafe { nix::libc::_exit(code) }
-        }
-    }
-}
-
-fn child_main(soc: usize, shared: &SocShared, report: &OwnedFd, master: Pid) -> i32 {
-    // Die with the master; then make sure it did not die before the line above.
-    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || getppid() != master {
+/// The body of a forked SOC process: dies with its parent, runs the SOC.
+pub(crate) fn child_main(soc: usize, shared: &SocShared, report: &OwnedFd, parent: Pid) -> i32 {
+    // Die with the parent; then make sure it did not die before the line above.
+    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || getppid() != parent {
         return 3;
     }
     if let Ok(name) = std::ffi::CString::new(format!("numaproc-soc{soc}")) {
@@ -166,17 +138,46 @@ impl SocHandle {
         }
     }
 
+    /// A handle on a SOC forked by the zygote.
+    pub fn grandchild(soc: usize, pid: Pid, report: OwnedFd) -> Self {
+        Self {
+            soc,
+            runner: Runner::Grandchild { pid },
+            report,
+            ended: false,
+        }
+    }
+
     /// The SOC's process id (the master's own for emulated SOCs).
     pub fn pid(&self) -> u32 {
         match self.runner {
             Runner::Thread(_) => std::process::id(),
-            Runner::Child { pid, .. } => pid.as_raw() as u32,
+            Runner::Child { pid, .. } | Runner::Grandchild { pid } => pid.as_raw() as u32,
         }
+    }
+
+    /// The read end of the report pipe (readable at a report or at the
+    /// SOC's end).
+    pub fn report_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.report.as_fd()
+    }
+
+    /// The pid of a SOC forked by the zygote.
+    pub fn grandchild_pid(&self) -> Option<Pid> {
+        match self.runner {
+            Runner::Grandchild { pid } => Some(pid),
+            _ => None,
+        }
+    }
+
+    /// Whether the SOC is a thread of the master.
+    pub fn is_thread(&self) -> bool {
+        matches!(self.runner, Runner::Thread(_))
     }
 
     /// Reads what is in the pipe: `Some(report)` when a report or
     /// end-of-file was read, `None` when nothing is there yet.
-    fn read_report(&mut self) -> Option<Result<(), String>> {
+    pub fn read_report(&mut self) -> Option<Result<(), String>> {
         let mut buf = vec![0u8; MAX_REPORT + 1];
         match nix::unistd::read(self.report.as_fd(), &mut buf) {
             Ok(0) => {
@@ -199,6 +200,12 @@ impl SocHandle {
                 Some(Err(_)) => "the SOC thread panicked".to_owned(),
                 _ => "the SOC thread ended without reporting".to_owned(),
             },
+            Runner::Grandchild { pid } => {
+                format!(
+                    "process {pid} {} before reporting ready",
+                    zombie_status(*pid)
+                )
+            }
             Runner::Child { pid, reaped } => {
                 let pid = *pid;
                 *reaped = true;
@@ -214,6 +221,40 @@ impl SocHandle {
                 }
             }
         }
+    }
+}
+
+/// How a process that is not our child ended, read from its zombie's
+/// `/proc/PID/stat` (`exit_code`, in waitpid's encoding) while its parent
+/// has not reaped it yet.
+pub(crate) fn zombie_status(pid: Pid) -> String {
+    // The report pipe reads end-of-file when the dying process closes its
+    // files, a moment before it becomes a zombie: wait for that moment.
+    let deadline = Instant::now() + std::time::Duration::from_millis(200);
+    let code = loop {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            break None;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // Field 3 (state) comes first after the name; exit_code is field 52.
+        if fields.first() == Some(&"Z") {
+            break fields.last().and_then(|c| c.parse::<i32>().ok());
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    match code {
+        Some(c) if c & 0x7f != 0 => match Signal::try_from(c & 0x7f) {
+            Ok(sig) => format!("was killed by {sig}"),
+            Err(_) => format!("was killed by signal {}", c & 0x7f),
+        },
+        Some(c) => format!("exited with status {}", (c >> 8) & 0xff),
+        None => "ended".to_owned(),
     }
 }
 
@@ -312,6 +353,14 @@ impl SocHandle {
                 } else {
                     handle.take();
                     Ended::Detached
+                }
+            }
+            Runner::Grandchild { pid } => {
+                if ended {
+                    Ended::Clean
+                } else {
+                    let _ = kill(*pid, Signal::SIGKILL);
+                    Ended::Killed
                 }
             }
             Runner::Child { pid, reaped } => {

@@ -45,7 +45,9 @@ mod options;
 pub mod plan;
 mod session;
 mod spawn;
+mod supervise;
 pub mod topology;
+mod zygote;
 
 /// The SOC side of spawned SOCs.
 pub mod soc {
@@ -63,4 +65,5 @@ pub use numaproc_soc::{SocInfo, SocInitFn};
 pub use options::{DEFAULT_BUFFER, EngineOptions, MAX_BUFFER, SocKind, WaitOptions};
 pub use plan::Plan;
 pub use session::{Claim, Session};
+pub use supervise::RestartPolicy;
 pub use topology::Topology;

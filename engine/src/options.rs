@@ -152,6 +152,8 @@ pub struct EngineOptions {
     pub libraries: Vec<String>,
     /// The executable spawned SOCs run (default: the current executable).
     pub soc_executable: Option<std::path::PathBuf>,
+    /// Restarting SOCs that die (forked and spawned).
+    pub restart: crate::RestartPolicy,
     /// Fork SOCs even when the master has other threads. Only the forking
     /// thread survives in the child; a lock held by another thread at that
     /// moment (in the allocator, stdio, or the program's own code) stays
@@ -182,6 +184,7 @@ impl Default for EngineOptions {
             library_dir: None,
             libraries: Vec::new(),
             soc_executable: None,
+            restart: crate::RestartPolicy::default(),
             allow_fork_with_threads: false,
             registry: Registry::new(),
             soc_init: None,
@@ -312,6 +315,12 @@ impl EngineOptions {
     /// Adds a procedure library every SOC loads (see the field).
     pub fn library(mut self, entry: impl Into<String>) -> Self {
         self.libraries.push(entry.into());
+        self
+    }
+
+    /// Sets the restart policy.
+    pub fn restart(mut self, policy: crate::RestartPolicy) -> Self {
+        self.restart = policy;
         self
     }
 

@@ -60,7 +60,8 @@ impl<'e> Claim<'e> {
         control.proc_id.store(id.0, Ordering::Relaxed);
         control.input_len.store(len as u64, Ordering::Relaxed);
         if !control.submit(self.generation) {
-            return Err(CallError::Session("the claimed slot changed state"));
+            // Only the supervisor takes a claimed slot away: its SOC died.
+            return Err(CallError::SocDied(h.soc));
         }
         self.done = true;
         Ok(Session {

@@ -5,8 +5,8 @@
 //! The environment of a spawned SOC:
 //! - `NUMAPROC_SOC_ENGINE`: the name of the engine's global region;
 //! - `NUMAPROC_SOC_INDEX`: the SOC's index;
-//! - `NUMAPROC_SOC_MASTER`: the master's pid (the SOC exits if its parent
-//!   is another process);
+//! - `NUMAPROC_SOC_MASTER`: the master's pid (the SOC watches it through a
+//!   pidfd and exits the moment it ends);
 //! - `NUMAPROC_SOC_REPORT_FD`: the inherited write end of its report pipe.
 //!
 //! Everything else (library directory and libraries) comes from the
@@ -79,15 +79,12 @@ pub(crate) fn launch(soc: usize, engine: &str, exe: Option<&Path>) -> Result<Soc
         .env(ENV_MASTER, std::process::id().to_string())
         .env(ENV_REPORT, fd.to_string())
         .stdin(Stdio::null());
-    // SAFETY: between fork and exec the closure only makes two
-    // async-signal-safe system calls (fcntl, prctl).
+    // SAFETY: between fork and exec the closure only makes one
+    // async-signal-safe system call (fcntl).
     unsafe {
         cmd.pre_exec(move || {
             // Let the report pipe's write end survive the exec, in the child only.
             if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) == -1 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -121,6 +118,37 @@ pub fn run_if_spawned() {
     std::process::exit(code);
 }
 
+/// Starts a thread that ends this process as soon as the master process
+/// ends (a pidfd becomes readable when its process exits).
+fn watch_master(master: Pid) -> Result<(), String> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let raw = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, master.as_raw(), 0) };
+    if raw < 0 {
+        return Err(format!(
+            "pidfd_open({master}): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: the kernel just returned this descriptor, owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    std::thread::Builder::new()
+        .name("np-master-watch".to_owned())
+        .spawn(move || {
+            let mut fds = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&pidfd),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            while let Err(nix::errno::Errno::EINTR) =
+                nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE)
+            {}
+            // SAFETY: ends the process at once; the master is gone and so
+            // is everything this SOC served.
+            unsafe { nix::libc::_exit(0) }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the master watch: {e}"))
+}
+
 fn env_number<T: std::str::FromStr>(name: &str) -> Result<T, String> {
     std::env::var(name)
         .ok()
@@ -138,8 +166,10 @@ fn serve(engine: &str) -> Result<(), String> {
     // SAFETY: the engine passed this descriptor to us as our report pipe's
     // write end; nothing else in this process owns it.
     let report = unsafe { OwnedFd::from_raw_fd(fd) };
-    // Die with the master (the death signal survives exec); then make sure
-    // it did not die before that.
+    // Die with the master: watch its process (not the thread that spawned
+    // us, which is what PR_SET_PDEATHSIG would follow); then make sure it
+    // did not die before the watch began.
+    watch_master(Pid::from_raw(master))?;
     if nix::unistd::getppid() != Pid::from_raw(master) {
         return Err("the master is gone".to_owned());
     }

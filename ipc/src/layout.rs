@@ -49,7 +49,7 @@ impl FreeSignal {
     }
 
     /// Runs `attempt` until it returns `Some`, sleeping between tries until
-    /// a slot is freed; gives up at `deadline`.
+    /// a slot is freed (or a SOC changes state); gives up at `deadline`.
     pub fn wait_for<T>(
         &self,
         deadline: Instant,
@@ -131,6 +131,10 @@ pub enum SocState {
     Stopping = 4,
     /// Stopped and reaped.
     Stopped = 5,
+    /// Died; being started again.
+    Restarting = 6,
+    /// Died too often: no longer restarted, its workers are unavailable.
+    GivenUp = 7,
 }
 
 impl SocState {
@@ -142,6 +146,8 @@ impl SocState {
             2 => Self::Ready,
             4 => Self::Stopping,
             5 => Self::Stopped,
+            6 => Self::Restarting,
+            7 => Self::GivenUp,
             _ => Self::Dead,
         }
     }

@@ -312,6 +312,17 @@ impl SlotControl {
         .is_some()
     }
 
+    /// Master: makes a failed slot idle again under a new generation, for
+    /// a restarted SOC; wakes its (new) worker. A session still holding the
+    /// old generation can no longer touch the slot.
+    pub fn reset(&self) {
+        update_and_wake(&self.state, u32::MAX, |v| {
+            let w = Word(v);
+            (w.state() == State::Failed)
+                .then(|| Word::new(State::Idle, w.generation().wrapping_add(1), 0).0)
+        });
+    }
+
     /// Master: marks the slot failed (its SOC died), waking its session.
     pub fn fail(&self) {
         update_and_wake(&self.state, SLEEPING, |v| {
@@ -547,6 +558,31 @@ mod tests {
         );
         assert!(s.submit(g));
         assert_eq!(t.join().unwrap(), Task::Submitted(g));
+    }
+
+    #[test]
+    fn reset_after_failure_starts_a_new_generation() {
+        let s = zeroed();
+        let g = s.try_claim().unwrap();
+        assert!(s.submit(g));
+        s.fail();
+        assert_eq!(s.try_claim(), None, "a failed slot cannot be claimed");
+        assert!(!s.release(g), "a failed slot is not freed by its session");
+        s.reset();
+        assert_eq!(s.word().state(), State::Idle);
+        assert_eq!(s.wait_done(g, &HOT, None), Some(Outcome::Lost));
+        assert!(
+            !s.release(g),
+            "the old session cannot touch the new generation"
+        );
+        let g2 = s.try_claim().unwrap();
+        assert_ne!(g2, g);
+        s.reset();
+        assert_eq!(
+            s.word().state(),
+            State::Claimed,
+            "reset only touches failed slots"
+        );
     }
 
     #[test]

@@ -431,6 +431,11 @@ fn log_threshold() -> u32 {
     }
 }
 
+/// Whether messages of `level` are logged (see [`host_log`]).
+pub fn log_enabled(level: u32) -> bool {
+    level != 0 && level <= log_threshold()
+}
+
 /// The engine's log for libraries: one line on standard error per message,
 /// `numaproc[soc N] LEVEL: message`, filtered by `NUMAPROC_LOG`.
 ///

@@ -998,3 +998,327 @@ pub fn spawned_soc_is_a_fresh_exec() -> Result<()> {
     ensure!(engine.call("sys_echo", b"fresh")? == b"fresh");
     shutdown_clean(engine)
 }
+
+// ---------------------------------------------------------------------------
+// Supervision (forked and spawned SOCs)
+
+fn crash_options(kind: SocKind, prefix: &str, libs: &LibDir) -> EngineOptions {
+    base_options(kind, prefix)
+        .socs(2)
+        .library_dir(libs.path())
+        .library("crash")
+        .restart(numaproc::RestartPolicy {
+            max_restarts: 1000,
+            window_ms: 60_000,
+            backoff_ms: 1,
+            max_backoff_ms: 10,
+        })
+}
+
+fn crash_libs(kind: SocKind, tag: &str) -> Result<LibDir> {
+    let libs = LibDir::new(&format!("{tag}-{kind}"))?;
+    libs.add(&fixture("crash"), "libcrash.so", 0o644)?;
+    Ok(libs)
+}
+
+/// Waits until SOC `soc` is ready after `restarts` restarts.
+fn wait_ready_again(engine: &Engine, soc: usize, restarts: u32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = &engine.socs()[soc];
+        if s.restarts >= restarts && s.state == "ready" {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "SOC {soc} not back: {s:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A procedure that segfaults, aborts or exits ends its call with
+/// `SocDied`; the SOC is started again and serves; the other SOC is
+/// untouched.
+pub fn crashing_procedures_end_in_soc_died(kind: SocKind) -> Result<()> {
+    let libs = crash_libs(kind, "crash")?;
+    let engine = Engine::start(crash_options(kind, "crash", &libs).workers_per_soc(1))?;
+    let soc0 = Target::Worker { soc: 0, worker: 0 };
+    for (round, proc) in ["crash.segfault", "crash.abort", "crash.exit"]
+        .iter()
+        .enumerate()
+    {
+        let e = expect_err(engine.call_on(soc0, *proc, b""), proc)?;
+        ensure!(e == CallError::SocDied(0), "{proc}: {e:?}");
+        wait_ready_again(&engine, 0, round as u32 + 1)?;
+        ensure!(
+            engine.call_on(soc0, "crash.echo", b"back")? == b"back",
+            "{proc}"
+        );
+        ensure!(engine.call_on(Target::Soc(1), "crash.echo", b"other")? == b"other");
+    }
+    let socs = engine.socs();
+    ensure!(socs[0].restarts == 3 && socs[1].restarts == 0, "{socs:?}");
+    shutdown_clean(engine)
+}
+
+/// kill -9 of a SOC, 50 times, while sessions are in flight on it: every
+/// call ends with its own correct output, `SocDied` or a timeout; none
+/// hangs; the SOC comes back each time; the other SOC serves throughout.
+pub fn killed_socs_are_replaced_while_others_serve(kind: SocKind) -> Result<()> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const ROUNDS: u32 = 50;
+    let libs = crash_libs(kind, "kill")?;
+    let engine = Engine::start(
+        crash_options(kind, "kill", &libs)
+            .workers_per_soc(2)
+            .call_timeout(Duration::from_secs(10)),
+    )?;
+    let stop = AtomicBool::new(false);
+    let (ok, died, timed_out, other_ok) = (
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    );
+    let problems = Mutex::new(Vec::<String>::new());
+    let complain = |p: String| problems.lock().map(|mut v| v.push(p)).unwrap_or(());
+    std::thread::scope(|s| -> Result<()> {
+        for t in 0..3u64 {
+            let (engine, stop, ok, died, timed_out, complain) =
+                (&engine, &stop, &ok, &died, &timed_out, &complain);
+            s.spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let input = format!("caller {t} call {i}").into_bytes();
+                    let result = if i.is_multiple_of(2) {
+                        engine.call_on(Target::Soc(0), "crash.echo", &input)
+                    } else {
+                        // Hold a session across the kill: submit, then wait.
+                        engine
+                            .submit(Target::Soc(0), "crash.echo", &input)
+                            .and_then(|mut session| session.wait().map(<[u8]>::to_vec))
+                    };
+                    match result {
+                        Ok(out) if out == input => ok.fetch_add(1, Ordering::Relaxed),
+                        Ok(out) => {
+                            complain(format!(
+                                "call {t}/{i} got {:?}",
+                                String::from_utf8_lossy(&out)
+                            ));
+                            0
+                        }
+                        Err(CallError::SocDied(0)) => died.fetch_add(1, Ordering::Relaxed),
+                        Err(CallError::CallTimeout(_) | CallError::ClaimTimeout(_)) => {
+                            timed_out.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Err(e) => {
+                            complain(format!("call {t}/{i}: unexpected {e}"));
+                            0
+                        }
+                    };
+                }
+            });
+        }
+        {
+            let (engine, stop, other_ok, complain) = (&engine, &stop, &other_ok, &complain);
+            s.spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let input = format!("other {i}").into_bytes();
+                    match engine.call_on(Target::Soc(1), "crash.echo", &input) {
+                        Ok(out) if out == input => {
+                            other_ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => complain(format!("SOC 1 call {i}: {other:?}")),
+                    }
+                }
+            });
+        }
+        let result = (|| -> Result<()> {
+            for round in 1..=ROUNDS {
+                wait_ready_again(&engine, 0, round - 1)?;
+                let before = ok.load(Ordering::Relaxed) + died.load(Ordering::Relaxed);
+                // Let calls reach the SOC, so that some are in flight.
+                let t = Instant::now();
+                while ok.load(Ordering::Relaxed) + died.load(Ordering::Relaxed) < before + 3
+                    && t.elapsed() < Duration::from_secs(5)
+                {
+                    std::thread::yield_now();
+                }
+                let pid = engine.socs()[0].pid;
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                )?;
+                wait_ready_again(&engine, 0, round)?;
+            }
+            Ok(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        result
+    })?;
+    let problems = problems.into_inner().unwrap_or_default();
+    ensure!(
+        problems.is_empty(),
+        "{} problems, first: {:?}",
+        problems.len(),
+        problems.first()
+    );
+    let (ok, died, timed_out, other_ok) = (
+        ok.into_inner(),
+        died.into_inner(),
+        timed_out.into_inner(),
+        other_ok.into_inner(),
+    );
+    ensure!(
+        died > 0,
+        "no session was in flight at a kill (ok {ok}, timeouts {timed_out})"
+    );
+    ensure!(
+        ok > u64::from(ROUNDS) && other_ok > 0,
+        "ok {ok}, SOC 1 ok {other_ok}"
+    );
+    let socs = engine.socs();
+    ensure!(
+        socs[0].restarts == ROUNDS && socs[1].restarts == 0,
+        "{socs:?}"
+    );
+    shutdown_clean(engine)
+}
+
+/// A SOC that dies more often than the policy allows is given up: calls
+/// to it fail at once with `Unavailable`, calls to any SOC go elsewhere.
+pub fn a_given_up_soc_is_unavailable(kind: SocKind) -> Result<()> {
+    let libs = crash_libs(kind, "giveup")?;
+    let engine = Engine::start(
+        crash_options(kind, "giveup", &libs)
+            .workers_per_soc(1)
+            .restart(numaproc::RestartPolicy {
+                max_restarts: 1,
+                window_ms: 60_000,
+                backoff_ms: 1,
+                max_backoff_ms: 1,
+            }),
+    )?;
+    let soc0 = Target::Soc(0);
+    ensure!(expect_err(engine.call_on(soc0, "crash.exit", b""), "exit")? == CallError::SocDied(0));
+    wait_ready_again(&engine, 0, 1)?;
+    ensure!(
+        expect_err(engine.call_on(soc0, "crash.abort", b""), "abort")? == CallError::SocDied(0)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.socs()[0].state != "given_up" {
+        ensure!(Instant::now() < deadline, "{:?}", engine.socs()[0]);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let start = Instant::now();
+    let e = expect_err(engine.call_on(soc0, "crash.echo", b"x"), "given up")?;
+    ensure!(matches!(e, CallError::Unavailable(_)), "{e:?}");
+    ensure!(
+        start.elapsed() < Duration::from_secs(1),
+        "Unavailable must come at once"
+    );
+    for _ in 0..10 {
+        ensure!(engine.call("crash.echo", b"elsewhere")? == b"elsewhere");
+    }
+    shutdown_clean(engine)
+}
+
+/// Supervision scenarios, run with forked and spawned SOCs.
+pub const SUPERVISION_SCENARIOS: &[(&str, Scenario)] = &[
+    (
+        "crashing_procedures_end_in_soc_died",
+        crashing_procedures_end_in_soc_died,
+    ),
+    (
+        "killed_socs_are_replaced_while_others_serve",
+        killed_socs_are_replaced_while_others_serve,
+    ),
+    (
+        "a_given_up_soc_is_unavailable",
+        a_given_up_soc_is_unavailable,
+    ),
+    ("master_death_takes_its_socs", master_death_takes_its_socs),
+];
+
+/// Environment variable that makes the `processes` runner a helper master.
+pub const HELPER_ENV: &str = "NUMAPROC_TEST_HELPER_MASTER";
+
+/// The helper master: starts an engine of `kind` with `prefix`, prints its
+/// SOC pids, and waits to be killed.
+pub fn helper_master(spec: &str) -> ! {
+    let (kind, prefix) = spec.split_once(':').unwrap_or(("forked", "helper"));
+    let kind: SocKind = kind.parse().unwrap_or(SocKind::Forked);
+    let engine = match Engine::start(base_options(kind, prefix).socs(2).workers_per_soc(1)) {
+        Ok(e) => e,
+        Err(e) => {
+            println!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let pids: Vec<String> = engine.socs().iter().map(|s| s.pid.to_string()).collect();
+    println!("pids: {}", pids.join(" "));
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+fn process_running(pid: u32) -> bool {
+    // A zombie no longer runs: it waits for a parent (or init) to reap it.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// kill -9 of a master (a helper process): its SOCs are gone within a
+/// second, and the next start with the same prefix removes its stale
+/// shared memory.
+pub fn master_death_takes_its_socs(kind: SocKind) -> Result<()> {
+    use std::io::BufRead;
+    let prefix = format!("helper_{kind}");
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .env(HELPER_ENV, format!("{kind}:{prefix}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let pids: Vec<u32> = line
+        .strip_prefix("pids: ")
+        .ok_or_else(|| anyhow!("helper said {line:?}"))?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    ensure!(pids.len() == 2 && pids.iter().all(|&p| process_running(p)));
+    let full_prefix = format!("t_{prefix}_{kind}");
+    ensure!(
+        !shm_objects(&full_prefix).is_empty(),
+        "the helper's engine has shared memory"
+    );
+    child.kill()?;
+    child.wait()?;
+    let killed = Instant::now();
+    while pids.iter().any(|&p| process_running(p)) {
+        ensure!(
+            killed.elapsed() < Duration::from_secs(1),
+            "SOCs {pids:?} outlived their master by a second"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stale = shm_objects(&full_prefix);
+    ensure!(!stale.is_empty(), "a killed master cannot clean up");
+    let engine = Engine::start(base_options(kind, &prefix).socs(1).workers_per_soc(1))?;
+    let left: Vec<String> = shm_objects(&full_prefix)
+        .into_iter()
+        .filter(|n| stale.contains(n))
+        .collect();
+    ensure!(left.is_empty(), "stale objects not removed: {left:?}");
+    shutdown_clean(engine)
+}
