@@ -48,6 +48,7 @@ scenario!(dropped_sessions_never_leak_workers);
 scenario!(failed_start_names_the_soc_and_leaves_nothing);
 scenario!(synthetic_four_node_plan_runs);
 scenario!(large_buffers_carry_64_mib);
+scenario!(deadlines_cancel_procedures);
 scenario!(example_libraries_serve);
 scenario!(per_soc_library_names);
 scenario!(library_load_failures_are_specific);
@@ -55,7 +56,7 @@ scenario!(library_load_failures_are_specific);
 #[test]
 fn every_scenario_has_a_test() {
     // Keeps this file and the scenario list in step.
-    assert_eq!(it::SCENARIOS.len(), 9);
+    assert_eq!(it::SCENARIOS.len(), 10);
     assert_eq!(it::LIBRARY_SCENARIOS.len(), 3);
 }
 
@@ -94,4 +95,9 @@ fn invalid_options_stop_the_start_naming_the_option() {
     let e = numaproc::Engine::start(numaproc::EngineOptions::new().synthetic_topology("node:x"))
         .unwrap_err();
     assert!(matches!(e, numaproc::StartError::Topology(_)), "{e}");
+    let e = numaproc::Engine::start(
+        numaproc::EngineOptions::new().hard_limit(std::time::Duration::from_secs(1)),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("hard_limit_ms"), "{e}");
 }

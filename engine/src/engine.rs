@@ -143,6 +143,7 @@ pub struct Engine {
     pub(crate) input_capacity: usize,
     pub(crate) output_capacity: usize,
     next_start: CachePadded<AtomicUsize>,
+    pub(crate) hard_limit: Option<Duration>,
     id: u64,
     stopped: bool,
 }
@@ -336,6 +337,7 @@ impl Engine {
             handles,
             launcher,
             options.restart,
+            (options.hard_limit_ms > 0).then(|| Duration::from_millis(options.hard_limit_ms)),
         ) {
             Ok(s) => s,
             Err((reason, (mut handles, mut launcher))) => {
@@ -373,6 +375,8 @@ impl Engine {
         for list in &mut by_soc {
             list.sort_by_key(|&i| slots[i].worker);
         }
+        let hard_limit =
+            (options.hard_limit_ms > 0).then(|| Duration::from_millis(options.hard_limit_ms));
         Ok(Engine {
             slots,
             by_soc,
@@ -386,6 +390,7 @@ impl Engine {
             output_capacity: options.output_capacity,
             options,
             next_start: CachePadded::new(AtomicUsize::new(0)),
+            hard_limit,
             id: seq,
             stopped: false,
         })
@@ -630,10 +635,14 @@ impl Engine {
         proc: impl IntoProc,
         input: &[u8],
         wait: Option<Duration>,
+        deadline: Option<Duration>,
     ) -> Result<Session<'_>, CallError> {
         let id = proc.resolve(self)?;
         self.check_input(input)?;
         let mut claim = self.claim_impl(target, wait)?;
+        if let Some(d) = deadline {
+            claim.deadline_in(d);
+        }
         claim.input_mut()[..input.len()].copy_from_slice(input);
         claim.submit(id, input.len())
     }
@@ -647,7 +656,37 @@ impl Engine {
         input: &[u8],
     ) -> Result<Session<'_>, CallError> {
         let wait = Duration::from_millis(self.options.claim_timeout_ms);
-        self.start_call(target, proc, input, Some(wait))
+        self.start_call(target, proc, input, Some(wait), None)
+    }
+
+    /// Like [`Engine::submit`], with a deadline `after` from now: past it,
+    /// the procedure's `is_cancelled()` is true, whether or not anyone
+    /// still waits for the result.
+    pub fn submit_within(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+        after: Duration,
+    ) -> Result<Session<'_>, CallError> {
+        let wait = Duration::from_millis(self.options.claim_timeout_ms).min(after);
+        self.start_call(target, proc, input, Some(wait), Some(after))
+    }
+
+    /// Calls `proc` on `target` with a deadline `after` from now, for the
+    /// whole call: waiting for a worker, running (the procedure sees
+    /// `is_cancelled()` past it), and waiting for the result.
+    pub fn call_within(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+        after: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let start = Instant::now();
+        let mut session = self.submit_within(target, proc, input, after)?;
+        let left = after.saturating_sub(start.elapsed());
+        session.wait_timeout(left).map(<[u8]>::to_vec)
     }
 
     fn call_timeout(&self) -> Option<Duration> {
@@ -683,7 +722,7 @@ impl Engine {
     /// Like [`Engine::call`], but fails with [`CallError::Busy`] at once when
     /// no worker is idle.
     pub fn try_call(&self, proc: impl IntoProc, input: &[u8]) -> Result<Vec<u8>, CallError> {
-        let session = self.start_call(Target::Any, proc, input, None)?;
+        let session = self.start_call(Target::Any, proc, input, None, None)?;
         self.finish(session)
     }
 

@@ -120,6 +120,15 @@ pub enum CallError {
     /// The SOC running the call died; the call's outcome is unknown.
     #[error("SOC {0} died during the call")]
     SocDied(usize),
+    /// The call ran past the engine's hard limit: its SOC was killed (and
+    /// is restarted).
+    #[error("procedure {proc} ran longer than the hard limit of {limit:?}: its SOC was killed")]
+    Killed {
+        /// The procedure.
+        proc: String,
+        /// The limit (option `hard_limit_ms`).
+        limit: Duration,
+    },
     /// No SOC of the target can serve: they died too often and were given up.
     #[error("unavailable: {0}")]
     Unavailable(String),

@@ -56,6 +56,7 @@ pub mod soc {
 
 pub use engine::{Engine, IntoProc, ShutdownError, SocStatus, Target};
 pub use error::{CallError, OptionsError, StartError};
+pub use numaproc_ipc::{ShmName, stale};
 pub use numaproc_procs::sys;
 pub use numaproc_procs::{
     CallStatus, Host, Origin, OutputBuf, ProcContext, ProcError, ProcFn, ProcId, RegisterError,

@@ -154,6 +154,11 @@ pub struct EngineOptions {
     pub soc_executable: Option<std::path::PathBuf>,
     /// Restarting SOCs that die (forked and spawned).
     pub restart: crate::RestartPolicy,
+    /// Hard limit on one call, in ms (0: none). A call running longer gets
+    /// its SOC killed and restarted, even if its procedure never checks
+    /// `is_cancelled`; its session gets `CallError::Killed`. Forked and
+    /// spawned SOCs only.
+    pub hard_limit_ms: u64,
     /// Fork SOCs even when the master has other threads. Only the forking
     /// thread survives in the child; a lock held by another thread at that
     /// moment (in the allocator, stdio, or the program's own code) stays
@@ -185,6 +190,7 @@ impl Default for EngineOptions {
             libraries: Vec::new(),
             soc_executable: None,
             restart: crate::RestartPolicy::default(),
+            hard_limit_ms: 0,
             allow_fork_with_threads: false,
             registry: Registry::new(),
             soc_init: None,
@@ -324,6 +330,12 @@ impl EngineOptions {
         self
     }
 
+    /// Sets the hard limit on one call (`Duration::ZERO`: none).
+    pub fn hard_limit(mut self, d: Duration) -> Self {
+        self.hard_limit_ms = d.as_millis() as u64;
+        self
+    }
+
     /// Sets the executable spawned SOCs run.
     pub fn soc_executable(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.soc_executable = Some(path.into());
@@ -411,6 +423,13 @@ impl EngineOptions {
             && s.trim().is_empty()
         {
             return bad("synthetic_topology", "is empty".to_owned());
+        }
+        if self.hard_limit_ms > 0 && self.soc_kind == SocKind::Emulated {
+            return bad(
+                "hard_limit_ms",
+                "needs forked or spawned SOCs: the threads of an emulated SOC cannot be killed"
+                    .to_owned(),
+            );
         }
         if !self.libraries.is_empty() && self.library_dir.is_none() {
             return bad(

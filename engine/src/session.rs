@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use numaproc_ipc::slot::Outcome;
+use numaproc_ipc::slot::{Outcome, monotonic_ns};
 use numaproc_procs::{CallStatus, ProcId};
 
 use crate::engine::{Engine, IntoProc, SlotHandle};
@@ -17,6 +17,7 @@ pub struct Claim<'e> {
     engine: &'e Engine,
     index: usize,
     generation: u32,
+    deadline_ns: u64,
     done: bool,
 }
 
@@ -26,8 +27,16 @@ impl<'e> Claim<'e> {
             engine,
             index,
             generation,
+            deadline_ns: 0,
             done: false,
         }
+    }
+
+    /// Gives the call a deadline `after` from now: past it, the procedure's
+    /// `is_cancelled()` is true (whether or not anyone still waits).
+    pub fn deadline_in(&mut self, after: Duration) {
+        let ns = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX);
+        self.deadline_ns = monotonic_ns().saturating_add(ns).max(1);
     }
 
     fn handle(&self) -> &SlotHandle {
@@ -59,6 +68,18 @@ impl<'e> Claim<'e> {
         let control = h.slot.control;
         control.proc_id.store(id.0, Ordering::Relaxed);
         control.input_len.store(len as u64, Ordering::Relaxed);
+        control
+            .deadline_ns
+            .store(self.deadline_ns, Ordering::Relaxed);
+        control
+            .status
+            .store(CallStatus::Pending as u32, Ordering::Relaxed);
+        let submitted = if self.engine.hard_limit.is_some() {
+            monotonic_ns()
+        } else {
+            0
+        };
+        control.submitted_ns.store(submitted, Ordering::Relaxed);
         if !control.submit(self.generation) {
             // Only the supervisor takes a claimed slot away: its SOC died.
             return Err(CallError::SocDied(h.soc));
@@ -153,7 +174,15 @@ impl Session<'_> {
                 None => return Err(CallError::CallTimeout(timeout)),
                 Some(Outcome::Done) => self.result = Some(self.read_result()),
                 Some(Outcome::Failed | Outcome::Lost) => {
-                    self.result = Some(Err(CallError::SocDied(h.soc)));
+                    let status =
+                        CallStatus::from_u32(h.slot.control.status.load(Ordering::Relaxed));
+                    self.result = Some(Err(match (status, self.engine.hard_limit) {
+                        (CallStatus::Killed, Some(limit)) => CallError::Killed {
+                            proc: self.engine.proc_name(self.proc),
+                            limit,
+                        },
+                        _ => CallError::SocDied(h.soc),
+                    }));
                 }
             }
         }
@@ -192,6 +221,7 @@ impl Session<'_> {
                 proc: proc(),
                 message: message(),
             }),
+            CallStatus::Killed | CallStatus::Pending => Err(CallError::SocDied(self.handle().soc)),
         }
     }
 }

@@ -30,6 +30,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::pipe2;
 use numaproc_ipc::Region;
 use numaproc_ipc::layout::{GlobalView, SocState, SocView};
+use numaproc_ipc::slot::{State, monotonic_ns};
+use numaproc_procs::CallStatus;
 use serde::{Deserialize, Serialize};
 
 use crate::launch::{SocHandle, SocShared, launch_thread};
@@ -126,6 +128,9 @@ struct Watch {
     regions: Vec<Arc<Region>>,
     launcher: Launcher,
     policy: RestartPolicy,
+    hard_limit: Option<Duration>,
+    /// SOCs killed for overrunning the hard limit, not yet seen dead.
+    killing: Vec<bool>,
     handles: Vec<Option<SocHandle>>,
     starting: Vec<bool>,
     deaths: Vec<VecDeque<Instant>>,
@@ -146,6 +151,7 @@ impl Supervisor {
         handles: Vec<SocHandle>,
         launcher: Launcher,
         policy: RestartPolicy,
+        hard_limit: Option<Duration>,
     ) -> Result<Self, (String, Returned)> {
         let n = handles.len();
         let handles: Vec<Option<SocHandle>> = handles.into_iter().map(Some).collect();
@@ -158,6 +164,8 @@ impl Supervisor {
             regions,
             launcher,
             policy,
+            hard_limit,
+            killing: vec![false; n],
             handles,
             starting: vec![false; n],
             deaths: vec![VecDeque::new(); n],
@@ -206,7 +214,12 @@ impl Watch {
                     self.restart(i);
                 }
             }
-            let next = self.restart_at.iter().flatten().min().copied();
+            self.enforce_hard_limit();
+            // With a hard limit, look at running calls a few times per limit.
+            let check = self.hard_limit.map(|l| {
+                Instant::now() + (l / 4).clamp(Duration::from_millis(1), Duration::from_millis(100))
+            });
+            let next = self.restart_at.iter().flatten().copied().chain(check).min();
             let timeout = match next {
                 Some(t) => {
                     let ms = t
@@ -264,6 +277,45 @@ impl Watch {
         }
     }
 
+    /// Kills the SOC of every call that has run longer than the hard limit
+    /// (its session learns why from the slot's status).
+    fn enforce_hard_limit(&mut self) {
+        let Some(limit) = self.hard_limit else {
+            return;
+        };
+        let limit_ns = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
+        let now = monotonic_ns();
+        for i in 0..self.handles.len() {
+            if self.killing[i] || self.starting[i] {
+                continue;
+            }
+            let Some(pid) = self.handles[i].as_ref().map(SocHandle::pid) else {
+                continue;
+            };
+            let sv = SocView::new(&self.regions[i]);
+            for w in 0..sv.worker_count() {
+                let c = sv.slot(w).control;
+                let since = c.submitted_ns.load(Ordering::Relaxed);
+                if c.word().state() != State::Submitted
+                    || since == 0
+                    || now.saturating_sub(since) < limit_ns
+                {
+                    continue;
+                }
+                c.status.store(CallStatus::Killed as u32, Ordering::Relaxed);
+                self.killing[i] = true;
+                log(&format!(
+                    "SOC {i}: worker {w}'s call has run longer than the hard limit of {limit:?}: killing the SOC"
+                ));
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                break;
+            }
+        }
+    }
+
     fn set_state(&self, i: usize, state: SocState) {
         self.view()
             .soc(i)
@@ -286,6 +338,7 @@ impl Watch {
         }
         drop(handle);
         self.starting[i] = false;
+        self.killing[i] = false;
         self.set_state(i, SocState::Dead);
         let sv = SocView::new(&self.regions[i]);
         for w in 0..sv.worker_count() {

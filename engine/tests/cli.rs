@@ -85,14 +85,14 @@ fn objects_left(prefix: &str) -> Vec<String> {
 fn help_describes_every_command() {
     let out = run(&["--help"], &[]);
     assert_eq!(out.code, Some(0));
-    for word in ["demo", "topology", "NUMA"] {
+    for word in ["demo", "topology", "cleanup", "NUMA"] {
         assert!(
             out.stdout.contains(word),
             "{word} missing from:\n{}",
             out.stdout
         );
     }
-    for cmd in ["demo", "topology"] {
+    for cmd in ["demo", "topology", "cleanup"] {
         let out = run(&[cmd, "--help"], &[]);
         assert_eq!(out.code, Some(0), "{cmd} --help");
         assert!(
@@ -313,4 +313,50 @@ fn demo_spawned_with_the_example_library() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn cleanup_removes_objects_of_dead_masters_only() {
+    use nix::fcntl::OFlag;
+    use nix::sys::mman::{shm_open, shm_unlink};
+    use nix::sys::stat::Mode;
+    // A pid above the kernel's limit (2^22) never exists.
+    let dead = "/numaproc-clitestclean-4194305-0-g";
+    let live = format!("/numaproc-clitestclean-{}-0-g", std::process::id());
+    for name in [dead, live.as_str()] {
+        let _ = shm_unlink(name);
+        drop(
+            shm_open(
+                name,
+                OFlag::O_CREAT | OFlag::O_RDWR,
+                Mode::S_IRUSR | Mode::S_IWUSR,
+            )
+            .unwrap(),
+        );
+    }
+    let exists = |n: &str| std::path::Path::new("/dev/shm").join(&n[1..]).exists();
+    let out = run(&["cleanup", "--prefix", "clitestclean", "--dry-run"], &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("would be removed") && exists(dead),
+        "{}",
+        out.stdout
+    );
+    let v = json(&run(
+        &["cleanup", "--prefix", "clitestclean", "--json"],
+        &[],
+    ));
+    let removed: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["removed"] == true)
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, [&dead[1..]]);
+    assert!(!exists(dead), "the dead master's object is gone");
+    assert!(exists(&live), "a live master's object is kept");
+    shm_unlink(live.as_str()).unwrap();
+    let out = run(&["cleanup", "--prefix", "bad-prefix"], &[]);
+    assert_ne!(out.code, Some(0));
 }

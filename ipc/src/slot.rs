@@ -120,7 +120,13 @@ pub struct SlotControl {
     pub message_len: AtomicU32,
     /// Request: a per-call word the caller may use (flags).
     pub call_flags: AtomicU32,
-    _hot_pad: [u64; 11],
+    /// Request: CLOCK_MONOTONIC time (ns) after which the call counts as
+    /// cancelled; 0: none.
+    pub deadline_ns: AtomicU64,
+    /// Request: CLOCK_MONOTONIC time (ns) of the submission, when the
+    /// engine enforces a hard limit; 0: not recorded.
+    pub submitted_ns: AtomicU64,
+    _hot_pad: [u64; 9],
     /// Static: worker index within its SOC.
     pub worker: AtomicU32,
     /// Static: planned CPU (OS index), or `u32::MAX` when not bound.
@@ -282,6 +288,16 @@ impl SlotControl {
         self.word().has(ABANDONED)
     }
 
+    /// Worker: whether the running call is cancelled: its session gave up
+    /// or its deadline passed.
+    pub fn is_cancelled(&self) -> bool {
+        if self.is_abandoned() {
+            return true;
+        }
+        let deadline = self.deadline_ns.load(Ordering::Relaxed);
+        deadline != 0 && monotonic_ns() >= deadline
+    }
+
     /// Worker: publishes the result of call `generation` (after writing the
     /// response fields and output). Returns true when the session had
     /// abandoned the call and the slot went straight back to `Idle` (the
@@ -330,6 +346,14 @@ impl SlotControl {
             (w.state() != State::Closed).then(|| Word::new(State::Failed, w.generation(), 0).0)
         });
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process of the
+/// machine, so deadlines written by one process are read by another.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 /// A slot in a mapped SOC region: its control block and buffers.

@@ -19,6 +19,10 @@ pub trait Host: Sync {
     fn is_cancelled(&self) -> bool;
     /// Counters of every worker of this SOC.
     fn worker_stats(&self) -> Vec<WorkerStats>;
+    /// Statistics of every procedure called in this SOC.
+    fn proc_stats(&self) -> Vec<crate::stats::ProcStats> {
+        Vec::new()
+    }
 }
 
 /// The context of one call: where it runs and what it may ask.

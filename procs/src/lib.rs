@@ -19,6 +19,7 @@
 mod context;
 pub mod library;
 mod registry;
+pub mod stats;
 pub mod sys;
 
 pub use context::{Host, ProcContext, WorkerStats};
@@ -44,6 +45,10 @@ pub enum CallStatus {
     Panicked = 4,
     /// The call was abandoned by its session before it ran to the end.
     Cancelled = 5,
+    /// The call ran past the engine's hard limit: its SOC was killed.
+    Killed = 6,
+    /// Written at submission: no status yet.
+    Pending = 0xffff_ffff,
 }
 
 impl CallStatus {
@@ -55,6 +60,8 @@ impl CallStatus {
             2 => Self::OutputTooLarge,
             4 => Self::Panicked,
             5 => Self::Cancelled,
+            6 => Self::Killed,
+            0xffff_ffff => Self::Pending,
             _ => Self::Failed,
         }
     }

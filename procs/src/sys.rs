@@ -47,13 +47,17 @@ pub struct ProcListing {
     pub origin: Origin,
 }
 
-/// Output of `sys_stats`: counters of every worker of the SOC.
+/// Output of `sys_stats`: counters of every worker of the SOC, and of every
+/// procedure called in it (over all its workers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SocStats {
     /// SOC index.
     pub soc: u32,
     /// Per worker.
     pub workers: Vec<WorkerStats>,
+    /// Per procedure that was called at least once.
+    #[serde(default)]
+    pub procs: Vec<crate::stats::ProcStats>,
 }
 
 fn json<T: Serialize>(value: &T, out: &mut OutputBuf<'_>) -> Result<(), ProcError> {
@@ -130,6 +134,7 @@ pub fn sys_stats(
         &SocStats {
             soc: ctx.soc,
             workers: ctx.host.worker_stats(),
+            procs: ctx.host.proc_stats(),
         },
         out,
     )

@@ -20,6 +20,7 @@ use numaproc_ipc::layout::{GlobalView, SocView};
 use numaproc_ipc::{Region, WaitPolicy};
 use numaproc_procs::Registry;
 use numaproc_procs::library::{self, LoadedLibrary};
+use numaproc_procs::stats::ProcCounters;
 
 pub use worker::pin_current_thread;
 
@@ -142,6 +143,14 @@ pub fn run(cfg: &SocConfig<'_>, report: impl FnOnce(Result<(), String>)) {
         spin: Duration::from_nanos(global.worker_spin_ns),
         yield_after: Duration::from_nanos(global.worker_yield_after_ns),
     };
+    // Per worker, per procedure: written by that worker, summed by sys_stats.
+    let counters: Vec<Vec<ProcCounters>> = (0..view.worker_count())
+        .map(|_| {
+            (0..registry.len())
+                .map(|_| ProcCounters::default())
+                .collect()
+        })
+        .collect();
     let (tx, rx) = bounded::<Result<(), String>>(view.worker_count());
     std::thread::scope(|scope| {
         let mut spawn_error = None;
@@ -150,8 +159,8 @@ pub fn run(cfg: &SocConfig<'_>, report: impl FnOnce(Result<(), String>)) {
             let spawned = std::thread::Builder::new()
                 .name(format!("np{}w{}", cfg.soc, w))
                 .spawn_scoped(scope, {
-                    let (view, registry) = (&view, &registry);
-                    move || worker::run(registry, view, info, w, &policy, global, tx)
+                    let (view, registry, counters) = (&view, &registry, &counters);
+                    move || worker::run(registry, view, counters, info, w, &policy, global, tx)
                 });
             if let Err(e) = spawned {
                 spawn_error = Some(format!("cannot start worker {w}: {e}"));

@@ -10,6 +10,7 @@ use numaproc_abi::{Call, HostServices, ProcCFn};
 use numaproc_ipc::WaitPolicy;
 use numaproc_ipc::layout::{GlobalHeader, PAGE, SocView};
 use numaproc_ipc::slot::{Begin, SlotControl, SlotRef, Task};
+use numaproc_procs::stats::{ProcCounters, ProcStats, summarize};
 use numaproc_procs::{
     CallStatus, Host, OutputBuf, ProcContext, ProcId, ProcKind, Registry, WorkerStats,
 };
@@ -30,7 +31,7 @@ unsafe extern "C" fn slot_cancelled(call: *const Call) -> i32 {
         if host.is_null() || (*host).host_data.is_null() {
             return 0;
         }
-        i32::from((*(*host).host_data.cast::<SlotControl>()).is_abandoned())
+        i32::from((*(*host).host_data.cast::<SlotControl>()).is_cancelled())
     }
 }
 
@@ -47,11 +48,13 @@ pub fn pin_current_thread(cpu: u32) -> Result<(), String> {
 struct WorkerHost<'a> {
     slot: SlotRef<'a>,
     view: &'a SocView<'a>,
+    registry: &'a Registry,
+    counters: &'a [Vec<ProcCounters>],
 }
 
 impl Host for WorkerHost<'_> {
     fn is_cancelled(&self) -> bool {
-        self.slot.control.is_abandoned()
+        self.slot.control.is_cancelled()
     }
 
     fn worker_stats(&self) -> Vec<WorkerStats> {
@@ -66,6 +69,22 @@ impl Host for WorkerHost<'_> {
             })
             .collect()
     }
+
+    fn proc_stats(&self) -> Vec<ProcStats> {
+        self.registry
+            .entries()
+            .iter()
+            .enumerate()
+            .map(|(id, e)| {
+                summarize(
+                    id as u32,
+                    &e.name,
+                    self.counters.iter().filter_map(|w| w.get(id)),
+                )
+            })
+            .filter(|s| s.calls > 0)
+            .collect()
+    }
 }
 
 /// Writes zeros over `len` bytes one page at a time: the first touch, which
@@ -76,9 +95,11 @@ fn touch(buf: &mut [u8]) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     registry: &Registry,
     view: &SocView<'_>,
+    counters: &[Vec<ProcCounters>],
     info: SocInfo,
     w: usize,
     policy: &WaitPolicy,
@@ -108,7 +129,13 @@ pub(crate) fn run(
     let _ = started.send(Ok(()));
     drop(started);
 
-    let host = WorkerHost { slot, view };
+    let host = WorkerHost {
+        slot,
+        view,
+        registry,
+        counters,
+    };
+    let mine = &counters[w];
     let ctx = ProcContext {
         soc: info.soc,
         node: info.node,
@@ -141,7 +168,7 @@ pub(crate) fn run(
             }
             Begin::Gone => continue,
         }
-        serve(&ctx, &c_host, slot);
+        serve(&ctx, &c_host, slot, mine);
         if control.finish(generation) {
             global.free.notify();
         }
@@ -218,7 +245,13 @@ fn call_library(
 }
 
 /// Runs the submitted call and writes its response fields.
-fn serve(ctx: &ProcContext<'_>, c_host: &HostServices, slot: SlotRef<'_>) {
+fn serve(
+    ctx: &ProcContext<'_>,
+    c_host: &HostServices,
+    slot: SlotRef<'_>,
+    counters: &[ProcCounters],
+) {
+    let started = std::time::Instant::now();
     let control = slot.control;
     let id = control.proc_id.load(Ordering::Relaxed);
     let input_len = control.input_len.load(Ordering::Relaxed) as usize;
@@ -271,6 +304,12 @@ fn serve(ctx: &ProcContext<'_>, c_host: &HostServices, slot: SlotRef<'_>) {
     control.stats.calls.fetch_add(1, Ordering::Relaxed);
     if status != CallStatus::Ok {
         control.stats.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(c) = counters.get(id as usize) {
+        c.record(
+            started.elapsed().as_nanos() as u64,
+            status != CallStatus::Ok,
+        );
     }
 }
 

@@ -611,6 +611,38 @@ pub fn large_buffers_carry_64_mib(kind: SocKind) -> Result<()> {
     shutdown_clean(engine)
 }
 
+/// A deadline reaches the procedure as cancellation even while the caller
+/// still waits; `call_within` bounds the whole call.
+pub fn deadlines_cancel_procedures(kind: SocKind) -> Result<()> {
+    let engine = Engine::start(options(kind, "deadline").socs(1).workers_per_soc(1))?;
+    let one = Target::Worker { soc: 0, worker: 0 };
+    let start = Instant::now();
+    let mut s = engine.submit_within(one, "sys_sleep", b"10000", Duration::from_millis(50))?;
+    let e = expect_err(s.wait(), "deadline passed")?;
+    ensure!(
+        matches!(&e, CallError::Failed { message, .. } if message == "cancelled"),
+        "{e:?}"
+    );
+    ensure!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    drop(s);
+    let e = expect_err(
+        engine.call_within(one, "sys_sleep", b"10000", Duration::from_millis(50)),
+        "call_within",
+    )?;
+    ensure!(matches!(e, CallError::CallTimeout(_)), "{e:?}");
+    ensure!(engine.call_within(one, "sys_echo", b"in time", Duration::from_secs(5))? == b"in time");
+    ensure!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+    shutdown_clean(engine)
+}
+
 /// Runs `f` and adds the scenario's name to its error.
 pub fn run_named(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     f().with_context(|| format!("scenario {name}"))
@@ -645,6 +677,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
         synthetic_four_node_plan_runs,
     ),
     ("large_buffers_carry_64_mib", large_buffers_carry_64_mib),
+    ("deadlines_cancel_procedures", deadlines_cancel_procedures),
 ];
 
 // ---------------------------------------------------------------------------
@@ -1225,6 +1258,37 @@ pub fn a_given_up_soc_is_unavailable(kind: SocKind) -> Result<()> {
     shutdown_clean(engine)
 }
 
+/// A call that runs past the hard limit, in a procedure that never checks
+/// for cancellation, gets its SOC killed and restarted; its session gets
+/// `Killed`; calls within the limit and the other SOC are unaffected.
+pub fn hard_limit_kills_an_overrunning_soc(kind: SocKind) -> Result<()> {
+    let libs = crash_libs(kind, "hard")?;
+    let engine = Engine::start(
+        crash_options(kind, "hard", &libs)
+            .workers_per_soc(1)
+            .hard_limit(Duration::from_millis(200)),
+    )?;
+    ensure!(engine.call_on(Target::Soc(0), "crash.echo", b"quick")? == b"quick");
+    let start = Instant::now();
+    let e = expect_err(engine.call_on(Target::Soc(0), "crash.spin", b""), "spin")?;
+    ensure!(
+        e == CallError::Killed {
+            proc: "crash.spin".into(),
+            limit: Duration::from_millis(200)
+        },
+        "{e:?}"
+    );
+    let took = start.elapsed();
+    ensure!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    wait_ready_again(&engine, 0, 1)?;
+    ensure!(engine.call_on(Target::Soc(0), "crash.echo", b"again")? == b"again");
+    ensure!(engine.socs()[1].restarts == 0);
+    shutdown_clean(engine)
+}
+
 /// Supervision scenarios, run with forked and spawned SOCs.
 pub const SUPERVISION_SCENARIOS: &[(&str, Scenario)] = &[
     (
@@ -1240,6 +1304,10 @@ pub const SUPERVISION_SCENARIOS: &[(&str, Scenario)] = &[
         a_given_up_soc_is_unavailable,
     ),
     ("master_death_takes_its_socs", master_death_takes_its_socs),
+    (
+        "hard_limit_kills_an_overrunning_soc",
+        hard_limit_kills_an_overrunning_soc,
+    ),
 ];
 
 /// Environment variable that makes the `processes` runner a helper master.

@@ -37,6 +37,10 @@ enum Command {
     Demo(DemoArgs),
     /// Print the machine's NUMA topology and the plan of SOCs and workers.
     Topology(TopologyArgs),
+    /// Remove the shared-memory objects of dead masters (numaproc-* in
+    /// /dev/shm whose master pid no longer exists); objects of live masters
+    /// are never touched.
+    Cleanup(CleanupArgs),
     /// Serve as a spawned SOC. An engine runs this executable with its
     /// NUMAPROC_SOC_* environment when `soc_executable` names it (or when it
     /// is the engine's own executable); it is not meant to be run by hand.
@@ -75,6 +79,19 @@ struct DemoArgs {
 }
 
 #[derive(clap::Args)]
+struct CleanupArgs {
+    /// Only objects with this name prefix (option name_prefix).
+    #[arg(long, value_name = "PREFIX")]
+    prefix: Option<String>,
+    /// List what would be removed, remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
 struct TopologyArgs {
     /// Plan this many SOCs (default: one per NUMA node).
     #[arg(long, value_name = "N")]
@@ -98,6 +115,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo(args),
         Command::Topology(args) => topology(args),
+        Command::Cleanup(args) => cleanup(args),
         // A real spawned SOC never gets here: run_if_spawned served and exited.
         Command::Soc => Err(anyhow::anyhow!(
             "`numaproc soc` is started by an engine with NUMAPROC_SOC_ENGINE set (option soc_executable); it is not run by hand"
@@ -141,6 +159,55 @@ fn topology(args: TopologyArgs) -> Result<ExitCode> {
         );
     } else {
         print!("{}", plan.to_table());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cleanup(args: CleanupArgs) -> Result<ExitCode> {
+    #[derive(Serialize)]
+    struct Object {
+        name: String,
+        master_pid: u32,
+        master_alive: bool,
+        removed: bool,
+    }
+    if let Some(p) = &args.prefix {
+        numaproc::ShmName::check_prefix(p)?;
+    }
+    let names = numaproc::stale::list(args.prefix.as_deref()).context("reading /dev/shm")?;
+    let removed: Vec<String> = if args.dry_run {
+        Vec::new()
+    } else {
+        numaproc::stale::remove_stale(args.prefix.as_deref())
+            .context("removing stale objects")?
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    let objects: Vec<Object> = names
+        .iter()
+        .map(|n| Object {
+            name: n.to_string(),
+            master_pid: n.pid(),
+            master_alive: numaproc::stale::pid_alive(n.pid()),
+            removed: removed.contains(&n.to_string()),
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&objects)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if objects.is_empty() {
+        println!("no numaproc shared-memory objects");
+    }
+    for o in &objects {
+        let what = match (o.master_alive, o.removed, args.dry_run) {
+            (true, _, _) => "kept (master alive)",
+            (false, true, _) => "removed (master dead)",
+            (false, false, true) => "stale (would be removed)",
+            (false, false, false) => "stale (already gone)",
+        };
+        println!("{:<48} pid {:>8}  {what}", o.name, o.master_pid);
     }
     Ok(ExitCode::SUCCESS)
 }

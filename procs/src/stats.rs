@@ -1,0 +1,174 @@
+//! Per-procedure counters and latency histograms, kept by each worker for
+//! itself and summed over a SOC's workers by `sys_stats`.
+//!
+//! The histogram is log-linear: four buckets per power of two of
+//! nanoseconds, so a percentile is reported as the upper bound of its
+//! bucket, at most 25% above the true value.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+const SUB: usize = 4;
+const OCTAVES: usize = 42; // up to 2^42 ns, about 73 minutes
+/// Buckets of a histogram.
+pub const BUCKETS: usize = OCTAVES * SUB;
+
+/// The bucket of a duration in ns.
+pub fn bucket(ns: u64) -> usize {
+    if ns < SUB as u64 {
+        return ns as usize;
+    }
+    let octave = 63 - ns.leading_zeros() as usize; // >= 2
+    let sub = ((ns >> (octave - 2)) & 3) as usize;
+    (octave * SUB + sub).min(BUCKETS - 1)
+}
+
+/// The largest duration in ns that falls in bucket `i`.
+pub fn bucket_upper(i: usize) -> u64 {
+    if i < SUB {
+        return i as u64;
+    }
+    let (octave, sub) = (i / SUB, (i % SUB) as u64);
+    ((4 + sub + 1) << (octave - 2)) - 1
+}
+
+/// One procedure's counters on one worker (written by that worker only).
+#[derive(Debug)]
+pub struct ProcCounters {
+    calls: AtomicU64,
+    errors: AtomicU64,
+    max_ns: AtomicU64,
+    histogram: [AtomicU64; BUCKETS],
+}
+
+impl Default for ProcCounters {
+    fn default() -> Self {
+        Self {
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            max_ns: AtomicU64::new(0),
+            histogram: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl ProcCounters {
+    /// Records one call. Only the owning worker calls this, so plain
+    /// load-and-store is enough (readers may see a call half-counted).
+    pub fn record(&self, ns: u64, error: bool) {
+        let add = |a: &AtomicU64, n: u64| a.store(a.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+        add(&self.calls, 1);
+        if error {
+            add(&self.errors, 1);
+        }
+        add(&self.histogram[bucket(ns)], 1);
+        if ns > self.max_ns.load(Ordering::Relaxed) {
+            self.max_ns.store(ns, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Statistics of one procedure over a SOC's workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcStats {
+    /// Procedure id.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// Calls run.
+    pub calls: u64,
+    /// Calls that ended with an error.
+    pub errors: u64,
+    /// Median run time in ns (bucket upper bound).
+    pub p50_ns: u64,
+    /// 90th percentile in ns (bucket upper bound).
+    pub p90_ns: u64,
+    /// 99th percentile in ns (bucket upper bound).
+    pub p99_ns: u64,
+    /// Longest run in ns.
+    pub max_ns: u64,
+}
+
+/// Sums the counters of one procedure over workers.
+pub fn summarize<'a>(
+    id: u32,
+    name: &str,
+    counters: impl Iterator<Item = &'a ProcCounters>,
+) -> ProcStats {
+    let mut hist = [0u64; BUCKETS];
+    let (mut calls, mut errors, mut max_ns) = (0, 0, 0);
+    for c in counters {
+        calls += c.calls.load(Ordering::Relaxed);
+        errors += c.errors.load(Ordering::Relaxed);
+        max_ns = max_ns.max(c.max_ns.load(Ordering::Relaxed));
+        for (h, b) in hist.iter_mut().zip(&c.histogram) {
+            *h += b.load(Ordering::Relaxed);
+        }
+    }
+    let total: u64 = hist.iter().sum();
+    let pct = |p: f64| {
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((total as f64) * p).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, &n) in hist.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return bucket_upper(i).min(max_ns);
+            }
+        }
+        max_ns
+    };
+    ProcStats {
+        id,
+        name: name.to_owned(),
+        calls,
+        errors,
+        p50_ns: pct(0.50),
+        p90_ns: pct(0.90),
+        p99_ns: pct(0.99),
+        max_ns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_ordered_and_tight() {
+        let mut last = 0;
+        for ns in [0u64, 1, 3, 4, 5, 7, 8, 100, 1000, 123_456, 10_000_000_000] {
+            let b = bucket(ns);
+            assert!(b >= last, "{ns}");
+            last = b;
+            assert!(bucket_upper(b) >= ns, "{ns} above its bucket");
+            if ns >= 4 {
+                assert!(
+                    bucket_upper(b) as f64 <= ns as f64 * 1.25,
+                    "{ns}: {}",
+                    bucket_upper(b)
+                );
+            }
+        }
+        assert_eq!(bucket(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn percentiles_over_workers() {
+        let (a, b) = (ProcCounters::default(), ProcCounters::default());
+        for ns in 1..=90u64 {
+            a.record(ns * 1000, false);
+        }
+        for _ in 0..10 {
+            b.record(1_000_000, true);
+        }
+        let s = summarize(7, "p", [&a, &b].into_iter());
+        assert_eq!((s.calls, s.errors, s.max_ns), (100, 10, 1_000_000));
+        assert!((50_000..=62_500).contains(&s.p50_ns), "{s:?}");
+        assert!((90_000..=112_500).contains(&s.p90_ns), "{s:?}");
+        assert_eq!(s.p99_ns, 1_000_000);
+    }
+}
