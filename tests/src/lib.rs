@@ -1115,7 +1115,7 @@ pub fn killed_socs_are_replaced_while_others_serve(kind: SocKind) -> Result<()> 
     let problems = Mutex::new(Vec::<String>::new());
     let complain = |p: String| problems.lock().map(|mut v| v.push(p)).unwrap_or(());
     std::thread::scope(|s| -> Result<()> {
-        for t in 0..3u64 {
+        for t in 0..6u64 {
             let (engine, stop, ok, died, timed_out, complain) =
                 (&engine, &stop, &ok, &died, &timed_out, &complain);
             s.spawn(move || {
