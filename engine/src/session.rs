@@ -212,7 +212,7 @@ impl Session<'_> {
                 capacity: slot.output_capacity(),
             }),
             CallStatus::NotFound => Err(CallError::ProcNotFound(proc())),
-            CallStatus::Failed | CallStatus::Cancelled => Err(CallError::Failed {
+            CallStatus::Failed => Err(CallError::Failed {
                 proc: proc(),
                 code: c.error_code.load(Ordering::Relaxed),
                 message: message(),

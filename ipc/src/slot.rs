@@ -118,8 +118,7 @@ pub struct SlotControl {
     pub output_len: AtomicU64,
     /// Response: bytes used in the message buffer.
     pub message_len: AtomicU32,
-    /// Request: a per-call word the caller may use (flags).
-    pub call_flags: AtomicU32,
+    _reserved_request: AtomicU32,
     /// Request: CLOCK_MONOTONIC time (ns) after which the call counts as
     /// cancelled; 0: none.
     pub deadline_ns: AtomicU64,

@@ -43,8 +43,6 @@ pub enum CallStatus {
     Failed = 3,
     /// The procedure panicked; the message holds the panic text.
     Panicked = 4,
-    /// The call was abandoned by its session before it ran to the end.
-    Cancelled = 5,
     /// The call ran past the engine's hard limit: its SOC was killed.
     Killed = 6,
     /// Written at submission: no status yet.
@@ -59,7 +57,6 @@ impl CallStatus {
             1 => Self::NotFound,
             2 => Self::OutputTooLarge,
             4 => Self::Panicked,
-            5 => Self::Cancelled,
             6 => Self::Killed,
             0xffff_ffff => Self::Pending,
             _ => Self::Failed,
