@@ -588,10 +588,11 @@ impl Engine {
             Some(r) => Some(r),
             None => match wait {
                 None => return Err(CallError::Busy),
-                Some(d) => GlobalView::new(&self.global)
-                    .header()
-                    .free
-                    .wait_for(Instant::now() + d, || self.attempt(target, list)),
+                Some(d) => GlobalView::new(&self.global).header().free.wait_for(
+                    Instant::now() + d,
+                    self.session_policy.spin.min(d),
+                    || self.attempt(target, list),
+                ),
             },
         };
         let (index, generation) =
@@ -790,7 +791,7 @@ fn stop_socs(
                 wait_on(
                     &control.state,
                     &NO_SPIN,
-                    Some(deadline),
+                    Some(deadline.saturating_duration_since(Instant::now())),
                     SESSION_SLEEPING,
                     |v| v & !SESSION_SLEEPING != before,
                 );

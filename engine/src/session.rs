@@ -1,7 +1,7 @@
 //! Sessions: a caller's hold on one worker slot for one call.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use numaproc_ipc::slot::{Outcome, monotonic_ns};
 use numaproc_procs::{CallStatus, ProcId};
@@ -68,18 +68,23 @@ impl<'e> Claim<'e> {
         let control = h.slot.control;
         control.proc_id.store(id.0, Ordering::Relaxed);
         control.input_len.store(len as u64, Ordering::Relaxed);
-        control
-            .deadline_ns
-            .store(self.deadline_ns, Ordering::Relaxed);
-        control
-            .status
-            .store(CallStatus::Pending as u32, Ordering::Relaxed);
-        let submitted = if self.engine.hard_limit.is_some() {
-            monotonic_ns()
-        } else {
-            0
-        };
-        control.submitted_ns.store(submitted, Ordering::Relaxed);
+        // Stores only where needed: the line is ours now, but every write
+        // still costs on the worker's side of the hand-over.
+        if control.deadline_ns.load(Ordering::Relaxed) != self.deadline_ns {
+            control
+                .deadline_ns
+                .store(self.deadline_ns, Ordering::Relaxed);
+        }
+        if self.engine.hard_limit.is_some() {
+            // The supervisor reads both to tell an overrun; a status of
+            // Killed reaches this session as CallError::Killed.
+            control
+                .status
+                .store(CallStatus::Pending as u32, Ordering::Relaxed);
+            control
+                .submitted_ns
+                .store(monotonic_ns(), Ordering::Relaxed);
+        }
         if !control.submit(self.generation) {
             // Only the supervisor takes a claimed slot away: its SOC died.
             return Err(CallError::SocDied(h.soc));
@@ -134,14 +139,14 @@ impl Session<'_> {
 
     /// Waits for the result without a time limit.
     pub fn wait(&mut self) -> Result<&[u8], CallError> {
-        self.wait_until(None, Duration::ZERO)
+        self.wait_for(None)
     }
 
     /// Waits at most `timeout` for the result. On
     /// [`CallError::CallTimeout`] the call goes on; wait again or drop the
     /// session to give up.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<&[u8], CallError> {
-        self.wait_until(Some(Instant::now() + timeout), timeout)
+        self.wait_for(Some(timeout))
     }
 
     /// The output if the call already succeeded (never waits).
@@ -159,19 +164,15 @@ impl Session<'_> {
         unsafe { self.handle().slot.output(len) }
     }
 
-    fn wait_until(
-        &mut self,
-        deadline: Option<Instant>,
-        timeout: Duration,
-    ) -> Result<&[u8], CallError> {
+    fn wait_for(&mut self, timeout: Option<Duration>) -> Result<&[u8], CallError> {
         if self.result.is_none() {
             let h = *self.handle();
             match h
                 .slot
                 .control
-                .wait_done(self.generation, &self.engine.session_policy, deadline)
+                .wait_done(self.generation, &self.engine.session_policy, timeout)
             {
-                None => return Err(CallError::CallTimeout(timeout)),
+                None => return Err(CallError::CallTimeout(timeout.unwrap_or_default())),
                 Some(Outcome::Done) => self.result = Some(self.read_result()),
                 Some(Outcome::Failed | Outcome::Lost) => {
                     let status =

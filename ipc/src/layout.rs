@@ -48,13 +48,23 @@ impl FreeSignal {
         }
     }
 
-    /// Runs `attempt` until it returns `Some`, sleeping between tries until
-    /// a slot is freed (or a SOC changes state); gives up at `deadline`.
+    /// Runs `attempt` until it returns `Some`: first spinning (with
+    /// yields) for `spin`, since a worker is usually freed within
+    /// microseconds, then sleeping between tries until a slot is freed (or
+    /// a SOC changes state); gives up at `deadline`.
     pub fn wait_for<T>(
         &self,
         deadline: Instant,
+        spin: Duration,
         mut attempt: impl FnMut() -> Option<T>,
     ) -> Option<T> {
+        let spin_until = Instant::now() + spin;
+        while Instant::now() < spin_until.min(deadline) {
+            std::thread::yield_now();
+            if let Some(v) = attempt() {
+                return Some(v);
+            }
+        }
         loop {
             let seq = self.seq.load(Ordering::SeqCst);
             self.waiters.fetch_add(1, Ordering::SeqCst);
@@ -788,9 +798,11 @@ mod tests {
         }));
         let flag: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
         let t = std::thread::spawn(move || {
-            f.wait_for(Instant::now() + Duration::from_secs(10), || {
-                (flag.load(Ordering::SeqCst) == 1).then_some(())
-            })
+            f.wait_for(
+                Instant::now() + Duration::from_secs(10),
+                Duration::ZERO,
+                || (flag.load(Ordering::SeqCst) == 1).then_some(()),
+            )
         });
         while f.waiters.load(Ordering::SeqCst) == 0 {
             std::thread::sleep(Duration::from_millis(1));
@@ -798,7 +810,11 @@ mod tests {
         flag.store(1, Ordering::SeqCst);
         f.notify();
         assert_eq!(t.join().unwrap(), Some(()));
-        let none = f.wait_for(Instant::now() + Duration::from_millis(5), || None::<()>);
+        let none = f.wait_for(
+            Instant::now() + Duration::from_millis(5),
+            Duration::from_millis(1),
+            || None::<()>,
+        );
         assert_eq!(none, None);
     }
 }

@@ -22,7 +22,7 @@
 //! ends a worker; `Failed` marks the slot of a SOC that died.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::Duration;
 
 use crate::ShmSafe;
 use crate::wait::{WaitPolicy, update_and_wake, wait_on};
@@ -204,15 +204,16 @@ impl SlotControl {
         .is_some()
     }
 
-    /// Session: waits for the outcome of call `generation`.
-    /// `None`: the deadline passed first (the call goes on).
+    /// Session: waits for the outcome of call `generation`, at most
+    /// `timeout` (`None`: no limit). `None`: the timeout passed first (the
+    /// call goes on).
     pub fn wait_done(
         &self,
         generation: u32,
         policy: &WaitPolicy,
-        deadline: Option<Instant>,
+        timeout: Option<Duration>,
     ) -> Option<Outcome> {
-        let v = wait_on(&self.state, policy, deadline, SESSION_SLEEPING, |v| {
+        let v = wait_on(&self.state, policy, timeout, SESSION_SLEEPING, |v| {
             let w = Word(v);
             w.generation() != generation
                 || matches!(w.state(), State::Done | State::Failed | State::Closed)
@@ -471,7 +472,6 @@ impl<'r> SlotRef<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn zeroed() -> Box<SlotControl> {
         // SAFETY: SlotControl is ShmSafe: valid when zeroed.
@@ -554,8 +554,7 @@ mod tests {
         let s = zeroed();
         let g = s.try_claim().unwrap();
         assert!(s.submit(g));
-        let d = Instant::now() + Duration::from_millis(5);
-        assert_eq!(s.wait_done(g, &HOT, Some(d)), None);
+        assert_eq!(s.wait_done(g, &HOT, Some(Duration::from_millis(5))), None);
         assert!(!s.close(), "busy slots are not closed");
         s.fail();
         assert_eq!(s.wait_done(g, &HOT, None), Some(Outcome::Failed));

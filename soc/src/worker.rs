@@ -251,11 +251,14 @@ fn serve(
     slot: SlotRef<'_>,
     counters: &[ProcCounters],
 ) {
-    let started = std::time::Instant::now();
     let control = slot.control;
     let id = control.proc_id.load(Ordering::Relaxed);
+    let counter = counters.get(id as usize);
+    let started = counter
+        .is_some_and(ProcCounters::should_time)
+        .then(std::time::Instant::now);
     let input_len = control.input_len.load(Ordering::Relaxed) as usize;
-    // SAFETY: the slot is Running under this worker: the session wrote the
+    // SAFETY: the slot is Submitted, run by this worker: the session wrote the
     // input before submitting and touches neither buffer until Done.
     let (input, output, message) =
         unsafe { (slot.input(input_len), slot.output_mut(), slot.message_mut()) };
@@ -305,11 +308,9 @@ fn serve(
     if status != CallStatus::Ok {
         control.stats.errors.fetch_add(1, Ordering::Relaxed);
     }
-    if let Some(c) = counters.get(id as usize) {
-        c.record(
-            started.elapsed().as_nanos() as u64,
-            status != CallStatus::Ok,
-        );
+    if let Some(c) = counter {
+        let ns = started.map(|t| t.elapsed().as_nanos() as u64);
+        c.record_call(ns, status != CallStatus::Ok);
     }
 }
 

@@ -1,0 +1,492 @@
+//! Runs one job in this process (started by the driver as
+//! `numaproc-bench job --spec JSON --result FILE`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use numaproc::{Engine, EngineOptions, ProcId, Target, WaitOptions};
+use numaproc_benches::numa::{self, MemRequest, MemResult};
+use numaproc_benches::peers::{
+    FnPeer, IoxPeer, MAX_PAYLOAD, ShmPeer, StreamKind, StreamPeer, ThreadPeer, WaitMode,
+};
+use numaproc_benches::spec::{
+    Contender, ContenderResult, JobResult, LatencyJob, LatencyResult, NumaCell, NumaJob,
+    NumaResult, ThroughputJob, ThroughputResult, WaitCase,
+};
+use numaproc_benches::stats::Recorder;
+use numaproc_benches::sys::{allowed_cpus, current_cpu, memory_nodes, pin_to};
+
+/// Longest wait for one iceoryx2 response before the contender is dropped.
+const IOX_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The baselines' other sides, started before the engine.
+#[derive(Default)]
+struct Peers {
+    shm: Option<ShmPeer>,
+    pipe: Option<StreamPeer>,
+    uds: Option<StreamPeer>,
+    thread: Option<ThreadPeer>,
+    iox: Option<IoxPeer>,
+    func: Option<FnPeer>,
+}
+
+impl Peers {
+    fn stop(self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut note = |what: &str, r: Result<()>| {
+            if let Err(e) = r {
+                problems.push(format!("stopping the {what} peer: {e:#}"));
+            }
+        };
+        if let Some(p) = self.shm {
+            note("shm", p.stop());
+        }
+        if let Some(p) = self.pipe {
+            note("pipe", p.stop());
+        }
+        if let Some(p) = self.uds {
+            note("uds", p.stop());
+        }
+        if let Some(p) = self.thread {
+            note("crossbeam", p.stop());
+        }
+        if let Some(p) = self.iox {
+            note("iceoryx2", p.stop());
+        }
+        problems
+    }
+}
+
+fn wait_options(case: WaitCase) -> WaitOptions {
+    let default = WaitOptions::default();
+    match case {
+        WaitCase::Hot => default,
+        WaitCase::Sleeping => WaitOptions {
+            worker_spin_us: 0,
+            ..default
+        },
+        WaitCase::BothSleep => WaitOptions {
+            worker_spin_us: 0,
+            session_spin_us: 0,
+            ..default
+        },
+    }
+}
+
+/// How the shm baselines wait: (peer, caller).
+fn shm_modes(c: Contender) -> (WaitMode, WaitMode) {
+    match c {
+        Contender::ShmSpin => (WaitMode::Spin, WaitMode::Spin),
+        Contender::ShmYield => (WaitMode::SpinYield, WaitMode::SpinYield),
+        Contender::Futex => (WaitMode::Futex, WaitMode::Futex),
+        _ => (WaitMode::Futex, WaitMode::SpinYield),
+    }
+}
+
+fn timer_cost() -> f64 {
+    let n = 100_000;
+    let t = Instant::now();
+    let mut sink = 0u128;
+    for _ in 0..n {
+        let a = Instant::now();
+        sink = sink.wrapping_add(a.elapsed().as_nanos());
+    }
+    std::hint::black_box(sink);
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// One numaproc round trip through a claimed slot.
+fn numaproc_echo(
+    engine: &Engine,
+    target: Target,
+    proc: ProcId,
+    src: &[u8],
+    dst: &mut [u8],
+) -> Result<()> {
+    let mut claim = engine.claim(target)?;
+    claim.input_mut()[..src.len()].copy_from_slice(src);
+    let mut session = claim.submit(proc, src.len())?;
+    let out = session.wait()?;
+    let n = out.len().min(dst.len());
+    dst[..n].copy_from_slice(&out[..n]);
+    Ok(())
+}
+
+/// Runs a latency job.
+pub fn latency(job: LatencyJob) -> Result<JobResult> {
+    let mut notes = Vec::new();
+    let max_size = job.sizes.iter().copied().max().unwrap_or(0);
+    if max_size > MAX_PAYLOAD {
+        bail!("payloads above {MAX_PAYLOAD} bytes are not supported");
+    }
+    // Peers in other processes first, while this process has one thread.
+    let has = |c: Contender| job.contenders.contains(&c);
+    let cpu = job.worker_cpu;
+    let mut peers = Peers::default();
+    if has(Contender::ShmSpin)
+        || has(Contender::ShmYield)
+        || has(Contender::Futex)
+        || has(Contender::FutexSpin)
+    {
+        peers.shm = Some(ShmPeer::start(cpu)?);
+    }
+    if has(Contender::Pipe) {
+        peers.pipe = Some(StreamPeer::start(StreamKind::Pipe, cpu)?);
+    }
+    if has(Contender::Uds) {
+        peers.uds = Some(StreamPeer::start(StreamKind::Unix, cpu)?);
+    }
+    if has(Contender::Iceoryx2) {
+        match IoxPeer::start(cpu) {
+            Ok(p) => peers.iox = Some(p),
+            Err(e) => notes.push(format!("iceoryx2 skipped: {e:#}")),
+        }
+    }
+    if let Some(c) = job.session_cpu {
+        pin_to(c)?;
+    }
+    let options = EngineOptions::new()
+        .soc_kind(job.kind)
+        .name_prefix(job.prefix.clone())
+        .input_capacity(max_size.max(64))
+        .output_capacity(max_size.max(64))
+        .wait(wait_options(job.wait));
+    let engine = Engine::start(options).context("starting the engine")?;
+    // Threads only now: a forked engine needs a single-threaded start.
+    if has(Contender::Crossbeam) {
+        peers.thread = Some(ThreadPeer::start(cpu)?);
+    }
+    if has(Contender::FnCall) {
+        peers.func = Some(FnPeer::new());
+    }
+    let plan = engine.plan();
+    let (soc, worker) = plan
+        .socs
+        .iter()
+        .flat_map(|s| s.workers.iter().map(move |w| (s.soc, w.worker, w.cpu)))
+        .find(|&(_, _, c)| Some(c) == job.worker_cpu && plan.binding)
+        .map_or((0, 0), |(s, w, _)| (s, w));
+    if plan.binding && job.worker_cpu.is_some() && Some(plan.socs[soc].workers[worker].cpu) != cpu {
+        notes.push(format!(
+            "no worker is planned on CPU {:?}; using SOC {soc} worker {worker}",
+            job.worker_cpu
+        ));
+    }
+    let target = Target::Worker { soc, worker };
+    let worker_cpu = plan.binding.then(|| plan.socs[soc].workers[worker].cpu);
+    let ping = engine.proc_id("sys_ping")?;
+    let echo = engine.proc_id("sys_echo")?;
+
+    let src: Vec<u8> = (0..max_size.max(1)).map(|i| (i * 31 + 7) as u8).collect();
+    let mut dst = vec![0u8; max_size.max(1)];
+    let timer_ns = timer_cost();
+    let mut results = Vec::new();
+    let mut failed: Vec<(Contender, String)> = Vec::new();
+    for &size in &job.sizes {
+        let src = &src[..size];
+        let mut recs: Vec<(Contender, Recorder, Vec<u64>)> = job
+            .contenders
+            .iter()
+            .map(|&c| (c, Recorder::new(), Vec::new()))
+            .collect();
+        let n = recs.len();
+        for block in 0..job.blocks {
+            for k in 0..n {
+                // Rotate the order so that no contender always follows the
+                // same one.
+                let i = (k + block) % n;
+                let c = recs[i].0;
+                if failed.iter().any(|(f, _)| *f == c) {
+                    continue;
+                }
+                let mut rec = Recorder::new();
+                let r = run_block(
+                    c,
+                    &job,
+                    &engine,
+                    target,
+                    if size == 0 { ping } else { echo },
+                    &mut peers,
+                    src,
+                    &mut dst,
+                    &mut rec,
+                );
+                match r {
+                    Ok(()) => {
+                        recs[i].2.push(rec.p50());
+                        recs[i].1.merge(&rec);
+                    }
+                    Err(e) => failed.push((c, format!("{e:#}"))),
+                }
+            }
+        }
+        for (c, rec, blocks) in recs {
+            let error = failed.iter().find(|(f, _)| *f == c).map(|(_, e)| e.clone());
+            results.push(ContenderResult {
+                contender: c,
+                size,
+                summary: rec.summary(),
+                block_p50_ns: blocks,
+                error,
+            });
+        }
+    }
+    let session_cpu = current_cpu();
+    notes.extend(peers.stop());
+    engine
+        .shutdown()
+        .map_err(|e| anyhow::anyhow!("engine shutdown: {e}"))?;
+    Ok(JobResult::Latency(LatencyResult {
+        job,
+        worker: (soc, worker),
+        worker_cpu,
+        session_cpu,
+        timer_ns,
+        results,
+        notes,
+    }))
+}
+
+/// Warm-up round trips before each block (not recorded).
+fn warmup_calls(job: &LatencyJob, size: usize) -> usize {
+    let base = match job.wait {
+        WaitCase::Hot => 200,
+        _ => 3,
+    };
+    if size >= 256 << 10 { 2 } else { base }
+}
+
+/// One block of one contender: warm-up, then timed round trips until the
+/// block's count or time is reached.
+#[allow(clippy::too_many_arguments)]
+fn run_block(
+    c: Contender,
+    job: &LatencyJob,
+    engine: &Engine,
+    target: Target,
+    proc: ProcId,
+    peers: &mut Peers,
+    src: &[u8],
+    dst: &mut [u8],
+    rec: &mut Recorder,
+) -> Result<()> {
+    let warm = warmup_calls(job, src.len());
+    let budget = Duration::from_millis(job.block_ms);
+    let calls = job.block_calls.max(1);
+    let gap = Duration::from_micros(job.gap_us);
+    // `step` does one round trip.
+    let mut timed = |step: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        for _ in 0..warm {
+            step()?;
+        }
+        let start = Instant::now();
+        for _ in 0..calls {
+            if !gap.is_zero() {
+                // Sleep rather than spin: on a shared core the other side
+                // needs the CPU to go to sleep itself.
+                std::thread::sleep(gap);
+            }
+            let t = Instant::now();
+            step()?;
+            let end = Instant::now();
+            rec.record((end - t).as_nanos() as u64);
+            if end - start >= budget {
+                break;
+            }
+        }
+        Ok(())
+    };
+    match c {
+        Contender::Numaproc => timed(&mut || numaproc_echo(engine, target, proc, src, dst)),
+        Contender::ShmSpin | Contender::ShmYield | Contender::Futex | Contender::FutexSpin => {
+            let peer = peers.shm.as_mut().context("no shm peer")?;
+            let (p, q) = shm_modes(c);
+            let r = timed(&mut || {
+                peer.echo(src, dst, p, q);
+                Ok(())
+            });
+            peer.park();
+            r
+        }
+        Contender::Pipe => {
+            let peer = peers.pipe.as_mut().context("no pipe peer")?;
+            timed(&mut || peer.echo(src, dst))
+        }
+        Contender::Uds => {
+            let peer = peers.uds.as_mut().context("no uds peer")?;
+            timed(&mut || peer.echo(src, dst))
+        }
+        Contender::Crossbeam => {
+            let peer = peers.thread.as_mut().context("no crossbeam peer")?;
+            timed(&mut || peer.echo(src, dst))
+        }
+        Contender::FnCall => {
+            let peer = peers.func.as_mut().context("no function peer")?;
+            timed(&mut || {
+                peer.echo(src, dst);
+                Ok(())
+            })
+        }
+        Contender::Iceoryx2 => {
+            let peer = peers.iox.as_mut().context("iceoryx2 is not available")?;
+            peer.run();
+            let r = timed(&mut || peer.echo(src, dst, IOX_TIMEOUT));
+            peer.park();
+            r
+        }
+    }
+}
+
+/// Runs a throughput job.
+pub fn throughput(job: ThroughputJob) -> Result<JobResult> {
+    let options = EngineOptions::new()
+        .soc_kind(job.kind)
+        .name_prefix(job.prefix.clone())
+        .socs(1)
+        .workers_per_soc(job.workers)
+        .input_capacity(64)
+        .output_capacity(64);
+    let engine = Engine::start(options).context("starting the engine")?;
+    let ping = engine.proc_id("sys_ping")?;
+    // Sessions are pinned round-robin, CPUs without a worker first, so that
+    // a session shares a core with a worker only when it must.
+    let plan = engine.plan();
+    let worker_cpus: Vec<u32> = plan
+        .socs
+        .iter()
+        .flat_map(|s| s.workers.iter().map(|w| w.cpu))
+        .collect();
+    let mut cpus = allowed_cpus();
+    cpus.sort_by_key(|c| worker_cpus.contains(c));
+    let session_cpus: Vec<Option<u32>> = (0..job.sessions)
+        .map(|i| (plan.binding && !cpus.is_empty()).then(|| cpus[i % cpus.len()]))
+        .collect();
+    // 0: warming up, 1: counting, 2: stop.
+    let phase = AtomicU64::new(0);
+    let started = AtomicU64::new(0);
+    let counts: Vec<AtomicU64> = (0..job.sessions).map(|_| AtomicU64::new(0)).collect();
+    let errors = std::sync::Mutex::new(Vec::<String>::new());
+    let elapsed = std::thread::scope(|s| {
+        for (count, cpu) in counts.iter().zip(&session_cpus) {
+            let (engine, phase, started, errors) = (&engine, &phase, &started, &errors);
+            s.spawn(move || {
+                if let Some(cpu) = *cpu {
+                    let _ = pin_to(cpu);
+                }
+                started.fetch_add(1, Ordering::SeqCst);
+                let mut n = 0u64;
+                loop {
+                    let p = phase.load(Ordering::Relaxed);
+                    if p == 2 {
+                        break;
+                    }
+                    let r = engine
+                        .claim(Target::Any)
+                        .and_then(|c| c.submit(ping, 0))
+                        .and_then(|mut s| s.wait().map(|_| ()));
+                    if let Err(e) = r {
+                        if let Ok(mut v) = errors.lock() {
+                            v.push(e.to_string());
+                        }
+                        break;
+                    }
+                    if p == 1 && phase.load(Ordering::Relaxed) == 1 {
+                        n += 1;
+                    }
+                }
+                count.store(n, Ordering::SeqCst);
+            });
+        }
+        while started.load(Ordering::SeqCst) < job.sessions as u64 {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis((job.duration_ms / 10).clamp(5, 200)));
+        // Count the calls that start and end inside the window.
+        let t = Instant::now();
+        phase.store(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(job.duration_ms));
+        phase.store(2, Ordering::Relaxed);
+        t.elapsed().as_secs_f64()
+    });
+    let per_session: Vec<u64> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    engine
+        .shutdown()
+        .map_err(|e| anyhow::anyhow!("engine shutdown: {e}"))?;
+    if let Some(e) = errors.into_inner().ok().and_then(|v| v.into_iter().next()) {
+        bail!("a session failed: {e}");
+    }
+    let calls: u64 = per_session.iter().sum();
+    Ok(JobResult::Throughput(ThroughputResult {
+        session_cpus,
+        calls_per_s: calls as f64 / elapsed.max(1e-9),
+        seconds: elapsed,
+        calls,
+        per_session,
+        job,
+    }))
+}
+
+/// Runs the NUMA memory matrix.
+pub fn numa_matrix(job: NumaJob) -> Result<JobResult> {
+    let options = EngineOptions::new()
+        .soc_kind(job.kind)
+        .name_prefix(job.prefix.clone())
+        .workers_per_soc(1)
+        .call_timeout(Duration::from_secs(600))
+        .register(numa::PROC_NAME, numa::mem_proc)?;
+    let engine = Engine::start(options).context("starting the engine")?;
+    let plan = engine.plan().clone();
+    let mut notes = plan.notes.clone();
+    let worker_nodes: Vec<u32> = plan.socs.iter().map(|s| s.node).collect();
+    let mut mem_nodes = memory_nodes();
+    for n in &worker_nodes {
+        if !mem_nodes.contains(n) {
+            mem_nodes.push(*n);
+        }
+    }
+    mem_nodes.sort_unstable();
+    if worker_nodes.len() == 1 && mem_nodes.len() == 1 {
+        notes.push("this machine has one NUMA node: the matrix is 1x1".to_owned());
+    }
+    let mut cells = Vec::new();
+    for s in &plan.socs {
+        for &m in &mem_nodes {
+            let req = MemRequest {
+                node: m,
+                bytes: job.bytes,
+                passes: job.passes,
+                chase_loads: job.chase_loads,
+            };
+            let input = serde_json::to_vec(&req)?;
+            let result = engine
+                .call_on(
+                    Target::Worker {
+                        soc: s.soc,
+                        worker: 0,
+                    },
+                    numa::PROC_NAME,
+                    &input,
+                )
+                .map_err(|e| e.to_string())
+                .and_then(|out| {
+                    serde_json::from_slice::<MemResult>(&out).map_err(|e| e.to_string())
+                });
+            cells.push(NumaCell {
+                worker_node: s.node,
+                mem_node: m,
+                result,
+            });
+        }
+    }
+    engine
+        .shutdown()
+        .map_err(|e| anyhow::anyhow!("engine shutdown: {e}"))?;
+    Ok(JobResult::Numa(NumaResult {
+        job,
+        worker_nodes,
+        mem_nodes,
+        cells,
+        notes,
+    }))
+}

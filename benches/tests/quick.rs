@@ -1,0 +1,109 @@
+//! Runs the benchmark binary once in quick mode, so that it cannot rot:
+//! every section runs, the report files exist and hold the expected rows.
+//! Timings are never asserted.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The quick run takes about 15 s here; the watchdog allows for a slow CI.
+const WATCHDOG: Duration = Duration::from_secs(240);
+
+fn shm_objects(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn quick_run_writes_every_report_file_and_leaves_nothing_behind() {
+    let dir = std::env::temp_dir().join(format!("numaproc-bench-quick-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_numaproc-bench"))
+        .arg("--quick")
+        .arg("--quiet")
+        .arg("--out")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting numaproc-bench");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("waiting for numaproc-bench") {
+            break s;
+        }
+        if start.elapsed() > WATCHDOG {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("numaproc-bench --quick did not finish within {WATCHDOG:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        use std::io::Read;
+        let _ = out.read_to_string(&mut stdout);
+    }
+    assert!(status.success(), "numaproc-bench --quick failed:\n{stdout}");
+    assert!(stdout.contains("## Targets"), "summary printed:\n{stdout}");
+
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let summary = read("summary.md");
+    for row in [
+        "hot ≤ 1.5× the floor",
+        "≥ 5× faster than iceoryx2",
+        "emulated SOC, cross-core, hot worker",
+        "forked SOC, cross-core, hot worker",
+        "spawned SOC, cross-core, hot worker",
+        "## Throughput",
+        "## NUMA memory matrix",
+    ] {
+        assert!(
+            summary.contains(row),
+            "summary.md lacks {row:?}:\n{summary}"
+        );
+    }
+    let latency = read("latency.csv");
+    for contender in [
+        "numaproc",
+        "shm-spin",
+        "futex",
+        "uds",
+        "pipe",
+        "crossbeam",
+        "fn-call",
+        "iceoryx2",
+    ] {
+        assert!(
+            latency.contains(&format!(",{contender},")),
+            "latency.csv lacks {contender}"
+        );
+    }
+    assert!(read("throughput.csv").lines().count() >= 2);
+    assert!(read("numa.csv").lines().count() >= 2);
+    assert!(read("results.json").starts_with('{'));
+    // Plots need a TrueType font; without one the report says so instead.
+    if Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists() {
+        for plot in [
+            "latency_percentiles_0B.svg",
+            "latency_percentiles_0B.png",
+            "throughput.png",
+        ] {
+            assert!(dir.join(plot).exists(), "{plot} missing");
+        }
+    }
+    assert!(
+        shm_objects("numaproc-bench-").is_empty(),
+        "shared memory left behind"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
