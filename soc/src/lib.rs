@@ -85,8 +85,13 @@ fn load_libraries(
     Ok(loaded)
 }
 
-/// The host services of a SOC outside any call (for library init/deinit).
-fn soc_host(info: &SocInfo) -> HostServices {
+/// A host-services table for libraries of this SOC: `is_cancelled` and
+/// `host_data` differ between init/deinit (no call) and each worker.
+pub(crate) fn host_services(
+    info: &SocInfo,
+    is_cancelled: unsafe extern "C" fn(*const numaproc_abi::Call) -> i32,
+    host_data: *const std::ffi::c_void,
+) -> HostServices {
     HostServices {
         struct_size: size_of::<HostServices>() as u32,
         abi_major: numaproc_abi::ABI_MAJOR,
@@ -95,8 +100,8 @@ fn soc_host(info: &SocInfo) -> HostServices {
         node: info.node,
         workers: info.workers,
         log: library::host_log,
-        is_cancelled: worker::never_cancelled,
-        host_data: std::ptr::null(),
+        is_cancelled,
+        host_data,
     }
 }
 
@@ -112,7 +117,7 @@ pub fn run(cfg: &SocConfig<'_>, report: impl FnOnce(Result<(), String>)) {
         node: header.node,
         workers: header.worker_count,
     };
-    let host = soc_host(&info);
+    let host = host_services(&info, worker::never_cancelled, std::ptr::null());
     let mut registry = cfg.registry.clone();
     let base = registry.len();
     let libraries = match load_libraries(cfg, &mut registry, &host) {

@@ -144,17 +144,11 @@ pub(crate) fn run(
         registry,
         host: &host,
     };
-    let c_host = HostServices {
-        struct_size: size_of::<HostServices>() as u32,
-        abi_major: numaproc_abi::ABI_MAJOR,
-        abi_minor: numaproc_abi::ABI_MINOR,
-        soc: info.soc,
-        node: info.node,
-        workers: info.workers,
-        log: numaproc_procs::library::host_log,
-        is_cancelled: slot_cancelled,
-        host_data: std::ptr::from_ref(control).cast::<c_void>(),
-    };
+    let c_host = crate::host_services(
+        &info,
+        slot_cancelled,
+        std::ptr::from_ref(control).cast::<c_void>(),
+    );
     loop {
         let generation = match control.wait_task(policy) {
             Task::Closed => return,
