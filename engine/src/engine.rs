@@ -154,6 +154,12 @@ impl Engine {
     /// failure nothing is left behind.
     pub fn start(options: EngineOptions) -> Result<Engine, StartError> {
         options.validate()?;
+        if crate::spawn::started_as_soc() {
+            // This process is a spawned SOC whose main did not call
+            // run_if_spawned: starting an engine here would spawn SOCs
+            // recursively.
+            return Err(StartError::InsideSpawnedSoc);
+        }
         let topology = match &options.synthetic_topology {
             Some(desc) => Topology::synthetic(desc),
             None => Topology::detect(),

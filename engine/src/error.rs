@@ -44,6 +44,12 @@ pub enum StartError {
         /// Threads counted in /proc/self/task.
         threads: usize,
     },
+    /// This process was started as a spawned SOC, but its `main` did not
+    /// call `numaproc::soc::run_if_spawned()` first.
+    #[error(
+        "this process was started as a spawned SOC (NUMAPROC_SOC_ENGINE is set) but its main did not call numaproc::soc::run_if_spawned() first; refusing to start an engine inside a SOC"
+    )]
+    InsideSpawnedSoc,
     /// Something was asked of spawned SOCs that cannot cross exec.
     #[error(
         "spawned SOCs cannot have {0}: only built-in and library procedures reach a SOC started by exec"

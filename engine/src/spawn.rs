@@ -101,6 +101,11 @@ pub(crate) fn launch(soc: usize, engine: &str, exe: Option<&Path>) -> Result<Soc
     ))
 }
 
+/// Whether this process was started as a spawned SOC.
+pub(crate) fn started_as_soc() -> bool {
+    std::env::var_os(ENV_ENGINE).is_some()
+}
+
 /// If this process was started as a spawned SOC, serves as that SOC and
 /// exits; otherwise returns at once. Call it first thing in `main` of any
 /// executable used as a SOC executable.

@@ -1003,6 +1003,27 @@ pub fn spawned_soc_is_a_fresh_exec() -> Result<()> {
         "registered procedures must be refused: {:?}",
         e.map(|_| ())
     );
+    // SOC executables that cannot serve: the start fails, naming why.
+    for (exe, want) in [
+        ("/bin/true", "exited with status 0 before reporting ready"),
+        ("/nonexistent/soc", "cannot start /nonexistent/soc"),
+    ] {
+        let o = base_options(SocKind::Spawned, "badexe")
+            .socs(1)
+            .workers_per_soc(1)
+            .soc_executable(exe);
+        match Engine::start(o) {
+            Err(StartError::Soc { soc: 0, reason }) => {
+                ensure!(reason.contains(want), "{exe}: {reason}")
+            }
+            other => bail!(
+                "{exe}: expected a start failure, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+        assert_nothing_left("t_badexe_spawned", &[])?;
+        ensure!(children().is_empty(), "children left: {:?}", children());
+    }
     let engine = Engine::start(base_options(SocKind::Spawned, "spawn").socs(2))?;
     let me = std::process::id();
     let exe = std::env::current_exe()?.canonicalize()?;
