@@ -823,6 +823,11 @@ fn stop_socs(
             .state
             .store(SocState::Stopped as u32, Ordering::Release);
     }
+    // The names go now, even if a detached emulated SOC still maps them.
+    for region in regions {
+        region.unlink();
+    }
+    global.unlink();
     problems
 }
 

@@ -4,7 +4,7 @@
 //! This module and [`crate::futex`] are where this crate's unsafe code lives.
 
 use std::fs::File;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use memmap2::MmapMut;
@@ -168,7 +168,7 @@ pub struct Region {
     name: String,
     map: MmapMut,
     base: *mut u8,
-    owner: bool,
+    owner: AtomicBool,
 }
 
 // SAFETY: the mapping is shared memory meant for concurrent use; every access
@@ -216,7 +216,7 @@ impl Region {
             name: name.to_string(),
             map,
             base,
-            owner: true,
+            owner: AtomicBool::new(true),
         };
         if size < size_of::<RegionHeader>() {
             return Err(map_err(std::io::Error::other(
@@ -263,7 +263,7 @@ impl Region {
             name: name.to_string(),
             map,
             base,
-            owner: false,
+            owner: AtomicBool::new(false),
         };
         if region.len() < size_of::<RegionHeader>() {
             return Err(OpenError::TooSmall {
@@ -411,14 +411,14 @@ impl Region {
 
     /// Whether dropping the region removes its name (creators only).
     pub fn unlink_on_drop(&mut self, yes: bool) {
-        self.owner = yes;
+        *self.owner.get_mut() = yes;
     }
 
-    /// Removes the name now; the mapping stays valid until dropped.
-    /// Idempotent; only the creator unlinks.
-    pub fn unlink(&mut self) {
-        if self.owner {
-            self.owner = false;
+    /// Removes the name now, even while others still map the region (the
+    /// mapping stays valid until dropped). Idempotent; only the creator
+    /// unlinks.
+    pub fn unlink(&self) {
+        if self.owner.swap(false, Ordering::AcqRel) {
             let _ = shm_unlink(format!("/{}", self.name).as_str());
         }
     }

@@ -78,6 +78,11 @@ fn init_fails_on_soc1(info: &SocInfo) -> std::result::Result<(), String> {
     }
 }
 
+fn init_sleeps(_: &SocInfo) -> std::result::Result<(), String> {
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(())
+}
+
 fn init_aborts_on_soc1(info: &SocInfo) -> std::result::Result<(), String> {
     if info.soc == 1 {
         std::process::abort();
@@ -537,6 +542,33 @@ pub fn failed_start_names_the_soc_and_leaves_nothing(kind: SocKind) -> Result<()
         }
         assert_nothing_left(&prefix, &[])?;
     }
+
+    // A SOC still busy in its init hook at the start-up timeout: the start
+    // fails at the timeout and the names are gone at once, even though an
+    // emulated SOC's thread cannot be stopped and ends a little later.
+    let o = options(kind, "hook")
+        .socs(1)
+        .workers_per_soc(1)
+        .startup_timeout(Duration::from_millis(30))
+        .shutdown_timeout(Duration::from_millis(30))
+        .on_soc_start(init_sleeps);
+    let prefix = o.name_prefix.clone();
+    let start = Instant::now();
+    match Engine::start(o) {
+        Err(StartError::Soc { soc: 0, reason }) => {
+            ensure!(reason.contains("start-up timeout"), "{reason}");
+        }
+        other => bail!("expected a start-up timeout, got {:?}", other.map(|_| ())),
+    }
+    ensure!(
+        start.elapsed() < Duration::from_millis(290),
+        "the start waited for the hook"
+    );
+    ensure!(
+        shm_objects(&prefix).is_empty(),
+        "names left: {:?}",
+        shm_objects(&prefix)
+    );
 
     let o = options(kind, "slow").startup_timeout(Duration::from_millis(1));
     let prefix = o.name_prefix.clone();
