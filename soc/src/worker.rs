@@ -298,9 +298,13 @@ fn serve(
     control.status.store(status as u32, Ordering::Relaxed);
     control.error_code.store(code, Ordering::Relaxed);
     control.output_len.store(out_len as u64, Ordering::Relaxed);
-    control.stats.calls.fetch_add(1, Ordering::Relaxed);
+    // Only this worker writes its counters: no locked read-modify-write.
+    let bump = |a: &std::sync::atomic::AtomicU64| {
+        a.store(a.load(Ordering::Relaxed) + 1, Ordering::Relaxed)
+    };
+    bump(&control.stats.calls);
     if status != CallStatus::Ok {
-        control.stats.errors.fetch_add(1, Ordering::Relaxed);
+        bump(&control.stats.errors);
     }
     if let Some(c) = counter {
         let ns = started.map(|t| t.elapsed().as_nanos() as u64);
