@@ -23,8 +23,11 @@ pub mod slot;
 pub mod stale;
 pub mod wait;
 
-pub use name::{NameError, ShmName};
-pub use region::{OpenError, Region, RegionError, RegionHeader, RegionKind};
+pub use name::{MAX_PREFIX_LEN, NAME_ROOT, NameError, ShmName};
+pub use region::{
+    LAYOUT_VERSION, OpenError, READY, REGION_MAGIC, Region, RegionError, RegionHeader, RegionKind,
+    Shape,
+};
 pub use wait::WaitPolicy;
 
 /// Marker for types that may live in shared memory.
