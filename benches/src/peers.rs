@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use numaproc_ipc::futex;
 use serde::{Deserialize, Serialize};
 
-use crate::sys::{SharedMap, fork_peer, pin_to, reap};
+use crate::sys::{SharedMap, fork_peer, kill_and_reap, pin_to, reap};
 
 /// Largest payload of any benchmark, in bytes.
 pub const MAX_PAYLOAD: usize = 1 << 20;
@@ -200,8 +200,7 @@ impl ShmPeer {
 impl Drop for ShmPeer {
     fn drop(&mut self) {
         if let Some(pid) = self.pid.take() {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, None);
+            kill_and_reap(pid);
         }
     }
 }
@@ -336,8 +335,7 @@ impl StreamPeer {
 impl Drop for StreamPeer {
     fn drop(&mut self) {
         if let Some(pid) = self.pid.take() {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, None);
+            kill_and_reap(pid);
         }
     }
 }
@@ -686,9 +684,8 @@ impl Drop for IoxPeer {
         if let Some(pid) = self.pid.take() {
             self.ctl().cmd.store(IOX_QUIT, Ordering::Release);
             futex::wake_all(&self.ctl().cmd);
-            if reap(pid, Duration::from_secs(5)).is_err() {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            }
+            // `reap` kills and reaps a peer that does not exit in time.
+            let _ = reap(pid, Duration::from_secs(5));
         }
     }
 }

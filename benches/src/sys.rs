@@ -134,6 +134,13 @@ pub fn fork_peer(child: impl FnOnce() -> Result<()>) -> Result<Pid> {
     }
 }
 
+/// Kills a peer process at once and reaps it (for `Drop`, where nothing
+/// can be reported).
+pub fn kill_and_reap(pid: Pid) {
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(pid, None);
+}
+
 /// Waits for a peer to exit, killing it after `timeout`.
 pub fn reap(pid: Pid, timeout: std::time::Duration) -> Result<()> {
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -142,8 +149,7 @@ pub fn reap(pid: Pid, timeout: std::time::Duration) -> Result<()> {
         match waitpid(pid, Some(WaitPidFlag::WNOHANG)).context("waitpid")? {
             WaitStatus::StillAlive => {
                 if std::time::Instant::now() >= deadline {
-                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                    let _ = waitpid(pid, None);
+                    kill_and_reap(pid);
                     bail!("peer {pid} did not exit in {timeout:?} and was killed");
                 }
                 std::thread::sleep(std::time::Duration::from_millis(1));
