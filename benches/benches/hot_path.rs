@@ -45,26 +45,26 @@ fn slot(c: &mut Criterion) {
     let s = zeroed_slot();
     g.bench_function("claim_release", |b| {
         b.iter(|| {
-            let gen_ = s.try_claim().unwrap_or(0);
-            black_box(s.release(gen_));
+            if let Some(c) = s.try_claim() {
+                black_box(s.unclaim(c.generation));
+            }
         })
     });
     g.bench_function("full_cycle_one_thread", |b| {
         // Both sides' transitions of one call, in order: claim, submit,
-        // the worker's wait/begin/finish, the session's wait and release.
+        // the worker's wait and finish, the session's wait and release.
         b.iter(|| {
-            let gen_ = s.try_claim().unwrap_or(0);
+            let Some(c) = s.try_claim() else { return };
             s.proc_id.store(0, Ordering::Relaxed);
             s.input_len.store(0, Ordering::Relaxed);
-            s.submit(gen_);
+            s.submit(c);
             if let Task::Submitted(g) = s.wait_task(&HOT) {
-                black_box(s.begin(g));
                 s.status.store(0, Ordering::Relaxed);
                 s.output_len.store(0, Ordering::Relaxed);
                 s.finish(g);
             }
-            black_box(s.wait_done(gen_, &HOT, None));
-            black_box(s.release(gen_));
+            black_box(s.wait_done(c.generation, &HOT, None));
+            black_box(s.unclaim(c.generation));
         })
     });
     g.finish();

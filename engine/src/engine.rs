@@ -10,7 +10,7 @@ use numaproc_ipc::layout::{
     GlobalFill, GlobalLayout, GlobalView, NameRecord, SocLayout, SocState, SocView, init_global,
     init_soc,
 };
-use numaproc_ipc::slot::{SESSION_SLEEPING, SlotRef};
+use numaproc_ipc::slot::{Claimed, SESSION_SLEEPING, SlotRef};
 use numaproc_ipc::wait::wait_on;
 use numaproc_ipc::{Region, ShmName, WaitPolicy, stale};
 use numaproc_procs::{Origin, ProcId, Registry};
@@ -512,7 +512,7 @@ impl Engine {
     }
 
     /// One pass over the candidate slots; claims the first idle one.
-    fn claim_once(&self, target: Target, list: &[usize]) -> Option<(usize, u32)> {
+    fn claim_once(&self, target: Target, list: &[usize]) -> Option<(usize, Claimed)> {
         let all = target == Target::Any;
         let n = if all { self.slots.len() } else { list.len() };
         let at = |k: usize| if all { k } else { list[k] };
@@ -574,7 +574,11 @@ impl Engine {
 
     /// One claim attempt: a slot, or an error when no candidate SOC can
     /// ever serve, or `None` (try again later).
-    fn attempt(&self, target: Target, list: &[usize]) -> Option<Result<(usize, u32), CallError>> {
+    fn attempt(
+        &self,
+        target: Target,
+        list: &[usize],
+    ) -> Option<Result<(usize, Claimed), CallError>> {
         if let Some(c) = self.claim_once(target, list) {
             return Some(Ok(c));
         }
@@ -601,9 +605,8 @@ impl Engine {
                 ),
             },
         };
-        let (index, generation) =
-            got.ok_or(CallError::ClaimTimeout(wait.unwrap_or_default()))??;
-        Ok(Claim::new(self, index, generation))
+        let (index, claimed) = got.ok_or(CallError::ClaimTimeout(wait.unwrap_or_default()))??;
+        Ok(Claim::new(self, index, claimed))
     }
 
     /// Claims an idle worker of `target`, waiting up to the claim timeout

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use numaproc_ipc::slot::{Outcome, monotonic_ns};
+use numaproc_ipc::slot::{Claimed, Outcome, monotonic_ns};
 use numaproc_procs::{CallStatus, ProcId};
 
 use crate::engine::{Engine, IntoProc, SlotHandle};
@@ -16,17 +16,17 @@ use crate::error::CallError;
 pub struct Claim<'e> {
     engine: &'e Engine,
     index: usize,
-    generation: u32,
+    claimed: Claimed,
     deadline_ns: u64,
     done: bool,
 }
 
 impl<'e> Claim<'e> {
-    pub(crate) fn new(engine: &'e Engine, index: usize, generation: u32) -> Self {
+    pub(crate) fn new(engine: &'e Engine, index: usize, claimed: Claimed) -> Self {
         Self {
             engine,
             index,
-            generation,
+            claimed,
             deadline_ns: 0,
             done: false,
         }
@@ -85,7 +85,7 @@ impl<'e> Claim<'e> {
                 .submitted_ns
                 .store(monotonic_ns(), Ordering::Relaxed);
         }
-        if !control.submit(self.generation) {
+        if !control.submit(self.claimed) {
             // Only the supervisor takes a claimed slot away: its SOC died.
             return Err(CallError::SocDied(h.soc));
         }
@@ -93,7 +93,7 @@ impl<'e> Claim<'e> {
         Ok(Session {
             engine: self.engine,
             index: self.index,
-            generation: self.generation,
+            generation: self.claimed.generation,
             proc: id,
             result: None,
         })
@@ -102,7 +102,7 @@ impl<'e> Claim<'e> {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        if !self.done && self.handle().slot.control.release(self.generation) {
+        if !self.done && self.handle().slot.control.unclaim(self.claimed.generation) {
             self.engine.signal_free();
         }
     }
@@ -229,7 +229,14 @@ impl Session<'_> {
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
-        if self.handle().slot.control.release(self.generation) {
+        let control = self.handle().slot.control;
+        // With the outcome seen, the worker is done with the slot.
+        let freed = if self.result.is_some() {
+            control.unclaim(self.generation)
+        } else {
+            control.release(self.generation)
+        };
+        if freed {
             self.engine.signal_free();
         }
     }

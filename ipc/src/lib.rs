@@ -7,7 +7,7 @@
 //!   first bytes are a versioned [`RegionHeader`] checked by every opener;
 //! - [`layout`]: the `#[repr(C)]` structures placed in the global region and
 //!   in each SOC region, and their offsets;
-//! - [`slot`]: the per-worker control block and its one atomic state word;
+//! - [`slot`]: the per-worker control block with its owner and state words;
 //! - [`futex`] and [`wait`]: spin-then-sleep waits on shared words.
 //!
 //! Everything placed in shared memory implements the unsafe [`ShmSafe`]

@@ -1,25 +1,36 @@
-//! A worker's slot: its control block, with one atomic state word, and its
+//! A worker's slot: its control block, with two atomic words, and its
 //! message, input and output buffers.
 //!
-//! The state word holds the state (3 bits), three flags and a generation:
+//! The *owner word* says who holds the slot; the *state word* says where
+//! its call is. They live in different 128-byte blocks: the worker spins
+//! on the state word, so a session that claimed and released the slot
+//! through it would pull that line away from the worker twice more per
+//! call. Claiming and releasing touch only the owner word, which stays in
+//! the cache of the session's core; a call costs one transfer of the state
+//! line each way, as the raw ping-pong that is the floor.
 //!
 //! ```text
-//!  31                        6   5          4          3         2..0
-//! [ generation (26 bits)      | ABANDONED | SESSION_ | WORKER_ | state ]
-//!                                          SLEEPING   SLEEPING
+//! owner word:  [ generation (26 bits) | 0 (5 bits) | HELD ]
+//! state word:  [ generation (26 bits) | ABANDONED | SESSION_SLEEPING | WORKER_SLEEPING | state (3 bits) ]
 //! ```
 //!
-//! Transitions (all by CAS on the whole word):
-//! `Idle(g) → Claimed(g+1)` by a session; `Claimed → Submitted` by that
-//! session; `Submitted → Done` by the worker when the call ends; `Done →
-//! Idle` when the session releases the slot. `Submitted` covers both "to be
-//! started" and "running": the worker does not write the word when it starts
-//! a call, since each write costs a cache-line transfer while the session
-//! spins on the line. A session that gives up on a submitted call sets
-//! `ABANDONED` (the running procedure sees it as cancellation); the worker
-//! then returns the slot to `Idle` itself. The generation is bumped on every
-//! claim, so a session only ever sees the outcome of its own call. `Closed`
-//! ends a worker; `Failed` marks the slot of a SOC that died.
+//! A session claims a free slot by CAS on the owner word, `Free(g) →
+//! Held(g+1)`: `g+1` is the call's generation. It writes the request and
+//! submits by CAS on the state word, from the value it saw right after the
+//! claim (`Idle` or `Done` of an earlier call) to `Submitted(g+1)`. The
+//! worker runs the call and moves the word to `Done(g+1)`; the session
+//! reads the response and frees the owner word. `Submitted` covers both
+//! "to be started" and "running": the worker does not write the word when
+//! it starts a call, since each write costs a transfer of the line while
+//! the session spins on it. The state word stays `Done` until the next
+//! submission.
+//!
+//! A session that gives up on a submitted call sets `ABANDONED` (the
+//! running procedure sees it as cancellation) and with it hands the owner
+//! word to the worker, which frees it when the call ends. `Closed` ends a
+//! worker; `Failed` marks the slot of a SOC that died. A generation is
+//! only ever compared for equality, so a session only sees the outcome of
+//! its own call, also after a failure and a reset.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,14 +41,12 @@ use crate::wait::{WaitPolicy, update_and_wake, wait_on};
 /// Bytes of the error-message buffer of a slot.
 pub const MESSAGE_CAPACITY: usize = 1024;
 
-/// Slot states (the low 3 bits of the word).
+/// Slot states (the low 3 bits of the state word).
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
-    /// Free to claim.
+    /// No call yet, or one that was abandoned, or a reset slot.
     Idle = 0,
-    /// Owned by a session that is writing input.
-    Claimed = 1,
     /// Input written; the worker runs (or is about to run) the call.
     Submitted = 2,
     /// Output and status written; the session may read them.
@@ -53,36 +62,47 @@ const STATE_MASK: u32 = 0b111;
 pub const WORKER_SLEEPING: u32 = 1 << 3;
 /// The session sleeps on the word.
 pub const SESSION_SLEEPING: u32 = 1 << 4;
-/// The session gave up on the call; the worker frees the slot when done.
+/// The session gave up on the call; the worker frees the slot when done
+/// (kept on the `Idle` word that follows).
 pub const ABANDONED: u32 = 1 << 5;
 const SLEEPING: u32 = WORKER_SLEEPING | SESSION_SLEEPING;
 const GEN_SHIFT: u32 = 6;
 const GEN_MASK: u32 = u32::MAX >> GEN_SHIFT;
+/// Owner word: the slot is held (by a session, or by the worker of an
+/// abandoned call).
+const HELD: u32 = 1;
+
+const fn owner(generation: u32, held: bool) -> u32 {
+    ((generation & GEN_MASK) << GEN_SHIFT) | held as u32
+}
 
 /// A decoded state word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Word(pub u32);
 
 impl Word {
-    fn new(state: State, generation: u32, flags: u32) -> Self {
+    #[inline]
+    const fn new(state: State, generation: u32, flags: u32) -> Self {
         Self(((generation & GEN_MASK) << GEN_SHIFT) | flags | state as u32)
     }
     /// The state part.
+    #[inline]
     pub fn state(self) -> State {
         match self.0 & STATE_MASK {
             0 => State::Idle,
-            1 => State::Claimed,
             2 => State::Submitted,
             4 => State::Done,
             5 => State::Closed,
             _ => State::Failed,
         }
     }
-    /// The generation (bumped by each claim).
+    /// The generation (of the call submitted last).
+    #[inline]
     pub fn generation(self) -> u32 {
         self.0 >> GEN_SHIFT
     }
     /// Whether `flag` is set.
+    #[inline]
     pub fn has(self, flag: u32) -> bool {
         self.0 & flag != 0
     }
@@ -98,9 +118,19 @@ pub struct SlotStats {
     pub errors: AtomicU64,
 }
 
+/// The owner word in a 128-byte block of its own.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct OwnerLine {
+    /// The owner word (see the module docs).
+    pub word: AtomicU32,
+    _pad: [u32; 31],
+}
+
 /// The control block of a slot. The first 128 bytes are the hot line: the
 /// state word, the request (written by the session) and the response
-/// (written by the worker) travel in one cache line each way.
+/// (written by the worker) travel in one cache line each way. The next
+/// block holds what only the worker writes, the last the owner word.
 #[repr(C, align(128))]
 #[derive(Debug)]
 pub struct SlotControl {
@@ -135,16 +165,31 @@ pub struct SlotControl {
     _reserved: AtomicU32,
     /// Counters.
     pub stats: SlotStats,
+    /// Who holds the slot.
+    pub owner: OwnerLine,
 }
 
 // SAFETY: repr(C), atomics and integer arrays only, valid when zeroed.
 unsafe impl ShmSafe for SlotControl {}
 
+/// A session's claim on a slot, from [`SlotControl::try_claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claimed {
+    /// The call's generation.
+    pub generation: u32,
+    /// The state word seen right after the claim: the value
+    /// [`SlotControl::submit`] replaces.
+    pub seen: u32,
+}
+
 /// What a worker's wait for a task ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Task {
-    /// A call was submitted under this generation.
+    /// A call was submitted under this generation: run it.
     Submitted(u32),
+    /// A call was submitted and abandoned before it started: the worker
+    /// freed the slot (the caller should signal waiting sessions).
+    Abandoned,
     /// The slot was closed: the worker must exit.
     Closed,
 }
@@ -156,57 +201,97 @@ pub enum Outcome {
     Done,
     /// The SOC died; there is no result.
     Failed,
-    /// The slot no longer belongs to this call (closed, or reused after a
+    /// The slot no longer belongs to this call (closed, or reset after a
     /// failure): there is no result for it.
     Lost,
 }
 
-/// Result of [`SlotControl::begin`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Begin {
-    /// Run the procedure (the word is left as it is).
-    Run,
-    /// The session gave up before the start: the slot is idle again.
-    Abandoned,
-    /// The slot changed under the worker (closed or failed): skip.
-    Gone,
-}
-
 impl SlotControl {
     /// The decoded state word.
+    #[inline]
     pub fn word(&self) -> Word {
         Word(self.state.load(Ordering::Acquire))
     }
 
-    /// Session: claims the slot if it is idle. Returns the call's generation.
-    pub fn try_claim(&self) -> Option<u32> {
-        let v = Word(self.state.load(Ordering::Relaxed));
-        if v.state() != State::Idle {
+    /// Whether the slot is held (by a session, or by the worker of an
+    /// abandoned call).
+    pub fn is_held(&self) -> bool {
+        self.owner.word.load(Ordering::Acquire) & HELD != 0
+    }
+
+    /// Session: claims the slot if it is free and its SOC serves.
+    #[inline]
+    pub fn try_claim(&self) -> Option<Claimed> {
+        let o = self.owner.word.load(Ordering::Relaxed);
+        if o & HELD != 0 {
             return None;
         }
-        let next_gen = v.generation().wrapping_add(1) & GEN_MASK;
-        let next = Word::new(State::Claimed, next_gen, v.0 & WORKER_SLEEPING);
-        self.state
-            .compare_exchange(v.0, next.0, Ordering::Acquire, Ordering::Relaxed)
-            .ok()
-            .map(|_| next_gen)
+        let generation = ((o >> GEN_SHIFT) + 1) & GEN_MASK;
+        let held = owner(generation, true);
+        self.owner
+            .word
+            .compare_exchange(o, held, Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
+        // Acquire: whoever freed the owner word had finished with the state
+        // word before (the worker of an abandoned call included).
+        let seen = self.state.load(Ordering::Acquire);
+        if matches!(Word(seen).state(), State::Failed | State::Closed) {
+            self.unclaim(generation);
+            return None;
+        }
+        Some(Claimed { generation, seen })
+    }
+
+    /// Frees the owner word held under `generation`. Returns false when it
+    /// was not (any more) held under it.
+    #[inline]
+    fn free_owner(&self, generation: u32) -> bool {
+        self.owner
+            .word
+            .compare_exchange(
+                owner(generation, true),
+                owner(generation, false),
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 
     /// Session: hands the claimed slot to the worker (after writing the
-    /// request fields and the input), waking it if it sleeps.
-    /// Returns false when the slot is not `Claimed` under `generation`.
-    pub fn submit(&self, generation: u32) -> bool {
-        update_and_wake(&self.state, WORKER_SLEEPING, |v| {
-            let w = Word(v);
-            (w.state() == State::Claimed && w.generation() == generation)
-                .then(|| Word::new(State::Submitted, generation, 0).0)
-        })
-        .is_some()
+    /// request fields and the input), waking it if it sleeps. Returns false
+    /// when the state word changed since the claim (the SOC died, the slot
+    /// was reset or closed): the claim can only be released.
+    #[inline]
+    pub fn submit(&self, claim: Claimed) -> bool {
+        // The owner word is in this core's cache: a cheap guard against a
+        // claim that was already given back.
+        if self.owner.word.load(Ordering::Relaxed) != owner(claim.generation, true) {
+            return false;
+        }
+        let next = Word::new(State::Submitted, claim.generation, 0).0;
+        let mut cur = claim.seen;
+        loop {
+            match self
+                .state
+                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    if cur & WORKER_SLEEPING != 0 {
+                        crate::futex::wake_all(&self.state);
+                    }
+                    return true;
+                }
+                // Only the sleeping bits may have changed meanwhile.
+                Err(actual) if actual & !SLEEPING == claim.seen & !SLEEPING => cur = actual,
+                Err(_) => return false,
+            }
+        }
     }
 
     /// Session: waits for the outcome of call `generation`, at most
     /// `timeout` (`None`: no limit). `None`: the timeout passed first (the
     /// call goes on).
+    #[inline]
     pub fn wait_done(
         &self,
         generation: u32,
@@ -230,60 +315,80 @@ impl SlotControl {
         })
     }
 
-    /// Session: gives the slot up, whatever the call's progress.
-    /// Returns true when the slot became idle now (the caller should signal
-    /// waiting sessions); false when the worker will free it (the call still
-    /// runs) or the slot is no longer this call's.
-    pub fn release(&self, generation: u32) -> bool {
-        let old = update_and_wake(&self.state, 0, |v| {
-            let w = Word(v);
-            if w.generation() != generation {
-                return None;
-            }
-            match w.state() {
-                State::Claimed | State::Done => {
-                    Some(Word::new(State::Idle, generation, v & WORKER_SLEEPING).0)
-                }
-                State::Submitted if !w.has(ABANDONED) => Some(v | ABANDONED),
-                State::Failed => None,
-                _ => None,
-            }
-        });
-        old.is_some_and(|o| matches!(Word(o).state(), State::Claimed | State::Done))
+    /// Session: gives back a claim that was never submitted, or whose
+    /// call's outcome it has seen (any [`Outcome`]). Returns true when the
+    /// slot became free (the caller should signal waiting sessions).
+    #[inline]
+    pub fn unclaim(&self, generation: u32) -> bool {
+        self.free_owner(generation)
     }
 
-    /// Worker: waits for a submitted call or for the slot to close.
+    /// Session: gives the slot up, whatever the call's progress. Returns
+    /// true when the slot became free now (the caller should signal
+    /// waiting sessions); false when the worker will free it (the call
+    /// still runs) or the claim was not (any more) held.
+    pub fn release(&self, generation: u32) -> bool {
+        let running = Word::new(State::Submitted, generation, 0).0;
+        let mut cur = self.state.load(Ordering::Acquire);
+        while cur & !SLEEPING == running {
+            match self.state.compare_exchange(
+                cur,
+                cur | ABANDONED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                // The owner word is the worker's now.
+                Ok(_) => return false,
+                Err(actual) => cur = actual,
+            }
+        }
+        self.free_owner(generation)
+    }
+
+    /// Worker: waits for a submitted call or for the slot to close. A call
+    /// abandoned before it started is ended here.
     pub fn wait_task(&self, policy: &WaitPolicy) -> Task {
         let v = wait_on(&self.state, policy, None, WORKER_SLEEPING, |v| {
             matches!(Word(v).state(), State::Submitted | State::Closed)
         });
         match v.map(Word) {
-            Some(w) if w.state() == State::Submitted => Task::Submitted(w.generation()),
+            Some(w) if w.state() == State::Submitted => {
+                if w.has(ABANDONED) {
+                    self.end_abandoned(w.0);
+                    Task::Abandoned
+                } else {
+                    Task::Submitted(w.generation())
+                }
+            }
             _ => Task::Closed,
         }
     }
 
-    /// Worker: decides whether to run submitted call `generation`. Writes
-    /// the word only when the session already gave the call up.
-    pub fn begin(&self, generation: u32) -> Begin {
-        let w = self.word();
-        if w.generation() != generation || w.state() != State::Submitted {
-            return Begin::Gone;
+    /// Worker: ends abandoned call `word` (`Submitted | ABANDONED`): the
+    /// state goes `Idle` (keeping the mark, so that a reset after a death
+    /// right here frees the owner word), then the owner word is freed.
+    fn end_abandoned(&self, mut word: u32) {
+        let generation = Word(word).generation();
+        let idle = Word::new(State::Idle, generation, ABANDONED).0;
+        loop {
+            match self
+                .state
+                .compare_exchange(word, idle, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(actual) if actual & !SLEEPING == word & !SLEEPING => word = actual,
+                // Failed or closed meanwhile: the master takes it from here.
+                Err(_) => return,
+            }
         }
-        if !w.has(ABANDONED) {
-            return Begin::Run;
+        if word & SESSION_SLEEPING != 0 {
+            crate::futex::wake_all(&self.state);
         }
-        let idle = Word::new(State::Idle, generation, 0).0;
-        match self
-            .state
-            .compare_exchange(w.0, idle, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => Begin::Abandoned,
-            Err(_) => Begin::Gone,
-        }
+        self.free_owner(generation);
     }
 
     /// Worker: whether the session gave up on the running call.
+    #[inline]
     pub fn is_abandoned(&self) -> bool {
         self.word().has(ABANDONED)
     }
@@ -300,50 +405,74 @@ impl SlotControl {
 
     /// Worker: publishes the result of call `generation` (after writing the
     /// response fields and output). Returns true when the session had
-    /// abandoned the call and the slot went straight back to `Idle` (the
-    /// caller should signal waiting sessions).
+    /// abandoned the call and the slot is free again (the caller should
+    /// signal waiting sessions).
+    #[inline]
     pub fn finish(&self, generation: u32) -> bool {
-        let old = update_and_wake(&self.state, SLEEPING, |v| {
-            let w = Word(v);
-            if w.generation() != generation || w.state() != State::Submitted {
-                return None;
+        let mut cur = Word::new(State::Submitted, generation, 0).0;
+        let done = Word::new(State::Done, generation, 0).0;
+        loop {
+            match self
+                .state
+                .compare_exchange(cur, done, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    if cur & SESSION_SLEEPING != 0 {
+                        crate::futex::wake_all(&self.state);
+                    }
+                    return false;
+                }
+                Err(actual) => {
+                    let w = Word(actual);
+                    if w.generation() != generation || w.state() != State::Submitted {
+                        // Failed or closed under the worker.
+                        return false;
+                    }
+                    if w.has(ABANDONED) {
+                        self.end_abandoned(actual);
+                        return true;
+                    }
+                    cur = actual;
+                }
             }
-            Some(if w.has(ABANDONED) {
-                Word::new(State::Idle, generation, 0).0
-            } else {
-                Word::new(State::Done, generation, 0).0
-            })
-        });
-        old.is_some_and(|o| Word(o).has(ABANDONED))
+        }
     }
 
-    /// Master: closes an idle slot so that its worker exits.
-    /// Returns false when the slot is busy (try again later).
+    /// Master: closes a slot that runs no call so that its worker exits.
+    /// Returns false when a call still runs (try again later).
     pub fn close(&self) -> bool {
         update_and_wake(&self.state, SLEEPING, |v| {
             let w = Word(v);
-            matches!(w.state(), State::Idle | State::Failed | State::Closed)
-                .then(|| Word::new(State::Closed, w.generation(), 0).0)
+            (w.state() != State::Submitted).then(|| Word::new(State::Closed, w.generation(), 0).0)
         })
         .is_some()
     }
 
-    /// Master: makes a failed slot idle again under a new generation, for
-    /// a restarted SOC; wakes its (new) worker. A session still holding the
-    /// old generation can no longer touch the slot.
+    /// Master: makes a failed slot usable again under a new generation, for
+    /// a restarted SOC; wakes its (new) worker. A session still holding a
+    /// claim from before can no longer submit, and one waiting for an
+    /// earlier call sees it lost. The owner word of a call abandoned before
+    /// the failure, which the dead worker would have freed, is freed here.
     pub fn reset(&self) {
-        update_and_wake(&self.state, u32::MAX, |v| {
+        let old = update_and_wake(&self.state, u32::MAX, |v| {
             let w = Word(v);
             (w.state() == State::Failed)
                 .then(|| Word::new(State::Idle, w.generation().wrapping_add(1), 0).0)
         });
+        if let Some(old) = old.map(Word)
+            && old.has(ABANDONED)
+        {
+            self.free_owner(old.generation());
+        }
     }
 
     /// Master: marks the slot failed (its SOC died), waking its session.
+    /// An abandoned call keeps its mark, for [`SlotControl::reset`].
     pub fn fail(&self) {
         update_and_wake(&self.state, SLEEPING, |v| {
             let w = Word(v);
-            (w.state() != State::Closed).then(|| Word::new(State::Failed, w.generation(), 0).0)
+            (w.state() != State::Closed)
+                .then(|| Word::new(State::Failed, w.generation(), v & ABANDONED).0)
         });
     }
 }
@@ -472,6 +601,7 @@ impl<'r> SlotRef<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn zeroed() -> Box<SlotControl> {
         // SAFETY: SlotControl is ShmSafe: valid when zeroed.
@@ -484,82 +614,112 @@ mod tests {
     };
 
     #[test]
-    fn hot_line_is_one_cache_line() {
+    fn state_owner_and_worker_lines_are_apart() {
+        assert_eq!(std::mem::offset_of!(SlotControl, state), 0);
         assert_eq!(std::mem::offset_of!(SlotControl, worker), 128);
-        assert_eq!(size_of::<SlotControl>(), 256);
+        assert_eq!(std::mem::offset_of!(SlotControl, owner), 256);
+        assert_eq!(size_of::<SlotControl>(), 384);
     }
 
     #[test]
     fn full_cycle_bumps_generation() {
         let s = zeroed();
-        let g = s.try_claim().unwrap();
-        assert_eq!(g, 1);
+        let c = s.try_claim().unwrap();
+        assert_eq!(c.generation, 1);
         assert_eq!(s.try_claim(), None, "claimed slot cannot be claimed twice");
-        assert!(s.submit(g));
-        assert_eq!(s.wait_task(&HOT), Task::Submitted(g));
-        assert_eq!(s.begin(g), Begin::Run);
-        assert!(!s.finish(g));
-        assert_eq!(s.wait_done(g, &HOT, None), Some(Outcome::Done));
-        assert!(s.release(g));
-        assert_eq!(s.word().state(), State::Idle);
-        assert_eq!(s.try_claim(), Some(2));
+        assert!(s.submit(c));
+        assert_eq!(s.wait_task(&HOT), Task::Submitted(1));
+        assert!(!s.finish(1));
+        assert_eq!(s.wait_done(1, &HOT, None), Some(Outcome::Done));
+        assert!(s.unclaim(1));
+        assert!(!s.is_held());
+        let c2 = s.try_claim().unwrap();
+        assert_eq!(c2.generation, 2);
+        assert_eq!(Word(c2.seen), Word::new(State::Done, 1, 0));
+        assert!(s.submit(c2));
+        assert_eq!(s.wait_task(&HOT), Task::Submitted(2));
+    }
+
+    #[test]
+    fn claim_and_release_leave_the_state_word_alone() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        assert!(s.submit(c));
+        assert_eq!(s.wait_task(&HOT), Task::Submitted(c.generation));
+        s.finish(c.generation);
+        let done = s.state.load(Ordering::Relaxed);
+        assert!(s.release(c.generation), "a finished call frees at once");
+        let c2 = s.try_claim().unwrap();
+        assert!(s.unclaim(c2.generation));
+        assert_eq!(s.state.load(Ordering::Relaxed), done);
     }
 
     #[test]
     fn abandoned_running_call_is_freed_by_worker() {
         let s = zeroed();
-        let g = s.try_claim().unwrap();
-        assert!(s.submit(g));
-        assert_eq!(s.begin(g), Begin::Run);
-        assert!(!s.release(g), "the worker still runs the call");
+        let c = s.try_claim().unwrap();
+        assert!(s.submit(c));
+        assert_eq!(s.wait_task(&HOT), Task::Submitted(c.generation));
+        assert!(!s.release(c.generation), "the worker still runs the call");
         assert!(s.is_abandoned());
+        assert!(s.is_cancelled());
         assert_eq!(s.try_claim(), None);
-        assert!(s.finish(g), "the worker frees an abandoned slot");
-        assert_eq!(s.word().state(), State::Idle);
+        assert!(s.finish(c.generation), "the worker frees an abandoned slot");
+        assert!(!s.is_held());
+        let c2 = s.try_claim().unwrap();
+        assert!(s.submit(c2));
+        assert_eq!(s.wait_task(&HOT), Task::Submitted(c2.generation));
+        assert!(!s.is_abandoned(), "a new call starts without the mark");
     }
 
     #[test]
     fn abandoned_before_start_is_skipped() {
         let s = zeroed();
-        let g = s.try_claim().unwrap();
-        assert!(s.submit(g));
-        assert!(!s.release(g));
-        assert_eq!(s.begin(g), Begin::Abandoned);
+        let c = s.try_claim().unwrap();
+        assert!(s.submit(c));
+        assert!(!s.release(c.generation));
+        assert_eq!(s.wait_task(&HOT), Task::Abandoned);
+        assert!(!s.is_held());
         assert_eq!(s.word().state(), State::Idle);
     }
 
     #[test]
-    fn claimed_but_unsubmitted_release_frees() {
+    fn unsubmitted_claim_release_frees() {
         let s = zeroed();
-        let g = s.try_claim().unwrap();
-        assert!(s.release(g));
-        assert_eq!(s.word().state(), State::Idle);
+        let c = s.try_claim().unwrap();
+        assert!(s.release(c.generation));
+        assert!(!s.is_held());
+        assert!(!s.release(c.generation), "a claim is given back once");
     }
 
     #[test]
-    fn stale_generation_cannot_touch_a_reused_slot() {
+    fn a_given_back_claim_cannot_submit() {
         let s = zeroed();
-        let g1 = s.try_claim().unwrap();
-        assert!(s.release(g1));
-        let g2 = s.try_claim().unwrap();
-        assert_ne!(g1, g2);
-        assert!(!s.submit(g1));
-        assert!(!s.release(g1));
-        assert_eq!(s.wait_done(g1, &HOT, None), Some(Outcome::Lost));
-        assert_eq!(s.word().state(), State::Claimed);
+        let c1 = s.try_claim().unwrap();
+        assert!(s.unclaim(c1.generation));
+        let c2 = s.try_claim().unwrap();
+        assert_ne!(c1.generation, c2.generation);
+        assert!(!s.submit(c1));
+        assert!(!s.unclaim(c1.generation));
+        assert!(s.is_held(), "the new holder keeps the slot");
+        assert!(s.submit(c2));
     }
 
     #[test]
-    fn wait_done_times_out_and_close_only_when_idle() {
+    fn wait_done_times_out_and_close_waits_for_the_call() {
         let s = zeroed();
-        let g = s.try_claim().unwrap();
-        assert!(s.submit(g));
+        let c = s.try_claim().unwrap();
+        assert!(s.submit(c));
+        let g = c.generation;
         assert_eq!(s.wait_done(g, &HOT, Some(Duration::from_millis(5))), None);
-        assert!(!s.close(), "busy slots are not closed");
+        assert!(!s.close(), "a slot with a call in it is not closed");
         s.fail();
         assert_eq!(s.wait_done(g, &HOT, None), Some(Outcome::Failed));
         assert!(s.close());
         assert_eq!(s.wait_task(&HOT), Task::Closed);
+        assert!(s.unclaim(g));
+        assert_eq!(s.try_claim(), None, "a closed slot cannot be claimed");
+        assert!(!s.is_held(), "a refused claim leaves the slot free");
     }
 
     #[test]
@@ -570,48 +730,176 @@ mod tests {
             yield_after: Duration::ZERO,
         };
         let t = std::thread::spawn(move || s.wait_task(&zero));
+        let c = s.try_claim().unwrap();
         while !s.word().has(WORKER_SLEEPING) {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let g = s.try_claim().unwrap();
-        assert!(
-            s.word().has(WORKER_SLEEPING),
-            "claim keeps the sleeping bit"
-        );
-        assert!(s.submit(g));
-        assert_eq!(t.join().unwrap(), Task::Submitted(g));
+        // The claim saw the word before the worker slept: submit copes.
+        assert!(s.submit(c));
+        assert_eq!(t.join().unwrap(), Task::Submitted(c.generation));
+    }
+
+    #[test]
+    fn sleeping_session_is_woken_by_finish() {
+        let s: &'static SlotControl = Box::leak(zeroed());
+        let zero = WaitPolicy {
+            spin: Duration::ZERO,
+            yield_after: Duration::ZERO,
+        };
+        let c = s.try_claim().unwrap();
+        assert!(s.submit(c));
+        let g = c.generation;
+        let t = std::thread::spawn(move || s.wait_done(g, &zero, None));
+        assert_eq!(s.wait_task(&HOT), Task::Submitted(g));
+        while !s.word().has(SESSION_SLEEPING) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!s.finish(g));
+        assert_eq!(t.join().unwrap(), Some(Outcome::Done));
+    }
+
+    #[test]
+    fn a_failed_slot_is_not_claimed() {
+        let s = zeroed();
+        s.fail();
+        assert_eq!(s.try_claim(), None);
+        assert!(!s.is_held());
+        s.reset();
+        assert!(s.try_claim().is_some());
     }
 
     #[test]
     fn reset_after_failure_starts_a_new_generation() {
         let s = zeroed();
-        let g = s.try_claim().unwrap();
-        assert!(s.submit(g));
+        let c = s.try_claim().unwrap();
+        let g = c.generation;
+        assert!(s.submit(c));
         s.fail();
-        assert_eq!(s.try_claim(), None, "a failed slot cannot be claimed");
-        assert!(!s.release(g), "a failed slot is not freed by its session");
+        assert_eq!(s.try_claim(), None);
         s.reset();
         assert_eq!(s.word().state(), State::Idle);
         assert_eq!(s.wait_done(g, &HOT, None), Some(Outcome::Lost));
-        assert!(
-            !s.release(g),
-            "the old session cannot touch the new generation"
-        );
-        let g2 = s.try_claim().unwrap();
-        assert_ne!(g2, g);
+        assert!(s.release(g), "the session frees its claim after the reset");
+        let c2 = s.try_claim().unwrap();
+        assert_ne!(c2.generation, g);
+        assert!(s.submit(c2));
         s.reset();
         assert_eq!(
             s.word().state(),
-            State::Claimed,
+            State::Submitted,
             "reset only touches failed slots"
         );
     }
 
     #[test]
+    fn a_claim_held_across_a_failure_cannot_submit() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        s.fail();
+        s.reset();
+        assert!(!s.submit(c), "the SOC behind the claim died");
+        assert!(s.unclaim(c.generation));
+        let c2 = s.try_claim().unwrap();
+        assert!(s.submit(c2));
+    }
+
+    #[test]
+    fn reset_frees_a_call_abandoned_before_the_death() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        assert!(s.submit(c));
+        assert!(!s.release(c.generation));
+        s.fail();
+        assert!(s.is_held(), "the dead worker held the abandoned call");
+        s.reset();
+        assert!(!s.is_held());
+        // The worker ended the abandoned call but died before freeing it.
+        let c = s.try_claim().unwrap();
+        assert!(s.submit(c));
+        assert!(!s.release(c.generation));
+        s.state.store(
+            Word::new(State::Idle, c.generation, ABANDONED).0,
+            Ordering::Release,
+        );
+        s.fail();
+        s.reset();
+        assert!(!s.is_held());
+        assert!(s.try_claim().is_some());
+    }
+
+    #[test]
     fn generation_wraps() {
         let s = zeroed();
-        s.state
-            .store(Word::new(State::Idle, GEN_MASK, 0).0, Ordering::Relaxed);
-        assert_eq!(s.try_claim(), Some(0));
+        s.owner
+            .word
+            .store(owner(GEN_MASK, false), Ordering::Relaxed);
+        let c = s.try_claim().unwrap();
+        assert_eq!(c.generation, 0);
+        assert!(s.submit(c));
+        assert_eq!(s.wait_task(&HOT), Task::Submitted(0));
+    }
+
+    /// Four sessions claim one slot, half of their calls given up at once
+    /// or while running, against a worker that answers each call with its
+    /// input; every call that is waited for sees its own answer, and the
+    /// slot ends free.
+    #[test]
+    fn racing_sessions_see_only_their_own_results() {
+        let s: &'static SlotControl = Box::leak(zeroed());
+        let worker = std::thread::spawn(move || {
+            let mut served = 0u64;
+            loop {
+                match s.wait_task(&HOT) {
+                    Task::Closed => return served,
+                    Task::Abandoned => {}
+                    Task::Submitted(g) => {
+                        let input = s.input_len.load(Ordering::Relaxed);
+                        if input.is_multiple_of(3) {
+                            std::thread::yield_now();
+                        }
+                        s.output_len.store(input, Ordering::Relaxed);
+                        s.finish(g);
+                        served += 1;
+                    }
+                }
+            }
+        });
+        let sessions: Vec<_> = (0..4u64)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let give_up = Instant::now() + Duration::from_secs(20);
+                    let mut checked = 0;
+                    for i in 0..2000u64 {
+                        let c = loop {
+                            if let Some(c) = s.try_claim() {
+                                break c;
+                            }
+                            assert!(Instant::now() < give_up, "the slot was never freed");
+                            std::thread::yield_now();
+                        };
+                        let input = t << 32 | i;
+                        s.input_len.store(input, Ordering::Relaxed);
+                        assert!(s.submit(c));
+                        if i % 2 == 0 {
+                            assert_eq!(s.wait_done(c.generation, &HOT, None), Some(Outcome::Done));
+                            assert_eq!(s.output_len.load(Ordering::Relaxed), input);
+                            checked += 1;
+                        }
+                        s.release(c.generation);
+                    }
+                    checked
+                })
+            })
+            .collect();
+        let checked: u64 = sessions.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(checked, 4 * 1000);
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while !s.close() {
+            assert!(Instant::now() < give_up, "the last call never ended");
+            std::thread::yield_now();
+        }
+        let served = worker.join().unwrap();
+        assert!(served >= checked);
+        assert!(!s.is_held(), "every claim was given back");
     }
 }

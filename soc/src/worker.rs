@@ -9,7 +9,7 @@ use crossbeam_channel::Sender;
 use numaproc_abi::{Call, HostServices, ProcCFn};
 use numaproc_ipc::WaitPolicy;
 use numaproc_ipc::layout::{GlobalHeader, PAGE, SocView};
-use numaproc_ipc::slot::{Begin, SlotControl, SlotRef, Task};
+use numaproc_ipc::slot::{SlotControl, SlotRef, Task};
 use numaproc_procs::stats::{ProcCounters, ProcStats, summarize};
 use numaproc_procs::{
     CallStatus, Host, OutputBuf, ProcContext, ProcId, ProcKind, Registry, WorkerStats,
@@ -152,16 +152,12 @@ pub(crate) fn run(
     loop {
         let generation = match control.wait_task(policy) {
             Task::Closed => return,
-            Task::Submitted(g) => g,
-        };
-        match control.begin(generation) {
-            Begin::Run => {}
-            Begin::Abandoned => {
+            Task::Abandoned => {
                 global.free.notify();
                 continue;
             }
-            Begin::Gone => continue,
-        }
+            Task::Submitted(g) => g,
+        };
         serve(&ctx, &c_host, slot, mine);
         if control.finish(generation) {
             global.free.notify();
