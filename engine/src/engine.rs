@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 use numaproc_ipc::layout::{
-    GlobalFill, GlobalLayout, GlobalView, NameRecord, SocLayout, SocState, SocView, init_global,
-    init_soc,
+    FreeSignal, GlobalFill, GlobalLayout, GlobalView, NameRecord, SocLayout, SocState, SocView,
+    init_global, init_soc,
 };
 use numaproc_ipc::slot::{Claimed, SESSION_SLEEPING, SlotRef};
 use numaproc_ipc::wait::wait_on;
@@ -139,6 +139,9 @@ pub struct Engine {
     pub(crate) registry: Arc<Registry>,
     plan: Plan,
     options: EngineOptions,
+    /// Points into `global`, which the engine keeps mapped for as long as
+    /// it lives; never handed out beyond `&Engine`.
+    free: &'static FreeSignal,
     pub(crate) session_policy: WaitPolicy,
     pub(crate) input_capacity: usize,
     pub(crate) output_capacity: usize,
@@ -383,7 +386,12 @@ impl Engine {
         }
         let hard_limit =
             (options.hard_limit_ms > 0).then(|| Duration::from_millis(options.hard_limit_ms));
+        let free: *const FreeSignal = &GlobalView::new(&global).header().free;
+        // SAFETY: the global region is held in `global` (an Arc) for the
+        // engine's whole life, and `free` never leaves the engine.
+        let free: &'static FreeSignal = unsafe { &*free };
         Ok(Engine {
+            free,
             slots,
             by_soc,
             regions,
@@ -592,7 +600,41 @@ impl Engine {
         })
     }
 
+    #[inline]
     fn claim_impl(&self, target: Target, wait: Option<Duration>) -> Result<Claim<'_>, CallError> {
+        match self.claim_preferred(target) {
+            Some(claim) => Ok(claim),
+            None => self.claim_scan(target, wait),
+        }
+    }
+
+    /// The fast path: the one slot of a worker target, or else the slot
+    /// this thread used last when it is a candidate, if it is free.
+    #[inline]
+    fn claim_preferred(&self, target: Target) -> Option<Claim<'_>> {
+        let index = match target {
+            Target::Worker { soc, worker } => *self.by_soc.get(soc)?.get(worker)?,
+            Target::Any | Target::Soc(_) => {
+                let (engine, last) = LAST_SLOT.with(Cell::get);
+                if engine != self.id {
+                    return None;
+                }
+                if let Target::Soc(soc) = target
+                    && self.slots.get(last)?.soc != soc
+                {
+                    return None;
+                }
+                last
+            }
+        };
+        let slot = self.slots.get(index)?;
+        let claimed = slot.slot.control.try_claim()?;
+        Some(Claim::new(self, slot, claimed))
+    }
+
+    /// The scan over every candidate, then the wait for a free one.
+    #[inline(never)]
+    fn claim_scan(&self, target: Target, wait: Option<Duration>) -> Result<Claim<'_>, CallError> {
         let list = self.candidates(target)?;
         let got = match self.attempt(target, list) {
             Some(r) => Some(r),
@@ -605,8 +647,9 @@ impl Engine {
                 ),
             },
         };
-        let (index, claimed) = got.ok_or(CallError::ClaimTimeout(wait.unwrap_or_default()))??;
-        Ok(Claim::new(self, index, claimed))
+        let (index, claimed) =
+            got.ok_or_else(|| CallError::ClaimTimeout(wait.unwrap_or_default()))??;
+        Ok(Claim::new(self, &self.slots[index], claimed))
     }
 
     /// Claims an idle worker of `target`, waiting up to the claim timeout
@@ -736,8 +779,9 @@ impl Engine {
         self.finish(session)
     }
 
+    #[inline]
     pub(crate) fn signal_free(&self) {
-        GlobalView::new(&self.global).header().free.notify();
+        self.free.notify();
     }
 
     /// Stops accepting calls, lets running calls end (up to the shutdown

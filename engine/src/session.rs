@@ -15,20 +15,19 @@ use crate::error::CallError;
 #[derive(Debug)]
 pub struct Claim<'e> {
     engine: &'e Engine,
-    index: usize,
+    slot: &'e SlotHandle,
     claimed: Claimed,
     deadline_ns: u64,
-    done: bool,
 }
 
 impl<'e> Claim<'e> {
-    pub(crate) fn new(engine: &'e Engine, index: usize, claimed: Claimed) -> Self {
+    #[inline]
+    pub(crate) fn new(engine: &'e Engine, slot: &'e SlotHandle, claimed: Claimed) -> Self {
         Self {
             engine,
-            index,
+            slot,
             claimed,
             deadline_ns: 0,
-            done: false,
         }
     }
 
@@ -39,33 +38,30 @@ impl<'e> Claim<'e> {
         self.deadline_ns = monotonic_ns().saturating_add(ns).max(1);
     }
 
-    fn handle(&self) -> &SlotHandle {
-        &self.engine.slots[self.index]
-    }
-
     /// The claimed worker: (SOC, worker).
     pub fn worker(&self) -> (usize, usize) {
-        (self.handle().soc, self.handle().worker)
+        (self.slot.soc, self.slot.worker)
     }
 
     /// The slot's whole input buffer (its capacity is the engine's
     /// `input_capacity`): write the input here, then submit its length.
+    #[inline]
     pub fn input_mut(&mut self) -> &mut [u8] {
-        // SAFETY: this claim owns the slot in the Claimed state; the borrow
+        // SAFETY: this claim owns the slot and has not submitted; the borrow
         // of `self` keeps any other reference from existing.
-        unsafe { self.handle().slot.input_mut() }
+        unsafe { self.slot.slot.input_mut() }
     }
 
     /// Hands the first `len` bytes of the input buffer to the worker as the
     /// input of `proc`, and returns the session to wait on.
-    pub fn submit(mut self, proc: impl IntoProc, len: usize) -> Result<Session<'e>, CallError> {
+    #[inline]
+    pub fn submit(self, proc: impl IntoProc, len: usize) -> Result<Session<'e>, CallError> {
         let id = proc.resolve(self.engine)?;
         let capacity = self.engine.input_capacity;
         if len > capacity {
             return Err(CallError::InputTooLarge { len, capacity });
         }
-        let h = *self.handle();
-        let control = h.slot.control;
+        let control = self.slot.slot.control;
         control.proc_id.store(id.0, Ordering::Relaxed);
         control.input_len.store(len as u64, Ordering::Relaxed);
         // Stores only where needed: the line is ours now, but every write
@@ -87,26 +83,33 @@ impl<'e> Claim<'e> {
         }
         if !control.submit(self.claimed) {
             // Only the supervisor takes a claimed slot away: its SOC died.
-            return Err(CallError::SocDied(h.soc));
+            // Dropping the claim gives it back.
+            return Err(CallError::SocDied(self.slot.soc));
         }
-        self.done = true;
-        Ok(Session {
+        let session = Session {
             engine: self.engine,
-            index: self.index,
+            slot: self.slot,
             generation: self.claimed.generation,
             proc: id,
-            result: None,
-        })
+            len: PENDING,
+            error: None,
+        };
+        // The slot is the session's now: the claim must not give it back.
+        std::mem::forget(self);
+        Ok(session)
     }
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        if !self.done && self.handle().slot.control.unclaim(self.claimed.generation) {
+        if self.slot.slot.control.unclaim(self.claimed.generation) {
             self.engine.signal_free();
         }
     }
 }
+
+/// [`Session::len`] before the outcome is known.
+const PENDING: usize = usize::MAX;
 
 /// A submitted call. Wait for its result with [`Session::wait`] or
 /// [`Session::wait_timeout`]; the output is read in place, without a copy.
@@ -115,21 +118,20 @@ impl Drop for Claim<'_> {
 #[derive(Debug)]
 pub struct Session<'e> {
     engine: &'e Engine,
-    index: usize,
+    slot: &'e SlotHandle,
     generation: u32,
     proc: ProcId,
-    /// Output length, or the call's error, once known.
-    result: Option<Result<usize, CallError>>,
+    /// The output length once the call succeeded; [`PENDING`] until the
+    /// outcome is known (then `error` may hold it instead).
+    len: usize,
+    /// The call's error, once known.
+    error: Option<Box<CallError>>,
 }
 
 impl Session<'_> {
-    fn handle(&self) -> &SlotHandle {
-        &self.engine.slots[self.index]
-    }
-
     /// The worker running the call: (SOC, worker).
     pub fn worker(&self) -> (usize, usize) {
-        (self.handle().soc, self.handle().worker)
+        (self.slot.soc, self.slot.worker)
     }
 
     /// The procedure called.
@@ -138,6 +140,7 @@ impl Session<'_> {
     }
 
     /// Waits for the result without a time limit.
+    #[inline]
     pub fn wait(&mut self) -> Result<&[u8], CallError> {
         self.wait_for(None)
     }
@@ -151,87 +154,96 @@ impl Session<'_> {
 
     /// The output if the call already succeeded (never waits).
     pub fn output(&self) -> Option<&[u8]> {
-        match self.result {
-            Some(Ok(len)) => Some(self.output_slice(len)),
-            _ => None,
-        }
+        (self.len != PENDING && self.error.is_none()).then(|| self.output_slice())
     }
 
-    fn output_slice(&self, len: usize) -> &[u8] {
+    #[inline]
+    fn output_slice(&self) -> &[u8] {
         // SAFETY: the slot is Done under our generation and stays so until
         // this session releases it in `drop`, which the borrow of `self`
         // prevents while the slice lives.
-        unsafe { self.handle().slot.output(len) }
+        unsafe { self.slot.slot.output(self.len) }
     }
 
+    #[inline]
     fn wait_for(&mut self, timeout: Option<Duration>) -> Result<&[u8], CallError> {
-        if self.result.is_none() {
-            let h = *self.handle();
-            match h
-                .slot
-                .control
-                .wait_done(self.generation, &self.engine.session_policy, timeout)
-            {
+        if self.len == PENDING && self.error.is_none() {
+            let control = self.slot.slot.control;
+            match control.wait_done(self.generation, &self.engine.session_policy, timeout) {
                 None => return Err(CallError::CallTimeout(timeout.unwrap_or_default())),
-                Some(Outcome::Done) => self.result = Some(self.read_result()),
+                Some(Outcome::Done) => {
+                    let status = control.status.load(Ordering::Relaxed);
+                    let len = control.output_len.load(Ordering::Relaxed) as usize;
+                    if status == CallStatus::Ok as u32 && len <= self.slot.slot.output_capacity() {
+                        self.len = len;
+                    } else {
+                        self.error = Some(Box::new(self.call_error(status, len)));
+                    }
+                }
                 Some(Outcome::Failed | Outcome::Lost) => {
-                    let status =
-                        CallStatus::from_u32(h.slot.control.status.load(Ordering::Relaxed));
-                    self.result = Some(Err(match (status, self.engine.hard_limit) {
-                        (CallStatus::Killed, Some(limit)) => CallError::Killed {
-                            proc: self.engine.proc_name(self.proc),
-                            limit,
-                        },
-                        _ => CallError::SocDied(h.soc),
-                    }));
+                    self.error = Some(Box::new(self.failure()));
                 }
             }
         }
-        match &self.result {
-            Some(Ok(len)) => Ok(self.output_slice(*len)),
-            Some(Err(e)) => Err(e.clone()),
-            None => Err(CallError::Session("no result")),
+        match &self.error {
+            None => Ok(self.output_slice()),
+            Some(e) => Err((**e).clone()),
         }
     }
 
-    fn read_result(&self) -> Result<usize, CallError> {
-        let slot = self.handle().slot;
+    /// The error of a call that ended without a result: its SOC died, or
+    /// the hard limit killed it.
+    #[cold]
+    fn failure(&self) -> CallError {
+        let status = CallStatus::from_u32(self.slot.slot.control.status.load(Ordering::Relaxed));
+        match (status, self.engine.hard_limit) {
+            (CallStatus::Killed, Some(limit)) => CallError::Killed {
+                proc: self.engine.proc_name(self.proc),
+                limit,
+            },
+            _ => CallError::SocDied(self.slot.soc),
+        }
+    }
+
+    /// The error of a call that ended with status `status` and output
+    /// length `len`, other than success.
+    #[cold]
+    fn call_error(&self, status: u32, len: usize) -> CallError {
+        let slot = self.slot.slot;
         let c = slot.control;
-        let status = CallStatus::from_u32(c.status.load(Ordering::Relaxed));
-        let len = c.output_len.load(Ordering::Relaxed) as usize;
         let message = || {
             let n = c.message_len.load(Ordering::Relaxed) as usize;
             // SAFETY: the slot is Done under our generation (see output_slice).
             String::from_utf8_lossy(unsafe { slot.message(n) }).into_owned()
         };
         let proc = || self.engine.proc_name(self.proc);
-        match status {
-            CallStatus::Ok if len <= slot.output_capacity() => Ok(len),
-            CallStatus::Ok | CallStatus::OutputTooLarge => Err(CallError::OutputTooLarge {
+        match CallStatus::from_u32(status) {
+            CallStatus::Ok | CallStatus::OutputTooLarge => CallError::OutputTooLarge {
                 proc: proc(),
                 needed: len,
                 capacity: slot.output_capacity(),
-            }),
-            CallStatus::NotFound => Err(CallError::ProcNotFound(proc())),
-            CallStatus::Failed => Err(CallError::Failed {
+            },
+            CallStatus::NotFound => CallError::ProcNotFound(proc()),
+            CallStatus::Failed => CallError::Failed {
                 proc: proc(),
                 code: c.error_code.load(Ordering::Relaxed),
                 message: message(),
-            }),
-            CallStatus::Panicked => Err(CallError::Panicked {
+            },
+            CallStatus::Panicked => CallError::Panicked {
                 proc: proc(),
                 message: message(),
-            }),
-            CallStatus::Killed | CallStatus::Pending => Err(CallError::SocDied(self.handle().soc)),
+            },
+            CallStatus::Killed | CallStatus::Pending => CallError::SocDied(self.slot.soc),
         }
     }
 }
 
 impl Drop for Session<'_> {
+    #[inline]
     fn drop(&mut self) {
-        let control = self.handle().slot.control;
+        let control = self.slot.slot.control;
         // With the outcome seen, the worker is done with the slot.
-        let freed = if self.result.is_some() {
+        let freed = if self.len != PENDING || self.error.is_some() {
             control.unclaim(self.generation)
         } else {
             control.release(self.generation)

@@ -288,8 +288,13 @@ fn serve(
             }
         },
     };
-    let n = floor_char_boundary(&text, message.len());
-    message[..n].copy_from_slice(&text.as_bytes()[..n]);
+    let n = if text.is_empty() {
+        0
+    } else {
+        let n = floor_char_boundary(&text, message.len());
+        message[..n].copy_from_slice(&text.as_bytes()[..n]);
+        n
+    };
     control.message_len.store(n as u32, Ordering::Relaxed);
     control.status.store(status as u32, Ordering::Relaxed);
     control.error_code.store(code, Ordering::Relaxed);
