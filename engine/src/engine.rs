@@ -64,12 +64,19 @@ pub trait IntoProc {
 }
 
 impl IntoProc for ProcId {
+    #[inline]
     fn resolve(self, engine: &Engine) -> Result<ProcId, CallError> {
-        match engine.registry.get(self) {
-            Some(_) => Ok(self),
-            None => Err(CallError::ProcNotFound(format!("#{}", self.0))),
+        if engine.registry.get(self).is_some() {
+            Ok(self)
+        } else {
+            Err(unknown_id(self))
         }
     }
+}
+
+#[cold]
+fn unknown_id(id: ProcId) -> CallError {
+    CallError::ProcNotFound(format!("#{}", id.0))
 }
 
 impl IntoProc for &str {
@@ -142,6 +149,7 @@ pub struct Engine {
     /// Points into `global`, which the engine keeps mapped for as long as
     /// it lives; never handed out beyond `&Engine`.
     free: &'static FreeSignal,
+    claim_timeout: Duration,
     pub(crate) session_policy: WaitPolicy,
     pub(crate) input_capacity: usize,
     pub(crate) output_capacity: usize,
@@ -392,6 +400,7 @@ impl Engine {
         let free: &'static FreeSignal = unsafe { &*free };
         Ok(Engine {
             free,
+            claim_timeout: Duration::from_millis(options.claim_timeout_ms),
             slots,
             by_soc,
             regions,
@@ -655,11 +664,9 @@ impl Engine {
     /// Claims an idle worker of `target`, waiting up to the claim timeout
     /// (option `claim_timeout_ms`). Write the input into
     /// [`Claim::input_mut`] and [`Claim::submit`] it: no copy.
+    #[inline]
     pub fn claim(&self, target: Target) -> Result<Claim<'_>, CallError> {
-        self.claim_impl(
-            target,
-            Some(Duration::from_millis(self.options.claim_timeout_ms)),
-        )
+        self.claim_impl(target, Some(self.claim_timeout))
     }
 
     /// Claims an idle worker, waiting at most `timeout`.
@@ -708,8 +715,7 @@ impl Engine {
         proc: impl IntoProc,
         input: &[u8],
     ) -> Result<Session<'_>, CallError> {
-        let wait = Duration::from_millis(self.options.claim_timeout_ms);
-        self.start_call(target, proc, input, Some(wait), None)
+        self.start_call(target, proc, input, Some(self.claim_timeout), None)
     }
 
     /// Like [`Engine::submit`], with a deadline `after` from now: past it,
@@ -722,7 +728,7 @@ impl Engine {
         input: &[u8],
         after: Duration,
     ) -> Result<Session<'_>, CallError> {
-        let wait = Duration::from_millis(self.options.claim_timeout_ms).min(after);
+        let wait = self.claim_timeout.min(after);
         self.start_call(target, proc, input, Some(wait), Some(after))
     }
 

@@ -242,8 +242,10 @@ impl SlotControl {
         Some(Claimed { generation, seen })
     }
 
-    /// Frees the owner word held under `generation`. Returns false when it
-    /// was not (any more) held under it.
+    /// Frees the owner word held under `generation` by a CAS, for those
+    /// that free a slot on another's behalf (the worker of an abandoned
+    /// call, the master's reset). Returns false when it was not (any more)
+    /// held under it.
     #[inline]
     fn free_owner(&self, generation: u32) -> bool {
         self.owner
@@ -320,7 +322,20 @@ impl SlotControl {
     /// slot became free (the caller should signal waiting sessions).
     #[inline]
     pub fn unclaim(&self, generation: u32) -> bool {
-        self.free_owner(generation)
+        // While a session holds the owner word and has not abandoned its
+        // call, nobody else writes it: other sessions' claims fail on
+        // `HELD`, the worker frees only abandoned calls, a reset only the
+        // owner word of an abandoned call. So a plain store frees it,
+        // without a locked instruction; the load guards against a claim
+        // given back twice.
+        let held = owner(generation, true);
+        if self.owner.word.load(Ordering::Relaxed) != held {
+            return false;
+        }
+        self.owner
+            .word
+            .store(owner(generation, false), Ordering::Release);
+        true
     }
 
     /// Session: gives the slot up, whatever the call's progress. Returns
@@ -342,11 +357,12 @@ impl SlotControl {
                 Err(actual) => cur = actual,
             }
         }
-        self.free_owner(generation)
+        self.unclaim(generation)
     }
 
     /// Worker: waits for a submitted call or for the slot to close. A call
     /// abandoned before it started is ended here.
+    #[inline]
     pub fn wait_task(&self, policy: &WaitPolicy) -> Task {
         let v = wait_on(&self.state, policy, None, WORKER_SLEEPING, |v| {
             matches!(Word(v).state(), State::Submitted | State::Closed)
@@ -527,11 +543,13 @@ impl<'r> SlotRef<'r> {
     }
 
     /// Capacity of the input buffer.
+    #[inline]
     pub fn input_capacity(&self) -> usize {
         self.input_capacity
     }
 
     /// Capacity of the output buffer.
+    #[inline]
     pub fn output_capacity(&self) -> usize {
         self.output_capacity
     }
@@ -542,6 +560,7 @@ impl<'r> SlotRef<'r> {
     /// The caller must own the slot in the `Claimed` state (the session
     /// side), and must not hold another reference to this buffer.
     #[allow(clippy::mut_from_ref)]
+    #[inline]
     pub unsafe fn input_mut(&self) -> &'r mut [u8] {
         // SAFETY: valid for input_capacity (from_parts contract); exclusive
         // per the caller's contract.
@@ -553,6 +572,7 @@ impl<'r> SlotRef<'r> {
     /// # Safety
     /// The caller must be the worker running the call (`Submitted`), or the
     /// session owning it before `submit`; nobody may write it meanwhile.
+    #[inline]
     pub unsafe fn input(&self, len: usize) -> &'r [u8] {
         // SAFETY: as for `input_mut`; len is clamped to the capacity.
         unsafe { std::slice::from_raw_parts(self.input, len.min(self.input_capacity)) }
@@ -563,6 +583,7 @@ impl<'r> SlotRef<'r> {
     /// # Safety
     /// The caller must be the worker running the call (`Submitted`).
     #[allow(clippy::mut_from_ref)]
+    #[inline]
     pub unsafe fn output_mut(&self) -> &'r mut [u8] {
         // SAFETY: as for `input_mut`.
         unsafe { std::slice::from_raw_parts_mut(self.output, self.output_capacity) }
@@ -573,6 +594,7 @@ impl<'r> SlotRef<'r> {
     /// # Safety
     /// The caller must be the session owning the slot in the `Done` state,
     /// and must drop the slice before releasing the slot.
+    #[inline]
     pub unsafe fn output(&self, len: usize) -> &'r [u8] {
         // SAFETY: as for `input`.
         unsafe { std::slice::from_raw_parts(self.output, len.min(self.output_capacity)) }
@@ -583,6 +605,7 @@ impl<'r> SlotRef<'r> {
     /// # Safety
     /// As for [`SlotRef::output_mut`].
     #[allow(clippy::mut_from_ref)]
+    #[inline]
     pub unsafe fn message_mut(&self) -> &'r mut [u8] {
         // SAFETY: valid for MESSAGE_CAPACITY (from_parts contract).
         unsafe { std::slice::from_raw_parts_mut(self.message, MESSAGE_CAPACITY) }

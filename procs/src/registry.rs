@@ -241,6 +241,7 @@ impl Registry {
     }
 
     /// The procedure with `id`.
+    #[inline]
     pub fn get(&self, id: ProcId) -> Option<&ProcEntry> {
         self.entries.get(id.0 as usize)
     }

@@ -63,12 +63,14 @@ impl Default for ProcCounters {
 
 impl ProcCounters {
     /// Whether the next call should be timed (see the module docs).
+    #[inline]
     pub fn should_time(&self) -> bool {
         let n = self.calls.load(Ordering::Relaxed);
         n < TIME_ALL_FIRST || n.is_multiple_of(TIME_ONE_IN)
     }
 
     /// Records one call; `ns` is its run time if it was timed.
+    #[inline]
     pub fn record_call(&self, ns: Option<u64>, error: bool) {
         match ns {
             Some(ns) => self.record(ns, error),

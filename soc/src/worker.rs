@@ -288,17 +288,9 @@ fn serve(
             }
         },
     };
-    let n = if text.is_empty() {
-        0
-    } else {
-        let n = floor_char_boundary(&text, message.len());
-        message[..n].copy_from_slice(&text.as_bytes()[..n]);
-        n
-    };
-    control.message_len.store(n as u32, Ordering::Relaxed);
-    control.status.store(status as u32, Ordering::Relaxed);
-    control.error_code.store(code, Ordering::Relaxed);
-    control.output_len.store(out_len as u64, Ordering::Relaxed);
+    // Bookkeeping first, on lines only this worker writes: the response
+    // stores below pull the slot's hot line from the spinning session, and
+    // the finishing CAS should follow them closely.
     // Only this worker writes its counters: no locked read-modify-write.
     let bump = |a: &std::sync::atomic::AtomicU64| {
         a.store(a.load(Ordering::Relaxed) + 1, Ordering::Relaxed)
@@ -311,6 +303,17 @@ fn serve(
         let ns = started.map(|t| t.elapsed().as_nanos() as u64);
         c.record_call(ns, status != CallStatus::Ok);
     }
+    let n = if text.is_empty() {
+        0
+    } else {
+        let n = floor_char_boundary(&text, message.len());
+        message[..n].copy_from_slice(&text.as_bytes()[..n]);
+        n
+    };
+    control.message_len.store(n as u32, Ordering::Relaxed);
+    control.status.store(status as u32, Ordering::Relaxed);
+    control.error_code.store(code, Ordering::Relaxed);
+    control.output_len.store(out_len as u64, Ordering::Relaxed);
 }
 
 fn floor_char_boundary(s: &str, max: usize) -> usize {

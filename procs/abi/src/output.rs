@@ -50,6 +50,7 @@ pub struct OutputBuf<'a> {
 
 impl<'a> OutputBuf<'a> {
     /// Wraps an empty buffer.
+    #[inline]
     pub fn new(buf: &'a mut [u8]) -> Self {
         Self {
             buf,
@@ -78,6 +79,7 @@ impl<'a> OutputBuf<'a> {
     }
 
     /// Bytes written so far.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -88,6 +90,7 @@ impl<'a> OutputBuf<'a> {
     }
 
     /// The buffer's capacity.
+    #[inline]
     pub fn capacity(&self) -> usize {
         self.buf.len()
     }
@@ -125,6 +128,7 @@ impl<'a> OutputBuf<'a> {
     }
 
     /// `Some(size needed)` when a write did not fit.
+    #[inline]
     pub fn overflow(&self) -> Option<usize> {
         self.needed
     }

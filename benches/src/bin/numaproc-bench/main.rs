@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use numaproc::SocKind;
+use numaproc_benches::peers::MAX_PAYLOAD;
 use numaproc_benches::report::{self, Machine, Report};
 use numaproc_benches::spec::{
     Contender, Job, JobResult, LatencyJob, NumaJob, Placement, ThroughputJob, WaitCase,
@@ -75,9 +76,35 @@ struct RunArgs {
     /// Latency placements to run, comma-separated: cross-core, same-core.
     #[arg(long, value_name = "PLACES", value_delimiter = ',', default_values_t = ["cross-core".to_owned(), "same-core".to_owned()])]
     placements: Vec<String>,
+    /// Latency payload sizes, comma-separated, in bytes or with a K or M
+    /// suffix (KiB, MiB), at most 1M: replaces the run's sizes for every
+    /// wait case (default: 0,64,1K,4K,16K,64K,256K,1M hot and 0,4K,64K
+    /// sleeping; --quick: 0,4K,1M hot and 0 sleeping).
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size)]
+    sizes: Option<Vec<usize>>,
     /// Print nothing but the report's path and the summary.
     #[arg(long)]
     quiet: bool,
+}
+
+/// A payload size: bytes, or a number with a K (KiB) or M (MiB) suffix.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let (digits, unit) = match t.strip_suffix(['K', 'k']) {
+        Some(d) => (d, 1 << 10),
+        None => match t.strip_suffix(['M', 'm']) {
+            Some(d) => (d, 1 << 20),
+            None => (t, 1),
+        },
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (bytes, or a number with K or M)"))?;
+    let size = n
+        .checked_mul(unit)
+        .filter(|&s| s <= MAX_PAYLOAD)
+        .ok_or_else(|| format!("{text:?} is more than the largest payload, 1M"))?;
+    Ok(size)
 }
 
 fn main() -> ExitCode {
@@ -394,7 +421,14 @@ fn drive(args: RunArgs) -> Result<()> {
             bail!("unknown placement {p:?} (expected cross-core or same-core)");
         }
     }
-    let scale = Scale::new(args.quick);
+    let mut scale = Scale::new(args.quick);
+    if let Some(sizes) = &args.sizes {
+        if sizes.is_empty() {
+            bail!("--sizes needs at least one size");
+        }
+        scale.sizes = sizes.clone();
+        scale.sleep_sizes = sizes.clone();
+    }
     let (jobs, notes) = plan_jobs(&args, &scale);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
