@@ -170,9 +170,9 @@ pub(crate) fn run(
     }
 }
 
-/// What a call ended with: status, code, message, output length (or size
-/// needed).
-type Outcome = (CallStatus, u32, String, usize);
+/// What a call ended with: status, code, message (none on success), output
+/// length (or size needed).
+type Outcome = (CallStatus, u32, Option<String>, usize);
 
 /// Runs a library procedure through the C ABI.
 fn call_library(
@@ -210,25 +210,25 @@ fn call_library(
     };
     let len = call.output_len as usize;
     match status {
-        numaproc_abi::STATUS_OK if len <= output.len() => (CallStatus::Ok, 0, String::new(), len),
+        numaproc_abi::STATUS_OK if len <= output.len() => (CallStatus::Ok, 0, None, len),
         numaproc_abi::STATUS_OK | numaproc_abi::STATUS_OUTPUT_TOO_LARGE => (
             CallStatus::OutputTooLarge,
             0,
-            format!(
+            Some(format!(
                 "needed {len} bytes of output, the buffer holds {}",
                 output.len()
-            ),
+            )),
             len,
         ),
-        numaproc_abi::STATUS_ERROR => (CallStatus::Failed, call.error_code, text(), 0),
-        numaproc_abi::STATUS_PANICKED => (CallStatus::Panicked, 0, text(), 0),
+        numaproc_abi::STATUS_ERROR => (CallStatus::Failed, call.error_code, Some(text()), 0),
+        numaproc_abi::STATUS_PANICKED => (CallStatus::Panicked, 0, Some(text()), 0),
         other => (
             CallStatus::Failed,
             call.error_code,
-            format!(
+            Some(format!(
                 "library procedure returned unknown status {other}: {}",
                 text()
-            ),
+            )),
             0,
         ),
     }
@@ -256,7 +256,7 @@ fn serve(
         None => (
             CallStatus::NotFound,
             0,
-            format!("no procedure with id {id} in SOC {}", ctx.soc),
+            Some(format!("no procedure with id {id} in SOC {}", ctx.soc)),
             0,
         ),
         Some(entry) => match entry.kind {
@@ -264,7 +264,7 @@ fn serve(
             ProcKind::External => (
                 CallStatus::NotFound,
                 0,
-                format!("{} is not loaded in SOC {}", entry.name, ctx.soc),
+                Some(format!("{} is not loaded in SOC {}", entry.name, ctx.soc)),
                 0,
             ),
             ProcKind::Rust(func) => {
@@ -274,16 +274,16 @@ fn serve(
                     (Ok(_), Some(needed)) => (
                         CallStatus::OutputTooLarge,
                         0,
-                        format!(
+                        Some(format!(
                             "{} wrote {needed} bytes into a {}-byte output buffer",
                             entry.name,
                             out.capacity()
-                        ),
+                        )),
                         needed,
                     ),
-                    (Ok(Ok(())), None) => (CallStatus::Ok, 0, String::new(), out.len()),
-                    (Ok(Err(e)), None) => (CallStatus::Failed, e.code, e.message, 0),
-                    (Err(panic), _) => (CallStatus::Panicked, 0, panic_text(&*panic), 0),
+                    (Ok(Ok(())), None) => (CallStatus::Ok, 0, None, out.len()),
+                    (Ok(Err(e)), None) => (CallStatus::Failed, e.code, Some(e.message), 0),
+                    (Err(panic), _) => (CallStatus::Panicked, 0, Some(panic_text(&*panic)), 0),
                 }
             }
         },
@@ -303,12 +303,13 @@ fn serve(
         let ns = started.map(|t| t.elapsed().as_nanos() as u64);
         c.record_call(ns, status != CallStatus::Ok);
     }
-    let n = if text.is_empty() {
-        0
-    } else {
-        let n = floor_char_boundary(&text, message.len());
-        message[..n].copy_from_slice(&text.as_bytes()[..n]);
-        n
+    let n = match text {
+        None => 0,
+        Some(text) => {
+            let n = floor_char_boundary(&text, message.len());
+            message[..n].copy_from_slice(&text.as_bytes()[..n]);
+            n
+        }
     };
     control.message_len.store(n as u32, Ordering::Relaxed);
     control.status.store(status as u32, Ordering::Relaxed);

@@ -62,8 +62,12 @@ fn wait_options(case: WaitCase) -> WaitOptions {
     let default = WaitOptions::default();
     match case {
         WaitCase::Hot => default,
+        // The session spins for the result, as the futex+spin baseline's
+        // caller does: with the default spin (100 µs) a wake-up that takes
+        // longer would cost the session a second one.
         WaitCase::Sleeping => WaitOptions {
             worker_spin_us: 0,
+            session_spin_us: 1_000_000,
             ..default
         },
         WaitCase::BothSleep => WaitOptions {
