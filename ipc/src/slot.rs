@@ -557,8 +557,9 @@ impl<'r> SlotRef<'r> {
     /// The input buffer, for writing.
     ///
     /// # Safety
-    /// The caller must own the slot in the `Claimed` state (the session
-    /// side), and must not hold another reference to this buffer.
+    /// The caller must hold the slot's claim and not have submitted yet
+    /// (the session side), and must not hold another reference to this
+    /// buffer.
     #[allow(clippy::mut_from_ref)]
     #[inline]
     pub unsafe fn input_mut(&self) -> &'r mut [u8] {
