@@ -194,6 +194,14 @@ fn targets(report: &Report, md: &mut String) {
         "\nThe verdict uses the block-paired median: each numaproc block ran right \
          next to the baseline's, so both saw the same placement of the vCPUs."
     );
+    if report.quick {
+        let _ = writeln!(
+            md,
+            "\nThis is a quick run (a few short blocks per contender): where the host \
+             moves the vCPUs during it, a verdict can flip. The full run \
+             (`scripts/bench`) decides."
+        );
+    }
 }
 
 fn headline(report: &Report, md: &mut String) {
