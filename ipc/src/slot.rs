@@ -271,23 +271,7 @@ impl SlotControl {
             return false;
         }
         let next = Word::new(State::Submitted, claim.generation, 0).0;
-        let mut cur = claim.seen;
-        loop {
-            match self
-                .state
-                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    if cur & WORKER_SLEEPING != 0 {
-                        crate::futex::wake_all(&self.state);
-                    }
-                    return true;
-                }
-                // Only the sleeping bits may have changed meanwhile.
-                Err(actual) if actual & !SLEEPING == claim.seen & !SLEEPING => cur = actual,
-                Err(_) => return false,
-            }
-        }
+        self.replace(claim.seen, next, WORKER_SLEEPING).is_ok()
     }
 
     /// Session: waits for the outcome of call `generation`, at most
@@ -383,24 +367,37 @@ impl SlotControl {
     /// Worker: ends abandoned call `word` (`Submitted | ABANDONED`): the
     /// state goes `Idle` (keeping the mark, so that a reset after a death
     /// right here frees the owner word), then the owner word is freed.
-    fn end_abandoned(&self, mut word: u32) {
+    fn end_abandoned(&self, word: u32) {
         let generation = Word(word).generation();
         let idle = Word::new(State::Idle, generation, ABANDONED).0;
+        // Failed or closed meanwhile: the master takes it from here.
+        if self.replace(word, idle, SESSION_SLEEPING).is_ok() {
+            self.free_owner(generation);
+        }
+    }
+
+    /// Replaces the state word `seen` by `next` with a CAS, again while only
+    /// the sleeping bits differ from `seen`, and wakes the futex when the
+    /// replaced value had `wake` set. `Err(actual)`: the word changed
+    /// otherwise.
+    #[inline]
+    fn replace(&self, seen: u32, next: u32, wake: u32) -> Result<(), u32> {
+        let mut cur = seen;
         loop {
             match self
                 .state
-                .compare_exchange(word, idle, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => break,
-                Err(actual) if actual & !SLEEPING == word & !SLEEPING => word = actual,
-                // Failed or closed meanwhile: the master takes it from here.
-                Err(_) => return,
+                Ok(_) => {
+                    if cur & wake != 0 {
+                        crate::futex::wake_all(&self.state);
+                    }
+                    return Ok(());
+                }
+                Err(actual) if actual & !SLEEPING == seen & !SLEEPING => cur = actual,
+                Err(actual) => return Err(actual),
             }
         }
-        if word & SESSION_SLEEPING != 0 {
-            crate::futex::wake_all(&self.state);
-        }
-        self.free_owner(generation);
     }
 
     /// Worker: whether the session gave up on the running call.
@@ -425,32 +422,17 @@ impl SlotControl {
     /// signal waiting sessions).
     #[inline]
     pub fn finish(&self, generation: u32) -> bool {
-        let mut cur = Word::new(State::Submitted, generation, 0).0;
+        let running = Word::new(State::Submitted, generation, 0).0;
         let done = Word::new(State::Done, generation, 0).0;
-        loop {
-            match self
-                .state
-                .compare_exchange(cur, done, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    if cur & SESSION_SLEEPING != 0 {
-                        crate::futex::wake_all(&self.state);
-                    }
-                    return false;
-                }
-                Err(actual) => {
-                    let w = Word(actual);
-                    if w.generation() != generation || w.state() != State::Submitted {
-                        // Failed or closed under the worker.
-                        return false;
-                    }
-                    if w.has(ABANDONED) {
-                        self.end_abandoned(actual);
-                        return true;
-                    }
-                    cur = actual;
-                }
+        match self.replace(running, done, SESSION_SLEEPING) {
+            Ok(()) => false,
+            // The session gave up meanwhile (the only other flag).
+            Err(actual) if actual & !SLEEPING == running | ABANDONED => {
+                self.end_abandoned(actual);
+                true
             }
+            // Failed or closed under the worker.
+            Err(_) => false,
         }
     }
 
