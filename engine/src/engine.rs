@@ -650,7 +650,7 @@ impl Engine {
             None => match wait {
                 None => return Err(CallError::Busy),
                 Some(d) => GlobalView::new(&self.global).header().free.wait_for(
-                    Instant::now() + d,
+                    Instant::now().checked_add(d),
                     self.session_policy.spin.min(d),
                     || self.attempt(target, list),
                 ),

@@ -253,7 +253,8 @@ impl SlotControl {
             .compare_exchange(
                 owner(generation, true),
                 owner(generation, false),
-                Ordering::Release,
+                // SeqCst for FreeSignal::notify, as in `unclaim`.
+                Ordering::SeqCst,
                 Ordering::Relaxed,
             )
             .is_ok()
@@ -316,9 +317,12 @@ impl SlotControl {
         if self.owner.word.load(Ordering::Relaxed) != held {
             return false;
         }
+        // SeqCst: the caller's `FreeSignal::notify` then loads `waiters`;
+        // a Release store could pass that load (store buffering) and a
+        // session announcing itself meanwhile would miss this release.
         self.owner
             .word
-            .store(owner(generation, false), Ordering::Release);
+            .store(owner(generation, false), Ordering::SeqCst);
         true
     }
 
