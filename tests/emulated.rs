@@ -49,6 +49,7 @@ scenario!(failed_start_names_the_soc_and_leaves_nothing);
 scenario!(synthetic_four_node_plan_runs);
 scenario!(large_buffers_carry_64_mib);
 scenario!(deadlines_cancel_procedures);
+scenario!(absurd_timeouts_are_no_limit);
 scenario!(example_libraries_serve);
 scenario!(per_soc_library_names);
 scenario!(library_load_failures_are_specific);
@@ -56,7 +57,7 @@ scenario!(library_load_failures_are_specific);
 #[test]
 fn every_scenario_has_a_test() {
     // Keeps this file and the scenario list in step.
-    assert_eq!(it::SCENARIOS.len(), 10);
+    assert_eq!(it::SCENARIOS.len(), 11);
     assert_eq!(it::LIBRARY_SCENARIOS.len(), 3);
 }
 

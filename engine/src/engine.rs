@@ -11,7 +11,7 @@ use numaproc_ipc::layout::{
     init_global, init_soc,
 };
 use numaproc_ipc::slot::{Claimed, SESSION_SLEEPING, SlotRef};
-use numaproc_ipc::wait::wait_on;
+use numaproc_ipc::wait::{saturating_deadline, wait_on};
 use numaproc_ipc::{Region, ShmName, WaitPolicy, stale};
 use numaproc_procs::{Origin, ProcId, Registry};
 
@@ -282,7 +282,7 @@ impl Engine {
         global.publish();
 
         let shutdown_timeout = Duration::from_millis(options.shutdown_timeout_ms);
-        let deadline = Instant::now() + Duration::from_millis(options.startup_timeout_ms);
+        let deadline = saturating_deadline(Duration::from_millis(options.startup_timeout_ms));
         let view = GlobalView::new(&global);
         let shared: Vec<SocShared> = regions
             .iter()
@@ -650,7 +650,7 @@ impl Engine {
             None => match wait {
                 None => return Err(CallError::Busy),
                 Some(d) => GlobalView::new(&self.global).header().free.wait_for(
-                    Instant::now().checked_add(d),
+                    numaproc_ipc::wait::deadline_in(d),
                     self.session_policy.spin.min(d),
                     || self.attempt(target, list),
                 ),
@@ -832,7 +832,7 @@ fn stop_socs(
     handles: &mut [Option<SocHandle>],
     timeout: Duration,
 ) -> Vec<String> {
-    let deadline = Instant::now() + timeout;
+    let deadline = saturating_deadline(timeout);
     let view = GlobalView::new(global);
     view.header().closing.store(1, Ordering::SeqCst);
     for (i, region) in regions.iter().enumerate() {

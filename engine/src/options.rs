@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::OptionsError;
 
+/// Whole milliseconds of `d`, saturated at `u64::MAX` (`Duration::MAX`
+/// means "as long as possible", not a wrapped-around value).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Default input and output buffer capacity per worker: 64 KiB.
 pub const DEFAULT_BUFFER: usize = 64 << 10;
 /// Largest input or output buffer per worker: 1 GiB.
@@ -284,25 +290,25 @@ impl EngineOptions {
 
     /// Sets the start-up timeout.
     pub fn startup_timeout(mut self, d: Duration) -> Self {
-        self.startup_timeout_ms = d.as_millis() as u64;
+        self.startup_timeout_ms = millis(d);
         self
     }
 
     /// Sets the default wait for an idle worker.
     pub fn claim_timeout(mut self, d: Duration) -> Self {
-        self.claim_timeout_ms = d.as_millis() as u64;
+        self.claim_timeout_ms = millis(d);
         self
     }
 
     /// Sets the default wait for a result (`Duration::ZERO`: no limit).
     pub fn call_timeout(mut self, d: Duration) -> Self {
-        self.call_timeout_ms = d.as_millis() as u64;
+        self.call_timeout_ms = millis(d);
         self
     }
 
     /// Sets the shutdown timeout.
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
-        self.shutdown_timeout_ms = d.as_millis() as u64;
+        self.shutdown_timeout_ms = millis(d);
         self
     }
 
@@ -332,7 +338,7 @@ impl EngineOptions {
 
     /// Sets the hard limit on one call (`Duration::ZERO`: none).
     pub fn hard_limit(mut self, d: Duration) -> Self {
-        self.hard_limit_ms = d.as_millis() as u64;
+        self.hard_limit_ms = millis(d);
         self
     }
 

@@ -371,7 +371,7 @@ impl Watch {
         let backoff = self.policy.backoff(count);
         self.set_state(i, SocState::Restarting);
         log(&format!("SOC {i} {reason}; restarting it in {backoff:?}"));
-        self.restart_at[i] = Some(now + backoff);
+        self.restart_at[i] = Some(numaproc_ipc::wait::saturating_deadline(backoff));
     }
 
     fn restart(&mut self, i: usize) {

@@ -158,7 +158,7 @@ impl Zygote {
         if self.sock.take().is_none() {
             return;
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = numaproc_ipc::wait::saturating_deadline(timeout);
         loop {
             match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(nix::sys::wait::WaitStatus::StillAlive) if Instant::now() < deadline => {

@@ -220,6 +220,12 @@ fn bad_arguments_are_clear_errors() {
     let out = run(&["demo", "--workers", "0"], &[]);
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("workers_per_soc"), "{}", out.stderr);
+    for calls in ["18446744073709551615", "0", "10000001", "many"] {
+        let out = run(&["demo", "--calls", calls], &[]);
+        assert_eq!(out.code, Some(2), "--calls {calls}: {}", out.stderr);
+        assert!(out.stderr.contains("--calls"), "{}", out.stderr);
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    }
     let out = run(&["topology", "--synthetic", "bogus:3"], &[]);
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("bogus:3"), "{}", out.stderr);

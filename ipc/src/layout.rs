@@ -87,7 +87,7 @@ impl FreeSignal {
         mut attempt: impl FnMut() -> Option<T>,
     ) -> Option<T> {
         let expired = |now: Instant| deadline.is_some_and(|d| now >= d);
-        let spin_until = Instant::now().checked_add(spin);
+        let spin_until = crate::wait::deadline_in(spin);
         loop {
             let now = Instant::now();
             if expired(now) || spin_until.is_none_or(|s| now >= s) {

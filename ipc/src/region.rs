@@ -277,7 +277,7 @@ impl Region {
     }
 
     fn wait_ready(&self, timeout: Duration) -> Result<(), OpenError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::wait::saturating_deadline(timeout);
         let ready = &self.header().ready;
         loop {
             let v = ready.load(Ordering::Acquire);

@@ -37,6 +37,21 @@ impl WaitPolicy {
     };
 }
 
+/// The instant `d` from now, or `None` (no deadline) when that instant is
+/// beyond what [`Instant`] can hold: a timeout of `Duration::MAX` means
+/// "no limit", never a panic.
+pub fn deadline_in(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
+}
+
+/// The instant `d` from now, saturated at a century from now: for internal
+/// deadlines that must be an instant.
+pub fn saturating_deadline(d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(d.min(CENTURY)).unwrap_or(now)
+}
+
 /// Spins this many times before the first clock read: a hot hand-over
 /// completes within a few hundred nanoseconds, and a clock read costs tens
 /// of nanoseconds on some virtual machines.
@@ -72,7 +87,7 @@ pub fn wait_on(
         }
     }
     let start = Instant::now();
-    let deadline = timeout.map(|t| start + t);
+    let deadline = timeout.and_then(|t| start.checked_add(t));
     if !policy.spin.is_zero() {
         let mut yielding = false;
         let mut i: u32 = 0;

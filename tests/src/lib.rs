@@ -681,6 +681,40 @@ pub fn deadlines_cancel_procedures(kind: SocKind) -> Result<()> {
     shutdown_clean(engine)
 }
 
+/// Timeouts of `Duration::MAX` mean "no limit": waiting for a busy worker,
+/// waiting for a result and deadlines neither panic nor wrap around.
+pub fn absurd_timeouts_are_no_limit(kind: SocKind) -> Result<()> {
+    let engine = Engine::start(options(kind, "absurd").socs(1).workers_per_soc(1))?;
+    let one = Target::Worker { soc: 0, worker: 0 };
+    std::thread::scope(|s| -> Result<()> {
+        let mut busy = engine.submit(one, "sys_sleep", b"200")?;
+        let waiter = s.spawn(|| -> Result<Duration> {
+            let start = Instant::now();
+            // The only worker is busy: this waits for it, without a limit.
+            let claim = engine.claim_within(Target::Any, Duration::MAX)?;
+            let waited = start.elapsed();
+            let mut session = claim.submit("sys_echo", 0)?;
+            session.wait_timeout(Duration::MAX)?;
+            Ok(waited)
+        });
+        busy.wait_timeout(Duration::MAX)?;
+        drop(busy);
+        let waited = waiter
+            .join()
+            .map_err(|_| anyhow!("the waiting thread panicked"))??;
+        ensure!(waited < Duration::from_secs(5), "waited {waited:?}");
+        Ok(())
+    })?;
+    let mut s = engine.submit_within(one, "sys_sleep", b"50", Duration::MAX)?;
+    ensure!(s.wait_timeout(Duration::MAX)?.is_empty());
+    drop(s);
+    ensure!(engine.call_within(one, "sys_echo", b"x", Duration::MAX)? == b"x");
+    let mut claim = engine.claim(one)?;
+    claim.deadline_in(Duration::MAX);
+    ensure!(claim.submit("sys_ping", 0)?.wait()?.is_empty());
+    shutdown_clean(engine)
+}
+
 /// Runs `f` and adds the scenario's name to its error.
 pub fn run_named(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     f().with_context(|| format!("scenario {name}"))
@@ -716,6 +750,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
     ),
     ("large_buffers_carry_64_mib", large_buffers_carry_64_mib),
     ("deadlines_cancel_procedures", deadlines_cancel_procedures),
+    ("absurd_timeouts_are_no_limit", absurd_timeouts_are_no_limit),
 ];
 
 // ---------------------------------------------------------------------------

@@ -67,8 +67,8 @@ struct DemoArgs {
     /// Workers per SOC (default: the cores of the SOC's share of its node).
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
-    /// Number of timed sys_ping calls.
-    #[arg(long, value_name = "N", default_value_t = 5000)]
+    /// Number of timed sys_ping calls (1 to 10000000).
+    #[arg(long, value_name = "N", default_value_t = 5000, value_parser = parse_calls)]
     calls: usize,
     /// Read engine options from a TOML file instead of the embedded default.
     #[arg(long, value_name = "FILE")]
@@ -106,6 +106,20 @@ struct TopologyArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Most timed calls of `numaproc demo`: their samples are kept in memory.
+const MAX_DEMO_CALLS: usize = 10_000_000;
+
+fn parse_calls(text: &str) -> Result<usize, String> {
+    let n: usize = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a number of calls: {e}"))?;
+    if (1..=MAX_DEMO_CALLS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be 1 to {MAX_DEMO_CALLS}, got {n}"))
+    }
 }
 
 fn main() -> ExitCode {
