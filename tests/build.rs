@@ -50,6 +50,9 @@ fn main() {
         ("sys_name", "SYS_NAME"),
         ("dup_name", "DUP_NAME"),
         ("good_fixture", "GOOD"),
+        ("null_func", "NULL_FUNC"),
+        ("too_many", "TOO_MANY"),
+        ("long_name", "LONG_NAME"),
     ] {
         compile(&out, &include, &bad, name, &[define]);
     }

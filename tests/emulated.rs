@@ -102,3 +102,70 @@ fn invalid_options_stop_the_start_naming_the_option() {
     .unwrap_err();
     assert!(e.to_string().contains("hard_limit_ms"), "{e}");
 }
+
+/// What the loader checked is what it loads: a library swapped in after
+/// the checks (same path, another file) is not the one loaded.
+#[test]
+fn a_library_swapped_after_its_checks_is_not_loaded() {
+    use numaproc_procs::library;
+    let libs = it::LibDir::new("swap").unwrap();
+    // The checked library has no init (none of it runs here but the
+    // descriptor function); the other would be recognised by its names.
+    libs.add(&it::fixture("good_fixture"), "libtarget.so", 0o644)
+        .unwrap();
+    libs.add(&it::fixture("numaproc_example_c"), "libother.so", 0o644)
+        .unwrap();
+    let checked = library::open(libs.path(), "target", 0).unwrap();
+    // The swap: another library renamed over the checked path.
+    std::fs::rename(
+        libs.path().join("libother.so"),
+        libs.path().join("libtarget.so"),
+    )
+    .unwrap();
+    let mut registry = numaproc::Registry::new();
+    // SAFETY: a test fixture built for this ABI; no host table is used by
+    // its init (it has none) and the library is dropped below.
+    let loaded = unsafe { library::load(checked, &mut registry, std::ptr::null()) }.unwrap();
+    assert_eq!(loaded.name(), "badlib", "the checked file was loaded");
+    assert!(registry.id("bad.nop").is_some());
+    assert!(
+        registry.id("c.crc32").is_none(),
+        "the swapped-in file was not"
+    );
+    drop(loaded);
+}
+
+/// The dynamic loader knows a library by the name it was opened with
+/// (`/proc/self/fd/N`): a library opened later under the descriptor number
+/// that an earlier, still loaded library was opened with must not be taken
+/// for that earlier one.
+#[test]
+fn descriptor_names_of_loaded_libraries_are_not_reused() {
+    use numaproc_procs::library;
+    let libs = it::LibDir::new("fdnames").unwrap();
+    // Two libraries without init: bad.nop, and c.crc32.
+    libs.add(&it::fixture("good_fixture"), "liba.so", 0o644)
+        .unwrap();
+    libs.add(&it::fixture("dup_name"), "libb.so", 0o644)
+        .unwrap();
+    let load = |name: &str| {
+        let file = library::open(libs.path(), name, 0).unwrap();
+        let mut registry = numaproc::Registry::new();
+        // SAFETY: test fixtures built for this ABI, without init.
+        let loaded = unsafe { library::load(file, &mut registry, std::ptr::null()) }.unwrap();
+        (loaded, registry)
+    };
+    // The same file loaded twice (as two emulated SOCs do), the first
+    // copy then dropped while the second keeps the library loaded.
+    let (first, _) = load("a");
+    let (second, _) = load("a");
+    drop(first);
+    // Another library now; it may get the first copy's descriptor number.
+    let (third, registry) = load("b");
+    assert!(
+        registry.id("c.crc32").is_some() && registry.id("bad.nop").is_none(),
+        "library b was taken for library a"
+    );
+    drop(third);
+    drop(second);
+}

@@ -74,12 +74,13 @@ fn load_libraries(
         .library_dir
         .ok_or_else(|| library::LoadError::NoLibraryDir.to_string())?;
     for entry in cfg.libraries {
-        let path = library::resolve(dir, entry, cfg.soc).map_err(|e| e.to_string())?;
-        // SAFETY: the path passed the directory and permission checks; the
-        // host table outlives the library (both live until `run` returns,
-        // the table declared first), and the library outlives every worker
+        let file = library::open(dir, entry, cfg.soc).map_err(|e| e.to_string())?;
+        // SAFETY: the file passed the directory, owner and permission
+        // checks and is loaded through the descriptor checked; the host
+        // table outlives the library (both live until `run` returns, the
+        // table declared first), and the library outlives every worker
         // (dropped after the worker scope).
-        let lib = unsafe { library::load(&path, registry, host) }.map_err(|e| e.to_string())?;
+        let lib = unsafe { library::load(file, registry, host) }.map_err(|e| e.to_string())?;
         loaded.push(lib);
     }
     Ok(loaded)
