@@ -169,3 +169,46 @@ fn descriptor_names_of_loaded_libraries_are_not_reused() {
     drop(third);
     drop(second);
 }
+
+/// A master whose pid is the same as a dead one's (in a container, the
+/// master is always pid 1) finds objects under the very names it is about
+/// to create: they are removed, and the start succeeds.
+#[test]
+fn a_dead_masters_objects_under_this_pid_do_not_block_the_start() {
+    use numaproc_ipc::layout::GlobalLayout;
+    use numaproc_ipc::{Region, ShmName};
+    let _w = Watchdog::new("pid_reuse", Duration::from_secs(60));
+    let prefix = "t_pidreuse";
+    let layout = GlobalLayout {
+        soc_count: 0,
+        name_count: 0,
+        settings_len: 0,
+    };
+    // Every name this process's next engines can take: the sequence
+    // number is process-wide, and other tests of this binary start engines.
+    for seq in 0..300 {
+        for what in ["g", "s0"] {
+            let name = ShmName::new(prefix, std::process::id(), seq, what).unwrap();
+            let mut r = Region::create(&name, layout.size(), GlobalLayout::SHAPE).unwrap();
+            // Its creator "dies": the name stays, the lock goes.
+            r.unlink_on_drop(false);
+        }
+    }
+    assert_eq!(it::shm_objects(prefix).len(), 600);
+    let engine = numaproc::Engine::start(
+        numaproc::EngineOptions::new()
+            .soc_kind(numaproc::SocKind::Emulated)
+            .name_prefix(prefix)
+            .socs(1)
+            .workers_per_soc(1),
+    )
+    .expect("the stale objects are removed, not in the way");
+    assert_eq!(engine.call("sys_echo", b"up").unwrap(), b"up");
+    assert_eq!(
+        it::shm_objects(prefix).len(),
+        2,
+        "only the new engine's objects remain"
+    );
+    engine.shutdown().unwrap();
+    it::assert_nothing_left(prefix, &[]).unwrap();
+}

@@ -323,28 +323,29 @@ fn demo_spawned_with_the_example_library() {
 
 #[test]
 fn cleanup_removes_objects_of_dead_masters_only() {
-    use nix::fcntl::OFlag;
-    use nix::sys::mman::{shm_open, shm_unlink};
-    use nix::sys::stat::Mode;
-    // A pid above the kernel's limit (2^22) never exists.
-    let dead = "/numaproc-clitestclean-4194305-0-g";
-    let live = format!("/numaproc-clitestclean-{}-0-g", std::process::id());
-    for name in [dead, live.as_str()] {
-        let _ = shm_unlink(name);
-        drop(
-            shm_open(
-                name,
-                OFlag::O_CREAT | OFlag::O_RDWR,
-                Mode::S_IRUSR | Mode::S_IWUSR,
-            )
-            .unwrap(),
-        );
-    }
-    let exists = |n: &str| std::path::Path::new("/dev/shm").join(&n[1..]).exists();
+    use numaproc_ipc::layout::GlobalLayout;
+    use numaproc_ipc::{Region, ShmName};
+    let layout = GlobalLayout {
+        soc_count: 0,
+        name_count: 0,
+        settings_len: 0,
+    };
+    let name = |seq| ShmName::new("clitestclean", std::process::id(), seq, "g").unwrap();
+    let (dead, live) = (name(0), name(1));
+    // A dead master's object: its creator let go of it (and of its lock).
+    let mut r = Region::create(&dead, layout.size(), GlobalLayout::SHAPE).unwrap();
+    r.unlink_on_drop(false);
+    drop(r);
+    let live_region = Region::create(&live, layout.size(), GlobalLayout::SHAPE).unwrap();
+    let exists = |n: &ShmName| {
+        std::path::Path::new("/dev/shm")
+            .join(n.to_string())
+            .exists()
+    };
     let out = run(&["cleanup", "--prefix", "clitestclean", "--dry-run"], &[]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
-        out.stdout.contains("would be removed") && exists(dead),
+        out.stdout.contains("would be removed") && exists(&dead),
         "{}",
         out.stdout
     );
@@ -352,17 +353,24 @@ fn cleanup_removes_objects_of_dead_masters_only() {
         &["cleanup", "--prefix", "clitestclean", "--json"],
         &[],
     ));
-    let removed: Vec<&str> = v
-        .as_array()
-        .unwrap()
+    let objects = v.as_array().unwrap();
+    let removed: Vec<&str> = objects
         .iter()
         .filter(|o| o["removed"] == true)
         .map(|o| o["name"].as_str().unwrap())
         .collect();
-    assert_eq!(removed, [&dead[1..]]);
-    assert!(!exists(dead), "the dead master's object is gone");
+    assert_eq!(removed, [dead.to_string()]);
+    let masters: Vec<&str> = objects
+        .iter()
+        .map(|o| o["master"].as_str().unwrap())
+        .collect();
+    assert_eq!(masters, ["dead", "live"]);
+    assert_eq!(objects[1]["master_pid"], std::process::id());
+    assert_eq!(objects[1]["master_this_boot"], true);
+    assert!(!exists(&dead), "the dead master's object is gone");
     assert!(exists(&live), "a live master's object is kept");
-    shm_unlink(live.as_str()).unwrap();
+    drop(live_region);
+    assert!(!exists(&live));
     let out = run(&["cleanup", "--prefix", "bad-prefix"], &[]);
     assert_ne!(out.code, Some(0));
 }

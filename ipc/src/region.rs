@@ -12,6 +12,9 @@ use nix::fcntl::OFlag;
 use nix::sys::mman::{shm_open, shm_unlink};
 use nix::sys::stat::Mode;
 
+use std::os::fd::AsRawFd;
+
+use crate::stale::SHM_DIR;
 use crate::{ShmName, ShmSafe, futex};
 
 /// `b"NUMAPROC"` read as a little-endian u64: the first word of every region.
@@ -19,7 +22,7 @@ pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"NUMAPROC");
 
 /// Version of the shared-memory layout. Bump on any change of a structure
 /// placed in shared memory or of the slot state encoding.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Value of [`RegionHeader::ready`] once the creator has filled the region.
 pub const READY: u32 = 0x5245_4459; // "READ"
@@ -55,10 +58,17 @@ pub struct RegionHeader {
     pub extra_size: u32,
     /// Size of the whole region in bytes.
     pub total_size: u64,
-    /// Pid of the master that created the region.
+    /// Pid of the master that created the region (in the creator's pid
+    /// namespace).
     pub master_pid: u32,
     /// [`READY`] once the region is filled; futex-woken when set.
     pub ready: AtomicU32,
+    /// When the creator process started, in clock ticks after boot (field
+    /// 22 of `/proc/PID/stat`): with `master_pid` and `creator_boot_id`, it
+    /// names one process instance, where a pid alone may be reused.
+    pub creator_start_ticks: u64,
+    /// The kernel's boot id when the region was created.
+    pub creator_boot_id: [u8; 16],
 }
 
 // SAFETY: repr(C), integers and an AtomicU32 only, valid when zeroed.
@@ -163,12 +173,20 @@ pub enum OpenError {
 
 /// A mapped shared-memory region. The creator owns the name and unlinks it
 /// when the region is dropped (or earlier with [`Region::unlink`]).
+///
+/// The creator also holds an exclusive `flock` on the object for as long as
+/// the region lives: the kernel drops it when the creator dies, however it
+/// dies, and in whatever pid namespace, so an object whose lock is free has
+/// no live creator ([`crate::stale`]). The lock is taken before the object
+/// gets its name, so there is no moment when the name exists unlocked.
 #[derive(Debug)]
 pub struct Region {
     name: String,
     map: MmapMut,
     base: *mut u8,
     owner: AtomicBool,
+    /// The creator's descriptor, holding the lock (creators only).
+    _lock: Option<File>,
 }
 
 // SAFETY: the mapping is shared memory meant for concurrent use; every access
@@ -180,49 +198,67 @@ unsafe impl Sync for Region {}
 
 impl Region {
     /// Creates a new zero-filled object of `size` bytes (exclusive: fails if
-    /// the name exists) and writes its header, not yet ready.
+    /// the name exists), locked by this process, and writes its header, not
+    /// yet ready.
     pub fn create(name: &ShmName, size: usize, shape: Shape) -> Result<Self, RegionError> {
-        let path = name.path();
-        let fd = shm_open(
-            path.as_str(),
-            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC,
-            Mode::S_IRUSR | Mode::S_IWUSR,
-        )
-        .map_err(|source| RegionError::Create {
+        let create_err = |source| RegionError::Create {
             name: name.to_string(),
             source,
-        })?;
-        let file = File::from(fd);
+        };
         let map_err = |source| RegionError::Map {
             name: name.to_string(),
             size,
             source,
-        };
-        let mapped = file.set_len(size as u64).and_then(|()| {
-            // SAFETY: the object was just created exclusively by us; other
-            // processes only map it through this crate, which accesses it
-            // through atomics and slot-arbitrated buffers.
-            unsafe { MmapMut::map_mut(&file) }
-        });
-        let mut map = match mapped {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = shm_unlink(path.as_str());
-                return Err(map_err(e));
-            }
-        };
-        let base = map.as_mut_ptr();
-        let region = Self {
-            name: name.to_string(),
-            map,
-            base,
-            owner: AtomicBool::new(true),
         };
         if size < size_of::<RegionHeader>() {
             return Err(map_err(std::io::Error::other(
                 "smaller than a region header",
             )));
         }
+        // An unnamed file in the shared-memory directory, locked, sized and
+        // with its header written; then linked under its name.
+        let (file, named) = match nix::fcntl::open(
+            SHM_DIR,
+            OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        ) {
+            Ok(fd) => (File::from(fd), false),
+            // No O_TMPFILE here: create by name and lock at once (the name
+            // exists unlocked for the moment between the two).
+            Err(_) => {
+                let fd = shm_open(
+                    name.path().as_str(),
+                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+                    Mode::S_IRUSR | Mode::S_IWUSR,
+                )
+                .map_err(create_err)?;
+                (File::from(fd), true)
+            }
+        };
+        let undo = |named: bool| {
+            if named {
+                let _ = shm_unlink(name.path().as_str());
+            }
+        };
+        if let Err(e) = lock(&file, LockKind::Exclusive) {
+            undo(named);
+            return Err(create_err(e));
+        }
+        let mapped = file.set_len(size as u64).and_then(|()| {
+            // SAFETY: the object was just created by us and nobody else has
+            // it yet; other processes only map it through this crate, which
+            // accesses it through atomics and slot-arbitrated buffers.
+            unsafe { MmapMut::map_mut(&file) }
+        });
+        let mut map = match mapped {
+            Ok(m) => m,
+            Err(e) => {
+                undo(named);
+                return Err(map_err(e));
+            }
+        };
+        let base = map.as_mut_ptr();
+        let me = crate::stale::Creator::this_process();
         let header = RegionHeader {
             magic: REGION_MAGIC,
             layout_version: LAYOUT_VERSION,
@@ -232,13 +268,34 @@ impl Region {
             entry_size: shape.entry_size,
             extra_size: shape.extra_size,
             total_size: size as u64,
-            master_pid: std::process::id(),
+            master_pid: me.pid,
             ready: AtomicU32::new(0),
+            creator_start_ticks: me.start_ticks,
+            creator_boot_id: me.boot_id,
         };
         // SAFETY: offset 0 is in bounds (checked above) and page-aligned; no
         // one else can see the object before `publish`.
-        unsafe { std::ptr::write(region.base.cast::<RegionHeader>(), header) };
-        Ok(region)
+        unsafe { std::ptr::write(base.cast::<RegionHeader>(), header) };
+        if !named {
+            let from = format!("/proc/self/fd/{}", file.as_raw_fd());
+            let to = format!("{SHM_DIR}{}", name.path());
+            if let Err(e) = nix::unistd::linkat(
+                nix::fcntl::AT_FDCWD,
+                from.as_str(),
+                nix::fcntl::AT_FDCWD,
+                to.as_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+            ) {
+                return Err(create_err(e));
+            }
+        }
+        Ok(Self {
+            name: name.to_string(),
+            map,
+            base,
+            owner: AtomicBool::new(true),
+            _lock: Some(file),
+        })
     }
 
     /// Opens an existing region, waits up to `timeout` for it to be ready,
@@ -264,6 +321,7 @@ impl Region {
             map,
             base,
             owner: AtomicBool::new(false),
+            _lock: None,
         };
         if region.len() < size_of::<RegionHeader>() {
             return Err(OpenError::TooSmall {
@@ -422,6 +480,26 @@ impl Region {
             let _ = shm_unlink(format!("/{}", self.name).as_str());
         }
     }
+}
+
+/// The kinds of `flock` used on objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockKind {
+    /// The creator's, held for its whole life (never waits).
+    Exclusive,
+    /// A test for a holder (never waits).
+    Shared,
+}
+
+/// Takes a lock on `file` without waiting.
+pub(crate) fn lock(file: &File, kind: LockKind) -> Result<(), nix::Error> {
+    let op = match kind {
+        LockKind::Exclusive => nix::libc::LOCK_EX,
+        LockKind::Shared => nix::libc::LOCK_SH,
+    };
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let rc = unsafe { nix::libc::flock(file.as_raw_fd(), op | nix::libc::LOCK_NB) };
+    nix::errno::Errno::result(rc).map(drop)
 }
 
 impl Drop for Region {

@@ -1,30 +1,107 @@
 //! Finding and removing the shared-memory objects of dead masters.
 //!
-//! Object names carry the master's pid ([`crate::ShmName`]). An object is
-//! stale when no process with that pid exists. Objects of live processes are
-//! never touched (a reused pid errs on the side of keeping the object).
+//! Proof of death comes from the kernel: the creator of every object holds
+//! an exclusive `flock` on it for as long as it lives ([`crate::Region`]),
+//! and the kernel drops that lock when the process ends, however it ends.
+//! A lock works where a pid does not: pids are reused, and `kill(pid, 0)`
+//! cannot see a master in another pid namespace that shares `/dev/shm`
+//! (another container). So an object is removed only when
+//! - it belongs to this process's user (others' objects are skipped, and
+//!   the cleanup goes on with the next one),
+//! - it carries this build's region header (an object of another layout
+//!   version was made by a build that did not lock it: it is kept and
+//!   reported), and
+//! - nobody holds its lock.
+//!
+//! The header also records the creator's pid, start time and boot id, so
+//! that a report can say which process made an object.
 
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::sys::signal::kill;
-use nix::unistd::Pid;
 
 use crate::ShmName;
+use crate::region::{LAYOUT_VERSION, LockKind, REGION_MAGIC, RegionHeader, lock};
 
 /// Where POSIX shared-memory objects appear on Linux.
 pub const SHM_DIR: &str = "/dev/shm";
 
-/// Whether a process with this pid exists (zombies included).
-pub fn pid_alive(pid: u32) -> bool {
-    let Ok(raw) = i32::try_from(pid) else {
-        return false;
-    };
-    if raw <= 0 {
-        return false;
+/// Which process instance created an object: pid, start time and boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Creator {
+    /// Its pid (in its own pid namespace).
+    pub pid: u32,
+    /// When it started, in clock ticks after boot.
+    pub start_ticks: u64,
+    /// The boot it ran in.
+    pub boot_id: [u8; 16],
+}
+
+impl Creator {
+    /// This process.
+    pub fn this_process() -> Self {
+        Self {
+            pid: std::process::id(),
+            start_ticks: start_ticks("self").unwrap_or(0),
+            boot_id: boot_id().unwrap_or([0; 16]),
+        }
     }
-    !matches!(kill(Pid::from_raw(raw), None), Err(Errno::ESRCH))
+
+    /// Whether it ran in the current boot of this machine.
+    pub fn this_boot(&self) -> bool {
+        boot_id().is_some_and(|b| b == self.boot_id)
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`: the start time in clock ticks after boot.
+fn start_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which ends with the last ')': state
+    // is field 3, so field 22 is the 20th of them.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The kernel's boot id, as 16 bytes.
+fn boot_id() -> Option<[u8; 16]> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let hex: String = text.trim().chars().filter(|c| *c != '-').collect();
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(id)
+}
+
+/// What can be said of an object's creator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its lock is held: the creator (or a process it forked) lives.
+    Live,
+    /// Its lock is free: the creator is dead; the object may be removed.
+    Dead,
+    /// It belongs to another user: not ours to judge or remove.
+    NotOurs {
+        /// The owner's uid.
+        uid: u32,
+    },
+    /// Its creator cannot be proven dead (another layout version, not a
+    /// numaproc region, unreadable): it is kept.
+    Unknown(String),
+}
+
+/// One numaproc object found in the shared-memory directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Its name.
+    pub name: ShmName,
+    /// What is known of its creator.
+    pub verdict: Verdict,
+    /// Who created it, when its header says.
+    pub creator: Option<Creator>,
 }
 
 /// numaproc objects in `/dev/shm`, optionally only those with `prefix`.
@@ -43,21 +120,130 @@ pub fn list(prefix: Option<&str>) -> io::Result<Vec<ShmName>> {
     Ok(out)
 }
 
-/// Removes the objects of dead masters (optionally only with `prefix`) and
-/// returns their names.
-pub fn remove_stale(prefix: Option<&str>) -> io::Result<Vec<ShmName>> {
-    let mut removed = Vec::new();
-    for name in list(prefix)? {
-        if pid_alive(name.pid()) {
-            continue;
+/// Looks at one object: `None` when it is gone. While the returned file
+/// lives, a `Dead` verdict holds a shared lock on the object.
+fn examine(name: &ShmName) -> Option<(Found, Option<File>)> {
+    let found = |verdict, creator| Found {
+        name: name.clone(),
+        verdict,
+        creator,
+    };
+    let path = Path::new(SHM_DIR).join(name.to_string());
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            // An object we cannot even open (another user's, mode 0600).
+            let uid = std::fs::symlink_metadata(&path).map(|m| m.uid());
+            let verdict = match uid {
+                Ok(uid) if uid != nix::unistd::geteuid().as_raw() => Verdict::NotOurs { uid },
+                _ => Verdict::Unknown(format!("cannot open it: {e}")),
+            };
+            return Some((found(verdict, None), None));
         }
-        match nix::sys::mman::shm_unlink(name.path().as_str()) {
-            Ok(()) => removed.push(name),
-            Err(Errno::ENOENT) => {} // removed concurrently
-            Err(e) => return Err(io::Error::from(e)),
-        }
+    };
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return Some((found(Verdict::Unknown(e.to_string()), None), None)),
+    };
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Some((found(Verdict::NotOurs { uid: meta.uid() }, None), None));
     }
-    Ok(removed)
+    let mut bytes = [0u8; size_of::<RegionHeader>()];
+    let header_read = file.read_exact_at(&mut bytes, 0).is_ok();
+    let field = |offset: usize, len: usize| &bytes[offset..offset + len];
+    let u32_at = |offset| u32::from_le_bytes(field(offset, 4).try_into().unwrap_or([0; 4]));
+    let u64_at = |offset| u64::from_le_bytes(field(offset, 8).try_into().unwrap_or([0; 8]));
+    let magic = u64_at(std::mem::offset_of!(RegionHeader, magic));
+    let version = u32_at(std::mem::offset_of!(RegionHeader, layout_version));
+    if !header_read || magic != REGION_MAGIC {
+        return Some((
+            found(
+                Verdict::Unknown("not a numaproc region (no region header)".to_owned()),
+                None,
+            ),
+            None,
+        ));
+    }
+    if version != LAYOUT_VERSION {
+        return Some((
+            found(
+                Verdict::Unknown(format!(
+                    "made by a numaproc build with layout version {version}, which does not lock its objects (this build: {LAYOUT_VERSION}); remove it by hand once its master is gone"
+                )),
+                None,
+            ),
+            None,
+        ));
+    }
+    let mut boot_id = [0u8; 16];
+    boot_id.copy_from_slice(field(
+        std::mem::offset_of!(RegionHeader, creator_boot_id),
+        16,
+    ));
+    let creator = Some(Creator {
+        pid: u32_at(std::mem::offset_of!(RegionHeader, master_pid)),
+        start_ticks: u64_at(std::mem::offset_of!(RegionHeader, creator_start_ticks)),
+        boot_id,
+    });
+    match lock(&file, LockKind::Shared) {
+        Ok(()) => Some((found(Verdict::Dead, creator), Some(file))),
+        Err(Errno::EWOULDBLOCK) => Some((found(Verdict::Live, creator), None)),
+        Err(e) => Some((
+            found(
+                Verdict::Unknown(format!("cannot test its lock: {e}")),
+                creator,
+            ),
+            None,
+        )),
+    }
+}
+
+/// What is known of every numaproc object (optionally with `prefix`);
+/// nothing is removed.
+pub fn scan(prefix: Option<&str>) -> io::Result<Vec<Found>> {
+    Ok(list(prefix)?
+        .iter()
+        .filter_map(|n| examine(n).map(|(f, _)| f))
+        .collect())
+}
+
+/// What [`remove_stale`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cleanup {
+    /// Every object looked at, with its verdict.
+    pub found: Vec<Found>,
+    /// Objects of dead masters that were removed.
+    pub removed: Vec<ShmName>,
+    /// Objects of dead masters that could not be removed, and why.
+    pub failed: Vec<(ShmName, String)>,
+}
+
+/// Removes the objects of dead masters (optionally only with `prefix`):
+/// objects of this user whose lock nobody holds. Objects of live masters,
+/// of other users and of unknown origin are kept; an object that cannot be
+/// removed is reported and the cleanup goes on.
+pub fn remove_stale(prefix: Option<&str>) -> io::Result<Cleanup> {
+    let mut out = Cleanup::default();
+    for name in list(prefix)? {
+        let Some((found, held)) = examine(&name) else {
+            continue;
+        };
+        if found.verdict == Verdict::Dead {
+            match nix::sys::mman::shm_unlink(name.path().as_str()) {
+                Ok(()) => out.removed.push(name.clone()),
+                Err(Errno::ENOENT) => {} // removed concurrently
+                Err(e) => out.failed.push((name.clone(), e.desc().to_owned())),
+            }
+        }
+        drop(held);
+        out.found.push(found);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -65,28 +251,151 @@ mod tests {
     use super::*;
     use crate::region::{Region, RegionKind, Shape};
 
+    const SHAPE: Shape = Shape {
+        kind: RegionKind::Soc,
+        body_size: 0,
+        entry_size: 0,
+        extra_size: 0,
+    };
+
+    fn exists(n: &ShmName) -> bool {
+        Path::new(SHM_DIR).join(n.to_string()).exists()
+    }
+
+    /// An object whose creator is gone: created, then left with its name
+    /// when its creator (this test) lets go of it.
+    fn orphan(name: &ShmName) {
+        let mut r = Region::create(name, 4096, SHAPE).unwrap();
+        r.unlink_on_drop(false);
+        drop(r);
+    }
+
+    /// Writes `value` at `offset` of the object's header.
+    fn poke(name: &ShmName, offset: usize, value: &[u8]) {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(Path::new(SHM_DIR).join(name.to_string()))
+            .unwrap();
+        f.write_all_at(value, offset as u64).unwrap();
+    }
+
+    #[test]
+    fn this_process_is_one_instance() {
+        let me = Creator::this_process();
+        assert_eq!(me.pid, std::process::id());
+        assert!(me.start_ticks > 0);
+        assert!(me.this_boot());
+        assert!(
+            !Creator {
+                boot_id: [7; 16],
+                ..me
+            }
+            .this_boot()
+        );
+    }
+
     #[test]
     fn only_objects_of_dead_masters_are_removed() {
-        let shape = Shape {
-            kind: RegionKind::Soc,
-            body_size: 0,
-            entry_size: 0,
-            extra_size: 0,
-        };
-        // A pid that cannot exist (above the kernel's pid_max limit of 2^22).
-        let dead = ShmName::new("staletest", 4_194_305, 0, "g").unwrap();
-        let live = ShmName::new("staletest", std::process::id(), 0, "g").unwrap();
-        let mut d = Region::create(&dead, 4096, shape).unwrap();
-        let _l = Region::create(&live, 4096, shape).unwrap();
-        // Forget ownership so only the cleanup can remove it.
-        let removed = {
-            d.unlink_on_drop(false);
-            drop(d);
-            remove_stale(Some("staletest")).unwrap()
-        };
-        assert_eq!(removed, vec![dead]);
+        let dead = ShmName::new("staletest", std::process::id(), 1, "g").unwrap();
+        let live = ShmName::new("staletest", std::process::id(), 2, "g").unwrap();
+        orphan(&dead);
+        let _l = Region::create(&live, 4096, SHAPE).unwrap();
+        let verdicts: Vec<Verdict> = scan(Some("staletest"))
+            .unwrap()
+            .into_iter()
+            .map(|f| f.verdict)
+            .collect();
+        assert_eq!(verdicts, [Verdict::Dead, Verdict::Live]);
+        let cleanup = remove_stale(Some("staletest")).unwrap();
+        assert_eq!(cleanup.removed, vec![dead.clone()]);
+        assert!(cleanup.failed.is_empty());
         assert_eq!(list(Some("staletest")).unwrap(), vec![live]);
-        assert!(!pid_alive(4_194_305));
-        assert!(pid_alive(std::process::id()));
+        assert!(!exists(&dead));
+    }
+
+    /// kill(pid, 0) cannot see a master in another pid namespace, and a
+    /// dead pid proves nothing: while the lock is held the object stays,
+    /// whatever pid its name and header carry.
+    #[test]
+    fn a_locked_object_is_kept_whatever_its_pid_says() {
+        // A pid above the kernel's limit (2^22): no process has it here.
+        let name = ShmName::new("stalens", 4_194_305, 0, "g").unwrap();
+        let held = Region::create(&name, 4096, SHAPE).unwrap();
+        poke(
+            &name,
+            std::mem::offset_of!(RegionHeader, master_pid),
+            &4_194_305u32.to_le_bytes(),
+        );
+        let cleanup = remove_stale(Some("stalens")).unwrap();
+        assert!(cleanup.removed.is_empty(), "{cleanup:?}");
+        assert_eq!(cleanup.found[0].verdict, Verdict::Live);
+        assert_eq!(cleanup.found[0].creator.map(|c| c.pid), Some(4_194_305));
+        assert!(exists(&name));
+        drop(held);
+        assert!(!exists(&name));
+    }
+
+    /// The pid of a dead master can belong to a live process now (in a
+    /// container whose master is always pid 1, to the next master itself):
+    /// its objects are still removed.
+    #[test]
+    fn objects_of_a_dead_master_whose_pid_lives_on_are_removed() {
+        let name = ShmName::new("stalereuse", std::process::id(), 0, "g").unwrap();
+        orphan(&name);
+        let cleanup = remove_stale(Some("stalereuse")).unwrap();
+        assert_eq!(cleanup.removed, vec![name.clone()]);
+        assert!(!exists(&name));
+    }
+
+    #[test]
+    fn objects_of_unknown_origin_are_kept() {
+        let foreign = ShmName::new("staleunknown", 4_194_305, 0, "a").unwrap();
+        let old = ShmName::new("staleunknown", 4_194_305, 0, "b").unwrap();
+        // Not a region at all, and a region of another layout version.
+        std::fs::write(Path::new(SHM_DIR).join(foreign.to_string()), b"hello").unwrap();
+        orphan(&old);
+        poke(
+            &old,
+            std::mem::offset_of!(RegionHeader, layout_version),
+            &(LAYOUT_VERSION - 1).to_le_bytes(),
+        );
+        let cleanup = remove_stale(Some("staleunknown")).unwrap();
+        assert!(cleanup.removed.is_empty(), "{cleanup:?}");
+        for f in &cleanup.found {
+            assert!(matches!(f.verdict, Verdict::Unknown(_)), "{f:?}");
+        }
+        assert!(exists(&foreign) && exists(&old));
+        for n in [foreign, old] {
+            nix::sys::mman::shm_unlink(n.path().as_str()).unwrap();
+        }
+    }
+
+    /// Another user's object is skipped, and the cleanup goes on to remove
+    /// this user's stale objects after it.
+    #[test]
+    fn objects_of_other_users_are_skipped_and_the_cleanup_goes_on() {
+        let theirs = ShmName::new("staleusers", 4_194_305, 0, "a").unwrap();
+        let mine = ShmName::new("staleusers", 4_194_305, 0, "b").unwrap();
+        orphan(&theirs);
+        orphan(&mine);
+        let path = Path::new(SHM_DIR).join(theirs.to_string());
+        if !nix::unistd::geteuid().is_root() {
+            // Only root can give an object away.
+            assert!(std::os::unix::fs::chown(&path, Some(0), None).is_err());
+            for n in [theirs, mine] {
+                nix::sys::mman::shm_unlink(n.path().as_str()).unwrap();
+            }
+            return;
+        }
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        let cleanup = remove_stale(Some("staleusers")).unwrap();
+        assert_eq!(cleanup.removed, vec![mine]);
+        assert_eq!(
+            cleanup.found[0].verdict,
+            Verdict::NotOurs { uid: 65534 },
+            "{cleanup:?}"
+        );
+        assert!(exists(&theirs));
+        nix::sys::mman::shm_unlink(theirs.path().as_str()).unwrap();
     }
 }

@@ -37,9 +37,10 @@ enum Command {
     Demo(DemoArgs),
     /// Print the machine's NUMA topology and the plan of SOCs and workers.
     Topology(TopologyArgs),
-    /// Remove the shared-memory objects of dead masters (numaproc-* in
-    /// /dev/shm whose master pid no longer exists); objects of live masters
-    /// are never touched.
+    /// Remove the shared-memory objects of dead masters: numaproc-* objects
+    /// in /dev/shm of this user whose lock no process holds (a master holds
+    /// the lock of each of its objects while it lives). Objects of live
+    /// masters, of other users and of other numaproc versions are kept.
     Cleanup(CleanupArgs),
     /// Serve as a spawned SOC. An engine runs this executable with its
     /// NUMAPROC_SOC_* environment when `soc_executable` names it (or when it
@@ -178,52 +179,86 @@ fn topology(args: TopologyArgs) -> Result<ExitCode> {
 }
 
 fn cleanup(args: CleanupArgs) -> Result<ExitCode> {
+    use numaproc::stale::Verdict;
     #[derive(Serialize)]
     struct Object {
         name: String,
-        master_pid: u32,
-        master_alive: bool,
+        /// live, dead, not_ours or unknown.
+        master: &'static str,
+        /// Why the master's state is unknown, or whose object it is.
+        detail: Option<String>,
+        /// The creating process, from the object's header.
+        master_pid: Option<u32>,
+        master_start_ticks: Option<u64>,
+        master_this_boot: Option<bool>,
         removed: bool,
+        /// Why a dead master's object could not be removed.
+        error: Option<String>,
     }
     if let Some(p) = &args.prefix {
         numaproc::ShmName::check_prefix(p)?;
     }
-    let names = numaproc::stale::list(args.prefix.as_deref()).context("reading /dev/shm")?;
-    let removed: Vec<String> = if args.dry_run {
-        Vec::new()
+    let prefix = args.prefix.as_deref();
+    let cleanup = if args.dry_run {
+        numaproc::stale::Cleanup {
+            found: numaproc::stale::scan(prefix).context("reading /dev/shm")?,
+            ..Default::default()
+        }
     } else {
-        numaproc::stale::remove_stale(args.prefix.as_deref())
-            .context("removing stale objects")?
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        numaproc::stale::remove_stale(prefix).context("removing stale objects")?
     };
-    let objects: Vec<Object> = names
+    let objects: Vec<Object> = cleanup
+        .found
         .iter()
-        .map(|n| Object {
-            name: n.to_string(),
-            master_pid: n.pid(),
-            master_alive: numaproc::stale::pid_alive(n.pid()),
-            removed: removed.contains(&n.to_string()),
+        .map(|f| {
+            let (master, detail) = match &f.verdict {
+                Verdict::Live => ("live", None),
+                Verdict::Dead => ("dead", None),
+                Verdict::NotOurs { uid } => ("not_ours", Some(format!("owned by uid {uid}"))),
+                Verdict::Unknown(why) => ("unknown", Some(why.clone())),
+            };
+            Object {
+                name: f.name.to_string(),
+                master,
+                detail,
+                master_pid: f.creator.map(|c| c.pid),
+                master_start_ticks: f.creator.map(|c| c.start_ticks),
+                master_this_boot: f.creator.map(|c| c.this_boot()),
+                removed: cleanup.removed.contains(&f.name),
+                error: cleanup
+                    .failed
+                    .iter()
+                    .find(|(n, _)| *n == f.name)
+                    .map(|(_, e)| e.clone()),
+            }
         })
         .collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&objects)?);
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        if objects.is_empty() {
+            println!("no numaproc shared-memory objects");
+        }
+        for o in &objects {
+            let what = match (o.master, o.removed, &o.error, args.dry_run) {
+                ("live", ..) => "kept (its master lives)".to_owned(),
+                ("dead", true, ..) => "removed (its master is dead)".to_owned(),
+                ("dead", _, Some(e), _) => format!("master dead, but not removed: {e}"),
+                ("dead", _, None, true) => "stale (would be removed)".to_owned(),
+                ("dead", ..) => "stale (already gone)".to_owned(),
+                (_, _, _, _) => format!("kept ({})", o.detail.as_deref().unwrap_or("unknown")),
+            };
+            let pid = o.master_pid.map_or("?".to_owned(), |p| p.to_string());
+            println!("{:<48} pid {pid:>8}  {what}", o.name);
+        }
     }
-    if objects.is_empty() {
-        println!("no numaproc shared-memory objects");
-    }
-    for o in &objects {
-        let what = match (o.master_alive, o.removed, args.dry_run) {
-            (true, _, _) => "kept (master alive)",
-            (false, true, _) => "removed (master dead)",
-            (false, false, true) => "stale (would be removed)",
-            (false, false, false) => "stale (already gone)",
-        };
-        println!("{:<48} pid {:>8}  {what}", o.name, o.master_pid);
-    }
-    Ok(ExitCode::SUCCESS)
+    // Objects of dead masters that could not be removed make the command
+    // fail, after it went through every object.
+    Ok(if cleanup.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// The demo's user procedure: the 64-bit FNV-1a hash of the input.
