@@ -1,5 +1,6 @@
-//! Builds the C procedure libraries the tests load: the C example library
-//! and the broken fixtures of `fixtures/badlib.c`, with the system C
+//! Builds the C procedure libraries the tests load: the C example library,
+//! the broken fixtures of `fixtures/badlib.c`, the crashing, hostile and
+//! reordered ones, with the system C
 //! compiler (`$CC`, else `cc`). Their directory reaches the tests as
 //! `NUMAPROC_FIXTURES`.
 
@@ -36,11 +37,23 @@ fn main() {
     let example = root.join("examples/c-lib/numaproc_example_c.c");
     let bad = manifest.join("fixtures/badlib.c");
     let crash = manifest.join("fixtures/crashlib.c");
-    for p in [&example, &bad, &crash, &include.join("numaproc.h")] {
+    let hostile = manifest.join("fixtures/hostile.c");
+    let order = manifest.join("fixtures/order.c");
+    for p in [
+        &example,
+        &bad,
+        &crash,
+        &hostile,
+        &order,
+        &include.join("numaproc.h"),
+    ] {
         println!("cargo:rerun-if-changed={}", p.display());
     }
     compile(&out, &include, &example, "numaproc_example_c", &[]);
     compile(&out, &include, &crash, "crash", &[]);
+    compile(&out, &include, &hostile, "hostile", &[]);
+    compile(&out, &include, &order, "order_ab", &[]);
+    compile(&out, &include, &order, "order_ba", &["SWAPPED"]);
     for (name, define) in [
         ("bad_magic", "BAD_MAGIC"),
         ("bad_major", "OTHER_MAJOR"),

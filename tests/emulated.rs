@@ -183,6 +183,7 @@ fn a_dead_masters_objects_under_this_pid_do_not_block_the_start() {
         soc_count: 0,
         name_count: 0,
         settings_len: 0,
+        slot_count: 0,
     };
     // Every name this process's next engines can take: the sequence
     // number is process-wide, and other tests of this binary start engines.

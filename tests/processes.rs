@@ -34,12 +34,14 @@ fn main() -> ExitCode {
                 .iter()
                 .map(|s| (SocKind::Forked, s)),
         )
+        .chain(it::BOUNDARY_SCENARIOS.iter().map(|s| (SocKind::Forked, s)))
         .chain(it::LIBRARY_SCENARIOS.iter().map(|s| (SocKind::Spawned, s)))
         .chain(
             it::SUPERVISION_SCENARIOS
                 .iter()
                 .map(|s| (SocKind::Spawned, s)),
         )
+        .chain(it::BOUNDARY_SCENARIOS.iter().map(|s| (SocKind::Spawned, s)))
         .chain(spawned_only.iter().map(|s| (SocKind::Spawned, s)));
     for (kind, (name, scenario)) in runs {
         let full = format!("{kind}::{name}");

@@ -16,20 +16,19 @@ use numaproc::{
     Engine, EngineOptions, Host, OutputBuf, ProcContext, ProcFn, ProcId, Registry, SocKind, Target,
     WorkerStats,
 };
-use numaproc_ipc::slot::{SlotControl, Task};
+use numaproc_ipc::slot::{OwnerLine, SessionSlot, SlotControl, Task};
 use numaproc_ipc::wait::{WaitPolicy, update_and_wake, wait_on};
 use numaproc_ipc::{ShmSafe, futex};
 
-/// A zeroed control block on the heap (all zeros is a valid idle slot).
-fn zeroed_slot() -> Box<SlotControl> {
-    fn assert_shm_safe<T: ShmSafe>() {}
-    assert_shm_safe::<SlotControl>();
-    let layout = Layout::new::<SlotControl>();
-    // SAFETY: the layout has a non-zero size; `SlotControl` is `ShmSafe`,
-    // so all zeros is a valid value, and the allocation has its layout, as
+/// A zeroed shared-memory structure on the heap (all zeros is valid: an
+/// idle slot, a free owner word).
+fn zeroed<T: ShmSafe>() -> Box<T> {
+    let layout = Layout::new::<T>();
+    // SAFETY: the layout has a non-zero size; `T` is `ShmSafe`, so all
+    // zeros is a valid value, and the allocation has its layout, as
     // `Box::from_raw` requires.
     unsafe {
-        let p = alloc_zeroed(layout).cast::<SlotControl>();
+        let p = alloc_zeroed(layout).cast::<T>();
         assert!(!p.is_null(), "allocation failed");
         Box::from_raw(p)
     }
@@ -42,7 +41,12 @@ const HOT: WaitPolicy = WaitPolicy {
 
 fn slot(c: &mut Criterion) {
     let mut g = c.benchmark_group("slot");
-    let s = zeroed_slot();
+    let control: Box<SlotControl> = zeroed();
+    let owner: Box<OwnerLine> = zeroed();
+    let s = SessionSlot {
+        control: &control,
+        owner: &owner,
+    };
     g.bench_function("claim_release", |b| {
         b.iter(|| {
             if let Some(c) = s.try_claim() {
@@ -55,13 +59,13 @@ fn slot(c: &mut Criterion) {
         // the worker's wait and finish, the session's wait and release.
         b.iter(|| {
             let Some(c) = s.try_claim() else { return };
-            s.proc_id.store(0, Ordering::Relaxed);
-            s.input_len.store(0, Ordering::Relaxed);
+            control.proc_id.store(0, Ordering::Relaxed);
+            control.input_len.store(0, Ordering::Relaxed);
             s.submit(c);
-            if let Task::Submitted(g) = s.wait_task(&HOT) {
-                s.status.store(0, Ordering::Relaxed);
-                s.output_len.store(0, Ordering::Relaxed);
-                s.finish(g);
+            if let Task::Submitted(g) = control.wait_task(&HOT) {
+                control.status.store(0, Ordering::Relaxed);
+                control.output_len.store(0, Ordering::Relaxed);
+                control.finish(g);
             }
             black_box(s.wait_done(c.generation, &HOT, None));
             black_box(s.unclaim(c.generation));

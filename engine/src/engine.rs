@@ -7,20 +7,20 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 use numaproc_ipc::layout::{
-    FreeSignal, GlobalFill, GlobalLayout, GlobalView, NameRecord, SocLayout, SocState, SocView,
-    init_global, init_soc,
+    FreeSignal, GlobalFill, GlobalLayout, GlobalView, NameRecord, SocFill, SocLayout, SocView,
+    init_global, write_soc_header,
 };
-use numaproc_ipc::slot::{Claimed, SESSION_SLEEPING, SlotRef};
+use numaproc_ipc::slot::{Claimed, SESSION_SLEEPING, SessionSlot, SlotRef};
 use numaproc_ipc::wait::{saturating_deadline, wait_on};
 use numaproc_ipc::{Region, ShmName, WaitPolicy, stale};
 use numaproc_procs::{Origin, ProcId, Registry};
 
 use crate::error::{CallError, StartError};
-use crate::launch::{self, Ended, SocHandle, SocShared};
+use crate::launch::{self, Ended, ForkedView, SocHandle, SocShared};
 use crate::options::{EngineOptions, SocKind};
 use crate::plan::{Plan, PlanRequest, plan};
 use crate::session::{Claim, Session};
-use crate::supervise::{Launcher, Supervisor};
+use crate::supervise::{Launcher, SocRecord, SocState, Supervised, Supervisor};
 use crate::topology::Topology;
 use crate::zygote::Zygote;
 
@@ -100,6 +100,9 @@ pub(crate) struct SlotHandle {
     /// Points into `Engine::regions[soc]`, which the engine keeps
     /// mapped for as long as it lives; never handed out beyond `&Engine`.
     pub slot: SlotRef<'static>,
+    /// The slot's control block and its owner line (in `Engine::global`),
+    /// with the same lifetime.
+    pub session: SessionSlot<'static>,
 }
 
 /// The state of a SOC, as reported by [`Engine::socs`].
@@ -122,6 +125,9 @@ pub struct SocStatus {
     pub cpus: Vec<Option<u32>>,
     /// Calls its workers have run so far.
     pub calls: u64,
+    /// Why it last died or failed to start, if it ever did (the exit status,
+    /// or the reason the supervisor killed it).
+    pub last_error: Option<String>,
 }
 
 /// Why a shutdown was not clean. The engine is gone either way: shared
@@ -141,6 +147,11 @@ pub struct Engine {
     pub(crate) slots: Vec<SlotHandle>,
     pub(crate) by_soc: Vec<Vec<usize>>,
     regions: Vec<Arc<Region>>,
+    /// The layouts the master computed: the only source of where things
+    /// are in the regions.
+    layouts: Vec<SocLayout>,
+    /// What the master knows of each SOC, in its own memory.
+    records: Arc<[SocRecord]>,
     supervisor: Supervisor,
     pub(crate) global: Arc<Region>,
     pub(crate) registry: Arc<Registry>,
@@ -220,6 +231,7 @@ impl Engine {
             soc_count: plan.socs.len(),
             name_count: registry.len(),
             settings_len: settings.len(),
+            slot_count: soc_layouts.iter().map(|l| l.worker_count).sum(),
         };
         let mut sizes = Vec::with_capacity(soc_layouts.len());
         for (i, l) in soc_layouts.iter().enumerate() {
@@ -235,16 +247,24 @@ impl Engine {
         };
         let global = Region::create(&name("g")?, global_layout.size(), GlobalLayout::SHAPE)
             .map_err(|e| shm_err(&e))?;
-        let soc_entries: Vec<(u32, u32, usize)> = plan
+        let soc_fills: Vec<SocFill> = plan
             .socs
             .iter()
             .zip(&sizes)
-            .map(|(s, &size)| (s.node, s.workers.len() as u32, size))
+            .map(|(s, &size)| SocFill {
+                node: s.node,
+                workers: s.workers.len() as u32,
+                region_size: size,
+            })
             .collect();
-        let names: Vec<(&str, u32, String)> = registry
+        let names: Vec<NameRecord> = registry
             .entries()
             .iter()
-            .map(|e| (e.name.as_str(), e.origin.tag(), e.origin.label()))
+            .map(|e| NameRecord {
+                name: e.name.clone(),
+                tag: e.origin.tag(),
+                label: e.origin.label(),
+            })
             .collect();
         let worker_policy = options.wait.worker();
         // SAFETY: just created with global_layout.size() bytes, unpublished.
@@ -258,32 +278,41 @@ impl Engine {
                     output_capacity: options.output_capacity,
                     worker_spin: worker_policy.spin,
                     worker_yield_after: worker_policy.yield_after,
-                    socs: &soc_entries,
+                    socs: &soc_fills,
                     names: &names,
                     settings: &settings,
                 },
             )
         };
         let global = Arc::new(global);
+        let placement: Vec<(u32, Vec<u32>)> = plan
+            .socs
+            .iter()
+            .map(|s| {
+                let cpus = s
+                    .workers
+                    .iter()
+                    .map(|w| if plan.binding { w.cpu } else { u32::MAX })
+                    .collect();
+                (s.node, cpus)
+            })
+            .collect();
         let mut regions = Vec::with_capacity(plan.socs.len());
-        for (i, (s, layout)) in plan.socs.iter().zip(&soc_layouts).enumerate() {
+        for (i, layout) in soc_layouts.iter().enumerate() {
             let region = Region::create(&name(&format!("s{i}"))?, sizes[i], SocLayout::SHAPE)
                 .map_err(|e| shm_err(&e))?;
-            let cpus: Vec<u32> = s
-                .workers
-                .iter()
-                .map(|w| if plan.binding { w.cpu } else { u32::MAX })
-                .collect();
+            let (node, cpus) = &placement[i];
             // SAFETY: just created with layout.size() bytes, unpublished.
-            unsafe { init_soc(&region, layout, i as u32, s.node, &cpus) };
+            unsafe { write_soc_header(&region, layout, i as u32, *node, cpus, 1) };
             region.publish();
             regions.push(Arc::new(region));
         }
         global.publish();
 
         let shutdown_timeout = Duration::from_millis(options.shutdown_timeout_ms);
-        let deadline = saturating_deadline(Duration::from_millis(options.startup_timeout_ms));
-        let view = GlobalView::new(&global);
+        let startup_timeout = Duration::from_millis(options.startup_timeout_ms);
+        let deadline = saturating_deadline(startup_timeout);
+        let records: Arc<[SocRecord]> = (0..regions.len()).map(|_| SocRecord::new()).collect();
         let shared: Vec<SocShared> = regions
             .iter()
             .map(|region| SocShared {
@@ -297,74 +326,114 @@ impl Engine {
             .collect();
         let mut launcher = match options.soc_kind {
             SocKind::Emulated => Launcher::Threads(shared),
-            SocKind::Forked => Launcher::Zygote(
-                Zygote::start(shared).map_err(|reason| StartError::Soc { soc: 0, reason })?,
-            ),
+            SocKind::Forked => {
+                let view = ForkedView {
+                    regions: regions.clone(),
+                    global: GlobalView::with_layout(&global, &global_layout).parts(),
+                };
+                Launcher::Zygote(
+                    Zygote::start(shared, view)
+                        .map_err(|reason| StartError::Soc { soc: 0, reason })?,
+                )
+            }
             SocKind::Spawned => Launcher::Spawn {
                 engine: global.name().to_owned(),
                 exe: options.soc_executable.clone(),
             },
         };
-        let mut handles: Vec<Option<SocHandle>> = Vec::with_capacity(regions.len());
-        let fail = |handles: &mut Vec<Option<SocHandle>>, launcher: &mut Launcher, soc, reason| {
-            stop_socs(&global, &regions, handles, shutdown_timeout);
+        let mut handles: Vec<SocHandle> = Vec::with_capacity(regions.len());
+        let fail = |handles: &mut Vec<SocHandle>, launcher: &mut Launcher, soc, reason| {
+            let mut handles: Vec<Option<SocHandle>> = handles.drain(..).map(Some).collect();
+            stop_socs(
+                &global,
+                &regions,
+                &soc_layouts,
+                &records,
+                &mut handles,
+                shutdown_timeout,
+            );
             launcher.stop(shutdown_timeout);
             StartError::Soc { soc, reason }
         };
         for i in 0..regions.len() {
-            match launcher.launch(i) {
+            match launcher.launch(i, startup_timeout) {
                 Ok(h) => {
-                    let entry = view.soc(i);
-                    entry.pid.store(h.pid(), Ordering::Relaxed);
-                    entry.generation.fetch_add(1, Ordering::Relaxed);
-                    entry
-                        .state
-                        .store(SocState::Starting as u32, Ordering::Release);
-                    handles.push(Some(h));
+                    records[i].set_pid(h.pid());
+                    handles.push(h);
                 }
                 Err(reason) => return Err(fail(&mut handles, &mut launcher, i, reason)),
             }
         }
-        let mut started: Vec<SocHandle> = handles.drain(..).flatten().collect();
-        let ready = launch::wait_ready(&mut started, deadline);
-        handles.extend(started.into_iter().map(Some));
-        if let Err((soc, reason)) = ready {
-            view.soc(soc)
-                .state
-                .store(SocState::Dead as u32, Ordering::Release);
+        if let Err((soc, reason)) =
+            launch::wait_ready(&mut handles, deadline, |h| launcher.how_ended(h))
+        {
             return Err(fail(&mut handles, &mut launcher, soc, reason));
         }
         // Library procedures: every SOC loaded its own and listed them in
         // its region; all must agree, and the master learns their names.
-        let lists: Vec<_> = regions.iter().map(|r| SocView::new(r).names()).collect();
+        // The master reads each list through the layout it computed.
+        let lists: Vec<Vec<NameRecord>> = regions
+            .iter()
+            .zip(&soc_layouts)
+            .map(|(r, l)| SocView::with_layout(r, l).names())
+            .collect();
         let mut registry = (*registry).clone();
         if let Err((soc, reason)) = merge_library_names(&mut registry, &lists) {
             return Err(fail(&mut handles, &mut launcher, soc, reason));
         }
         let registry = Arc::new(registry);
-        for i in 0..regions.len() {
-            view.soc(i)
-                .state
-                .store(SocState::Ready as u32, Ordering::Release);
+        for r in records.iter() {
+            r.set_state(SocState::Ready);
         }
-        let handles: Vec<SocHandle> = handles.into_iter().flatten().collect();
-        let supervisor = match Supervisor::start(
-            Arc::clone(&global),
-            regions.clone(),
-            handles,
-            launcher,
-            options.restart,
-            (options.hard_limit_ms > 0).then(|| Duration::from_millis(options.hard_limit_ms)),
-        ) {
+        let hard_limit =
+            (options.hard_limit_ms > 0).then(|| Duration::from_millis(options.hard_limit_ms));
+        let first_slot: Vec<usize> = soc_layouts
+            .iter()
+            .scan(0, |next, l| {
+                let first = *next;
+                *next += l.worker_count;
+                Some(first)
+            })
+            .collect();
+        let supervised = Supervised {
+            global: Arc::clone(&global),
+            global_layout,
+            regions: regions.clone(),
+            layouts: soc_layouts.clone(),
+            placement,
+            first_slot: first_slot.clone(),
+            records: Arc::clone(&records),
+            library_table: lists.into_iter().next().unwrap_or_default(),
+            policy: options.restart,
+            hard_limit,
+            startup_timeout,
+        };
+        let supervisor = match Supervisor::start(supervised, handles, launcher) {
             Ok(s) => s,
-            Err((reason, (mut handles, mut launcher))) => {
-                return Err(fail(&mut handles, &mut launcher, 0, reason));
+            Err(reason) => {
+                // The SOCs and the zygote went with the supervisor that
+                // could not start: they were killed and reaped when dropped.
+                let mut none: Vec<Option<SocHandle>> = Vec::new();
+                stop_socs(
+                    &global,
+                    &regions,
+                    &soc_layouts,
+                    &records,
+                    &mut none,
+                    shutdown_timeout,
+                );
+                return Err(StartError::Soc { soc: 0, reason });
             }
         };
 
         // Slots in an order that interleaves SOCs, so that scans spread
         // calls over SOCs.
-        let views: Vec<SocView<'_>> = regions.iter().map(|r| SocView::new(r)).collect();
+        let views: Vec<SocView<'_>> = regions
+            .iter()
+            .zip(&soc_layouts)
+            .map(|(r, l)| SocView::with_layout(r, l))
+            .collect();
+        let global_view = GlobalView::with_layout(&global, &global_layout);
         let mut slots = Vec::new();
         let mut by_soc = vec![Vec::new(); regions.len()];
         let most = views.iter().map(SocView::worker_count).max().unwrap_or(0);
@@ -374,10 +443,17 @@ impl Engine {
                     continue;
                 }
                 let slot = v.slot(w);
-                // SAFETY: the region behind `slot` is held in `regions` (an Arc)
-                // for the engine's whole life, and `SlotHandle`s never leave
-                // the engine except borrowed for less than `&self`.
-                let slot: SlotRef<'static> = unsafe { std::mem::transmute(slot) };
+                let session = v.session_slot(w, global_view.owner(first_slot[soc] + w));
+                // SAFETY: the regions behind `slot` and `session` are held in
+                // `regions` and `global` (Arcs) for the engine's whole life,
+                // and `SlotHandle`s never leave the engine except borrowed
+                // for less than `&self`.
+                let (slot, session) = unsafe {
+                    (
+                        std::mem::transmute::<SlotRef<'_>, SlotRef<'static>>(slot),
+                        std::mem::transmute::<SessionSlot<'_>, SessionSlot<'static>>(session),
+                    )
+                };
                 let cpu = plan.binding.then(|| plan.socs[soc].workers[w].cpu);
                 by_soc[soc].push(slots.len());
                 slots.push(SlotHandle {
@@ -385,6 +461,7 @@ impl Engine {
                     worker: w,
                     cpu,
                     slot,
+                    session,
                 });
             }
         }
@@ -392,9 +469,7 @@ impl Engine {
         for list in &mut by_soc {
             list.sort_by_key(|&i| slots[i].worker);
         }
-        let hard_limit =
-            (options.hard_limit_ms > 0).then(|| Duration::from_millis(options.hard_limit_ms));
-        let free: *const FreeSignal = &GlobalView::new(&global).header().free;
+        let free: *const FreeSignal = global_view.signals();
         // SAFETY: the global region is held in `global` (an Arc) for the
         // engine's whole life, and `free` never leaves the engine.
         let free: &'static FreeSignal = unsafe { &*free };
@@ -404,6 +479,8 @@ impl Engine {
             slots,
             by_soc,
             regions,
+            layouts: soc_layouts,
+            records,
             supervisor,
             global,
             registry,
@@ -463,31 +540,31 @@ impl Engine {
 
     /// The state of every SOC.
     pub fn socs(&self) -> Vec<SocStatus> {
-        let view = GlobalView::new(&self.global);
-        (0..self.regions.len())
-            .map(|i| {
-                let e = view.soc(i);
-                SocStatus {
-                    soc: i,
-                    node: e.node,
-                    pid: e.pid.load(Ordering::Relaxed),
-                    state: state_name(SocState::from_u32(e.state.load(Ordering::Acquire)))
-                        .to_owned(),
-                    restarts: e.generation.load(Ordering::Relaxed).saturating_sub(1),
-                    workers: self.by_soc[i].len(),
-                    cpus: self.by_soc[i].iter().map(|&s| self.slots[s].cpu).collect(),
-                    calls: self.by_soc[i]
-                        .iter()
-                        .map(|&s| {
-                            self.slots[s]
-                                .slot
-                                .control
-                                .stats
-                                .calls
-                                .load(Ordering::Relaxed)
-                        })
-                        .sum(),
-                }
+        self.records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| SocStatus {
+                soc: i,
+                node: self.plan.socs[i].node,
+                pid: r.pid(),
+                state: r.state().name().to_owned(),
+                restarts: r.restarts(),
+                workers: self.by_soc[i].len(),
+                cpus: self.by_soc[i].iter().map(|&s| self.slots[s].cpu).collect(),
+                // Counters the SOC writes: any value, summed without
+                // overflow.
+                calls: self.by_soc[i]
+                    .iter()
+                    .map(|&s| {
+                        self.slots[s]
+                            .slot
+                            .control
+                            .stats
+                            .calls
+                            .load(Ordering::Relaxed)
+                    })
+                    .fold(0, u64::saturating_add),
+                last_error: r.last_error(),
             })
             .collect()
     }
@@ -564,7 +641,7 @@ impl Engine {
                 if pass == 0 && here.is_some() && s.cpu == here {
                     continue;
                 }
-                if let Some(g) = s.slot.control.try_claim() {
+                if let Some(g) = s.session.try_claim() {
                     LAST_SLOT.with(|c| c.set((self.id, i)));
                     return Some((i, g));
                 }
@@ -576,12 +653,13 @@ impl Engine {
     /// Whether a SOC among `target`'s can serve now or later (it is not
     /// given up).
     fn target_alive(&self, target: Target) -> bool {
-        let view = GlobalView::new(&self.global);
         let alive = |soc: usize| {
-            !matches!(
-                SocState::from_u32(view.soc(soc).state.load(Ordering::Acquire)),
-                SocState::GivenUp | SocState::Stopping | SocState::Stopped
-            )
+            self.records.get(soc).is_some_and(|r| {
+                !matches!(
+                    r.state(),
+                    SocState::GivenUp | SocState::Stopping | SocState::Stopped
+                )
+            })
         };
         match target {
             Target::Any => (0..self.regions.len()).any(alive),
@@ -637,7 +715,7 @@ impl Engine {
             }
         };
         let slot = self.slots.get(index)?;
-        let claimed = slot.slot.control.try_claim()?;
+        let claimed = slot.session.try_claim()?;
         Some(Claim::new(self, slot, claimed))
     }
 
@@ -649,7 +727,7 @@ impl Engine {
             Some(r) => Some(r),
             None => match wait {
                 None => return Err(CallError::Busy),
-                Some(d) => GlobalView::new(&self.global).header().free.wait_for(
+                Some(d) => self.free.wait_for(
                     numaproc_ipc::wait::deadline_in(d),
                     self.session_policy.spin.min(d),
                     || self.attempt(target, list),
@@ -807,7 +885,14 @@ impl Engine {
             .supervisor
             .stop()
             .unwrap_or_else(|| (Vec::new(), Launcher::Threads(Vec::new())));
-        let problems = stop_socs(&self.global, &self.regions, &mut handles, timeout);
+        let problems = stop_socs(
+            &self.global,
+            &self.regions,
+            &self.layouts,
+            &self.records,
+            &mut handles,
+            timeout,
+        );
         launcher.stop(timeout);
         if problems.is_empty() {
             Ok(())
@@ -824,26 +909,26 @@ impl Drop for Engine {
 }
 
 /// Closes every slot (waiting for running calls up to `timeout`), waits for
-/// every SOC to end (killing forked ones that do not), and unlinks the
+/// every SOC to end (killing SOC processes that do not), and unlinks the
 /// shared memory. Returns a sentence per SOC that did not end cleanly.
 fn stop_socs(
     global: &Region,
     regions: &[Arc<Region>],
+    layouts: &[SocLayout],
+    records: &[SocRecord],
     handles: &mut [Option<SocHandle>],
     timeout: Duration,
 ) -> Vec<String> {
     let deadline = saturating_deadline(timeout);
-    let view = GlobalView::new(global);
-    view.header().closing.store(1, Ordering::SeqCst);
-    for (i, region) in regions.iter().enumerate() {
+    for (i, (region, layout)) in regions.iter().zip(layouts).enumerate() {
         if handles.get(i).is_some_and(Option::is_some) {
-            view.soc(i)
-                .state
-                .store(SocState::Stopping as u32, Ordering::Release);
+            records[i].set_state(SocState::Stopping);
         }
-        let sv = SocView::new(region);
-        for w in 0..sv.worker_count() {
-            let control = sv.slot(w).control;
+        let view = SocView::with_layout(region, layout);
+        // A worker whose call outlives this wait leaves when it ends.
+        view.header().closing.store(1, Ordering::SeqCst);
+        for w in 0..view.worker_count() {
+            let control = view.slot(w).control;
             // A slot is busy only while an abandoned call still runs.
             while !control.close() && Instant::now() < deadline {
                 let before = control.word().0 & !SESSION_SLEEPING;
@@ -871,10 +956,11 @@ fn stop_socs(
             Ended::Detached => problems.push(format!(
                 "SOC {i} (emulated) did not stop within {timeout:?}; its thread ends after its current call"
             )),
+            Ended::Stuck => problems.push(format!(
+                "SOC {i} did not stop within {timeout:?} and did not end when killed"
+            )),
         }
-        view.soc(i)
-            .state
-            .store(SocState::Stopped as u32, Ordering::Release);
+        records[i].set_state(SocState::Stopped);
     }
     // The names go now, even if a detached emulated SOC still maps them.
     for region in regions {
@@ -882,19 +968,6 @@ fn stop_socs(
     }
     global.unlink();
     problems
-}
-
-fn state_name(state: SocState) -> &'static str {
-    match state {
-        SocState::Planned => "planned",
-        SocState::Starting => "starting",
-        SocState::Ready => "ready",
-        SocState::Dead => "dead",
-        SocState::Stopping => "stopping",
-        SocState::Stopped => "stopped",
-        SocState::Restarting => "restarting",
-        SocState::GivenUp => "given_up",
-    }
 }
 
 /// Checks that every SOC loaded the same library procedures and adds them
@@ -908,7 +981,7 @@ fn merge_library_names(
     };
     let names = |l: &[NameRecord]| {
         l.iter()
-            .map(|n| n.0.as_str())
+            .map(|n| n.name.as_str())
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -924,9 +997,9 @@ fn merge_library_names(
             ));
         }
     }
-    for (name, tag, label) in first {
+    for record in first {
         registry
-            .register_external(name, Origin::from_parts(*tag, label))
+            .register_external(&record.name, Origin::from_parts(record.tag, &record.label))
             .map_err(|e| (0, e.to_string()))?;
     }
     Ok(())

@@ -1,33 +1,50 @@
-//! Starting SOCs (threads or forked children), waiting for their start-up
-//! reports, and waiting for them to end.
+//! Starting SOCs, reading their start-up reports, and watching them end.
 //!
-//! Every SOC gets a pipe whose write end it holds for its whole life. It
-//! writes one report on it (`R` for ready, or `E` and a message), and the
-//! pipe reads end-of-file once the SOC has ended (thread returned, process
-//! exited or was killed). So the master waits for start-up and for exit with
-//! `poll`, with a deadline and without polling loops, and a SOC that dies
-//! before it reports is noticed at once.
+//! The master holds two descriptors per SOC:
+//! - its **liveness**: a pidfd of the SOC's process (forked and spawned
+//!   SOCs), which becomes readable when that process ends and nothing the
+//!   process does can fake or hide; for an emulated SOC, the read end of a
+//!   pipe whose write end the SOC's thread holds until it returns;
+//! - its **report pipe**, until it is ready: the SOC writes one report (`R`,
+//!   or `E` and a reason) and closes its end. Anything else on it (other
+//!   bytes, or end-of-file with no report while the SOC still runs) breaks
+//!   the start-up protocol: the SOC is killed and counts as failed. Once
+//!   ready, the master closes its end: nothing a SOC does with its
+//!   descriptors afterwards concerns the master.
+//!
+//! So the master waits for start-up and for exit with `poll`, with a
+//! deadline and without polling loops, and never blocks on a SOC.
 //!
 //! Forked SOCs are forked by the zygote (see `zygote.rs`), which also runs
 //! [`child_main`] in each.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitStatus, waitpid};
+use nix::poll::{PollFd, PollFlags, poll};
+use nix::sys::signal::Signal;
 use nix::unistd::{Pid, getppid, pipe2};
 use numaproc_ipc::Region;
+use numaproc_ipc::layout::GlobalParts;
 use numaproc_procs::Registry;
 use numaproc_soc::{SocConfig, SocInitFn};
+
+use crate::process::{self, Exit, poll_timeout};
 
 /// Longest start-up error message sent through a report pipe (below
 /// PIPE_BUF, so the report is one atomic write).
 const MAX_REPORT: usize = 4000;
+
+/// How long a SOC that closed its report pipe without a report may take to
+/// end before it is taken for one that broke the protocol (a dying
+/// process closes its descriptors a moment before its pidfd says so).
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// How long to wait for a killed process to end before giving up on it.
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(1);
 
 /// What a SOC runs on.
 #[derive(Debug)]
@@ -40,18 +57,40 @@ pub(crate) enum Runner {
     Grandchild { pid: Pid },
 }
 
+/// Where a SOC's start-up report stands.
+#[derive(Debug)]
+enum ReportPipe {
+    /// Waiting for the report.
+    Open(OwnedFd),
+    /// The SOC closed the pipe without reporting, at this instant.
+    ClosedEarly(Instant),
+    /// Read (or given up on): the master's end is closed.
+    Done,
+}
+
+/// What a SOC's start-up came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StartEvent {
+    /// It reported ready.
+    Ready,
+    /// It reported an error, or broke the protocol; if it still runs, it
+    /// must be killed.
+    Failed(String),
+}
+
 /// A started SOC as the master sees it.
 #[derive(Debug)]
 pub(crate) struct SocHandle {
     pub soc: usize,
-    pub runner: Runner,
-    /// Read end of the report pipe.
-    report: OwnedFd,
-    /// Whether the pipe has reached end-of-file (the SOC has ended).
+    runner: Runner,
+    /// pidfd of the process, or the thread's liveness pipe.
+    liveness: OwnedFd,
+    report: ReportPipe,
+    /// Whether the liveness descriptor has said the SOC ended.
     ended: bool,
 }
 
-/// What a SOC needs, shared with an emulated SOC's thread.
+/// What a SOC needs, shared with an emulated SOC's thread and the zygote.
 #[derive(Debug, Clone)]
 pub(crate) struct SocShared {
     pub global: Arc<Region>,
@@ -79,7 +118,9 @@ pub(crate) fn write_report(fd: &OwnedFd, result: Result<(), String>) {
     let _ = nix::unistd::write(fd, &bytes);
 }
 
-fn run_soc(soc: usize, shared: &SocShared, report: &OwnedFd) {
+/// Runs a SOC; its report goes to `report`, which is closed right after:
+/// the SOC's procedures never see it.
+fn run_soc(soc: usize, shared: &SocShared, report: OwnedFd) {
     let cfg = SocConfig {
         soc: soc as u32,
         global: &shared.global,
@@ -89,35 +130,108 @@ fn run_soc(soc: usize, shared: &SocShared, report: &OwnedFd) {
         libraries: &shared.libraries,
         init: shared.init,
     };
-    numaproc_soc::run(&cfg, |r| write_report(report, r));
+    numaproc_soc::run(&cfg, move |r| {
+        write_report(&report, r);
+        drop(report);
+    });
+}
+
+/// A pipe whose read end does not block.
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    let (read, write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+        .map_err(|e| format!("pipe: {e}"))?;
+    Ok((read, write))
+}
+
+/// A pipe for a SOC's report: the master's (non-blocking) read end, the
+/// SOC's write end.
+pub(crate) fn report_pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    pipe()
 }
 
 /// Starts an emulated SOC: a thread of this process.
 pub(crate) fn launch_thread(soc: usize, shared: SocShared) -> Result<SocHandle, String> {
-    let (read, write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (report, report_write) = report_pipe()?;
+    let (liveness, alive) = pipe()?;
     let handle = std::thread::Builder::new()
         .name(format!("np-soc{soc}"))
         .spawn(move || {
-            // The write end is dropped (end-of-file) when the SOC ends.
-            run_soc(soc, &shared, &write);
+            run_soc(soc, &shared, report_write);
+            // End-of-file on the liveness pipe: the SOC has ended.
+            drop(alive);
         })
         .map_err(|e| format!("cannot start the SOC thread: {e}"))?;
     Ok(SocHandle {
         soc,
         runner: Runner::Thread(Some(handle)),
-        report: read,
+        liveness,
+        report: ReportPipe::Open(report),
         ended: false,
     })
 }
 
-/// The body of a forked SOC process: dies with its parent, runs the SOC.
-pub(crate) fn child_main(soc: usize, shared: &SocShared, report: &OwnedFd, parent: Pid) -> i32 {
+/// What a forked SOC gives up before running: the other SOCs' regions, the
+/// sessions' owner lines, and write access to the engine's header.
+#[derive(Debug, Clone)]
+pub(crate) struct ForkedView {
+    /// Every SOC's region, by SOC index.
+    pub regions: Vec<Arc<Region>>,
+    /// The parts of the global region.
+    pub global: GlobalParts,
+}
+
+/// Takes from this process (a SOC's) what SOC `soc` must not touch.
+///
+/// # Safety
+/// Nothing in this process may use the other SOCs' regions or the owner
+/// lines afterwards.
+pub(crate) unsafe fn restrict_to(
+    soc: usize,
+    global: &Region,
+    parts: &GlobalParts,
+    regions: &[Arc<Region>],
+) -> Result<(), String> {
+    for (i, region) in regions.iter().enumerate() {
+        if i != soc {
+            // SAFETY: the caller promises this process never uses it again.
+            unsafe { region.discard(0..region.len()) }
+                .map_err(|e| format!("cannot unmap SOC {i}'s region: {e}"))?;
+        }
+    }
+    // SAFETY: as above, for the owner lines.
+    unsafe { global.discard(parts.owners.clone()) }
+        .map_err(|e| format!("cannot unmap the owner lines: {e}"))?;
+    global
+        .protect_read_only(parts.read_only.clone())
+        .map_err(|e| format!("cannot make the engine's header read-only: {e}"))
+}
+
+/// The body of a forked SOC process, in the child of the zygote: dies with
+/// its parent, keeps only its report pipe, gives up what it must not touch,
+/// runs the SOC.
+pub(crate) fn child_main(
+    soc: usize,
+    shared: &SocShared,
+    view: &ForkedView,
+    report: OwnedFd,
+    parent: Pid,
+) -> i32 {
     // Die with the parent; then make sure it did not die before the line above.
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || getppid() != parent {
         return 3;
     }
+    // Nothing of the master (or the zygote) but the report pipe: what a
+    // procedure starts inherits none of it.
+    process::close_all_but(&[report.as_raw_fd()]);
     if let Ok(name) = std::ffi::CString::new(format!("numaproc-soc{soc}")) {
         let _ = nix::sys::prctl::set_name(&name);
+    }
+    // SAFETY: this process is SOC `soc`: it uses only its own region and
+    // the global region's header and signals.
+    if let Err(e) = unsafe { restrict_to(soc, &shared.global, &view.global, &view.regions) } {
+        write_report(&report, Err(e));
+        return 4;
     }
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run_soc(soc, shared, report)
@@ -127,23 +241,56 @@ pub(crate) fn child_main(soc: usize, shared: &SocShared, report: &OwnedFd, paren
     }
 }
 
+/// How a SOC's end looked to the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HowEnded {
+    /// A process of the master's: its exit (if it could be read).
+    Process(Option<Exit>),
+    /// An emulated SOC's thread.
+    Thread {
+        /// Whether it panicked.
+        panicked: bool,
+    },
+    /// A process forked by the zygote: the zygote knows.
+    AskZygote,
+}
+
+/// How a SOC ended when asked to stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// It stopped by itself.
+    Clean,
+    /// A SOC process exited abnormally (status or signal).
+    Abnormal(String),
+    /// It did not stop in time: the process was killed.
+    Killed,
+    /// It did not stop in time: the thread was left running (emulated
+    /// SOCs cannot be killed); it exits when its current call returns.
+    Detached,
+    /// It did not end even after SIGKILL (a process stuck in the kernel).
+    Stuck,
+}
+
 impl SocHandle {
-    /// A handle on a SOC process started some other way (spawned).
-    pub fn child(soc: usize, pid: Pid, report: OwnedFd) -> Self {
+    /// A SOC process started by the master (spawned), watched through
+    /// `pidfd`.
+    pub fn child(soc: usize, pid: Pid, pidfd: OwnedFd, report: OwnedFd) -> Self {
         Self {
             soc,
             runner: Runner::Child { pid, reaped: false },
-            report,
+            liveness: pidfd,
+            report: ReportPipe::Open(report),
             ended: false,
         }
     }
 
-    /// A handle on a SOC forked by the zygote.
-    pub fn grandchild(soc: usize, pid: Pid, report: OwnedFd) -> Self {
+    /// A SOC forked by the zygote, watched through `pidfd`.
+    pub fn grandchild(soc: usize, pid: Pid, pidfd: OwnedFd, report: OwnedFd) -> Self {
         Self {
             soc,
             runner: Runner::Grandchild { pid },
-            report,
+            liveness: pidfd,
+            report: ReportPipe::Open(report),
             ended: false,
         }
     }
@@ -156,10 +303,18 @@ impl SocHandle {
         }
     }
 
-    /// The read end of the report pipe (readable at a report or at the
-    /// SOC's end).
-    pub fn report_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.report.as_fd()
+    /// Readable when the SOC has ended.
+    pub fn liveness_fd(&self) -> BorrowedFd<'_> {
+        self.liveness.as_fd()
+    }
+
+    /// Readable when a report (or end-of-file) is there; `None` once the
+    /// start-up is over (or while only the SOC's end is awaited).
+    pub fn report_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.report {
+            ReportPipe::Open(fd) => Some(fd.as_fd()),
+            _ => None,
+        }
     }
 
     /// The pid of a SOC forked by the zygote.
@@ -175,221 +330,229 @@ impl SocHandle {
         matches!(self.runner, Runner::Thread(_))
     }
 
-    /// Reads what is in the pipe: `Some(report)` when a report or
-    /// end-of-file was read, `None` when nothing is there yet.
-    pub fn read_report(&mut self) -> Option<Result<(), String>> {
-        let mut buf = vec![0u8; MAX_REPORT + 1];
-        match nix::unistd::read(self.report.as_fd(), &mut buf) {
-            Ok(0) => {
-                self.ended = true;
-                Some(Err(self.describe_end()))
-            }
-            Ok(n) => Some(match buf[0] {
-                b'R' => Ok(()),
-                _ => Err(String::from_utf8_lossy(&buf[1..n]).into_owned()),
-            }),
-            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => None,
-            Err(e) => Some(Err(format!("cannot read the SOC's report: {e}"))),
-        }
-    }
-
-    /// After end-of-file: reaps the SOC and says how it ended.
-    fn describe_end(&mut self) -> String {
-        match &mut self.runner {
-            Runner::Thread(handle) => match handle.take().map(JoinHandle::join) {
-                Some(Err(_)) => "the SOC thread panicked".to_owned(),
-                _ => "the SOC thread ended without reporting".to_owned(),
-            },
-            Runner::Grandchild { pid } => {
-                format!(
-                    "process {pid} {} before reporting ready",
-                    zombie_status(*pid)
-                )
-            }
-            Runner::Child { pid, reaped } => {
-                let pid = *pid;
-                *reaped = true;
-                match waitpid(pid, None) {
-                    Ok(WaitStatus::Exited(_, code)) => {
-                        format!("process {pid} exited with status {code} before reporting ready")
-                    }
-                    Ok(WaitStatus::Signaled(_, sig, _)) => {
-                        format!("process {pid} was killed by {sig} before reporting ready")
-                    }
-                    Ok(other) => format!("process {pid} ended before reporting ready ({other:?})"),
-                    Err(e) => format!("process {pid} ended before reporting ready (waitpid: {e})"),
-                }
-            }
-        }
-    }
-}
-
-/// How a process that is not our child ended, read from its zombie's
-/// `/proc/PID/stat` (`exit_code`, in waitpid's encoding) while its parent
-/// has not reaped it yet.
-pub(crate) fn zombie_status(pid: Pid) -> String {
-    // The report pipe reads end-of-file when the dying process closes its
-    // files, a moment before it becomes a zombie: wait for that moment.
-    let deadline = Instant::now() + std::time::Duration::from_millis(200);
-    let code = loop {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            break None;
+    /// Reads the report pipe after `poll` said it is readable.
+    pub fn read_report(&mut self) -> Option<StartEvent> {
+        let ReportPipe::Open(fd) = &self.report else {
+            return None;
         };
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        // Field 3 (state) comes first after the name; exit_code is field 52.
-        if fields.first() == Some(&"Z") {
-            break fields.last().and_then(|c| c.parse::<i32>().ok());
+        let mut buf = vec![0u8; MAX_REPORT + 2];
+        let (report, event) = match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => (ReportPipe::ClosedEarly(Instant::now()), None),
+            Ok(1) if buf[0] == b'R' => (ReportPipe::Done, Some(StartEvent::Ready)),
+            Ok(n) if buf[0] == b'E' && n <= MAX_REPORT + 1 => (
+                ReportPipe::Done,
+                Some(StartEvent::Failed(
+                    String::from_utf8_lossy(&buf[1..n]).into_owned(),
+                )),
+            ),
+            Ok(n) => (
+                ReportPipe::Done,
+                Some(StartEvent::Failed(format!(
+                    "broke the start-up protocol: wrote {n} bytes that are not a report"
+                ))),
+            ),
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => return None,
+            Err(e) => (
+                ReportPipe::Done,
+                Some(StartEvent::Failed(format!("cannot read its report: {e}"))),
+            ),
+        };
+        self.report = report;
+        event
+    }
+
+    /// For a SOC that closed its report pipe without a report: once the
+    /// grace for a dying process has passed and it still runs, it broke the
+    /// protocol. Returns when that grace ends, or the failure.
+    pub fn check_silence(&mut self, now: Instant) -> Option<Result<Instant, StartEvent>> {
+        let ReportPipe::ClosedEarly(at) = self.report else {
+            return None;
+        };
+        let end = at + CLOSE_GRACE;
+        if now < end {
+            return Some(Ok(end));
         }
-        if Instant::now() >= deadline {
-            break None;
+        self.report = ReportPipe::Done;
+        Some(Err(StartEvent::Failed(
+            "closed its start-up report pipe without reporting".to_owned(),
+        )))
+    }
+
+    /// When the grace of a SOC that closed its report pipe without a
+    /// report ends (see [`SocHandle::check_silence`]).
+    pub fn silence_ends(&self) -> Option<Instant> {
+        match self.report {
+            ReportPipe::ClosedEarly(at) => Some(at + CLOSE_GRACE),
+            _ => None,
         }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    };
-    match code {
-        Some(c) if c & 0x7f != 0 => match Signal::try_from(c & 0x7f) {
-            Ok(sig) => format!("was killed by {sig}"),
-            Err(_) => format!("was killed by signal {}", c & 0x7f),
-        },
-        Some(c) => format!("exited with status {}", (c >> 8) & 0xff),
-        None => "ended".to_owned(),
+    }
+
+    /// Gives up on the report (the start-up is over one way or another).
+    pub fn close_report(&mut self) {
+        self.report = ReportPipe::Done;
+    }
+
+    /// Kills the SOC's process (through its pidfd: never another process
+    /// that reuses its pid). Emulated SOCs cannot be killed.
+    pub fn kill(&self) {
+        if !self.is_thread() && !self.ended {
+            process::kill(self.liveness.as_fd());
+        }
+    }
+
+    /// Marks the SOC ended (its liveness descriptor said so) and says how,
+    /// as far as the master itself can tell: a child's exit status (it is
+    /// reaped here), a thread's end; a SOC forked by the zygote gives
+    /// [`HowEnded::AskZygote`].
+    pub fn on_end(&mut self) -> HowEnded {
+        self.ended = true;
+        self.report = ReportPipe::Done;
+        match &mut self.runner {
+            Runner::Thread(handle) => HowEnded::Thread {
+                panicked: matches!(handle.take().map(JoinHandle::join), Some(Err(_))),
+            },
+            Runner::Child { reaped, .. } => {
+                *reaped = true;
+                HowEnded::Process(process::reap(self.liveness.as_fd()))
+            }
+            Runner::Grandchild { .. } => HowEnded::AskZygote,
+        }
+    }
+
+    /// Waits until the SOC has ended, at most until `deadline`; then kills
+    /// (processes) or detaches (emulated) it. Always reaps a child, unless
+    /// it does not end even after SIGKILL within [`KILL_GRACE`].
+    pub fn wait_exit(&mut self, deadline: Instant) -> Ended {
+        let by_itself = self.ended || wait_readable(self.liveness.as_fd(), deadline);
+        if !by_itself && self.is_thread() {
+            if let Runner::Thread(handle) = &mut self.runner {
+                handle.take();
+            }
+            return Ended::Detached;
+        }
+        if !by_itself {
+            self.kill();
+            if !process::readable_within(self.liveness.as_fd(), KILL_GRACE) {
+                return Ended::Stuck;
+            }
+        }
+        let how = if self.ended {
+            HowEnded::AskZygote
+        } else {
+            self.on_end()
+        };
+        match (by_itself, how) {
+            (false, _) => Ended::Killed,
+            (true, HowEnded::Process(Some(exit))) if exit != Exit::Code(0) => {
+                Ended::Abnormal(exit.to_string())
+            }
+            (true, _) => Ended::Clean,
+        }
     }
 }
 
-fn poll_timeout(deadline: Instant) -> PollTimeout {
-    let left = deadline.saturating_duration_since(Instant::now());
-    // Round up so that a sub-millisecond rest does not spin.
-    let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+impl Drop for SocHandle {
+    /// A SOC whose handle is dropped before it ended (a failed start, a
+    /// supervisor that could not start) is killed and, if it is the
+    /// master's child, reaped: nothing outlives the engine.
+    fn drop(&mut self) {
+        if self.ended || self.is_thread() {
+            return;
+        }
+        self.kill();
+        if process::readable_within(self.liveness.as_fd(), KILL_GRACE) {
+            self.on_end();
+        }
+    }
 }
 
-/// Waits until every SOC reported ready, or returns the first failure
-/// (SOC index and reason), or a timeout for the SOCs still silent.
+fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> bool {
+    process::readable_within(fd, deadline.saturating_duration_since(Instant::now()))
+}
+
+/// Waits until every SOC reported ready, or returns the first failure (SOC
+/// index and reason; a SOC that failed but runs is killed), or a timeout
+/// for the SOCs still silent. `ended` says how a SOC whose process ended
+/// before reporting ended (it asks the zygote for forked SOCs).
 pub(crate) fn wait_ready(
     handles: &mut [SocHandle],
     deadline: Instant,
+    mut ended: impl FnMut(&mut SocHandle) -> String,
 ) -> Result<(), (usize, String)> {
     let mut pending: Vec<usize> = (0..handles.len()).collect();
     while !pending.is_empty() {
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             let soc = handles[pending[0]].soc;
             return Err((
                 soc,
                 "did not report ready before the start-up timeout".to_owned(),
             ));
         }
-        let readable: Vec<usize> = {
-            let mut fds: Vec<PollFd<'_>> = pending
-                .iter()
-                .map(|&i| PollFd::new(handles[i].report.as_fd(), PollFlags::POLLIN))
-                .collect();
-            match poll(&mut fds, poll_timeout(deadline)) {
+        let mut wake_at = deadline;
+        for &i in &pending {
+            match handles[i].check_silence(now) {
+                Some(Ok(end)) => wake_at = wake_at.min(end),
+                Some(Err(StartEvent::Failed(reason))) => {
+                    handles[i].kill();
+                    return Err((handles[i].soc, reason));
+                }
+                _ => {}
+            }
+        }
+        // Per pending SOC: its liveness, then its report pipe if open.
+        let mut owners = Vec::new();
+        let fired: Vec<(usize, bool, bool)> = {
+            let mut fds = Vec::new();
+            for &i in &pending {
+                fds.push(PollFd::new(handles[i].liveness_fd(), PollFlags::POLLIN));
+                owners.push((i, false));
+                if let Some(r) = handles[i].report_fd() {
+                    fds.push(PollFd::new(r, PollFlags::POLLIN));
+                    owners.push((i, true));
+                }
+            }
+            match poll(&mut fds, poll_timeout(wake_at)) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err((handles[pending[0]].soc, format!("poll: {e}"))),
             }
-            fds.iter()
-                .zip(&pending)
-                .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
-                .map(|(_, &i)| i)
+            let hit = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+            pending
+                .iter()
+                .map(|&i| {
+                    let live = fds
+                        .iter()
+                        .zip(&owners)
+                        .any(|(fd, &(o, report))| o == i && !report && hit(fd));
+                    let report = fds
+                        .iter()
+                        .zip(&owners)
+                        .any(|(fd, &(o, report))| o == i && report && hit(fd));
+                    (i, live, report)
+                })
                 .collect()
         };
-        for i in readable {
-            match handles[i].read_report() {
-                None => {}
-                Some(Ok(())) => pending.retain(|&p| p != i),
-                Some(Err(reason)) => return Err((handles[i].soc, reason)),
+        for (i, live, report) in fired {
+            if report {
+                match handles[i].read_report() {
+                    Some(StartEvent::Ready) => {
+                        pending.retain(|&p| p != i);
+                        continue;
+                    }
+                    Some(StartEvent::Failed(reason)) => {
+                        handles[i].kill();
+                        return Err((handles[i].soc, reason));
+                    }
+                    None => {}
+                }
+            }
+            if live {
+                let how = ended(&mut handles[i]);
+                return Err((handles[i].soc, format!("{how} before reporting ready")));
             }
         }
     }
     Ok(())
-}
-
-/// How a SOC ended when asked to stop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Ended {
-    /// It stopped by itself.
-    Clean,
-    /// A forked SOC exited abnormally (status or signal).
-    Abnormal(String),
-    /// It did not stop in time: the process was killed.
-    Killed,
-    /// It did not stop in time: the thread was left running (emulated
-    /// SOCs cannot be killed); it exits when its current call returns.
-    Detached,
-}
-
-impl SocHandle {
-    /// Waits until the SOC has ended (its pipe reads end-of-file), at most
-    /// until `deadline`; then kills (forked) or detaches (emulated) it.
-    /// Always reaps a child.
-    pub fn wait_exit(&mut self, deadline: Instant) -> Ended {
-        let mut buf = [0u8; 256];
-        while !self.ended {
-            let mut fds = [PollFd::new(self.report.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, poll_timeout(deadline)) {
-                Ok(0) => break,
-                Ok(_) => match nix::unistd::read(self.report.as_fd(), &mut buf) {
-                    Ok(0) => self.ended = true,
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    Err(_) => break,
-                },
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => break,
-            }
-            if !self.ended && Instant::now() >= deadline {
-                break;
-            }
-        }
-        let ended = self.ended;
-        match &mut self.runner {
-            Runner::Thread(handle) => {
-                if ended {
-                    if let Some(h) = handle.take() {
-                        let _ = h.join();
-                    }
-                    Ended::Clean
-                } else {
-                    handle.take();
-                    Ended::Detached
-                }
-            }
-            Runner::Grandchild { pid } => {
-                if ended {
-                    Ended::Clean
-                } else {
-                    let _ = kill(*pid, Signal::SIGKILL);
-                    Ended::Killed
-                }
-            }
-            Runner::Child { pid, reaped } => {
-                if *reaped {
-                    return Ended::Clean;
-                }
-                let pid = *pid;
-                if !ended {
-                    let _ = kill(pid, Signal::SIGKILL);
-                }
-                *reaped = true;
-                let status = waitpid(pid, None);
-                if !ended {
-                    return Ended::Killed;
-                }
-                match status {
-                    Ok(WaitStatus::Exited(_, 0)) => Ended::Clean,
-                    Ok(WaitStatus::Exited(_, code)) => {
-                        Ended::Abnormal(format!("exited with status {code}"))
-                    }
-                    Ok(WaitStatus::Signaled(_, sig, _)) => {
-                        Ended::Abnormal(format!("was killed by {sig}"))
-                    }
-                    Ok(other) => Ended::Abnormal(format!("{other:?}")),
-                    Err(e) => Ended::Abnormal(format!("waitpid: {e}")),
-                }
-            }
-        }
-    }
 }
 
 /// Threads of this process, from /proc/self/task.
@@ -402,12 +565,12 @@ fn thread_count() -> usize {
 /// Threads of this process once recently joined threads are gone: a joined
 /// thread can still be listed for a moment after `join` returns.
 pub(crate) fn settled_thread_count() -> usize {
-    let deadline = Instant::now() + std::time::Duration::from_millis(100);
+    let deadline = Instant::now() + Duration::from_millis(100);
     loop {
         let n = thread_count();
         if n <= 1 || Instant::now() >= deadline {
             return n;
         }
-        std::thread::sleep(std::time::Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }

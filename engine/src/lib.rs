@@ -43,6 +43,7 @@ mod error;
 mod launch;
 mod options;
 pub mod plan;
+mod process;
 mod session;
 mod spawn;
 mod supervise;

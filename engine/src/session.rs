@@ -71,17 +71,14 @@ impl<'e> Claim<'e> {
                 .deadline_ns
                 .store(self.deadline_ns, Ordering::Relaxed);
         }
+        let session = self.slot.session;
         if self.engine.hard_limit.is_some() {
-            // The supervisor reads both to tell an overrun; a status of
-            // Killed reaches this session as CallError::Killed.
-            control
-                .status
-                .store(CallStatus::Pending as u32, Ordering::Relaxed);
-            control
-                .submitted_ns
-                .store(monotonic_ns(), Ordering::Relaxed);
+            // The supervisor reads it (with the owner word) to tell an
+            // overrun, in the sessions' own memory, where the SOC cannot
+            // write.
+            session.stamp(monotonic_ns());
         }
-        if !control.submit(self.claimed) {
+        if !session.submit(self.claimed) {
             // Only the supervisor takes a claimed slot away: its SOC died.
             // Dropping the claim gives it back.
             return Err(CallError::SocDied(self.slot.soc));
@@ -102,7 +99,7 @@ impl<'e> Claim<'e> {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        if self.slot.slot.control.unclaim(self.claimed.generation) {
+        if self.slot.session.unclaim(self.claimed.generation) {
             self.engine.signal_free();
         }
     }
@@ -169,7 +166,11 @@ impl Session<'_> {
     fn wait_for(&mut self, timeout: Option<Duration>) -> Result<&[u8], CallError> {
         if self.len == PENDING && self.error.is_none() {
             let control = self.slot.slot.control;
-            match control.wait_done(self.generation, &self.engine.session_policy, timeout) {
+            let outcome =
+                self.slot
+                    .session
+                    .wait_done(self.generation, &self.engine.session_policy, timeout);
+            match outcome {
                 None => return Err(CallError::CallTimeout(timeout.unwrap_or_default())),
                 Some(Outcome::Done) => {
                     let status = control.status.load(Ordering::Relaxed);
@@ -192,12 +193,12 @@ impl Session<'_> {
     }
 
     /// The error of a call that ended without a result: its SOC died, or
-    /// the hard limit killed it.
+    /// the hard limit killed it (the supervisor says so in the owner line,
+    /// which the SOC cannot write).
     #[cold]
     fn failure(&self) -> CallError {
-        let status = CallStatus::from_u32(self.slot.slot.control.status.load(Ordering::Relaxed));
-        match (status, self.engine.hard_limit) {
-            (CallStatus::Killed, Some(limit)) => CallError::Killed {
+        match self.engine.hard_limit {
+            Some(limit) if self.slot.session.killed(self.generation) => CallError::Killed {
                 proc: self.engine.proc_name(self.proc),
                 limit,
             },
@@ -241,12 +242,12 @@ impl Session<'_> {
 impl Drop for Session<'_> {
     #[inline]
     fn drop(&mut self) {
-        let control = self.slot.slot.control;
+        let session = self.slot.session;
         // With the outcome seen, the worker is done with the slot.
         let freed = if self.len != PENDING || self.error.is_some() {
-            control.unclaim(self.generation)
+            session.unclaim(self.generation)
         } else {
-            control.release(self.generation)
+            session.release(self.generation)
         };
         if freed {
             self.engine.signal_free();

@@ -11,6 +11,13 @@
 //!
 //! Everything else (library directory and libraries) comes from the
 //! settings text in the global region.
+//!
+//! The SOC inherits no other descriptor of the master (every descriptor
+//! from 3 up is marked close-on-exec before the exec, the report pipe's
+//! write end excepted), and the first thing it does is to take the
+//! engine's variables out of its environment and mark the report pipe
+//! close-on-exec again: what its procedures start gets neither. It closes
+//! the report pipe once it has reported.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -18,8 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nix::fcntl::OFlag;
-use nix::unistd::{Pid, pipe2};
+use nix::unistd::Pid;
 use numaproc_ipc::layout::{GlobalLayout, GlobalView, SocLayout};
 use numaproc_ipc::{Region, ShmName};
 use numaproc_procs::Registry;
@@ -71,7 +77,7 @@ pub(crate) fn launch(soc: usize, engine: &str, exe: Option<&Path>) -> Result<Soc
         None => std::env::current_exe()
             .map_err(|e| format!("cannot find the current executable: {e}"))?,
     };
-    let (read, write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (read, write) = crate::launch::report_pipe()?;
     let fd = write.as_raw_fd();
     let mut cmd = Command::new(&exe);
     cmd.env(ENV_ENGINE, engine)
@@ -79,11 +85,14 @@ pub(crate) fn launch(soc: usize, engine: &str, exe: Option<&Path>) -> Result<Soc
         .env(ENV_MASTER, std::process::id().to_string())
         .env(ENV_REPORT, fd.to_string())
         .stdin(Stdio::null());
-    // SAFETY: between fork and exec the closure only makes one
-    // async-signal-safe system call (fcntl).
+    // SAFETY: between fork and exec the closure only makes
+    // async-signal-safe system calls (close_range, fcntl).
     unsafe {
         cmd.pre_exec(move || {
-            // Let the report pipe's write end survive the exec, in the child only.
+            // None of the master's descriptors survives the exec (the
+            // application's sockets, other engines' pipes)...
+            crate::process::cloexec_all();
+            // ...but the report pipe's write end, in the child only.
             if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -94,11 +103,16 @@ pub(crate) fn launch(soc: usize, engine: &str, exe: Option<&Path>) -> Result<Soc
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
     drop(write);
-    Ok(SocHandle::child(
-        soc,
-        Pid::from_raw(child.id() as i32),
-        read,
-    ))
+    let pid = Pid::from_raw(child.id() as i32);
+    // Race-free: our child, not reaped until its pidfd says it ended.
+    match crate::process::pidfd_open(pid) {
+        Ok(pidfd) => Ok(SocHandle::child(soc, pid, pidfd, read)),
+        Err(e) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+            Err(format!("pidfd_open of SOC {soc}: {e}"))
+        }
+    }
 }
 
 /// Whether this process was started as a spawned SOC.
@@ -165,9 +179,24 @@ fn serve(engine: &str) -> Result<(), String> {
     let fd: i32 = env_number(ENV_REPORT)?;
     let soc: u32 = env_number(ENV_INDEX)?;
     let master: i32 = env_number(ENV_MASTER)?;
+    for var in [ENV_ENGINE, ENV_INDEX, ENV_MASTER, ENV_REPORT] {
+        // SAFETY: this runs first thing in main (run_if_spawned's
+        // contract), before this process starts any thread: nothing reads
+        // the environment concurrently. What procedures start must not
+        // find the engine's variables (a numaproc program would take
+        // itself for a SOC).
+        unsafe { std::env::remove_var(var) };
+    }
     if fd < 3 {
         return Err(format!("{ENV_REPORT}={fd} is not a pipe of the engine"));
     }
+    // The report pipe survived the exec; nothing this SOC starts may inherit it.
+    nix::fcntl::fcntl(
+        // SAFETY: a descriptor number the engine gave us; borrowed for the call.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| format!("{ENV_REPORT}={fd} is not a pipe of the engine: {e}"))?;
     // SAFETY: the engine passed this descriptor to us as our report pipe's
     // write end; nothing else in this process owns it.
     let report = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -193,7 +222,15 @@ fn serve(engine: &str) -> Result<(), String> {
             timeout,
         )
         .map_err(|e| e.to_string())?;
-        let (dir, libs) = parse_settings(GlobalView::new(&global).settings())?;
+        let view = GlobalView::from_header(&global).map_err(|e| e.to_string())?;
+        let (dir, libs) = parse_settings(view.settings())?;
+        let parts = view.parts();
+        // SAFETY: this SOC never uses the owner lines (sessions' memory).
+        unsafe { global.discard(parts.owners.clone()) }
+            .map_err(|e| format!("cannot unmap the owner lines: {e}"))?;
+        global
+            .protect_read_only(parts.read_only.clone())
+            .map_err(|e| format!("cannot make the engine's header read-only: {e}"))?;
         Ok((global, region, dir, libs))
     };
     let (global, region, dir, libs) = match attach() {
@@ -213,7 +250,10 @@ fn serve(engine: &str) -> Result<(), String> {
         libraries: &libs,
         init: None,
     };
-    numaproc_soc::run(&cfg, |r| write_report(&report, r));
+    numaproc_soc::run(&cfg, move |r| {
+        write_report(&report, r);
+        drop(report);
+    });
     Ok(())
 }
 

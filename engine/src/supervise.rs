@@ -1,40 +1,49 @@
 //! The supervisor: a thread of the master that watches every SOC and
 //! restarts the ones that die.
 //!
-//! Liveness is kernel-backed: a SOC's report pipe reads end-of-file the
-//! moment its process (or, emulated, its thread) ends. The supervisor
-//! `poll`s those pipes and a control pipe; it sleeps in the kernel until
-//! something happens or a restart is due. When a SOC dies:
+//! Liveness comes from the kernel: each SOC's pidfd (for an emulated SOC,
+//! a pipe its thread holds) becomes readable the moment it ends, and
+//! nothing the SOC does can fake or hide that. The supervisor `poll`s those
+//! descriptors, the report pipes of SOCs that are starting, and a control
+//! pipe; it sleeps in the kernel until something happens or a deadline (a
+//! restart, a start-up timeout, a hard-limit check) is due. When a SOC dies:
 //! 1. every slot of it is marked `Failed`, which wakes its waiting sessions
 //!    (they return `SocDied`; the slot generation keeps them from ever
 //!    reading a later call's output);
 //! 2. it is started again after a back-off, unless it died more than
 //!    `max_restarts` times within `window_ms` (then it is given up and its
 //!    workers are unavailable);
-//! 3. once the new SOC reports ready, its slots become idle under a new
-//!    generation.
+//! 3. once the new SOC reports ready within the start-up timeout, and serves
+//!    exactly the procedure table the engine started with, its slots become
+//!    idle under a new generation. A SOC that reports an error, breaks the
+//!    start-up protocol, stays silent or serves another table is killed,
+//!    and that counts as a death.
 //!
-//! An emulated SOC cannot be isolated from the master: if one ends while
-//! the engine runs, the process is aborted.
+//! What the supervisor knows of a SOC (state, pid, restarts, why it last
+//! died) lives in the master's own memory ([`SocRecord`]), never in memory
+//! a SOC can write. An emulated SOC cannot be isolated from the master: if
+//! one ends while the engine runs, the process is aborted.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags, poll};
 use nix::unistd::pipe2;
 use numaproc_ipc::Region;
-use numaproc_ipc::layout::{GlobalView, SocState, SocView};
-use numaproc_ipc::slot::{State, monotonic_ns};
-use numaproc_procs::CallStatus;
+use numaproc_ipc::layout::{
+    FreeSignal, GlobalLayout, GlobalView, NameRecord, SocLayout, SocView, write_soc_header,
+};
+use numaproc_ipc::slot::monotonic_ns;
 use serde::{Deserialize, Serialize};
 
-use crate::launch::{SocHandle, SocShared, launch_thread};
+use crate::launch::{HowEnded, SocHandle, SocShared, StartEvent, launch_thread};
+use crate::process::poll_timeout;
 use crate::spawn;
 use crate::zygote::Zygote;
 
@@ -76,6 +85,99 @@ impl RestartPolicy {
     }
 }
 
+/// SOC life-cycle states.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SocState {
+    /// Started, not yet ready.
+    Starting = 1,
+    /// All workers pinned and serving.
+    Ready = 2,
+    /// Failed to start, or died.
+    Dead = 3,
+    /// Told to stop.
+    Stopping = 4,
+    /// Stopped and reaped.
+    Stopped = 5,
+    /// Died; being started again.
+    Restarting = 6,
+    /// Died too often: no longer restarted, its workers are unavailable.
+    GivenUp = 7,
+}
+
+impl SocState {
+    fn from_u32(v: u32) -> Self {
+        match v {
+            1 => Self::Starting,
+            2 => Self::Ready,
+            4 => Self::Stopping,
+            5 => Self::Stopped,
+            6 => Self::Restarting,
+            7 => Self::GivenUp,
+            _ => Self::Dead,
+        }
+    }
+
+    /// Its name in [`crate::SocStatus`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Dead => "dead",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Restarting => "restarting",
+            Self::GivenUp => "given_up",
+        }
+    }
+}
+
+/// What the master knows of one SOC, in its own memory: shared by the
+/// engine (which reads it) and the supervisor (which writes it).
+#[derive(Debug)]
+pub(crate) struct SocRecord {
+    state: AtomicU32,
+    pid: AtomicU32,
+    restarts: AtomicU32,
+    last_error: Mutex<Option<String>>,
+}
+
+impl SocRecord {
+    pub fn new() -> Self {
+        Self {
+            state: AtomicU32::new(SocState::Starting as u32),
+            pid: AtomicU32::new(0),
+            restarts: AtomicU32::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+    pub fn state(&self) -> SocState {
+        SocState::from_u32(self.state.load(Ordering::Acquire))
+    }
+    /// SeqCst: a session waiting for a free slot checks the state after
+    /// announcing itself (see `FreeSignal::notify`).
+    pub fn set_state(&self, state: SocState) {
+        self.state.store(state as u32, Ordering::SeqCst);
+    }
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::Relaxed)
+    }
+    pub fn set_pid(&self, pid: u32) {
+        self.pid.store(pid, Ordering::Relaxed);
+    }
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+    pub fn set_last_error(&self, why: &str) {
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(why.to_owned());
+        }
+    }
+}
+
 /// How SOCs are started (first start and restarts).
 #[derive(Debug)]
 pub(crate) enum Launcher {
@@ -91,7 +193,9 @@ pub(crate) enum Launcher {
 }
 
 impl Launcher {
-    pub fn launch(&self, soc: usize) -> Result<SocHandle, String> {
+    /// Starts SOC `soc`; a zygote that does not answer within `timeout` is
+    /// taken for gone.
+    pub fn launch(&self, soc: usize, timeout: Duration) -> Result<SocHandle, String> {
         match self {
             Self::Threads(shared) => launch_thread(
                 soc,
@@ -100,8 +204,30 @@ impl Launcher {
                     .cloned()
                     .ok_or_else(|| format!("no SOC {soc}"))?,
             ),
-            Self::Zygote(z) => z.launch(soc),
+            Self::Zygote(z) => z.launch(soc, timeout),
             Self::Spawn { engine, exe } => spawn::launch(soc, engine, exe.as_deref()),
+        }
+    }
+
+    /// How a SOC whose liveness descriptor said it ended, ended: "process
+    /// 123 was killed by SIGKILL".
+    pub fn how_ended(&self, handle: &mut SocHandle) -> String {
+        let pid = handle.pid();
+        match handle.on_end() {
+            HowEnded::Thread { panicked: true } => "the SOC thread panicked".to_owned(),
+            HowEnded::Thread { panicked: false } => "the SOC thread ended".to_owned(),
+            HowEnded::Process(Some(exit)) => format!("process {pid} {exit}"),
+            HowEnded::Process(None) => format!("process {pid} ended"),
+            HowEnded::AskZygote => {
+                let exit = match (self, handle.grandchild_pid()) {
+                    (Self::Zygote(z), Some(p)) => z.status(p),
+                    _ => None,
+                };
+                match exit {
+                    Some(exit) => format!("process {pid} {exit}"),
+                    None => format!("process {pid} ended"),
+                }
+            }
         }
     }
 
@@ -116,6 +242,26 @@ impl Launcher {
 /// What the supervisor gives back when it stops.
 pub(crate) type Returned = (Vec<Option<SocHandle>>, Launcher);
 
+/// The engine's facts the supervisor works from: all computed by the
+/// master.
+#[derive(Debug)]
+pub(crate) struct Supervised {
+    pub global: Arc<Region>,
+    pub global_layout: GlobalLayout,
+    pub regions: Vec<Arc<Region>>,
+    pub layouts: Vec<SocLayout>,
+    /// Per SOC: its node and its workers' planned CPUs (`u32::MAX`: none).
+    pub placement: Vec<(u32, Vec<u32>)>,
+    /// Per SOC: the index of its first slot among all slots.
+    pub first_slot: Vec<usize>,
+    pub records: Arc<[SocRecord]>,
+    /// The library procedures every SOC served at the start, in order.
+    pub library_table: Vec<NameRecord>,
+    pub policy: RestartPolicy,
+    pub hard_limit: Option<Duration>,
+    pub startup_timeout: Duration,
+}
+
 /// The running supervisor.
 #[derive(Debug)]
 pub(crate) struct Supervisor {
@@ -124,15 +270,13 @@ pub(crate) struct Supervisor {
 }
 
 struct Watch {
-    global: Arc<Region>,
-    regions: Vec<Arc<Region>>,
+    s: Supervised,
     launcher: Launcher,
-    policy: RestartPolicy,
-    hard_limit: Option<Duration>,
-    /// SOCs killed for overrunning the hard limit, not yet seen dead.
-    killing: Vec<bool>,
     handles: Vec<Option<SocHandle>>,
-    starting: Vec<bool>,
+    /// Per SOC being started: the start-up deadline.
+    starting: Vec<Option<Instant>>,
+    /// Per SOC: why the supervisor is killing it, until it is seen dead.
+    killing: Vec<Option<String>>,
     deaths: Vec<VecDeque<Instant>>,
     restart_at: Vec<Option<Instant>>,
 }
@@ -144,46 +288,33 @@ fn log(message: &str) {
 }
 
 impl Supervisor {
-    /// Starts watching the SOCs behind `handles` (all ready).
+    /// Starts watching the SOCs behind `handles` (all ready). When the
+    /// thread cannot start, everything it was given is dropped: the SOCs
+    /// are killed and reaped, the zygote stopped.
     pub fn start(
-        global: Arc<Region>,
-        regions: Vec<Arc<Region>>,
+        supervised: Supervised,
         handles: Vec<SocHandle>,
         launcher: Launcher,
-        policy: RestartPolicy,
-        hard_limit: Option<Duration>,
-    ) -> Result<Self, (String, Returned)> {
+    ) -> Result<Self, String> {
         let n = handles.len();
-        let handles: Vec<Option<SocHandle>> = handles.into_iter().map(Some).collect();
-        let (read, write) = match pipe2(OFlag::O_CLOEXEC) {
-            Ok(p) => p,
-            Err(e) => return Err((format!("pipe: {e}"), (handles, launcher))),
-        };
+        let (read, write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
         let watch = Watch {
-            global,
-            regions,
+            s: supervised,
             launcher,
-            policy,
-            hard_limit,
-            killing: vec![false; n],
-            handles,
-            starting: vec![false; n],
+            handles: handles.into_iter().map(Some).collect(),
+            starting: vec![None; n],
+            killing: vec![None; n],
             deaths: vec![VecDeque::new(); n],
             restart_at: vec![None; n],
         };
         let thread = std::thread::Builder::new()
             .name("np-supervisor".to_owned())
-            .spawn(move || watch.run(read));
-        match thread {
-            Ok(t) => Ok(Self {
-                thread: Some(t),
-                control: Some(write),
-            }),
-            Err(e) => Err((
-                format!("cannot start the supervisor thread: {e}"),
-                (Vec::new(), Launcher::Threads(Vec::new())),
-            )),
-        }
+            .spawn(move || watch.run(read))
+            .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
+        Ok(Self {
+            thread: Some(thread),
+            control: Some(write),
+        })
     }
 
     /// Stops supervising and returns the SOC handles and the launcher.
@@ -200,9 +331,27 @@ impl Drop for Supervisor {
     }
 }
 
+/// What one poll said about one SOC.
+#[derive(Debug, Clone, Copy, Default)]
+struct Fired {
+    ended: bool,
+    report: bool,
+}
+
 impl Watch {
-    fn view(&self) -> GlobalView<'_> {
-        GlobalView::new(&self.global)
+    fn free(&self) -> &FreeSignal {
+        GlobalView::with_layout(&self.s.global, &self.s.global_layout).signals()
+    }
+
+    /// Wakes sessions waiting for a free slot after a change they must see
+    /// (slots failed or reset, a SOC's state).
+    fn signal(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.free().notify();
+    }
+
+    fn view(&self, i: usize) -> SocView<'_> {
+        SocView::with_layout(&self.s.regions[i], &self.s.layouts[i])
     }
 
     fn run(mut self, control: OwnedFd) -> Returned {
@@ -213,145 +362,185 @@ impl Watch {
                     self.restart_at[i] = None;
                     self.restart(i);
                 }
+                if self.starting[i].is_some_and(|t| t <= now) {
+                    self.starting[i] = None;
+                    let limit = self.s.startup_timeout;
+                    self.kill(i, format!("did not report ready within {limit:?}"));
+                }
+                if let Some(Err(StartEvent::Failed(why))) =
+                    self.handles[i].as_mut().and_then(|h| h.check_silence(now))
+                {
+                    self.kill(i, why);
+                }
             }
             self.enforce_hard_limit();
             // With a hard limit, look at running calls a few times per limit.
-            let check = self.hard_limit.map(|l| {
+            let check = self.s.hard_limit.map(|l| {
                 Instant::now() + (l / 4).clamp(Duration::from_millis(1), Duration::from_millis(100))
             });
-            let next = self.restart_at.iter().flatten().copied().chain(check).min();
-            let timeout = match next {
-                Some(t) => {
-                    let ms = t
-                        .saturating_duration_since(Instant::now())
-                        .as_micros()
-                        .div_ceil(1000);
-                    PollTimeout::try_from(ms.min(i32::MAX as u128) as i32)
-                        .unwrap_or(PollTimeout::MAX)
-                }
-                None => PollTimeout::NONE,
-            };
-            let watched: Vec<usize> = (0..self.handles.len())
-                .filter(|&i| self.handles[i].is_some())
+            let silences: Vec<Instant> = self
+                .handles
+                .iter()
+                .flatten()
+                .filter_map(SocHandle::silence_ends)
                 .collect();
-            let (stop, readable) = {
-                let mut fds = vec![PollFd::new(control.as_fd(), PollFlags::POLLIN)];
-                for &i in &watched {
-                    if let Some(h) = &self.handles[i] {
-                        fds.push(PollFd::new(h.report_fd(), PollFlags::POLLIN));
-                    }
-                }
-                if let Err(e) = poll(&mut fds, timeout)
-                    && e != nix::errno::Errno::EINTR
-                {
-                    log(&format!("supervisor: poll failed: {e}"));
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                let fired = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
-                let readable: Vec<usize> = fds[1..]
-                    .iter()
-                    .zip(&watched)
-                    .filter(|(fd, _)| fired(fd))
-                    .map(|(_, &i)| i)
-                    .collect();
-                (fired(&fds[0]), readable)
-            };
+            let next = self
+                .restart_at
+                .iter()
+                .chain(&self.starting)
+                .flatten()
+                .copied()
+                .chain(check)
+                .chain(silences)
+                .min();
+            let (stop, fired) = self.poll_once(&control, next);
             if stop {
                 return (self.handles, self.launcher);
             }
-            for i in readable {
-                self.on_readable(i);
+            for (i, f) in fired.into_iter().enumerate() {
+                if f.report {
+                    self.on_report(i);
+                }
+                if f.ended {
+                    self.died(i);
+                }
             }
         }
     }
 
-    fn on_readable(&mut self, i: usize) {
+    /// One poll of the control pipe and every SOC's descriptors, until
+    /// something happens or `until`.
+    fn poll_once(&self, control: &OwnedFd, until: Option<Instant>) -> (bool, Vec<Fired>) {
+        let mut fired = vec![Fired::default(); self.handles.len()];
+        let mut fds = vec![PollFd::new(control.as_fd(), PollFlags::POLLIN)];
+        let mut whose = Vec::new();
+        for (i, h) in self.handles.iter().enumerate() {
+            let Some(h) = h else { continue };
+            fds.push(PollFd::new(h.liveness_fd(), PollFlags::POLLIN));
+            whose.push((i, false));
+            if let Some(r) = h.report_fd() {
+                fds.push(PollFd::new(r, PollFlags::POLLIN));
+                whose.push((i, true));
+            }
+        }
+        let timeout = until.map_or(nix::poll::PollTimeout::NONE, poll_timeout);
+        if let Err(e) = poll(&mut fds, timeout)
+            && e != nix::errno::Errno::EINTR
+        {
+            log(&format!("supervisor: poll failed: {e}"));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let hit = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+        for (fd, &(i, report)) in fds[1..].iter().zip(&whose) {
+            if hit(fd) {
+                if report {
+                    fired[i].report = true;
+                } else {
+                    fired[i].ended = true;
+                }
+            }
+        }
+        (hit(&fds[0]), fired)
+    }
+
+    /// Kills SOC `i` for `why` (recorded as its last error); its death is
+    /// handled when its liveness descriptor says it ended.
+    fn kill(&mut self, i: usize, why: String) {
+        let Some(h) = self.handles[i].as_mut() else {
+            return;
+        };
+        log(&format!("SOC {i} {why}: killing it"));
+        self.s.records[i].set_last_error(&why);
+        h.close_report();
+        h.kill();
+        self.killing[i].get_or_insert(why);
+    }
+
+    fn on_report(&mut self, i: usize) {
         let Some(h) = self.handles[i].as_mut() else {
             return;
         };
         match h.read_report() {
             None => {}
-            Some(Ok(())) if self.starting[i] => self.ready(i),
-            Some(Ok(())) => {}
-            Some(Err(reason)) => self.died(i, &reason),
+            Some(StartEvent::Failed(why)) => {
+                self.starting[i] = None;
+                self.kill(i, format!("could not start again: {why}"));
+            }
+            Some(StartEvent::Ready) => {
+                self.starting[i] = None;
+                let served = self.view(i).names();
+                match table_difference(&self.s.library_table, &served) {
+                    None => self.ready(i),
+                    Some(why) => self.kill(i, why),
+                }
+            }
         }
     }
 
     /// Kills the SOC of every call that has run longer than the hard limit
-    /// (its session learns why from the slot's status).
+    /// (its session learns why from its owner line, which only sessions and
+    /// the master write).
     fn enforce_hard_limit(&mut self) {
-        let Some(limit) = self.hard_limit else {
+        let Some(limit) = self.s.hard_limit else {
             return;
         };
         let limit_ns = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
         let now = monotonic_ns();
         for i in 0..self.handles.len() {
-            if self.killing[i] || self.starting[i] {
+            if self.killing[i].is_some() || self.starting[i].is_some() || self.handles[i].is_none()
+            {
                 continue;
             }
-            let Some(pid) = self.handles[i].as_ref().map(SocHandle::pid) else {
-                continue;
-            };
-            let sv = SocView::new(&self.regions[i]);
-            for w in 0..sv.worker_count() {
-                let c = sv.slot(w).control;
-                let since = c.submitted_ns.load(Ordering::Relaxed);
-                if c.word().state() != State::Submitted
-                    || since == 0
-                    || now.saturating_sub(since) < limit_ns
-                {
-                    continue;
-                }
-                c.status.store(CallStatus::Killed as u32, Ordering::Relaxed);
-                self.killing[i] = true;
-                log(&format!(
-                    "SOC {i}: worker {w}'s call has run longer than the hard limit of {limit:?}: killing the SOC"
-                ));
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
+            let global = GlobalView::with_layout(&self.s.global, &self.s.global_layout);
+            let view = self.view(i);
+            let overrun = (0..view.worker_count()).find_map(|w| {
+                let slot = view.session_slot(w, global.owner(self.s.first_slot[i] + w));
+                let (generation, since) = slot.running_call()?;
+                (since != 0 && now.saturating_sub(since) >= limit_ns).then(|| {
+                    slot.mark_killed(generation);
+                    w
+                })
+            });
+            if let Some(w) = overrun {
+                self.kill(
+                    i,
+                    format!("worker {w}'s call ran longer than the hard limit of {limit:?}"),
                 );
-                break;
             }
         }
     }
 
-    fn set_state(&self, i: usize, state: SocState) {
-        self.view()
-            .soc(i)
-            .state
-            .store(state as u32, Ordering::Release);
-    }
-
-    fn died(&mut self, i: usize, reason: &str) {
-        let Some(handle) = self.handles[i].take() else {
+    fn died(&mut self, i: usize) {
+        let Some(mut handle) = self.handles[i].take() else {
             return;
         };
+        let how = self.launcher.how_ended(&mut handle);
         if handle.is_thread() {
             eprintln!(
-                "numaproc: emulated SOC {i} ended while the engine runs ({reason}); emulated SOCs share the master's process and cannot be isolated: aborting"
+                "numaproc: emulated SOC {i} ended while the engine runs ({how}); emulated SOCs share the master's process and cannot be isolated: aborting"
             );
             std::process::abort();
         }
-        if let (Launcher::Zygote(z), Some(pid)) = (&self.launcher, handle.grandchild_pid()) {
-            z.forget(pid);
-        }
         drop(handle);
-        self.starting[i] = false;
-        self.killing[i] = false;
-        self.set_state(i, SocState::Dead);
-        let sv = SocView::new(&self.regions[i]);
-        for w in 0..sv.worker_count() {
-            sv.slot(w).control.fail();
+        let why = match self.killing[i].take() {
+            Some(why) => format!("{why} ({how})"),
+            None => how,
+        };
+        self.starting[i] = None;
+        self.s.records[i].set_last_error(&why);
+        self.s.records[i].set_state(SocState::Dead);
+        let view = self.view(i);
+        for w in 0..view.worker_count() {
+            view.slot(w).control.fail();
         }
-        self.view().header().free.notify();
-        self.schedule_restart(i, reason);
+        self.signal();
+        self.schedule_restart(i, &why);
     }
 
     /// Records a death of SOC `i` and schedules its restart, or gives it up.
     fn schedule_restart(&mut self, i: usize, reason: &str) {
         let now = Instant::now();
-        let window = Duration::from_millis(self.policy.window_ms);
+        let window = Duration::from_millis(self.s.policy.window_ms);
         let deaths = &mut self.deaths[i];
         deaths.push_back(now);
         while deaths
@@ -361,44 +550,144 @@ impl Watch {
             deaths.pop_front();
         }
         let count = deaths.len();
-        if count > self.policy.max_restarts as usize {
-            self.set_state(i, SocState::GivenUp);
+        if count > self.s.policy.max_restarts as usize {
+            self.s.records[i].set_state(SocState::GivenUp);
+            self.signal();
             log(&format!(
-                "SOC {i} {reason}; it died {count} times within {window:?}: not restarting it, its workers are unavailable"
+                "SOC {i}: {reason}; it died {count} times within {window:?}: not restarting it, its workers are unavailable"
             ));
             return;
         }
-        let backoff = self.policy.backoff(count);
-        self.set_state(i, SocState::Restarting);
-        log(&format!("SOC {i} {reason}; restarting it in {backoff:?}"));
+        let backoff = self.s.policy.backoff(count);
+        self.s.records[i].set_state(SocState::Restarting);
+        log(&format!("SOC {i}: {reason}; restarting it in {backoff:?}"));
         self.restart_at[i] = Some(numaproc_ipc::wait::saturating_deadline(backoff));
     }
 
     fn restart(&mut self, i: usize) {
-        let entry = self.view().soc(i);
-        entry.generation.fetch_add(1, Ordering::Relaxed);
-        match self.launcher.launch(i) {
+        let record = &self.s.records[i];
+        let start = record.restarts.fetch_add(1, Ordering::Relaxed) + 2;
+        let (node, cpus) = &self.s.placement[i];
+        // SAFETY: the region has its layout's size (created so), and no
+        // process of this SOC runs: the last one's liveness descriptor said
+        // it ended. Whatever it wrote into its headers is overwritten here.
+        unsafe {
+            self.s.regions[i].restore_header();
+            write_soc_header(
+                &self.s.regions[i],
+                &self.s.layouts[i],
+                i as u32,
+                *node,
+                cpus,
+                start,
+            )
+        };
+        match self.launcher.launch(i, self.s.startup_timeout) {
             Ok(h) => {
-                entry.pid.store(h.pid(), Ordering::Relaxed);
+                record.set_pid(h.pid());
                 self.handles[i] = Some(h);
-                self.starting[i] = true;
+                self.starting[i] = Some(numaproc_ipc::wait::saturating_deadline(
+                    self.s.startup_timeout,
+                ));
             }
             Err(e) => {
                 // A failed start counts as a death (with its back-off).
-                self.handles[i] = None;
-                self.schedule_restart(i, &format!("could not be started again: {e}"));
+                let why = format!("could not be started again: {e}");
+                record.set_last_error(&why);
+                self.schedule_restart(i, &why);
             }
         }
     }
 
     fn ready(&mut self, i: usize) {
-        self.starting[i] = false;
-        let sv = SocView::new(&self.regions[i]);
-        for w in 0..sv.worker_count() {
-            sv.slot(w).control.reset();
+        let view = self.view(i);
+        for w in 0..view.worker_count() {
+            view.slot(w).control.reset();
         }
-        self.set_state(i, SocState::Ready);
-        self.view().header().free.notify();
+        self.s.records[i].set_state(SocState::Ready);
+        self.signal();
         log(&format!("SOC {i} is serving again"));
+    }
+}
+
+/// Why a restarted SOC's procedure table is not the one the engine started
+/// with (and handed out ids for), naming the library; `None` when it is.
+pub(crate) fn table_difference(expected: &[NameRecord], served: &[NameRecord]) -> Option<String> {
+    let library = |r: &NameRecord| {
+        let label = r.label.split_once(' ').map_or(r.label.as_str(), |(n, _)| n);
+        format!("library {label} ({})", r.label)
+    };
+    let first = expected
+        .iter()
+        .zip(served)
+        .position(|(e, s)| e != s)
+        .or_else(|| (expected.len() != served.len()).then(|| expected.len().min(served.len())));
+    let at = first?;
+    let why = match (expected.get(at), served.get(at)) {
+        (Some(e), Some(s)) if e.label != s.label => {
+            format!("{} became {} on disk", library(e), library(s))
+        }
+        (Some(e), Some(s)) => format!(
+            "{}: procedure {} is {} now, it was {} when the engine started",
+            library(e),
+            at,
+            s.name,
+            e.name
+        ),
+        (Some(e), None) => format!("{}: procedure {} is gone", library(e), e.name),
+        (None, Some(s)) => format!("{}: procedure {} is new", library(s), s.name),
+        (None, None) => return None,
+    };
+    Some(format!(
+        "serves another procedure table than the engine started with ({why}); ids handed out would reach other procedures"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(name: &str, label: &str) -> NameRecord {
+        NameRecord {
+            name: name.to_owned(),
+            tag: 2,
+            label: label.to_owned(),
+        }
+    }
+
+    #[test]
+    fn table_differences_name_the_library() {
+        let started = [r("t.a", "t 1.0"), r("t.b", "t 1.0")];
+        assert_eq!(table_difference(&started, &started), None);
+        let swapped = [r("t.b", "t 1.0"), r("t.a", "t 1.0")];
+        let why = table_difference(&started, &swapped).unwrap();
+        assert!(why.contains("library t (t 1.0)"), "{why}");
+        assert!(why.contains("procedure 0 is t.b now, it was t.a"), "{why}");
+        let upgraded = [r("t.a", "t 2.0"), r("t.b", "t 2.0")];
+        let why = table_difference(&started, &upgraded).unwrap();
+        assert!(
+            why.contains("library t (t 1.0) became library t (t 2.0)"),
+            "{why}"
+        );
+        let why = table_difference(&started, &started[..1]).unwrap();
+        assert!(why.contains("t.b is gone"), "{why}");
+        let why = table_difference(&started[..1], &started).unwrap();
+        assert!(why.contains("t.b is new"), "{why}");
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in [
+            SocState::Starting,
+            SocState::Ready,
+            SocState::Dead,
+            SocState::Stopping,
+            SocState::Stopped,
+            SocState::Restarting,
+            SocState::GivenUp,
+        ] {
+            assert_eq!(SocState::from_u32(s as u32), s);
+        }
+        assert_eq!(SocState::from_u32(99), SocState::Dead);
     }
 }

@@ -329,6 +329,7 @@ fn cleanup_removes_objects_of_dead_masters_only() {
         soc_count: 0,
         name_count: 0,
         settings_len: 0,
+        slot_count: 0,
     };
     let name = |seq| ShmName::new("clitestclean", std::process::id(), seq, "g").unwrap();
     let (dead, live) = (name(0), name(1));

@@ -1,10 +1,21 @@
 //! What the global region and each SOC region hold, and where.
 //!
 //! ```text
-//! global region:  RegionHeader | GlobalHeader | SocEntry × socs | NameEntry × names
-//! SOC region:     RegionHeader | SocHeader    | slot × workers
+//! global region:  RegionHeader | GlobalHeader | SocEntry × socs | NameEntry × names | settings
+//!                 | (page) FreeSignal | (page) OwnerLine × slots
+//! SOC region:     RegionHeader | SocHeader | NameEntry × names | slot × workers
 //! slot:           SlotControl + message (one page) | input (pages) | output (pages)
 //! ```
+//!
+//! Who may write what: the master writes the global region's header,
+//! tables and settings once, before anyone else maps them; SOCs map that
+//! part read-only and do not map the owner lines at all (sessions claim
+//! slots there). The free-slot signal has a page of its own, which SOCs
+//! write. A SOC writes its own region (names before it reports ready,
+//! slots' responses, counters); the master never takes a layout fact from
+//! there: it builds its views from the layouts it computed
+//! ([`SocView::with_layout`], [`GlobalView::with_layout`]) and rewrites a
+//! SOC's header before each start of that SOC.
 //!
 //! Each slot's buffers start on a page boundary so that the first touch by
 //! the slot's worker places them on the worker's NUMA node.
@@ -13,7 +24,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::region::{Region, RegionHeader, RegionKind, Shape};
-use crate::slot::{MESSAGE_CAPACITY, SlotControl, SlotRef};
+use crate::slot::{MESSAGE_CAPACITY, OwnerLine, SessionSlot, SlotControl, SlotRef};
 use crate::{ShmSafe, futex};
 
 /// Page size assumed for placement and alignment.
@@ -128,7 +139,8 @@ impl FreeSignal {
 /// Longest single sleep of a session waiting for a free slot.
 const SLEEP_SLICE: Duration = Duration::from_millis(50);
 
-/// The engine's header in the global region.
+/// The engine's header in the global region: what the master planned.
+/// Written once before anyone else maps the region; read-only in SOCs.
 #[repr(C, align(128))]
 #[derive(Debug)]
 pub struct GlobalHeader {
@@ -146,6 +158,13 @@ pub struct GlobalHeader {
     pub settings_offset: u64,
     /// Length of the settings text.
     pub settings_len: u64,
+    /// Offset of the page holding the free-slot signal.
+    pub signals_offset: u64,
+    /// Offset of the owner lines (one per slot, SOC by SOC).
+    pub owners_offset: u64,
+    /// Number of slots (of owner lines).
+    pub slot_count: u32,
+    _reserved: u32,
     /// Input buffer capacity of every slot.
     pub input_capacity: u64,
     /// Output buffer capacity of every slot.
@@ -154,74 +173,28 @@ pub struct GlobalHeader {
     pub worker_spin_ns: u64,
     /// Worker wait policy: pure-spin time in ns before yielding.
     pub worker_yield_after_ns: u64,
-    /// Non-zero once the engine is shutting down.
-    pub closing: AtomicU32,
-    _reserved: u32,
-    /// Free-slot signal.
-    pub free: FreeSignal,
 }
 
-// SAFETY: repr(C), integers and atomics only.
+// SAFETY: repr(C), integers only.
 unsafe impl ShmSafe for GlobalHeader {}
 
-/// SOC life-cycle states as recorded in the SOC table.
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SocState {
-    /// Planned, not yet started.
-    Planned = 0,
-    /// Started, not yet ready.
-    Starting = 1,
-    /// All workers pinned and serving.
-    Ready = 2,
-    /// Failed to start, or died.
-    Dead = 3,
-    /// Told to stop.
-    Stopping = 4,
-    /// Stopped and reaped.
-    Stopped = 5,
-    /// Died; being started again.
-    Restarting = 6,
-    /// Died too often: no longer restarted, its workers are unavailable.
-    GivenUp = 7,
-}
-
-impl SocState {
-    /// Decodes a table value (unknown values read as `Dead`).
-    pub fn from_u32(v: u32) -> Self {
-        match v {
-            0 => Self::Planned,
-            1 => Self::Starting,
-            2 => Self::Ready,
-            4 => Self::Stopping,
-            5 => Self::Stopped,
-            6 => Self::Restarting,
-            7 => Self::GivenUp,
-            _ => Self::Dead,
-        }
-    }
-}
-
-/// One SOC's entry in the global SOC table.
+/// One SOC's entry in the global SOC table: what the master planned for it
+/// (its life-cycle state lives in the master's own memory).
 #[repr(C, align(64))]
 #[derive(Debug)]
 pub struct SocEntry {
-    /// A [`SocState`].
-    pub state: AtomicU32,
-    /// Pid of the process running the SOC.
-    pub pid: AtomicU32,
-    /// Bumped on each start of the SOC.
-    pub generation: AtomicU32,
     /// NUMA node (OS index).
     pub node: u32,
     /// Workers (slots) of the SOC.
     pub worker_count: u32,
+    /// Index of the SOC's first owner line.
+    pub first_slot: u32,
     _reserved: u32,
     /// Size of the SOC's region.
     pub region_size: u64,
 }
 
-// SAFETY: repr(C), integers and atomics only.
+// SAFETY: repr(C), integers only.
 unsafe impl ShmSafe for SocEntry {}
 
 /// One entry of a name table (procedure names; ids are indices).
@@ -245,17 +218,17 @@ pub struct NameEntry {
 unsafe impl ShmSafe for NameEntry {}
 
 impl NameEntry {
-    fn new(name: &str, tag: u32, label: &str) -> Self {
+    fn new(record: &NameRecord) -> Self {
         let mut e = Self {
             len: 0,
-            tag,
+            tag: record.tag,
             name: [0; NAME_CAPACITY + 1],
             label_len: 0,
             _reserved: 0,
             label: [0; NAME_CAPACITY + 1],
         };
-        e.len = copy_cut(&mut e.name[..NAME_CAPACITY], name);
-        e.label_len = copy_cut(&mut e.label[..NAME_CAPACITY], label);
+        e.len = copy_cut(&mut e.name[..NAME_CAPACITY], &record.name);
+        e.label_len = copy_cut(&mut e.label[..NAME_CAPACITY], &record.label);
         e
     }
 
@@ -282,10 +255,21 @@ fn copy_cut(dst: &mut [u8], text: &str) -> u32 {
     n as u32
 }
 
-/// A name-table entry read back: name, tag, label.
-pub type NameRecord = (String, u32, String);
+/// A name-table entry: a procedure's name, where it comes from (a tag),
+/// and a label (library name and version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameRecord {
+    /// The procedure's name.
+    pub name: String,
+    /// Caller-defined tag.
+    pub tag: u32,
+    /// Caller-defined label.
+    pub label: String,
+}
 
-/// The SOC's header in its region.
+/// The SOC's header in its region: written by the master before each
+/// start of the SOC, read by the SOC. The SOC can write it too, so the
+/// master never reads layout facts back from it.
 #[repr(C, align(128))]
 #[derive(Debug)]
 pub struct SocHeader {
@@ -315,9 +299,17 @@ pub struct SocHeader {
     pub names_capacity: u32,
     /// Entries written by the SOC (before it reports ready).
     pub names_count: AtomicU32,
+    /// Which start of the SOC this is: 1 for the first, then one more for
+    /// each restart. Only the first start touches the buffers first (a
+    /// restarted SOC finds them placed, and sessions may hold results in
+    /// them).
+    pub start: AtomicU32,
+    /// Non-zero once the engine shuts down: a worker whose call outlived
+    /// the shutdown's wait leaves when the call ends.
+    pub closing: AtomicU32,
 }
 
-// SAFETY: repr(C), integers and an atomic only.
+// SAFETY: repr(C), integers and atomics only.
 unsafe impl ShmSafe for SocHeader {}
 
 /// Sizes and offsets of the global region.
@@ -329,6 +321,8 @@ pub struct GlobalLayout {
     pub name_count: usize,
     /// Bytes of settings text.
     pub settings_len: usize,
+    /// Slots of all SOCs (owner lines).
+    pub slot_count: usize,
 }
 
 impl GlobalLayout {
@@ -338,7 +332,7 @@ impl GlobalLayout {
         kind: RegionKind::Global,
         body_size: size_of::<GlobalHeader>() as u32,
         entry_size: size_of::<SocEntry>() as u32,
-        extra_size: size_of::<NameEntry>() as u32,
+        extra_size: size_of::<OwnerLine>() as u32,
     };
     /// Offset of the SOC table.
     pub fn soc_table(&self) -> usize {
@@ -352,9 +346,20 @@ impl GlobalLayout {
     pub fn settings(&self) -> usize {
         self.name_table() + self.name_count * size_of::<NameEntry>()
     }
+    /// Offset of the page holding the free-slot signal.
+    pub fn signals(&self) -> usize {
+        round_up(self.settings() + self.settings_len, PAGE)
+    }
+    /// Offset of the owner lines.
+    pub fn owners(&self) -> usize {
+        self.signals() + PAGE
+    }
     /// Total size.
     pub fn size(&self) -> usize {
-        round_up(self.settings() + self.settings_len, PAGE)
+        round_up(
+            self.owners() + self.slot_count * size_of::<OwnerLine>(),
+            PAGE,
+        )
     }
 }
 
@@ -416,58 +421,131 @@ fn header_offset() -> usize {
     round_up(size_of::<RegionHeader>(), 128)
 }
 
+/// Why a region's own header describes a layout that does not fit it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("shared-memory object {name}: {what}")]
+pub struct LayoutError {
+    /// The object.
+    pub name: String,
+    /// What does not fit.
+    pub what: String,
+}
+
 /// Typed access to a global region.
 #[derive(Debug, Clone, Copy)]
 pub struct GlobalView<'r> {
     region: &'r Region,
+    settings: (usize, usize),
+    signals: usize,
+    owners: usize,
+    slot_count: usize,
 }
 
 impl<'r> GlobalView<'r> {
-    /// Wraps a region whose header was checked against [`GlobalLayout::SHAPE`].
-    pub fn new(region: &'r Region) -> Self {
-        Self { region }
+    /// The master's view, from the layout it computed: nothing is read
+    /// from the region to find its parts.
+    ///
+    /// # Panics
+    /// If the region is smaller than the layout (a bug in numaproc).
+    pub fn with_layout(region: &'r Region, layout: &GlobalLayout) -> Self {
+        assert!(
+            region.len() >= layout.size(),
+            "region {} is smaller than its layout",
+            region.name()
+        );
+        Self {
+            region,
+            settings: (layout.settings(), layout.settings_len),
+            signals: layout.signals(),
+            owners: layout.owners(),
+            slot_count: layout.slot_count,
+        }
     }
+
+    /// The view of a process that did not compute the layout (a spawned
+    /// SOC), from the region's header, checked to fit the region.
+    pub fn from_header(region: &'r Region) -> Result<Self, LayoutError> {
+        let h: &GlobalHeader = region.get(header_offset());
+        let fits = |offset: u64, len: u64| {
+            offset
+                .checked_add(len)
+                .is_some_and(|end| end <= region.len() as u64)
+        };
+        let owners_len = u64::from(h.slot_count) * size_of::<OwnerLine>() as u64;
+        let page = PAGE as u64;
+        if !fits(h.settings_offset, h.settings_len)
+            || !fits(h.signals_offset, page)
+            || !fits(h.owners_offset, owners_len)
+            || !h.signals_offset.is_multiple_of(page)
+            || !h.owners_offset.is_multiple_of(page)
+            || h.signals_offset < h.settings_offset
+            || h.owners_offset < h.signals_offset + page
+        {
+            return Err(LayoutError {
+                name: region.name().to_owned(),
+                what: "its header describes parts that do not fit it".to_owned(),
+            });
+        }
+        Ok(Self {
+            region,
+            settings: (h.settings_offset as usize, h.settings_len as usize),
+            signals: h.signals_offset as usize,
+            owners: h.owners_offset as usize,
+            slot_count: h.slot_count as usize,
+        })
+    }
+
     /// The engine header.
     pub fn header(&self) -> &'r GlobalHeader {
         self.region.get(header_offset())
     }
-    /// SOC `i`'s entry.
-    ///
-    /// # Panics
-    /// If `i` is not below the SOC count.
-    pub fn soc(&self, i: usize) -> &'r SocEntry {
-        let h = self.header();
-        assert!(i < h.soc_count as usize, "SOC {i} out of range");
-        self.region
-            .get(h.soc_table_offset as usize + i * size_of::<SocEntry>())
-    }
-    /// Name-table entry `i`.
-    ///
-    /// # Panics
-    /// If `i` is not below the name count.
-    pub fn name(&self, i: usize) -> &'r NameEntry {
-        let h = self.header();
-        assert!(i < h.name_count as usize, "name {i} out of range");
-        self.region
-            .get(h.name_table_offset as usize + i * size_of::<NameEntry>())
-    }
-    /// All names in table order.
-    pub fn names(&self) -> Vec<String> {
-        (0..self.header().name_count as usize)
-            .map(|i| self.name(i).as_str().unwrap_or("").to_owned())
-            .collect()
-    }
+
     /// The settings text (empty if it is not UTF-8).
     pub fn settings(&self) -> &'r str {
-        let h = self.header();
-        let p = self
-            .region
-            .bytes_ptr(h.settings_offset as usize, h.settings_len as usize);
+        let (offset, len) = self.settings;
+        let p = self.region.bytes_ptr(offset, len);
         // SAFETY: in bounds (checked by bytes_ptr); written before publish
-        // and never again.
-        let bytes = unsafe { std::slice::from_raw_parts(p, h.settings_len as usize) };
+        // and never again (read-only in SOCs).
+        let bytes = unsafe { std::slice::from_raw_parts(p, len) };
         std::str::from_utf8(bytes).unwrap_or("")
     }
+
+    /// The free-slot signal.
+    pub fn signals(&self) -> &'r FreeSignal {
+        self.region.get(self.signals)
+    }
+
+    /// Owner line `i` (slots numbered SOC by SOC).
+    ///
+    /// # Panics
+    /// If `i` is not below the slot count.
+    pub fn owner(&self, i: usize) -> &'r OwnerLine {
+        assert!(i < self.slot_count, "owner line {i} out of range");
+        self.region.get(self.owners + i * size_of::<OwnerLine>())
+    }
+
+    /// The part that SOCs may read but not write (header, tables,
+    /// settings), the signals page they write, and the owner lines they
+    /// must not map, as byte ranges.
+    pub fn parts(&self) -> GlobalParts {
+        GlobalParts {
+            read_only: 0..self.signals,
+            signals: self.signals..self.signals + PAGE,
+            owners: self.owners..self.region.len(),
+        }
+    }
+}
+
+/// The byte ranges of a global region by who may write them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalParts {
+    /// Header, SOC table, name table, settings: the master's, read-only
+    /// for SOCs.
+    pub read_only: std::ops::Range<usize>,
+    /// The free-slot signal: written by sessions and SOCs.
+    pub signals: std::ops::Range<usize>,
+    /// The owner lines: sessions only; not mapped in SOCs.
+    pub owners: std::ops::Range<usize>,
 }
 
 /// Fills a freshly created global region (before `publish`).
@@ -485,23 +563,22 @@ pub unsafe fn init_global(region: &Region, layout: &GlobalLayout, fill: GlobalFi
         name_table_offset: layout.name_table() as u64,
         settings_offset: layout.settings() as u64,
         settings_len: fill.settings.len().min(layout.settings_len) as u64,
+        signals_offset: layout.signals() as u64,
+        owners_offset: layout.owners() as u64,
+        slot_count: layout.slot_count as u32,
+        _reserved: 0,
         input_capacity: fill.input_capacity as u64,
         output_capacity: fill.output_capacity as u64,
         worker_spin_ns: fill.worker_spin.as_nanos() as u64,
         worker_yield_after_ns: fill.worker_yield_after.as_nanos() as u64,
-        closing: AtomicU32::new(0),
-        _reserved: 0,
-        free: FreeSignal {
-            seq: AtomicU32::new(0),
-            waiters: AtomicU32::new(0),
-        },
     };
     let p = region
         .bytes_ptr(off, size_of::<GlobalHeader>())
         .cast::<GlobalHeader>();
     // SAFETY: in bounds, 128-aligned (region base is page-aligned), unshared.
     unsafe { p.write(header) };
-    for (i, (node, workers, size)) in fill.socs.iter().enumerate() {
+    let mut first_slot = 0u32;
+    for (i, soc) in fill.socs.iter().enumerate() {
         let p = region
             .bytes_ptr(
                 layout.soc_table() + i * size_of::<SocEntry>(),
@@ -509,19 +586,18 @@ pub unsafe fn init_global(region: &Region, layout: &GlobalLayout, fill: GlobalFi
             )
             .cast::<SocEntry>();
         let e = SocEntry {
-            state: AtomicU32::new(SocState::Planned as u32),
-            pid: AtomicU32::new(0),
-            generation: AtomicU32::new(0),
-            node: *node,
-            worker_count: *workers,
+            node: soc.node,
+            worker_count: soc.workers,
+            first_slot,
             _reserved: 0,
-            region_size: *size as u64,
+            region_size: soc.region_size as u64,
         };
+        first_slot += soc.workers;
         // SAFETY: in bounds, aligned (table offset and entry size are
         // multiples of 64), unshared.
         unsafe { p.write(e) };
     }
-    for (i, (name, tag, label)) in fill.names.iter().enumerate() {
+    for (i, record) in fill.names.iter().enumerate() {
         let p = region
             .bytes_ptr(
                 layout.name_table() + i * size_of::<NameEntry>(),
@@ -529,7 +605,7 @@ pub unsafe fn init_global(region: &Region, layout: &GlobalLayout, fill: GlobalFi
             )
             .cast::<NameEntry>();
         // SAFETY: in bounds, aligned (8), unshared.
-        unsafe { p.write(NameEntry::new(name, *tag, label)) };
+        unsafe { p.write(NameEntry::new(record)) };
     }
     let settings = fill.settings.as_bytes();
     let n = settings.len().min(layout.settings_len);
@@ -537,6 +613,18 @@ pub unsafe fn init_global(region: &Region, layout: &GlobalLayout, fill: GlobalFi
     unsafe {
         std::ptr::copy_nonoverlapping(settings.as_ptr(), region.bytes_ptr(layout.settings(), n), n);
     }
+    // The signals page and the owner lines are valid zeroed.
+}
+
+/// One SOC as [`init_global`] records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocFill {
+    /// NUMA node.
+    pub node: u32,
+    /// Workers.
+    pub workers: u32,
+    /// Size of its region.
+    pub region_size: usize,
 }
 
 /// What [`init_global`] writes.
@@ -552,21 +640,31 @@ pub struct GlobalFill<'a> {
     pub worker_spin: Duration,
     /// Worker pure-spin time.
     pub worker_yield_after: Duration,
-    /// Per SOC: node, workers, region size.
-    pub socs: &'a [(u32, u32, usize)],
-    /// Name table: name, tag and label.
-    pub names: &'a [(&'a str, u32, String)],
+    /// The SOCs.
+    pub socs: &'a [SocFill],
+    /// The name table.
+    pub names: &'a [NameRecord],
     /// Settings text for SOCs that are not forked from the master.
     pub settings: &'a str,
 }
 
-/// Fills a freshly created SOC region (before `publish`). Only the header
-/// page and each slot's control block are touched: the buffers are left for
-/// the workers to touch first.
+/// Writes a SOC region's header and each slot's static fields, for start
+/// number `start` of the SOC (1 for the first): at creation, and again
+/// before each restart, over whatever the SOC that died left there. Only
+/// the header page and each slot's control block are touched: the buffers
+/// are left for the workers to touch first.
 ///
 /// # Safety
-/// As for [`init_global`], with `layout.size()` bytes.
-pub unsafe fn init_soc(region: &Region, layout: &SocLayout, soc: u32, node: u32, cpus: &[u32]) {
+/// The region must have been created with `layout.size()` bytes, and no
+/// process of this SOC may run (not created yet, or dead).
+pub unsafe fn write_soc_header(
+    region: &Region,
+    layout: &SocLayout,
+    soc: u32,
+    node: u32,
+    cpus: &[u32],
+    start: u32,
+) {
     let header = SocHeader {
         soc,
         node,
@@ -581,13 +679,16 @@ pub unsafe fn init_soc(region: &Region, layout: &SocLayout, soc: u32, node: u32,
         names_offset: layout.names() as u64,
         names_capacity: layout.names_capacity as u32,
         names_count: AtomicU32::new(0),
+        start: AtomicU32::new(start),
+        closing: AtomicU32::new(0),
     };
     let p = region
         .bytes_ptr(header_offset(), size_of::<SocHeader>())
         .cast::<SocHeader>();
-    // SAFETY: in bounds, aligned, unshared.
+    // SAFETY: in bounds, aligned; no process of the SOC runs (contract),
+    // and nobody else reads the header.
     unsafe { p.write(header) };
-    let view = SocView::new(region);
+    let view = SocView::with_layout(region, layout);
     for w in 0..layout.worker_count {
         let c = view.slot(w).control;
         c.worker.store(w as u32, Ordering::Relaxed);
@@ -607,40 +708,68 @@ pub struct SocView<'r> {
     output_offset: usize,
     output_capacity: usize,
     worker_count: usize,
+    names: usize,
+    names_capacity: usize,
 }
 
 impl<'r> SocView<'r> {
-    /// Wraps a region whose header was checked against [`SocLayout::SHAPE`],
-    /// and checks that its slots fit in it.
+    /// The master's view, from the layout it computed: nothing the SOC can
+    /// write decides where the master looks.
     ///
     /// # Panics
-    /// If the slot table does not fit in the region (a corrupt header).
-    pub fn new(region: &'r Region) -> Self {
-        let h: &SocHeader = region.get(header_offset());
-        let v = Self {
-            region,
-            slots: h.slots_offset as usize,
-            stride: h.slot_stride as usize,
-            input_offset: h.input_offset as usize,
-            input_capacity: h.input_capacity as usize,
-            output_offset: h.output_offset as usize,
-            output_capacity: h.output_capacity as usize,
-            worker_count: h.worker_count as usize,
-        };
-        let end = v
-            .stride
-            .checked_mul(v.worker_count)
-            .and_then(|n| n.checked_add(v.slots));
+    /// If the region is smaller than the layout (a bug in numaproc).
+    pub fn with_layout(region: &'r Region, layout: &SocLayout) -> Self {
         assert!(
-            end.is_some_and(|e| e <= region.len())
-                && v.input_offset + v.input_capacity <= v.output_offset
-                && v.output_offset + v.output_capacity <= v.stride
-                && size_of::<SlotControl>() + MESSAGE_CAPACITY <= v.input_offset,
-            "SOC region {} has an inconsistent slot layout",
+            layout.size().is_some_and(|size| region.len() >= size),
+            "region {} is smaller than its layout",
             region.name()
         );
-        v
+        Self {
+            region,
+            slots: layout.slots(),
+            stride: layout.stride(),
+            input_offset: layout.input_offset(),
+            input_capacity: layout.input_capacity,
+            output_offset: layout.output_offset(),
+            output_capacity: layout.output_capacity,
+            worker_count: layout.worker_count,
+            names: layout.names(),
+            names_capacity: layout.names_capacity,
+        }
     }
+
+    /// The SOC's view, from its region's header (which the master wrote
+    /// before this start), checked to fit the region.
+    pub fn from_header(region: &'r Region) -> Result<Self, LayoutError> {
+        let h: &SocHeader = region.get(header_offset());
+        let layout = SocLayout {
+            worker_count: h.worker_count as usize,
+            names_capacity: h.names_capacity as usize,
+            input_capacity: h.input_capacity as usize,
+            output_capacity: h.output_capacity as usize,
+        };
+        // Sizes no engine makes would overflow the layout's arithmetic.
+        let plausible = layout.worker_count <= 1 << 16
+            && layout.names_capacity <= 1 << 20
+            && layout.input_capacity <= 1 << 40
+            && layout.output_capacity <= 1 << 40;
+        // The header must describe exactly the layout of those sizes.
+        let consistent = plausible
+            && layout.size().is_some_and(|size| size <= region.len())
+            && h.slots_offset == layout.slots() as u64
+            && h.slot_stride == layout.stride() as u64
+            && h.input_offset == layout.input_offset() as u64
+            && h.output_offset == layout.output_offset() as u64
+            && h.names_offset == layout.names() as u64;
+        if !consistent {
+            return Err(LayoutError {
+                name: region.name().to_owned(),
+                what: "its header describes a slot layout that does not fit it".to_owned(),
+            });
+        }
+        Ok(Self::with_layout(region, &layout))
+    }
+
     /// The SOC header.
     pub fn header(&self) -> &'r SocHeader {
         self.region.get(header_offset())
@@ -651,10 +780,9 @@ impl<'r> SocView<'r> {
     }
 
     fn name_ptr(&self, i: usize) -> *mut NameEntry {
-        let h = self.header();
         self.region
             .bytes_ptr(
-                h.names_offset as usize + i * size_of::<NameEntry>(),
+                self.names + i * size_of::<NameEntry>(),
                 size_of::<NameEntry>(),
             )
             .cast()
@@ -662,41 +790,45 @@ impl<'r> SocView<'r> {
 
     /// SOC side: writes the SOC's own name table (before reporting ready).
     /// Fails when the table is too small.
-    pub fn set_names(&self, names: &[(&str, u32, String)]) -> Result<(), String> {
-        let h = self.header();
-        if names.len() > h.names_capacity as usize {
+    pub fn set_names(&self, names: &[NameRecord]) -> Result<(), String> {
+        if names.len() > self.names_capacity {
             return Err(format!(
                 "{} procedures, the SOC's name table holds {}",
                 names.len(),
-                h.names_capacity
+                self.names_capacity
             ));
         }
-        for (i, (name, tag, label)) in names.iter().enumerate() {
+        for (i, record) in names.iter().enumerate() {
             // SAFETY: in bounds and aligned (bytes_ptr checks bounds; the
             // table offset is 8-aligned); only this SOC writes the table,
             // and only before it reports ready.
-            unsafe { self.name_ptr(i).write(NameEntry::new(name, *tag, label)) };
+            unsafe { self.name_ptr(i).write(NameEntry::new(record)) };
         }
-        h.names_count.store(names.len() as u32, Ordering::Release);
+        self.header()
+            .names_count
+            .store(names.len() as u32, Ordering::Release);
         Ok(())
     }
 
-    /// Master side: the names the SOC wrote.
+    /// Master side: the names the SOC wrote (at most as many as the table
+    /// holds, whatever count the SOC wrote).
     pub fn names(&self) -> Vec<NameRecord> {
-        let h = self.header();
-        let n = (h.names_count.load(Ordering::Acquire) as usize).min(h.names_capacity as usize);
+        let n =
+            (self.header().names_count.load(Ordering::Acquire) as usize).min(self.names_capacity);
         (0..n)
             .map(|i| {
-                // SAFETY: written by the SOC before names_count (Acquire).
+                // SAFETY: in bounds; any bytes are a valid NameEntry, and
+                // the SOC wrote them before names_count (Acquire).
                 let e = unsafe { &*self.name_ptr(i) };
-                (
-                    e.as_str().unwrap_or("").to_owned(),
-                    e.tag,
-                    e.label().unwrap_or("").to_owned(),
-                )
+                NameRecord {
+                    name: e.as_str().unwrap_or("").to_owned(),
+                    tag: e.tag,
+                    label: e.label().unwrap_or("").to_owned(),
+                }
             })
             .collect()
     }
+
     /// Slot `i`.
     ///
     /// # Panics
@@ -715,8 +847,8 @@ impl<'r> SocView<'r> {
             .region
             .bytes_ptr(base + self.output_offset, self.output_capacity);
         // SAFETY: the ranges are in bounds (bytes_ptr asserts), lie inside
-        // slot i (checked in `new`), do not overlap each other, and live as
-        // long as the region borrow 'r.
+        // slot i (the layout keeps them apart), do not overlap each other,
+        // and live as long as the region borrow 'r.
         unsafe {
             SlotRef::from_parts(
                 control,
@@ -724,6 +856,17 @@ impl<'r> SocView<'r> {
                 (input, self.input_capacity),
                 (output, self.output_capacity),
             )
+        }
+    }
+
+    /// Slot `i` as a session sees it: with its owner line.
+    ///
+    /// # Panics
+    /// If `i` is not below the worker count.
+    pub fn session_slot(&self, i: usize, owner: &'r OwnerLine) -> SessionSlot<'r> {
+        SessionSlot {
+            control: self.slot(i).control,
+            owner,
         }
     }
 }
@@ -762,18 +905,32 @@ mod tests {
             soc_count: 2,
             name_count: 3,
             settings_len: 5,
+            slot_count: 4,
         };
+        assert_eq!(gl.signals() % PAGE, 0);
+        assert_eq!(gl.owners(), gl.signals() + PAGE);
+        assert!(gl.size() >= gl.owners() + 4 * 128);
         let g = Region::create(
             &ShmName::new("layouttest", pid, 1, "g").unwrap(),
             gl.size(),
             GlobalLayout::SHAPE,
         )
         .unwrap();
+        let record = |name: &str, tag, label: &str| NameRecord {
+            name: name.to_owned(),
+            tag,
+            label: label.to_owned(),
+        };
         let names = [
-            ("sys_ping", 0, String::new()),
-            ("b", 1, String::new()),
-            ("c", 2, "lib 1.0".to_owned()),
+            record("sys_ping", 0, ""),
+            record("b", 1, ""),
+            record("c", 2, "lib 1.0"),
         ];
+        let soc = SocFill {
+            node: 1,
+            workers: 2,
+            region_size: 100,
+        };
         // SAFETY: freshly created with gl.size() bytes.
         unsafe {
             init_global(
@@ -785,20 +942,24 @@ mod tests {
                     output_capacity: 20,
                     worker_spin: Duration::from_micros(3),
                     worker_yield_after: Duration::from_micros(1),
-                    socs: &[(0, 2, 100), (1, 2, 100)],
+                    socs: &[SocFill { node: 0, ..soc }, soc],
                     names: &names,
                     settings: "dir\nx",
                 },
             )
         };
         g.publish();
-        let v = GlobalView::new(&g);
-        assert_eq!(v.names(), ["sys_ping", "b", "c"]);
-        assert_eq!(v.soc(1).node, 1);
-        assert_eq!(v.name(2).tag, 2);
-        assert_eq!(v.name(2).label(), Some("lib 1.0"));
-        assert_eq!(v.settings(), "dir\nx");
-        assert_eq!(v.header().worker_spin_ns, 3000);
+        let master = GlobalView::with_layout(&g, &gl);
+        let soc_side = GlobalView::from_header(&g).unwrap();
+        assert_eq!(master.parts(), soc_side.parts());
+        assert_eq!(soc_side.settings(), "dir\nx");
+        assert_eq!(soc_side.header().worker_spin_ns, 3000);
+        let table: &SocEntry = g.get(gl.soc_table() + size_of::<SocEntry>());
+        assert_eq!((table.node, table.first_slot), (1, 2));
+        assert!(std::ptr::eq(master.owner(3), soc_side.owner(3)));
+        let parts = master.parts();
+        assert_eq!(parts.read_only, 0..gl.signals());
+        assert_eq!(parts.owners, gl.owners()..gl.size());
 
         let sl = SocLayout {
             worker_count: 2,
@@ -812,21 +973,50 @@ mod tests {
             SocLayout::SHAPE,
         )
         .unwrap();
-        // SAFETY: freshly created with sl.size() bytes.
-        unsafe { init_soc(&s, &sl, 0, 0, &[1, 0]) };
-        let sv = SocView::new(&s);
+        // SAFETY: freshly created with sl.size() bytes, no SOC runs.
+        unsafe { write_soc_header(&s, &sl, 0, 0, &[1, 0], 1) };
+        let sv = SocView::from_header(&s).unwrap();
+        assert_eq!(sv.header().start.load(Ordering::Relaxed), 1);
         assert_eq!(sv.slot(0).control.planned_cpu.load(Ordering::Relaxed), 1);
         assert_eq!(sv.slot(1).control.worker.load(Ordering::Relaxed), 1);
         assert_eq!(sv.slot(1).input_capacity(), 10);
         assert_eq!(sv.slot(1).output_capacity(), 20);
         assert!(sv.names().is_empty());
-        sv.set_names(&[
-            ("lib.a", 2, "lib 1.0".into()),
-            ("lib.b", 2, "lib 1.0".into()),
-        ])
-        .unwrap();
-        assert_eq!(sv.names()[1], ("lib.b".to_owned(), 2, "lib 1.0".to_owned()));
-        assert!(sv.set_names(&vec![("x", 0, String::new()); 3]).is_err());
+        sv.set_names(&[record("lib.a", 2, "lib 1.0"), record("lib.b", 2, "lib 1.0")])
+            .unwrap();
+        assert_eq!(sv.names()[1], record("lib.b", 2, "lib 1.0"));
+        assert!(sv.set_names(&vec![record("x", 0, ""); 3]).is_err());
+    }
+
+    /// What a SOC writes into its own header decides nothing on the
+    /// master's side: a count beyond the table is cut to the table; a
+    /// header that no longer fits is refused on the SOC's side, and the
+    /// master's rewrite before the next start restores it.
+    #[test]
+    fn a_scribbled_soc_header_misleads_no_one() {
+        let sl = SocLayout {
+            worker_count: 2,
+            names_capacity: 2,
+            input_capacity: 10,
+            output_capacity: 20,
+        };
+        let name = ShmName::new("layouttest", std::process::id(), 2, "s0").unwrap();
+        let s = Region::create(&name, sl.size().unwrap(), SocLayout::SHAPE).unwrap();
+        // SAFETY: freshly created with sl.size() bytes, no SOC runs.
+        unsafe { write_soc_header(&s, &sl, 0, 0, &[], 1) };
+        let master = SocView::with_layout(&s, &sl);
+        // The SOC's scribbles, through the same bytes it can reach.
+        let h = s.bytes_ptr(header_offset(), size_of::<SocHeader>());
+        // SAFETY: in bounds; nobody reads the header meanwhile.
+        unsafe { std::ptr::write_bytes(h, 0xff, size_of::<SocHeader>()) };
+        assert!(master.names().len() <= 2, "cut to the master's table");
+        assert_eq!(master.worker_count(), 2);
+        assert!(SocView::from_header(&s).is_err());
+        // SAFETY: as above; the "SOC" is dead.
+        unsafe { write_soc_header(&s, &sl, 0, 0, &[], 2) };
+        let again = SocView::from_header(&s).unwrap();
+        assert_eq!(again.worker_count(), 2);
+        assert_eq!(again.header().start.load(Ordering::Relaxed), 2);
     }
 
     #[test]
@@ -884,7 +1074,7 @@ mod tests {
     /// the slot is free (a lost wake-up).
     #[test]
     fn a_release_and_an_announcement_never_miss_each_other() {
-        use crate::slot::SlotControl;
+        use crate::slot::SessionSlot;
         use std::sync::atomic::AtomicU64;
         const ROUNDS: u64 = 1_000_000;
         fn leak<T>(v: T) -> &'static T {
@@ -894,8 +1084,13 @@ mod tests {
             seq: AtomicU32::new(0),
             waiters: AtomicU32::new(0),
         });
-        // SAFETY: SlotControl is ShmSafe: valid when zeroed.
-        let s: &'static SlotControl = Box::leak(unsafe { Box::new(std::mem::zeroed()) });
+        // SAFETY: both are ShmSafe: valid when zeroed.
+        let s = unsafe {
+            SessionSlot {
+                control: Box::leak(Box::new(std::mem::zeroed())),
+                owner: Box::leak(Box::new(std::mem::zeroed())),
+            }
+        };
         // The releaser starts round r by storing r in `go`; each side
         // stores r in its own `_looked` word once it has looked, then the
         // waiter cleans up and stores r in `clean`.

@@ -187,6 +187,36 @@ pub struct Region {
     owner: AtomicBool,
     /// The creator's descriptor, holding the lock (creators only).
     _lock: Option<File>,
+    /// The header as the creator wrote it (creators only), to write again
+    /// over whatever another process left there.
+    created: Option<HeaderFields>,
+}
+
+/// A [`RegionHeader`]'s plain fields.
+#[derive(Debug, Clone, Copy)]
+struct HeaderFields {
+    shape: Shape,
+    total_size: u64,
+    creator: crate::stale::Creator,
+}
+
+impl HeaderFields {
+    fn header(&self, ready: u32) -> RegionHeader {
+        RegionHeader {
+            magic: REGION_MAGIC,
+            layout_version: LAYOUT_VERSION,
+            kind: self.shape.kind as u32,
+            header_size: size_of::<RegionHeader>() as u32,
+            body_size: self.shape.body_size,
+            entry_size: self.shape.entry_size,
+            extra_size: self.shape.extra_size,
+            total_size: self.total_size,
+            master_pid: self.creator.pid,
+            ready: AtomicU32::new(ready),
+            creator_start_ticks: self.creator.start_ticks,
+            creator_boot_id: self.creator.boot_id,
+        }
+    }
 }
 
 // SAFETY: the mapping is shared memory meant for concurrent use; every access
@@ -258,24 +288,14 @@ impl Region {
             }
         };
         let base = map.as_mut_ptr();
-        let me = crate::stale::Creator::this_process();
-        let header = RegionHeader {
-            magic: REGION_MAGIC,
-            layout_version: LAYOUT_VERSION,
-            kind: shape.kind as u32,
-            header_size: size_of::<RegionHeader>() as u32,
-            body_size: shape.body_size,
-            entry_size: shape.entry_size,
-            extra_size: shape.extra_size,
+        let created = HeaderFields {
+            shape,
             total_size: size as u64,
-            master_pid: me.pid,
-            ready: AtomicU32::new(0),
-            creator_start_ticks: me.start_ticks,
-            creator_boot_id: me.boot_id,
+            creator: crate::stale::Creator::this_process(),
         };
         // SAFETY: offset 0 is in bounds (checked above) and page-aligned; no
         // one else can see the object before `publish`.
-        unsafe { std::ptr::write(base.cast::<RegionHeader>(), header) };
+        unsafe { std::ptr::write(base.cast::<RegionHeader>(), created.header(0)) };
         if !named {
             let from = format!("/proc/self/fd/{}", file.as_raw_fd());
             let to = format!("{SHM_DIR}{}", name.path());
@@ -295,6 +315,7 @@ impl Region {
             base,
             owner: AtomicBool::new(true),
             _lock: Some(file),
+            created: Some(created),
         })
     }
 
@@ -322,6 +343,7 @@ impl Region {
             base,
             owner: AtomicBool::new(false),
             _lock: None,
+            created: None,
         };
         if region.len() < size_of::<RegionHeader>() {
             return Err(OpenError::TooSmall {
@@ -404,6 +426,21 @@ impl Region {
         Ok(())
     }
 
+    /// Creator: writes the published header again, over whatever another
+    /// process that maps the region left there (a SOC that died, before it
+    /// is started again). Does nothing in a region this process did not
+    /// create.
+    ///
+    /// # Safety
+    /// No other process may read or write the header meanwhile.
+    pub unsafe fn restore_header(&self) {
+        if let Some(created) = &self.created {
+            // SAFETY: offset 0 is in bounds and aligned (a region is at
+            // least a header); nobody else uses the header (contract).
+            unsafe { std::ptr::write(self.base.cast::<RegionHeader>(), created.header(READY)) };
+        }
+    }
+
     /// Marks the region ready (last step of the creator) and wakes openers.
     pub fn publish(&self) {
         let ready = &self.header().ready;
@@ -465,6 +502,75 @@ impl Region {
         );
         // SAFETY: in bounds (asserted above).
         unsafe { self.base.add(offset) }
+    }
+
+    fn page_range(&self, range: &std::ops::Range<usize>) -> std::io::Result<*mut u8> {
+        let page = crate::layout::PAGE;
+        if !range.start.is_multiple_of(page)
+            || !(range.end.is_multiple_of(page) || range.end == self.len())
+            || range.start > range.end
+            || range.end > self.len()
+        {
+            return Err(std::io::Error::other(format!(
+                "region {}: {range:?} is not a range of whole pages of the mapping",
+                self.name
+            )));
+        }
+        // SAFETY: in bounds (checked above).
+        Ok(unsafe { self.base.add(range.start) })
+    }
+
+    /// Makes `range` (whole pages) of this process's mapping read-only: a
+    /// stray write there faults instead of changing what others read. (A
+    /// process that deliberately calls `mprotect` or opens the object anew
+    /// can undo this: it guards against accidents, not against a process of
+    /// the same user set on harm.)
+    pub fn protect_read_only(&self, range: std::ops::Range<usize>) -> std::io::Result<()> {
+        let start = self.page_range(&range)?;
+        if range.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: a page-aligned range of our own mapping; only makes it
+        // read-only, which the callers of this crate respect (the parts a
+        // process protects are those it only reads).
+        let rc = unsafe {
+            nix::libc::mprotect(start.cast(), range.end - range.start, nix::libc::PROT_READ)
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Replaces `range` (whole pages) of this process's mapping with
+    /// inaccessible private memory: this process no longer reaches those
+    /// pages of the object (there is no shared mapping left to re-enable).
+    ///
+    /// # Safety
+    /// Nothing in this process may access `range` of the region afterwards.
+    pub unsafe fn discard(&self, range: std::ops::Range<usize>) -> std::io::Result<()> {
+        let start = self.page_range(&range)?;
+        if range.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: a page-aligned range of our own mapping, replaced in place
+        // (MAP_FIXED) by an anonymous mapping of the same size: the
+        // `MmapMut` still owns a valid mapping of its whole range, and the
+        // caller promises not to touch this part.
+        let p = unsafe {
+            nix::libc::mmap(
+                start.cast(),
+                range.end - range.start,
+                nix::libc::PROT_NONE,
+                nix::libc::MAP_PRIVATE | nix::libc::MAP_ANONYMOUS | nix::libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if p == nix::libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Whether dropping the region removes its name (creators only).

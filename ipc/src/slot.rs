@@ -1,16 +1,18 @@
-//! A worker's slot: its control block, with two atomic words, and its
-//! message, input and output buffers.
+//! A worker's slot: its control block with the state word, its message,
+//! input and output buffers, and, apart from them, the owner word that
+//! sessions claim it with.
 //!
-//! The *owner word* says who holds the slot; the *state word* says where
-//! its call is. They live in different 128-byte blocks: the worker spins
-//! on the state word, so a session that claimed and released the slot
-//! through it would pull that line away from the worker twice more per
-//! call. Claiming and releasing touch only the owner word, which stays in
-//! the cache of the session's core; a call costs one transfer of the state
-//! line each way, as the raw ping-pong that is the floor.
+//! The *state word* says where the slot's call is; it lives in the SOC's
+//! region, where the worker spins on it. The *owner word* says which
+//! session holds the slot; it lives in an [`OwnerLine`] of the global
+//! region, which SOCs do not map: a SOC runs code the engine did not
+//! write, so nothing it can write may decide which session holds which
+//! worker. A session calling in a loop keeps its owner line in its own
+//! cache; a call costs one transfer of the state line each way, as the raw
+//! ping-pong that is the floor.
 //!
 //! ```text
-//! owner word:  [ generation (26 bits) | 0 (5 bits) | HELD ]
+//! owner word:  [ generation (26 bits) | 0 (4 bits) | ABANDONED | HELD ]
 //! state word:  [ generation (26 bits) | ABANDONED | SESSION_SLEEPING | WORKER_SLEEPING | state (3 bits) ]
 //! ```
 //!
@@ -25,10 +27,13 @@
 //! the session spins on it. The state word stays `Done` until the next
 //! submission.
 //!
-//! A session that gives up on a submitted call sets `ABANDONED` (the
-//! running procedure sees it as cancellation) and with it hands the owner
-//! word to the worker, which frees it when the call ends. `Closed` ends a
-//! worker; `Failed` marks the slot of a SOC that died. A generation is
+//! A session that gives up on a running call marks its owner word
+//! `Abandoned(g)` and sets `ABANDONED` in the state word (the running
+//! procedure sees it as cancellation). An abandoned slot is free for the
+//! next claim as soon as the state word no longer shows call `g` running:
+//! the worker ends the call (`Idle(g)`), or the SOC died and the slot was
+//! failed or reset. The worker never touches the owner word. `Closed` ends
+//! a worker; `Failed` marks the slot of a SOC that died. A generation is
 //! only ever compared for equality, so a session only sees the outcome of
 //! its own call, also after a failure and a reset.
 
@@ -62,18 +67,23 @@ const STATE_MASK: u32 = 0b111;
 pub const WORKER_SLEEPING: u32 = 1 << 3;
 /// The session sleeps on the word.
 pub const SESSION_SLEEPING: u32 = 1 << 4;
-/// The session gave up on the call; the worker frees the slot when done
-/// (kept on the `Idle` word that follows).
+/// The session gave up on the running call: the procedure is cancelled.
 pub const ABANDONED: u32 = 1 << 5;
 const SLEEPING: u32 = WORKER_SLEEPING | SESSION_SLEEPING;
 const GEN_SHIFT: u32 = 6;
 const GEN_MASK: u32 = u32::MAX >> GEN_SHIFT;
-/// Owner word: the slot is held (by a session, or by the worker of an
-/// abandoned call).
+/// Owner word: the slot is held by a session.
 const HELD: u32 = 1;
+/// Owner word: the session gave up on its running call; the slot is free
+/// once the state word shows that call over.
+const OWNER_ABANDONED: u32 = 2;
 
-const fn owner(generation: u32, held: bool) -> u32 {
-    ((generation & GEN_MASK) << GEN_SHIFT) | held as u32
+const fn owner(generation: u32, flags: u32) -> u32 {
+    ((generation & GEN_MASK) << GEN_SHIFT) | flags
+}
+
+const fn owner_generation(word: u32) -> u32 {
+    word >> GEN_SHIFT
 }
 
 /// A decoded state word.
@@ -118,19 +128,13 @@ pub struct SlotStats {
     pub errors: AtomicU64,
 }
 
-/// The owner word in a 128-byte block of its own.
-#[repr(C, align(128))]
-#[derive(Debug)]
-pub struct OwnerLine {
-    /// The owner word (see the module docs).
-    pub word: AtomicU32,
-    _pad: [u32; 31],
-}
-
-/// The control block of a slot. The first 128 bytes are the hot line: the
-/// state word, the request (written by the session) and the response
-/// (written by the worker) travel in one cache line each way. The next
-/// block holds what only the worker writes, the last the owner word.
+/// The control block of a slot, in its SOC's region. The first 128 bytes
+/// are the hot line: the state word, the request (written by the session)
+/// and the response (written by the worker) travel in one cache line each
+/// way. The second block holds what only the worker writes.
+///
+/// Everything here can be written by the SOC's code: whoever reads it on
+/// the master's side treats it as a claim to check, never as a fact.
 #[repr(C, align(128))]
 #[derive(Debug)]
 pub struct SlotControl {
@@ -152,10 +156,7 @@ pub struct SlotControl {
     /// Request: CLOCK_MONOTONIC time (ns) after which the call counts as
     /// cancelled; 0: none.
     pub deadline_ns: AtomicU64,
-    /// Request: CLOCK_MONOTONIC time (ns) of the submission, when the
-    /// engine enforces a hard limit; 0: not recorded.
-    pub submitted_ns: AtomicU64,
-    _hot_pad: [u64; 9],
+    _hot_pad: [u64; 10],
     /// Static: worker index within its SOC.
     pub worker: AtomicU32,
     /// Static: planned CPU (OS index), or `u32::MAX` when not bound.
@@ -165,20 +166,38 @@ pub struct SlotControl {
     _reserved: AtomicU32,
     /// Counters.
     pub stats: SlotStats,
-    /// Who holds the slot.
-    pub owner: OwnerLine,
 }
 
 // SAFETY: repr(C), atomics and integer arrays only, valid when zeroed.
 unsafe impl ShmSafe for SlotControl {}
 
-/// A session's claim on a slot, from [`SlotControl::try_claim`].
+/// The sessions' side of a slot, in the global region (which SOCs do not
+/// map), in a 128-byte block of its own: the owner word, and what the
+/// supervisor needs to enforce the hard limit.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct OwnerLine {
+    /// The owner word (see the module docs).
+    pub word: AtomicU32,
+    /// The generation of a call the supervisor killed for overrunning the
+    /// hard limit, plus one; 0: none.
+    pub killed: AtomicU32,
+    /// CLOCK_MONOTONIC time (ns) of the last submission, when the engine
+    /// enforces a hard limit; 0: not recorded.
+    pub submitted_ns: AtomicU64,
+    _pad: [u64; 14],
+}
+
+// SAFETY: repr(C), atomics and integer arrays only, valid when zeroed.
+unsafe impl ShmSafe for OwnerLine {}
+
+/// A session's claim on a slot, from [`SessionSlot::try_claim`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claimed {
     /// The call's generation.
     pub generation: u32,
     /// The state word seen right after the claim: the value
-    /// [`SlotControl::submit`] replaces.
+    /// [`SessionSlot::submit`] replaces.
     pub seen: u32,
 }
 
@@ -188,7 +207,7 @@ pub enum Task {
     /// A call was submitted under this generation: run it.
     Submitted(u32),
     /// A call was submitted and abandoned before it started: the worker
-    /// freed the slot (the caller should signal waiting sessions).
+    /// ended it (the caller should signal waiting sessions).
     Abandoned,
     /// The slot was closed: the worker must exit.
     Closed,
@@ -213,141 +232,6 @@ impl SlotControl {
         Word(self.state.load(Ordering::Acquire))
     }
 
-    /// Whether the slot is held (by a session, or by the worker of an
-    /// abandoned call).
-    pub fn is_held(&self) -> bool {
-        self.owner.word.load(Ordering::Acquire) & HELD != 0
-    }
-
-    /// Session: claims the slot if it is free and its SOC serves.
-    #[inline]
-    pub fn try_claim(&self) -> Option<Claimed> {
-        let o = self.owner.word.load(Ordering::Relaxed);
-        if o & HELD != 0 {
-            return None;
-        }
-        let generation = ((o >> GEN_SHIFT) + 1) & GEN_MASK;
-        let held = owner(generation, true);
-        self.owner
-            .word
-            .compare_exchange(o, held, Ordering::Acquire, Ordering::Relaxed)
-            .ok()?;
-        // Acquire: whoever freed the owner word had finished with the state
-        // word before (the worker of an abandoned call included).
-        let seen = self.state.load(Ordering::Acquire);
-        if matches!(Word(seen).state(), State::Failed | State::Closed) {
-            self.unclaim(generation);
-            return None;
-        }
-        Some(Claimed { generation, seen })
-    }
-
-    /// Frees the owner word held under `generation` by a CAS, for those
-    /// that free a slot on another's behalf (the worker of an abandoned
-    /// call, the master's reset). Returns false when it was not (any more)
-    /// held under it.
-    #[inline]
-    fn free_owner(&self, generation: u32) -> bool {
-        self.owner
-            .word
-            .compare_exchange(
-                owner(generation, true),
-                owner(generation, false),
-                // SeqCst for FreeSignal::notify, as in `unclaim`.
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-    }
-
-    /// Session: hands the claimed slot to the worker (after writing the
-    /// request fields and the input), waking it if it sleeps. Returns false
-    /// when the state word changed since the claim (the SOC died, the slot
-    /// was reset or closed): the claim can only be released.
-    #[inline]
-    pub fn submit(&self, claim: Claimed) -> bool {
-        // The owner word is in this core's cache: a cheap guard against a
-        // claim that was already given back.
-        if self.owner.word.load(Ordering::Relaxed) != owner(claim.generation, true) {
-            return false;
-        }
-        let next = Word::new(State::Submitted, claim.generation, 0).0;
-        self.replace(claim.seen, next, WORKER_SLEEPING).is_ok()
-    }
-
-    /// Session: waits for the outcome of call `generation`, at most
-    /// `timeout` (`None`: no limit). `None`: the timeout passed first (the
-    /// call goes on).
-    #[inline]
-    pub fn wait_done(
-        &self,
-        generation: u32,
-        policy: &WaitPolicy,
-        timeout: Option<Duration>,
-    ) -> Option<Outcome> {
-        let v = wait_on(&self.state, policy, timeout, SESSION_SLEEPING, |v| {
-            let w = Word(v);
-            w.generation() != generation
-                || matches!(w.state(), State::Done | State::Failed | State::Closed)
-        })?;
-        let w = Word(v);
-        Some(if w.generation() != generation {
-            Outcome::Lost
-        } else {
-            match w.state() {
-                State::Done => Outcome::Done,
-                State::Failed => Outcome::Failed,
-                _ => Outcome::Lost,
-            }
-        })
-    }
-
-    /// Session: gives back a claim that was never submitted, or whose
-    /// call's outcome it has seen (any [`Outcome`]). Returns true when the
-    /// slot became free (the caller should signal waiting sessions).
-    #[inline]
-    pub fn unclaim(&self, generation: u32) -> bool {
-        // While a session holds the owner word and has not abandoned its
-        // call, nobody else writes it: other sessions' claims fail on
-        // `HELD`, the worker frees only abandoned calls, a reset only the
-        // owner word of an abandoned call. So a plain store frees it,
-        // without a locked instruction; the load guards against a claim
-        // given back twice.
-        let held = owner(generation, true);
-        if self.owner.word.load(Ordering::Relaxed) != held {
-            return false;
-        }
-        // SeqCst: the caller's `FreeSignal::notify` then loads `waiters`;
-        // a Release store could pass that load (store buffering) and a
-        // session announcing itself meanwhile would miss this release.
-        self.owner
-            .word
-            .store(owner(generation, false), Ordering::SeqCst);
-        true
-    }
-
-    /// Session: gives the slot up, whatever the call's progress. Returns
-    /// true when the slot became free now (the caller should signal
-    /// waiting sessions); false when the worker will free it (the call
-    /// still runs) or the claim was not (any more) held.
-    pub fn release(&self, generation: u32) -> bool {
-        let running = Word::new(State::Submitted, generation, 0).0;
-        let mut cur = self.state.load(Ordering::Acquire);
-        while cur & !SLEEPING == running {
-            match self.state.compare_exchange(
-                cur,
-                cur | ABANDONED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                // The owner word is the worker's now.
-                Ok(_) => return false,
-                Err(actual) => cur = actual,
-            }
-        }
-        self.unclaim(generation)
-    }
-
     /// Worker: waits for a submitted call or for the slot to close. A call
     /// abandoned before it started is ended here.
     #[inline]
@@ -369,28 +253,26 @@ impl SlotControl {
     }
 
     /// Worker: ends abandoned call `word` (`Submitted | ABANDONED`): the
-    /// state goes `Idle` (keeping the mark, so that a reset after a death
-    /// right here frees the owner word), then the owner word is freed.
+    /// state goes `Idle`, which frees the slot for the next claim.
     fn end_abandoned(&self, word: u32) {
-        let generation = Word(word).generation();
-        let idle = Word::new(State::Idle, generation, ABANDONED).0;
+        let idle = Word::new(State::Idle, Word(word).generation(), 0).0;
         // Failed or closed meanwhile: the master takes it from here.
-        if self.replace(word, idle, SESSION_SLEEPING).is_ok() {
-            self.free_owner(generation);
-        }
+        let _ = self.replace(word, idle, SESSION_SLEEPING);
     }
 
     /// Replaces the state word `seen` by `next` with a CAS, again while only
     /// the sleeping bits differ from `seen`, and wakes the futex when the
     /// replaced value had `wake` set. `Err(actual)`: the word changed
-    /// otherwise.
+    /// otherwise. SeqCst (the same instruction as AcqRel where it matters,
+    /// x86's locked CAS): a transition that frees an abandoned slot is
+    /// followed by `FreeSignal::notify`, whose load it must not pass.
     #[inline]
     fn replace(&self, seen: u32, next: u32, wake: u32) -> Result<(), u32> {
         let mut cur = seen;
         loop {
             match self
                 .state
-                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(cur, next, Ordering::SeqCst, Ordering::Acquire)
             {
                 Ok(_) => {
                     if cur & wake != 0 {
@@ -450,32 +332,210 @@ impl SlotControl {
         .is_some()
     }
 
-    /// Master: makes a failed slot usable again under a new generation, for
-    /// a restarted SOC; wakes its (new) worker. A session still holding a
-    /// claim from before can no longer submit, and one waiting for an
-    /// earlier call sees it lost. The owner word of a call abandoned before
-    /// the failure, which the dead worker would have freed, is freed here.
+    /// Master: makes the slot of a SOC that died and was started again
+    /// usable, under a new generation, whatever the dead (or the new) SOC
+    /// wrote into it; wakes its new worker. A session still holding a claim
+    /// from before can no longer submit, and one waiting for an earlier
+    /// call sees it lost.
     pub fn reset(&self) {
-        let old = update_and_wake(&self.state, u32::MAX, |v| {
-            let w = Word(v);
-            (w.state() == State::Failed)
-                .then(|| Word::new(State::Idle, w.generation().wrapping_add(1), 0).0)
+        update_and_wake(&self.state, u32::MAX, |v| {
+            Some(Word::new(State::Idle, Word(v).generation().wrapping_add(1), 0).0)
         });
-        if let Some(old) = old.map(Word)
-            && old.has(ABANDONED)
-        {
-            self.free_owner(old.generation());
-        }
     }
 
-    /// Master: marks the slot failed (its SOC died), waking its session.
-    /// An abandoned call keeps its mark, for [`SlotControl::reset`].
+    /// Master: marks the slot failed (its SOC died), waking its session,
+    /// whatever state the SOC left it in.
     pub fn fail(&self) {
         update_and_wake(&self.state, SLEEPING, |v| {
-            let w = Word(v);
-            (w.state() != State::Closed)
-                .then(|| Word::new(State::Failed, w.generation(), v & ABANDONED).0)
+            Some(Word::new(State::Failed, Word(v).generation(), 0).0)
         });
+    }
+}
+
+/// The session side of a slot: its control block and its owner line.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSlot<'r> {
+    /// The control block (in the SOC's region).
+    pub control: &'r SlotControl,
+    /// The owner line (in the global region).
+    pub owner: &'r OwnerLine,
+}
+
+impl SessionSlot<'_> {
+    /// Whether a session holds the slot (a call it gave up on included).
+    pub fn is_held(&self) -> bool {
+        let o = self.owner.word.load(Ordering::Acquire);
+        o & HELD != 0 && !(o & OWNER_ABANDONED != 0 && self.abandoned_call_over(o))
+    }
+
+    /// For an owner word `Abandoned(g)`: whether call `g` is over.
+    #[inline]
+    fn abandoned_call_over(&self, o: u32) -> bool {
+        let w = self.control.word();
+        !(w.generation() == owner_generation(o) && w.state() == State::Submitted)
+    }
+
+    /// Claims the slot if it is free and its SOC serves.
+    #[inline]
+    pub fn try_claim(&self) -> Option<Claimed> {
+        let o = self.owner.word.load(Ordering::Relaxed);
+        if o & HELD != 0 && (o & OWNER_ABANDONED == 0 || !self.abandoned_call_over(o)) {
+            return None;
+        }
+        let generation = (owner_generation(o) + 1) & GEN_MASK;
+        self.owner
+            .word
+            .compare_exchange(
+                o,
+                owner(generation, HELD),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .ok()?;
+        // Acquire: whoever ended the previous call had finished with the
+        // state word before.
+        let seen = self.control.state.load(Ordering::Acquire);
+        if matches!(Word(seen).state(), State::Failed | State::Closed) {
+            self.unclaim(generation);
+            return None;
+        }
+        Some(Claimed { generation, seen })
+    }
+
+    /// Hands the claimed slot to the worker (after writing the request
+    /// fields and the input), waking it if it sleeps. Returns false when the
+    /// state word changed since the claim (the SOC died, the slot was reset
+    /// or closed): the claim can only be released.
+    #[inline]
+    pub fn submit(&self, claim: Claimed) -> bool {
+        // The owner word is in this core's cache: a cheap guard against a
+        // claim that was already given back.
+        if self.owner.word.load(Ordering::Relaxed) != owner(claim.generation, HELD) {
+            return false;
+        }
+        let next = Word::new(State::Submitted, claim.generation, 0).0;
+        self.control
+            .replace(claim.seen, next, WORKER_SLEEPING)
+            .is_ok()
+    }
+
+    /// Waits for the outcome of call `generation`, at most `timeout`
+    /// (`None`: no limit). `None`: the timeout passed first (the call goes
+    /// on).
+    #[inline]
+    pub fn wait_done(
+        &self,
+        generation: u32,
+        policy: &WaitPolicy,
+        timeout: Option<Duration>,
+    ) -> Option<Outcome> {
+        let v = wait_on(
+            &self.control.state,
+            policy,
+            timeout,
+            SESSION_SLEEPING,
+            |v| {
+                let w = Word(v);
+                w.generation() != generation
+                    || matches!(w.state(), State::Done | State::Failed | State::Closed)
+            },
+        )?;
+        let w = Word(v);
+        Some(if w.generation() != generation {
+            Outcome::Lost
+        } else {
+            match w.state() {
+                State::Done => Outcome::Done,
+                State::Failed => Outcome::Failed,
+                _ => Outcome::Lost,
+            }
+        })
+    }
+
+    /// Gives back a claim that was never submitted, or whose call's outcome
+    /// it has seen (any [`Outcome`]). Returns true when the slot became free
+    /// (the caller should signal waiting sessions).
+    #[inline]
+    pub fn unclaim(&self, generation: u32) -> bool {
+        // While a session holds the owner word, nobody else writes it:
+        // other sessions' claims fail on `HELD`, and no worker or master
+        // ever writes it. So a plain store frees it, with no locked
+        // compare; the load guards against a claim given back twice.
+        let held = owner(generation, HELD);
+        if self.owner.word.load(Ordering::Relaxed) != held {
+            return false;
+        }
+        // SeqCst: the caller's `FreeSignal::notify` then loads `waiters`;
+        // a Release store could pass that load (store buffering) and a
+        // session announcing itself meanwhile would miss this release.
+        self.owner
+            .word
+            .store(owner(generation, 0), Ordering::SeqCst);
+        true
+    }
+
+    /// Gives the slot up, whatever the call's progress. Returns true when
+    /// the slot is free now (the caller should signal waiting sessions);
+    /// false when the worker will free it (the call still runs: it sees
+    /// cancellation and signals when it ends) or the claim was not (any
+    /// more) held.
+    pub fn release(&self, generation: u32) -> bool {
+        if self.owner.word.load(Ordering::Relaxed) != owner(generation, HELD) {
+            return false;
+        }
+        // From here the slot is free for whoever sees call `generation`
+        // over. SeqCst, as in `unclaim`: the call may be over already.
+        self.owner
+            .word
+            .store(owner(generation, HELD | OWNER_ABANDONED), Ordering::SeqCst);
+        let running = Word::new(State::Submitted, generation, 0).0;
+        let mut cur = self.control.state.load(Ordering::Acquire);
+        while cur & !SLEEPING == running {
+            match self.control.state.compare_exchange(
+                cur,
+                cur | ABANDONED,
+                Ordering::SeqCst,
+                Ordering::Acquire,
+            ) {
+                // The worker ends the call and signals.
+                Ok(_) => return false,
+                Err(actual) => cur = actual,
+            }
+        }
+        true
+    }
+
+    /// The generation of a call the hard limit killed, if it is `generation`.
+    pub fn killed(&self, generation: u32) -> bool {
+        self.owner.killed.load(Ordering::Acquire) == generation.wrapping_add(1)
+    }
+
+    /// Records the submission time of call `generation` for the hard limit.
+    #[inline]
+    pub fn stamp(&self, now_ns: u64) {
+        self.owner.submitted_ns.store(now_ns, Ordering::Relaxed);
+    }
+
+    /// Master (supervisor): the call running in this slot, as
+    /// `(generation, submitted_ns)`, when a session's call is in it and the
+    /// state word agrees that it runs.
+    pub fn running_call(&self) -> Option<(u32, u64)> {
+        let o = self.owner.word.load(Ordering::Acquire);
+        if o & HELD == 0 {
+            return None;
+        }
+        let g = owner_generation(o);
+        let w = self.control.word();
+        (w.generation() == g && w.state() == State::Submitted)
+            .then(|| (g, self.owner.submitted_ns.load(Ordering::Relaxed)))
+    }
+
+    /// Master (supervisor): marks call `generation` as killed by the hard
+    /// limit, for its session to read after the failure.
+    pub fn mark_killed(&self, generation: u32) {
+        self.owner
+            .killed
+            .store(generation.wrapping_add(1), Ordering::Release);
     }
 }
 
@@ -613,9 +673,15 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
-    fn zeroed() -> Box<SlotControl> {
-        // SAFETY: SlotControl is ShmSafe: valid when zeroed.
-        unsafe { Box::new(std::mem::zeroed()) }
+    /// A zeroed control block and owner line, leaked (tests only).
+    fn zeroed() -> SessionSlot<'static> {
+        // SAFETY: both are ShmSafe: valid when zeroed.
+        unsafe {
+            SessionSlot {
+                control: Box::leak(Box::new(std::mem::zeroed())),
+                owner: Box::leak(Box::new(std::mem::zeroed())),
+            }
+        }
     }
 
     const HOT: WaitPolicy = WaitPolicy {
@@ -623,12 +689,31 @@ mod tests {
         yield_after: Duration::from_micros(1),
     };
 
+    const ZERO: WaitPolicy = WaitPolicy {
+        spin: Duration::ZERO,
+        yield_after: Duration::ZERO,
+    };
+
+    /// Waits (at most 2 s) until `cond` holds, sleeping a millisecond
+    /// between looks.
+    fn soon(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not happen within 2 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
-    fn state_owner_and_worker_lines_are_apart() {
+    fn state_and_worker_lines_are_apart() {
         assert_eq!(std::mem::offset_of!(SlotControl, state), 0);
         assert_eq!(std::mem::offset_of!(SlotControl, worker), 128);
-        assert_eq!(std::mem::offset_of!(SlotControl, owner), 256);
-        assert_eq!(size_of::<SlotControl>(), 384);
+        assert_eq!(size_of::<SlotControl>(), 256);
+        assert_eq!(size_of::<OwnerLine>(), 128);
+        assert_eq!(align_of::<OwnerLine>(), 128);
     }
 
     #[test]
@@ -638,8 +723,8 @@ mod tests {
         assert_eq!(c.generation, 1);
         assert_eq!(s.try_claim(), None, "claimed slot cannot be claimed twice");
         assert!(s.submit(c));
-        assert_eq!(s.wait_task(&HOT), Task::Submitted(1));
-        assert!(!s.finish(1));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(1));
+        assert!(!s.control.finish(1));
         assert_eq!(s.wait_done(1, &HOT, None), Some(Outcome::Done));
         assert!(s.unclaim(1));
         assert!(!s.is_held());
@@ -647,7 +732,7 @@ mod tests {
         assert_eq!(c2.generation, 2);
         assert_eq!(Word(c2.seen), Word::new(State::Done, 1, 0));
         assert!(s.submit(c2));
-        assert_eq!(s.wait_task(&HOT), Task::Submitted(2));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(2));
     }
 
     #[test]
@@ -655,31 +740,39 @@ mod tests {
         let s = zeroed();
         let c = s.try_claim().unwrap();
         assert!(s.submit(c));
-        assert_eq!(s.wait_task(&HOT), Task::Submitted(c.generation));
-        s.finish(c.generation);
-        let done = s.state.load(Ordering::Relaxed);
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c.generation));
+        s.control.finish(c.generation);
+        let done = s.control.state.load(Ordering::Relaxed);
         assert!(s.release(c.generation), "a finished call frees at once");
         let c2 = s.try_claim().unwrap();
         assert!(s.unclaim(c2.generation));
-        assert_eq!(s.state.load(Ordering::Relaxed), done);
+        assert_eq!(s.control.state.load(Ordering::Relaxed), done);
     }
 
     #[test]
-    fn abandoned_running_call_is_freed_by_worker() {
+    fn an_abandoned_running_call_frees_the_slot_when_it_ends() {
         let s = zeroed();
         let c = s.try_claim().unwrap();
         assert!(s.submit(c));
-        assert_eq!(s.wait_task(&HOT), Task::Submitted(c.generation));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c.generation));
         assert!(!s.release(c.generation), "the worker still runs the call");
-        assert!(s.is_abandoned());
-        assert!(s.is_cancelled());
-        assert_eq!(s.try_claim(), None);
-        assert!(s.finish(c.generation), "the worker frees an abandoned slot");
+        assert!(s.control.is_abandoned());
+        assert!(s.control.is_cancelled());
+        assert!(s.is_held());
+        assert_eq!(s.try_claim(), None, "not while the call runs");
+        assert!(
+            s.control.finish(c.generation),
+            "the call's end frees the slot"
+        );
         assert!(!s.is_held());
         let c2 = s.try_claim().unwrap();
+        assert_eq!(c2.generation, c.generation + 1);
         assert!(s.submit(c2));
-        assert_eq!(s.wait_task(&HOT), Task::Submitted(c2.generation));
-        assert!(!s.is_abandoned(), "a new call starts without the mark");
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c2.generation));
+        assert!(
+            !s.control.is_abandoned(),
+            "a new call starts without the mark"
+        );
     }
 
     #[test]
@@ -688,9 +781,10 @@ mod tests {
         let c = s.try_claim().unwrap();
         assert!(s.submit(c));
         assert!(!s.release(c.generation));
-        assert_eq!(s.wait_task(&HOT), Task::Abandoned);
+        assert_eq!(s.control.wait_task(&HOT), Task::Abandoned);
         assert!(!s.is_held());
-        assert_eq!(s.word().state(), State::Idle);
+        assert_eq!(s.control.word().state(), State::Idle);
+        assert!(s.try_claim().is_some());
     }
 
     #[test]
@@ -700,6 +794,7 @@ mod tests {
         assert!(s.release(c.generation));
         assert!(!s.is_held());
         assert!(!s.release(c.generation), "a claim is given back once");
+        assert!(!s.unclaim(c.generation));
     }
 
     #[test]
@@ -721,12 +816,18 @@ mod tests {
         let c = s.try_claim().unwrap();
         assert!(s.submit(c));
         let g = c.generation;
+        let start = Instant::now();
         assert_eq!(s.wait_done(g, &HOT, Some(Duration::from_millis(5))), None);
-        assert!(!s.close(), "a slot with a call in it is not closed");
-        s.fail();
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(5) && took < Duration::from_secs(1),
+            "{took:?}"
+        );
+        assert!(!s.control.close(), "a slot with a call in it is not closed");
+        s.control.fail();
         assert_eq!(s.wait_done(g, &HOT, None), Some(Outcome::Failed));
-        assert!(s.close());
-        assert_eq!(s.wait_task(&HOT), Task::Closed);
+        assert!(s.control.close());
+        assert_eq!(s.control.wait_task(&HOT), Task::Closed);
         assert!(s.unclaim(g));
         assert_eq!(s.try_claim(), None, "a closed slot cannot be claimed");
         assert!(!s.is_held(), "a refused claim leaves the slot free");
@@ -734,47 +835,53 @@ mod tests {
 
     #[test]
     fn sleeping_worker_is_woken_by_submit() {
-        let s: &'static SlotControl = Box::leak(zeroed());
-        let zero = WaitPolicy {
-            spin: Duration::ZERO,
-            yield_after: Duration::ZERO,
-        };
-        let t = std::thread::spawn(move || s.wait_task(&zero));
+        let s = zeroed();
+        let t = std::thread::spawn(move || {
+            let task = s.control.wait_task(&ZERO);
+            (task, Instant::now())
+        });
         let c = s.try_claim().unwrap();
-        while !s.word().has(WORKER_SLEEPING) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        soon("the worker's sleep", || {
+            s.control.word().has(WORKER_SLEEPING)
+        });
+        // Let it reach the futex.
+        std::thread::sleep(Duration::from_millis(5));
         // The claim saw the word before the worker slept: submit copes.
+        let submitted = Instant::now();
         assert!(s.submit(c));
-        assert_eq!(t.join().unwrap(), Task::Submitted(c.generation));
+        let (task, woke) = t.join().unwrap();
+        assert_eq!(task, Task::Submitted(c.generation));
+        let late = woke.saturating_duration_since(submitted);
+        assert!(late < Duration::from_millis(500), "woken after {late:?}");
     }
 
     #[test]
     fn sleeping_session_is_woken_by_finish() {
-        let s: &'static SlotControl = Box::leak(zeroed());
-        let zero = WaitPolicy {
-            spin: Duration::ZERO,
-            yield_after: Duration::ZERO,
-        };
+        let s = zeroed();
         let c = s.try_claim().unwrap();
         assert!(s.submit(c));
         let g = c.generation;
-        let t = std::thread::spawn(move || s.wait_done(g, &zero, None));
-        assert_eq!(s.wait_task(&HOT), Task::Submitted(g));
-        while !s.word().has(SESSION_SLEEPING) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert!(!s.finish(g));
-        assert_eq!(t.join().unwrap(), Some(Outcome::Done));
+        let t = std::thread::spawn(move || (s.wait_done(g, &ZERO, None), Instant::now()));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(g));
+        soon("the session's sleep", || {
+            s.control.word().has(SESSION_SLEEPING)
+        });
+        std::thread::sleep(Duration::from_millis(5));
+        let finished = Instant::now();
+        assert!(!s.control.finish(g));
+        let (outcome, woke) = t.join().unwrap();
+        assert_eq!(outcome, Some(Outcome::Done));
+        let late = woke.saturating_duration_since(finished);
+        assert!(late < Duration::from_millis(500), "woken after {late:?}");
     }
 
     #[test]
     fn a_failed_slot_is_not_claimed() {
         let s = zeroed();
-        s.fail();
+        s.control.fail();
         assert_eq!(s.try_claim(), None);
         assert!(!s.is_held());
-        s.reset();
+        s.control.reset();
         assert!(s.try_claim().is_some());
     }
 
@@ -784,29 +891,23 @@ mod tests {
         let c = s.try_claim().unwrap();
         let g = c.generation;
         assert!(s.submit(c));
-        s.fail();
+        s.control.fail();
         assert_eq!(s.try_claim(), None);
-        s.reset();
-        assert_eq!(s.word().state(), State::Idle);
+        s.control.reset();
+        assert_eq!(s.control.word().state(), State::Idle);
         assert_eq!(s.wait_done(g, &HOT, None), Some(Outcome::Lost));
         assert!(s.release(g), "the session frees its claim after the reset");
         let c2 = s.try_claim().unwrap();
         assert_ne!(c2.generation, g);
         assert!(s.submit(c2));
-        s.reset();
-        assert_eq!(
-            s.word().state(),
-            State::Submitted,
-            "reset only touches failed slots"
-        );
     }
 
     #[test]
     fn a_claim_held_across_a_failure_cannot_submit() {
         let s = zeroed();
         let c = s.try_claim().unwrap();
-        s.fail();
-        s.reset();
+        s.control.fail();
+        s.control.reset();
         assert!(!s.submit(c), "the SOC behind the claim died");
         assert!(s.unclaim(c.generation));
         let c2 = s.try_claim().unwrap();
@@ -814,39 +915,79 @@ mod tests {
     }
 
     #[test]
-    fn reset_frees_a_call_abandoned_before_the_death() {
+    fn an_abandoned_call_of_a_dead_soc_frees_its_slot() {
         let s = zeroed();
         let c = s.try_claim().unwrap();
         assert!(s.submit(c));
         assert!(!s.release(c.generation));
-        s.fail();
-        assert!(s.is_held(), "the dead worker held the abandoned call");
-        s.reset();
-        assert!(!s.is_held());
-        // The worker ended the abandoned call but died before freeing it.
+        assert!(s.is_held(), "the call still runs");
+        s.control.fail();
+        assert!(!s.is_held(), "its SOC died: the call is over");
+        // Not claimable while failed; free again after the reset.
+        assert_eq!(s.try_claim(), None);
+        s.control.reset();
+        let c2 = s.try_claim().unwrap();
+        assert!(s.submit(c2));
+    }
+
+    /// What a SOC writes into its slots decides nothing about who holds
+    /// them: whatever the state word says, a held owner word stays held,
+    /// and the master's fail and reset bring any word back in line.
+    #[test]
+    fn garbage_in_the_state_word_frees_no_held_slot() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        for garbage in [
+            0,
+            u32::MAX,
+            Word::new(State::Idle, 99, 0).0,
+            State::Closed as u32,
+        ] {
+            s.control.state.store(garbage, Ordering::Relaxed);
+            assert!(s.is_held() && s.try_claim().is_none(), "{garbage:#x}");
+        }
+        assert!(s.unclaim(c.generation));
+        s.control
+            .state
+            .store(State::Closed as u32, Ordering::Relaxed);
+        s.control.fail();
+        assert_eq!(
+            s.control.word().state(),
+            State::Failed,
+            "fail overrides anything"
+        );
+        s.control.state.store(u32::MAX, Ordering::Relaxed);
+        s.control.reset();
+        assert_eq!(
+            s.control.word().state(),
+            State::Idle,
+            "reset overrides anything"
+        );
         let c = s.try_claim().unwrap();
         assert!(s.submit(c));
-        assert!(!s.release(c.generation));
-        s.state.store(
-            Word::new(State::Idle, c.generation, ABANDONED).0,
-            Ordering::Release,
-        );
-        s.fail();
-        s.reset();
-        assert!(!s.is_held());
-        assert!(s.try_claim().is_some());
+    }
+
+    #[test]
+    fn the_hard_limit_marks_only_its_call() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        assert_eq!(s.running_call(), None, "claimed, not submitted");
+        s.stamp(42);
+        assert!(s.submit(c));
+        assert_eq!(s.running_call(), Some((c.generation, 42)));
+        s.mark_killed(c.generation);
+        assert!(s.killed(c.generation));
+        assert!(!s.killed(c.generation + 1));
     }
 
     #[test]
     fn generation_wraps() {
         let s = zeroed();
-        s.owner
-            .word
-            .store(owner(GEN_MASK, false), Ordering::Relaxed);
+        s.owner.word.store(owner(GEN_MASK, 0), Ordering::Relaxed);
         let c = s.try_claim().unwrap();
         assert_eq!(c.generation, 0);
         assert!(s.submit(c));
-        assert_eq!(s.wait_task(&HOT), Task::Submitted(0));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(0));
     }
 
     /// Four sessions claim one slot, half of their calls given up at once
@@ -855,20 +996,21 @@ mod tests {
     /// slot ends free.
     #[test]
     fn racing_sessions_see_only_their_own_results() {
-        let s: &'static SlotControl = Box::leak(zeroed());
+        let s = zeroed();
         let worker = std::thread::spawn(move || {
+            let c = s.control;
             let mut served = 0u64;
             loop {
-                match s.wait_task(&HOT) {
+                match c.wait_task(&HOT) {
                     Task::Closed => return served,
                     Task::Abandoned => {}
                     Task::Submitted(g) => {
-                        let input = s.input_len.load(Ordering::Relaxed);
+                        let input = c.input_len.load(Ordering::Relaxed);
                         if input.is_multiple_of(3) {
                             std::thread::yield_now();
                         }
-                        s.output_len.store(input, Ordering::Relaxed);
-                        s.finish(g);
+                        c.output_len.store(input, Ordering::Relaxed);
+                        c.finish(g);
                         served += 1;
                     }
                 }
@@ -888,11 +1030,11 @@ mod tests {
                             std::thread::yield_now();
                         };
                         let input = t << 32 | i;
-                        s.input_len.store(input, Ordering::Relaxed);
+                        s.control.input_len.store(input, Ordering::Relaxed);
                         assert!(s.submit(c));
                         if i % 2 == 0 {
                             assert_eq!(s.wait_done(c.generation, &HOT, None), Some(Outcome::Done));
-                            assert_eq!(s.output_len.load(Ordering::Relaxed), input);
+                            assert_eq!(s.control.output_len.load(Ordering::Relaxed), input);
                             checked += 1;
                         }
                         s.release(c.generation);
@@ -904,7 +1046,7 @@ mod tests {
         let checked: u64 = sessions.into_iter().map(|t| t.join().unwrap()).sum();
         assert_eq!(checked, 4 * 1000);
         let give_up = Instant::now() + Duration::from_secs(20);
-        while !s.close() {
+        while !s.control.close() {
             assert!(Instant::now() < give_up, "the last call never ended");
             std::thread::yield_now();
         }

@@ -8,10 +8,13 @@
 //! (another container). So an object is removed only when
 //! - it belongs to this process's user (others' objects are skipped, and
 //!   the cleanup goes on with the next one),
-//! - it carries this build's region header (an object of another layout
-//!   version was made by a build that did not lock it: it is kept and
-//!   reported), and
+//! - it does not carry the region header of another layout version (made
+//!   by a build that did not lock its objects: it is kept and reported), and
 //! - nobody holds its lock.
+//!
+//! An object of this user without a valid header at all (its creator died
+//! before writing it, or a SOC scribbled over it) is judged by its lock
+//! alone.
 //!
 //! The header also records the creator's pid, start time and boot id, so
 //! that a report can say which process made an object.
@@ -88,8 +91,8 @@ pub enum Verdict {
         /// The owner's uid.
         uid: u32,
     },
-    /// Its creator cannot be proven dead (another layout version, not a
-    /// numaproc region, unreadable): it is kept.
+    /// Its creator cannot be proven dead (another layout version, or an
+    /// object that cannot be read): it is kept.
     Unknown(String),
 }
 
@@ -160,16 +163,12 @@ fn examine(name: &ShmName) -> Option<(Found, Option<File>)> {
     let u64_at = |offset| u64::from_le_bytes(field(offset, 8).try_into().unwrap_or([0; 8]));
     let magic = u64_at(std::mem::offset_of!(RegionHeader, magic));
     let version = u32_at(std::mem::offset_of!(RegionHeader, layout_version));
-    if !header_read || magic != REGION_MAGIC {
-        return Some((
-            found(
-                Verdict::Unknown("not a numaproc region (no region header)".to_owned()),
-                None,
-            ),
-            None,
-        ));
-    }
-    if version != LAYOUT_VERSION {
+    // An object without a valid header (a SOC that died scribbled over
+    // it, or its creator died before writing it) is judged by its lock
+    // alone: a live creator of this build would hold it, and one of an
+    // older build would have written a valid header.
+    let has_header = header_read && magic == REGION_MAGIC;
+    if has_header && version != LAYOUT_VERSION {
         return Some((
             found(
                 Verdict::Unknown(format!(
@@ -180,15 +179,17 @@ fn examine(name: &ShmName) -> Option<(Found, Option<File>)> {
             None,
         ));
     }
-    let mut boot_id = [0u8; 16];
-    boot_id.copy_from_slice(field(
-        std::mem::offset_of!(RegionHeader, creator_boot_id),
-        16,
-    ));
-    let creator = Some(Creator {
-        pid: u32_at(std::mem::offset_of!(RegionHeader, master_pid)),
-        start_ticks: u64_at(std::mem::offset_of!(RegionHeader, creator_start_ticks)),
-        boot_id,
+    let creator = has_header.then(|| {
+        let mut boot_id = [0u8; 16];
+        boot_id.copy_from_slice(field(
+            std::mem::offset_of!(RegionHeader, creator_boot_id),
+            16,
+        ));
+        Creator {
+            pid: u32_at(std::mem::offset_of!(RegionHeader, master_pid)),
+            start_ticks: u64_at(std::mem::offset_of!(RegionHeader, creator_start_ticks)),
+            boot_id,
+        }
     });
     match lock(&file, LockKind::Shared) {
         Ok(()) => Some((found(Verdict::Dead, creator), Some(file))),
@@ -348,24 +349,33 @@ mod tests {
     }
 
     #[test]
-    fn objects_of_unknown_origin_are_kept() {
-        let foreign = ShmName::new("staleunknown", 4_194_305, 0, "a").unwrap();
+    fn objects_of_other_versions_are_kept_and_headerless_ones_go_by_their_lock() {
+        let garbage = ShmName::new("staleunknown", 4_194_305, 0, "a").unwrap();
         let old = ShmName::new("staleunknown", 4_194_305, 0, "b").unwrap();
-        // Not a region at all, and a region of another layout version.
-        std::fs::write(Path::new(SHM_DIR).join(foreign.to_string()), b"hello").unwrap();
+        let held = ShmName::new("staleunknown", 4_194_305, 0, "c").unwrap();
+        // No header (as a SOC that scribbled over it leaves it), a region of
+        // another layout version, and a headerless object someone locks.
+        std::fs::write(Path::new(SHM_DIR).join(garbage.to_string()), [0xffu8; 64]).unwrap();
         orphan(&old);
         poke(
             &old,
             std::mem::offset_of!(RegionHeader, layout_version),
             &(LAYOUT_VERSION - 1).to_le_bytes(),
         );
+        let holder = Path::new(SHM_DIR).join(held.to_string());
+        std::fs::write(&holder, b"").unwrap();
+        let lock_holder = File::open(&holder).unwrap();
+        lock(&lock_holder, LockKind::Exclusive).unwrap();
         let cleanup = remove_stale(Some("staleunknown")).unwrap();
-        assert!(cleanup.removed.is_empty(), "{cleanup:?}");
-        for f in &cleanup.found {
-            assert!(matches!(f.verdict, Verdict::Unknown(_)), "{f:?}");
-        }
-        assert!(exists(&foreign) && exists(&old));
-        for n in [foreign, old] {
+        assert_eq!(cleanup.removed, vec![garbage.clone()], "{cleanup:?}");
+        assert!(
+            matches!(cleanup.found[1].verdict, Verdict::Unknown(_)),
+            "{cleanup:?}"
+        );
+        assert_eq!(cleanup.found[2].verdict, Verdict::Live);
+        assert!(!exists(&garbage) && exists(&old) && exists(&held));
+        drop(lock_holder);
+        for n in [old, held] {
             nix::sys::mman::shm_unlink(n.path().as_str()).unwrap();
         }
     }

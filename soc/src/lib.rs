@@ -6,7 +6,11 @@
 //! reports ready, and serves calls until its slots are closed.
 //!
 //! The same code runs in every SOC kind: in a thread of the master
-//! (emulated), or in a forked child.
+//! (emulated), in a forked child, or in a spawned process. Whoever starts a
+//! SOC in a process of its own first takes from it what it must not touch
+//! (other SOCs' regions, the sessions' owner lines, write access to the
+//! engine's header); `run` itself reads its layout from its region's header
+//! and refuses one that does not fit.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod worker;
@@ -16,7 +20,7 @@ use std::time::Duration;
 
 use crossbeam_channel::bounded;
 use numaproc_abi::HostServices;
-use numaproc_ipc::layout::{GlobalView, SocView};
+use numaproc_ipc::layout::{GlobalView, NameRecord, SocView};
 use numaproc_ipc::{Region, WaitPolicy};
 use numaproc_procs::Registry;
 use numaproc_procs::library::{self, LoadedLibrary};
@@ -110,8 +114,16 @@ pub(crate) fn host_services(
 /// with `Ok` when every worker is pinned and serving, or with the reason the
 /// SOC could not start (then every started worker has been stopped).
 pub fn run(cfg: &SocConfig<'_>, report: impl FnOnce(Result<(), String>)) {
-    let view = SocView::new(cfg.region);
-    let global = GlobalView::new(cfg.global).header();
+    let (view, global) = match (
+        SocView::from_header(cfg.region),
+        GlobalView::from_header(cfg.global),
+    ) {
+        (Ok(v), Ok(g)) => (v, g),
+        (Err(e), _) | (_, Err(e)) => {
+            report(Err(e.to_string()));
+            return;
+        }
+    };
     let header = view.header();
     let info = SocInfo {
         soc: cfg.soc,
@@ -129,9 +141,13 @@ pub fn run(cfg: &SocConfig<'_>, report: impl FnOnce(Result<(), String>)) {
             return;
         }
     };
-    let names: Vec<(&str, u32, String)> = registry.entries()[base..]
+    let names: Vec<NameRecord> = registry.entries()[base..]
         .iter()
-        .map(|e| (e.name.as_str(), e.origin.tag(), e.origin.label()))
+        .map(|e| NameRecord {
+            name: e.name.clone(),
+            tag: e.origin.tag(),
+            label: e.origin.label(),
+        })
         .collect();
     if let Err(e) = view.set_names(&names) {
         close_all(&view);
@@ -146,9 +162,14 @@ pub fn run(cfg: &SocConfig<'_>, report: impl FnOnce(Result<(), String>)) {
         return;
     }
     let policy = WaitPolicy {
-        spin: Duration::from_nanos(global.worker_spin_ns),
-        yield_after: Duration::from_nanos(global.worker_yield_after_ns),
+        spin: Duration::from_nanos(global.header().worker_spin_ns),
+        yield_after: Duration::from_nanos(global.header().worker_yield_after_ns),
     };
+    // Only the first start places the buffers by touching them first: a
+    // restarted SOC finds them placed, and sessions may still hold results
+    // in them.
+    let first_start = header.start.load(std::sync::atomic::Ordering::Acquire) <= 1;
+    let free = global.signals();
     // Per worker, per procedure: written by that worker, summed by sys_stats.
     let counters: Vec<Vec<ProcCounters>> = (0..view.worker_count())
         .map(|_| {
@@ -166,7 +187,34 @@ pub fn run(cfg: &SocConfig<'_>, report: impl FnOnce(Result<(), String>)) {
                 .name(format!("np{}w{}", cfg.soc, w))
                 .spawn_scoped(scope, {
                     let (view, registry, counters) = (&view, &registry, &counters);
-                    move || worker::run(registry, view, counters, info, w, &policy, global, tx)
+                    move || {
+                        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            worker::run(
+                                registry,
+                                view,
+                                counters,
+                                worker::Start {
+                                    info,
+                                    worker: w,
+                                    policy,
+                                    first_start,
+                                    free,
+                                },
+                                tx,
+                            )
+                        }));
+                        if served.is_err() {
+                            // A worker that fails outside a procedure would
+                            // leave its slot unserved while its SOC lives:
+                            // end the SOC's process instead, so that the
+                            // engine sees the death and starts it again.
+                            eprintln!(
+                                "numaproc[soc {}]: worker {w} failed outside a procedure; ending the SOC's process",
+                                info.soc
+                            );
+                            std::process::abort();
+                        }
+                    }
                 });
             if let Err(e) = spawned {
                 spawn_error = Some(format!("cannot start worker {w}: {e}"));

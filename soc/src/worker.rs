@@ -8,7 +8,7 @@ use std::ffi::c_void;
 use crossbeam_channel::Sender;
 use numaproc_abi::{Call, HostServices, ProcCFn};
 use numaproc_ipc::WaitPolicy;
-use numaproc_ipc::layout::{GlobalHeader, PAGE, SocView};
+use numaproc_ipc::layout::{FreeSignal, PAGE, SocView};
 use numaproc_ipc::slot::{SlotControl, SlotRef, Task};
 use numaproc_procs::stats::{ProcCounters, ProcStats, summarize};
 use numaproc_procs::{
@@ -95,17 +95,32 @@ fn touch(buf: &mut [u8]) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a worker starts with.
+pub(crate) struct Start<'a> {
+    pub info: SocInfo,
+    pub worker: usize,
+    pub policy: WaitPolicy,
+    /// Whether this is the SOC's first start (then the worker touches its
+    /// buffers first).
+    pub first_start: bool,
+    pub free: &'a FreeSignal,
+}
+
 pub(crate) fn run(
     registry: &Registry,
     view: &SocView<'_>,
     counters: &[Vec<ProcCounters>],
-    info: SocInfo,
-    w: usize,
-    policy: &WaitPolicy,
-    global: &GlobalHeader,
+    start: Start<'_>,
     started: Sender<Result<(), String>>,
 ) {
+    let Start {
+        info,
+        worker: w,
+        policy,
+        first_start,
+        free,
+    } = start;
+    let closing = &view.header().closing;
     let slot = view.slot(w);
     let control = slot.control;
     let planned = control.planned_cpu.load(Ordering::Relaxed);
@@ -116,12 +131,16 @@ pub(crate) fn run(
         let _ = started.send(Err(format!("worker {w}: {e}")));
         return;
     }
-    // SAFETY: no session can use the slot before the SOC reports ready,
-    // which happens after this worker has sent its start result below.
-    unsafe {
-        touch(slot.input_mut());
-        touch(slot.output_mut());
-        touch(slot.message_mut());
+    if first_start {
+        // SAFETY: at the SOC's first start no session exists yet: the
+        // engine's start waits for this SOC's ready report, which comes
+        // after this worker has sent its start result below. (A restarted
+        // SOC skips this: a session may hold a result in these buffers.)
+        unsafe {
+            touch(slot.input_mut());
+            touch(slot.output_mut());
+            touch(slot.message_mut());
+        }
     }
     control
         .os_tid
@@ -150,21 +169,21 @@ pub(crate) fn run(
         std::ptr::from_ref(control).cast::<c_void>(),
     );
     loop {
-        let generation = match control.wait_task(policy) {
+        let generation = match control.wait_task(&policy) {
             Task::Closed => return,
             Task::Abandoned => {
-                global.free.notify();
+                free.notify();
                 continue;
             }
             Task::Submitted(g) => g,
         };
         serve(&ctx, &c_host, slot, mine);
         if control.finish(generation) {
-            global.free.notify();
+            free.notify();
         }
         // A call that outlived the engine's shutdown wait: the master has
         // stopped waiting for this worker, so leave now.
-        if global.closing.load(Ordering::Acquire) != 0 {
+        if closing.load(Ordering::Acquire) != 0 {
             return;
         }
     }
@@ -292,8 +311,10 @@ fn serve(
     // stores below pull the slot's hot line from the spinning session, and
     // the finishing CAS should follow them closely.
     // Only this worker writes its counters: no locked read-modify-write.
+    // Wrapping: the counters are in shared memory, whatever a previous
+    // incarnation of this SOC left there.
     let bump = |a: &std::sync::atomic::AtomicU64| {
-        a.store(a.load(Ordering::Relaxed) + 1, Ordering::Relaxed)
+        a.store(a.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed)
     };
     bump(&control.stats.calls);
     if status != CallStatus::Ok {

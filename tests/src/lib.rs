@@ -1531,3 +1531,488 @@ pub fn master_death_takes_its_socs(kind: SocKind) -> Result<()> {
     ensure!(left.is_empty(), "stale objects not removed: {left:?}");
     shutdown_clean(engine)
 }
+
+// ---------------------------------------------------------------------------
+// The process boundary as a trust boundary (forked and spawned SOCs): each
+// scenario runs procedures of `fixtures/hostile.c` (or a library replaced
+// on disk) in SOC 0 while a caller keeps SOC 1 busy, and checks that every
+// call ends within `BOUND` with its result or a typed error, that SOC 0 is
+// replaced exactly as often as it died, that SOC 1 serves throughout, that
+// shutdown returns within its timeout, and that no process and no
+// shared-memory object is left.
+
+/// Far below every internal timeout of these engines (claim and call 10 s).
+const BOUND: Duration = Duration::from_secs(2);
+/// The shutdown timeout of these engines.
+const SHUTDOWN: Duration = Duration::from_secs(2);
+
+/// The pids of this process's children named `comm` (the zygote).
+fn children_named(comm: &str) -> Vec<u32> {
+    children()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .collect()
+}
+
+/// Every process an engine is seen to run: SOCs (current and replaced)
+/// and the zygote.
+#[derive(Debug, Default)]
+struct Seen(HashSet<u32>);
+
+impl Seen {
+    fn look(&mut self, engine: &Engine) {
+        let me = std::process::id();
+        self.0
+            .extend(engine.socs().iter().map(|s| s.pid).filter(|&p| p != me));
+        self.0.extend(children_named("numaproc-zygote"));
+    }
+}
+
+/// Calls `proc` on `target` and checks that the call ends within `BOUND`.
+fn call_bounded(
+    engine: &Engine,
+    target: Target,
+    proc: &str,
+    input: &[u8],
+) -> Result<Result<Vec<u8>, CallError>> {
+    let start = Instant::now();
+    let result = engine.call_on(target, proc, input);
+    let took = start.elapsed();
+    ensure!(
+        took < BOUND,
+        "{proc} on {target:?} took {took:?}: {result:?}"
+    );
+    Ok(result)
+}
+
+/// Waits (at most `BOUND`) until SOC `soc` serves again after exactly
+/// `restarts` restarts.
+fn replaced(engine: &Engine, soc: usize, restarts: u32) -> Result<()> {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let s = &engine.socs()[soc];
+        ensure!(
+            s.restarts <= restarts,
+            "SOC {soc} restarted too often: {s:?}"
+        );
+        if s.restarts == restarts && s.state == "ready" {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "SOC {soc} not back within {BOUND:?}: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn boundary_options(kind: SocKind, prefix: &str, libs: &LibDir) -> EngineOptions {
+    base_options(kind, prefix)
+        .socs(2)
+        .workers_per_soc(2)
+        .library_dir(libs.path())
+        .library("hostile")
+        .claim_timeout(Duration::from_secs(10))
+        .call_timeout(Duration::from_secs(10))
+        .shutdown_timeout(SHUTDOWN)
+        .restart(numaproc::RestartPolicy {
+            max_restarts: 100,
+            window_ms: 60_000,
+            backoff_ms: 1,
+            max_backoff_ms: 10,
+        })
+}
+
+/// Starts an engine with `options`, runs `body` on it while a caller keeps
+/// SOC 1 busy (no call may fail, no gap between two answers may reach
+/// `BOUND`), shuts it down (within its timeout) and checks that nothing is
+/// left.
+fn on_the_boundary(
+    options: EngineOptions,
+    body: impl FnOnce(&Engine, &mut Seen) -> Result<()>,
+) -> Result<()> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let prefix = options.name_prefix.clone();
+    let engine = Engine::start(options)?;
+    let mut seen = Seen::default();
+    seen.look(&engine);
+    let stop = AtomicBool::new(false);
+    let problems = Mutex::new(Vec::<String>::new());
+    /// Stops the caller of SOC 1 however the body ends (a panic included,
+    /// or the scope would wait for it forever).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let result = std::thread::scope(|s| -> Result<()> {
+        let _stop = StopOnDrop(&stop);
+        let other = s.spawn(|| {
+            let mut last = Instant::now();
+            let mut longest = Duration::ZERO;
+            let mut calls = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                calls += 1;
+                let input = format!("other {calls}").into_bytes();
+                match engine.call_on(Target::Soc(1), "hostile.echo", &input) {
+                    Ok(out) if out == input => {}
+                    other => problems
+                        .lock()
+                        .map(|mut p| p.push(format!("SOC 1 call {calls}: {other:?}")))
+                        .unwrap_or(()),
+                }
+                longest = longest.max(last.elapsed());
+                last = Instant::now();
+            }
+            (calls, longest)
+        });
+        let result = body(&engine, &mut seen);
+        stop.store(true, Ordering::Relaxed);
+        let (calls, longest) = other
+            .join()
+            .map_err(|_| anyhow!("the caller of SOC 1 panicked"))?;
+        result?;
+        let problems = problems.lock().map(|p| p.clone()).unwrap_or_default();
+        ensure!(
+            problems.is_empty(),
+            "SOC 1 did not serve throughout: {} failed calls, first {:?}",
+            problems.len(),
+            problems.first()
+        );
+        ensure!(
+            calls > 0 && longest < BOUND,
+            "SOC 1: {calls} calls, longest gap {longest:?}"
+        );
+        Ok(())
+    });
+    seen.look(&engine);
+    let start = Instant::now();
+    let shutdown = engine.shutdown();
+    let took = start.elapsed();
+    result?;
+    shutdown.map_err(|e| anyhow!("{e}"))?;
+    ensure!(
+        took < SHUTDOWN + Duration::from_secs(1),
+        "shutdown took {took:?} (timeout {SHUTDOWN:?})"
+    );
+    let left: Vec<u32> = seen.0.iter().copied().filter(|&p| pid_exists(p)).collect();
+    ensure!(
+        left.is_empty(),
+        "processes left behind: {left:?} of {:?}",
+        seen.0
+    );
+    assert_nothing_left(&prefix, &[])?;
+    ensure!(children().is_empty(), "children left: {:?}", children());
+    Ok(())
+}
+
+fn hostile_libs(kind: SocKind, tag: &str) -> Result<LibDir> {
+    let libs = LibDir::new(&format!("{tag}-{kind}"))?;
+    libs.add(&fixture("hostile"), "libhostile.so", 0o644)?;
+    Ok(libs)
+}
+
+/// A procedure that writes into, or closes, the descriptors of its SOC
+/// (the start-up report pipe among them) does not make the master take the
+/// SOC for dead: it keeps serving, the same process, never restarted.
+pub fn report_pipe_writes_and_closes_fake_no_death(kind: SocKind) -> Result<()> {
+    let libs = hostile_libs(kind, "pipes")?;
+    on_the_boundary(boundary_options(kind, "pipes", &libs), |engine, _| {
+        let before = engine.socs()[0].clone();
+        let out = call_bounded(
+            engine,
+            Target::Worker { soc: 0, worker: 0 },
+            "hostile.pipes",
+            b"",
+        )??;
+        ensure!(out.len() == 4, "{out:?}");
+        // The master would react at once to what it took for a death;
+        // give it a generous moment to show that it does not.
+        std::thread::sleep(Duration::from_millis(300));
+        for worker in 0..2 {
+            let t = Target::Worker { soc: 0, worker };
+            ensure!(call_bounded(engine, t, "hostile.echo", b"still")?? == b"still");
+        }
+        let after = &engine.socs()[0];
+        ensure!(
+            after.pid == before.pid && after.restarts == 0 && after.state == "ready",
+            "before {before:?}, after {after:?}"
+        );
+        Ok(())
+    })
+}
+
+/// A procedure that fills every shared mapping it can write with garbage
+/// and dies: the master, which decides from what it computed itself, fails
+/// the SOC's calls with `SocDied`, replaces it once and serves on.
+pub fn scribbling_on_shared_memory_fools_no_one(kind: SocKind) -> Result<()> {
+    let libs = hostile_libs(kind, "scribble")?;
+    on_the_boundary(boundary_options(kind, "scribble", &libs), |engine, seen| {
+        let before = engine.socs()[0].pid;
+        // A call in flight on the SOC's other worker when it dies.
+        let mut held = engine.submit(Target::Worker { soc: 0, worker: 1 }, "sys_sleep", b"5000")?;
+        let e = call_bounded(
+            engine,
+            Target::Worker { soc: 0, worker: 0 },
+            "hostile.scribble",
+            b"",
+        )?;
+        ensure!(e == Err(CallError::SocDied(0)), "{e:?}");
+        let start = Instant::now();
+        let e = held.wait();
+        ensure!(
+            start.elapsed() < BOUND,
+            "the held call took {:?}",
+            start.elapsed()
+        );
+        ensure!(matches!(e, Err(CallError::SocDied(0))), "{e:?}");
+        drop(held);
+        replaced(engine, 0, 1)?;
+        seen.look(engine);
+        let socs = engine.socs();
+        ensure!(
+            socs.len() == 2 && socs[0].pid != before && socs[0].workers == 2,
+            "{socs:?}"
+        );
+        ensure!(
+            socs[1].restarts == 0 && socs[1].state == "ready",
+            "{socs:?}"
+        );
+        for worker in 0..2 {
+            let t = Target::Worker { soc: 0, worker };
+            ensure!(call_bounded(engine, t, "hostile.echo", b"back")?? == b"back");
+        }
+        Ok(())
+    })
+}
+
+/// Inodes of the descriptors of process `pid` (as `/proc/PID/fd` names
+/// their targets), by descriptor number.
+fn descriptors(pid: u32) -> Vec<(u32, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let fd = e.file_name().to_str()?.parse().ok()?;
+                    let target = std::fs::read_link(e.path()).ok()?;
+                    Some((fd, target.display().to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills every `sleep 20.0417` (what hostile.system_abort starts).
+fn kill_background_sleepers() {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x0020.0417\x00")
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Nothing of the engine leaks into the processes it starts or into their
+/// children: not the application's descriptors (into the zygote and the
+/// SOCs), not the SOC's report pipe nor its NUMAPROC_SOC_* environment
+/// (into what a procedure starts). A procedure's background child that
+/// outlives its SOC does not hide the SOC's death.
+pub fn children_inherit_nothing_of_the_engine(kind: SocKind) -> Result<()> {
+    let libs = hostile_libs(kind, "inherit")?;
+    // A descriptor of the application, without close-on-exec, open
+    // before the engine starts.
+    let (app_read, app_write) = nix::unistd::pipe()?;
+    let app_inode = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&app_read)
+    ))?
+    .display()
+    .to_string();
+    let result = on_the_boundary(boundary_options(kind, "inherit", &libs), |engine, seen| {
+        for &pid in &seen.0 {
+            let fds = descriptors(pid);
+            ensure!(
+                !fds.iter().any(|(_, t)| *t == app_inode),
+                "process {pid} inherited the application's {app_inode}: {fds:?}"
+            );
+        }
+        let out = call_bounded(
+            engine,
+            Target::Worker { soc: 0, worker: 0 },
+            "hostile.fork_sleeper",
+            b"",
+        )??;
+        let sleeper = u32::from_le_bytes(out.as_slice().try_into()?);
+        // Until its exec, the child's /proc files show its parent's.
+        let deadline = Instant::now() + BOUND;
+        while !std::fs::read(format!("/proc/{sleeper}/cmdline"))
+            .is_ok_and(|c| c.starts_with(b"sleep\0"))
+        {
+            ensure!(
+                Instant::now() < deadline,
+                "the procedure's child did not exec sleep"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let environ = std::fs::read(format!("/proc/{sleeper}/environ"))?;
+        let leaked: Vec<String> = environ
+            .split(|&b| b == 0)
+            .filter(|v| v.starts_with(b"NUMAPROC_SOC_"))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        let fds = descriptors(sleeper);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(sleeper as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        ensure!(leaked.is_empty(), "a procedure's child got {leaked:?}");
+        let extra: Vec<_> = fds.iter().filter(|(fd, _)| *fd > 2).collect();
+        ensure!(
+            extra.is_empty(),
+            "a procedure's child got descriptors {extra:?}"
+        );
+        // The shell's background child outlives the SOC, which aborts.
+        let e = call_bounded(
+            engine,
+            Target::Worker { soc: 0, worker: 0 },
+            "hostile.system_abort",
+            b"",
+        )?;
+        ensure!(e == Err(CallError::SocDied(0)), "{e:?}");
+        replaced(engine, 0, 1)?;
+        seen.look(engine);
+        ensure!(call_bounded(engine, Target::Soc(0), "hostile.echo", b"back")?? == b"back");
+        Ok(())
+    });
+    kill_background_sleepers();
+    drop((app_read, app_write));
+    result
+}
+
+/// A library replaced on disk while the engine runs, with its procedures in
+/// another order: a restarted SOC may not serve that table under the ids
+/// the engine handed out. order.a never answers "b"; the SOC is refused
+/// (and given up), the error names the library, the other SOC serves on.
+pub fn a_restarted_soc_serves_the_table_the_engine_started_with(kind: SocKind) -> Result<()> {
+    let libs = hostile_libs(kind, "order")?;
+    libs.add(&fixture("order_ab"), "liborder.so", 0o644)?;
+    let options = boundary_options(kind, "order", &libs)
+        .library("order")
+        .restart(numaproc::RestartPolicy {
+            max_restarts: 2,
+            window_ms: 60_000,
+            backoff_ms: 1,
+            max_backoff_ms: 1,
+        });
+    on_the_boundary(options, |engine, seen| {
+        let a = engine.proc_id("order.a")?;
+        for soc in 0..2 {
+            ensure!(call_bounded(engine, Target::Soc(soc), "order.a", b"")?? == b"a");
+        }
+        // The new build, renamed over the old file as an upgrade would.
+        let staged = libs.path().join("liborder.so.new");
+        std::fs::copy(fixture("order_ba"), &staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o644))?;
+        std::fs::rename(&staged, libs.path().join("liborder.so"))?;
+        let e = call_bounded(engine, Target::Soc(0), "order.abort", b"")?;
+        ensure!(e == Err(CallError::SocDied(0)), "{e:?}");
+        let deadline = Instant::now() + BOUND;
+        loop {
+            seen.look(engine);
+            match engine.call_within(Target::Soc(0), a, b"", Duration::from_millis(100)) {
+                Ok(out) => ensure!(
+                    out == b"a",
+                    "order.a answered {:?}",
+                    String::from_utf8_lossy(&out)
+                ),
+                Err(CallError::Unavailable(_)) => break,
+                Err(
+                    CallError::ClaimTimeout(_) | CallError::CallTimeout(_) | CallError::SocDied(0),
+                ) => {}
+                Err(e) => bail!("order.a: {e:?}"),
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "SOC 0 not given up: {:?}",
+                engine.socs()[0]
+            );
+        }
+        let s = &engine.socs()[0];
+        ensure!(s.state == "given_up", "{s:?}");
+        ensure!(call_bounded(engine, Target::Soc(1), "order.a", b"")?? == b"a");
+        Ok(())
+    })
+}
+
+/// A session holding a result when its SOC dies still reads that result,
+/// byte for byte, after the SOC was started again: the new SOC does not
+/// write buffers a session holds.
+pub fn a_restarted_soc_leaves_held_output_alone(kind: SocKind) -> Result<()> {
+    let libs = hostile_libs(kind, "held")?;
+    on_the_boundary(boundary_options(kind, "held", &libs), |engine, seen| {
+        // Three pages, none starting with a zero byte.
+        let input = vec![0xab_u8; 3 * 4096];
+        let mut session =
+            engine.submit(Target::Worker { soc: 0, worker: 0 }, "hostile.echo", &input)?;
+        ensure!(session.wait()? == input.as_slice());
+        let pid = engine.socs()[0].pid;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        replaced(engine, 0, 1)?;
+        seen.look(engine);
+        let held = session
+            .output()
+            .ok_or_else(|| anyhow!("the result is gone"))?;
+        let changed = held.iter().zip(&input).filter(|(a, b)| a != b).count();
+        ensure!(changed == 0, "{changed} bytes of the held result changed");
+        drop(session);
+        ensure!(
+            call_bounded(
+                engine,
+                Target::Worker { soc: 0, worker: 0 },
+                "hostile.echo",
+                b"next"
+            )?? == b"next"
+        );
+        Ok(())
+    })
+}
+
+/// Trust-boundary scenarios, run with forked and spawned SOCs.
+pub const BOUNDARY_SCENARIOS: &[(&str, Scenario)] = &[
+    (
+        "report_pipe_writes_and_closes_fake_no_death",
+        report_pipe_writes_and_closes_fake_no_death,
+    ),
+    (
+        "scribbling_on_shared_memory_fools_no_one",
+        scribbling_on_shared_memory_fools_no_one,
+    ),
+    (
+        "children_inherit_nothing_of_the_engine",
+        children_inherit_nothing_of_the_engine,
+    ),
+    (
+        "a_restarted_soc_serves_the_table_the_engine_started_with",
+        a_restarted_soc_serves_the_table_the_engine_started_with,
+    ),
+    (
+        "a_restarted_soc_leaves_held_output_alone",
+        a_restarted_soc_leaves_held_output_alone,
+    ),
+];

@@ -1,0 +1,201 @@
+//! Process handles that do not lie: pidfds, reaping through them, and
+//! descriptor hygiene for the processes the engine starts.
+//!
+//! A pid names a process only until it is reaped, after which the kernel
+//! may give it to another; a pidfd names one process for as long as it is
+//! open. Its readability is the kernel's word that the process has ended,
+//! which nothing the process does (closing descriptors, writing into pipes,
+//! forking children that inherit them) can fake or hide. This module and
+//! the fork and spawn code are where the engine's process-level unsafe code
+//! lives.
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::libc;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// It exited with this status.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Code(c) => write!(f, "exited with status {c}"),
+            Self::Signal(s) => match Signal::try_from(s) {
+                Ok(sig) => write!(f, "was killed by {sig}"),
+                Err(_) => write!(f, "was killed by signal {s}"),
+            },
+        }
+    }
+}
+
+impl Exit {
+    /// The waitpid-style status word of this exit (for the zygote's
+    /// messages).
+    pub fn to_raw(self) -> i32 {
+        match self {
+            Self::Code(c) => (c & 0xff) << 8,
+            Self::Signal(s) => s & 0x7f,
+        }
+    }
+
+    /// The inverse of [`Exit::to_raw`].
+    pub fn from_raw(raw: i32) -> Self {
+        if raw & 0x7f == 0 {
+            Self::Code((raw >> 8) & 0xff)
+        } else {
+            Self::Signal(raw & 0x7f)
+        }
+    }
+}
+
+/// A pidfd of process `pid`. Race-free only while `pid` cannot have been
+/// reaped: for a child of the caller that the caller has not waited for.
+pub(crate) fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // (close-on-exec) or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
+/// Sends SIGKILL to the process of `pidfd` (never to a later process that
+/// reuses its pid). A process that has already ended is not an error.
+pub(crate) fn kill(pidfd: BorrowedFd<'_>) {
+    // SAFETY: pidfd_send_signal with a valid descriptor, no siginfo, no flags.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        );
+    }
+}
+
+/// Reaps the child process of `pidfd` if it has ended: `Some(how)`; `None`
+/// while it runs, or when it is not a child of this process (or was
+/// reaped already).
+pub(crate) fn reap(pidfd: BorrowedFd<'_>) -> Option<Exit> {
+    // SAFETY: siginfo_t is plain data, valid zeroed; waitid writes it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid with P_PIDFD on a valid descriptor, writing into a
+    // local siginfo_t; WNOHANG never blocks.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
+    // SAFETY: reading the fields waitid filled (si_pid 0: nothing yet).
+    let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+    if rc != 0 || pid == 0 {
+        return None;
+    }
+    Some(if code == libc::CLD_EXITED {
+        Exit::Code(status)
+    } else {
+        Exit::Signal(status)
+    })
+}
+
+/// Whether `fd` becomes readable within `timeout` (a pidfd: its process
+/// ended; a pipe: data or end-of-file).
+pub(crate) fn readable_within(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+    let deadline = numaproc_ipc::wait::saturating_deadline(timeout);
+    loop {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, poll_timeout(deadline)) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(nix::errno::Errno::EINTR) if Instant::now() < deadline => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A poll timeout that ends at `deadline` (rounded up to a millisecond,
+/// so that a sub-millisecond rest does not spin).
+pub(crate) fn poll_timeout(deadline: Instant) -> PollTimeout {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+}
+
+/// Closes every descriptor from 3 up except `keep`. Async-signal-safe (only
+/// system calls): for a child between fork and exec, or a forked child of a
+/// single-threaded process.
+pub(crate) fn close_all_but(keep: &[RawFd]) {
+    let mut sorted = [0u32; 4];
+    let mut n = 0;
+    for &fd in keep.iter().take(sorted.len()) {
+        if let Ok(fd) = u32::try_from(fd) {
+            sorted[n] = fd;
+            n += 1;
+        }
+    }
+    sorted[..n].sort_unstable();
+    let mut from: u32 = 3;
+    for &fd in &sorted[..n] {
+        if fd < from {
+            continue;
+        }
+        if fd > from {
+            close_range(from, fd - 1, 0);
+        }
+        from = fd + 1;
+    }
+    close_range(from, u32::MAX, 0);
+}
+
+/// Marks every descriptor from 3 up close-on-exec. Async-signal-safe.
+pub(crate) fn cloexec_all() {
+    close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int);
+}
+
+/// `close_range(first, last, flags)`, or where the kernel lacks it (before
+/// Linux 5.9, or 5.11 for the close-on-exec flag), the same one descriptor
+/// at a time up to the descriptor limit.
+fn close_range(first: u32, last: u32, flags: libc::c_int) {
+    // SAFETY: close_range takes three integers; closing or flagging
+    // descriptors of this process is what the caller asked for.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) };
+    if rc == 0 {
+        return;
+    }
+    // SAFETY: getrlimit writes into a local struct.
+    let limit = unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur.min(1 << 20) as u32
+        } else {
+            1024
+        }
+    };
+    for fd in first..=last.min(limit.saturating_sub(1)) {
+        // SAFETY: close or fcntl on a number: a descriptor that is not open
+        // gives EBADF, nothing else.
+        unsafe {
+            if flags & libc::CLOSE_RANGE_CLOEXEC as libc::c_int != 0 {
+                libc::fcntl(fd as RawFd, libc::F_SETFD, libc::FD_CLOEXEC);
+            } else {
+                libc::close(fd as RawFd);
+            }
+        }
+    }
+}
