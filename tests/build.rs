@@ -52,6 +52,20 @@ fn main() {
     compile(&out, &include, &example, "numaproc_example_c", &[]);
     compile(&out, &include, &crash, "crash", &[]);
     compile(&out, &include, &hostile, "hostile", &[]);
+    compile(
+        &out,
+        &include,
+        &hostile,
+        "hostile_init_writes",
+        &["INIT_WRITES_PIPES"],
+    );
+    compile(
+        &out,
+        &include,
+        &hostile,
+        "hostile_init_closes",
+        &["INIT_CLOSES_PIPES"],
+    );
     compile(&out, &include, &order, "order_ab", &[]);
     compile(&out, &include, &order, "order_ba", &["SWAPPED"]);
     for (name, define) in [

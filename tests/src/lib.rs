@@ -1952,6 +1952,11 @@ pub fn a_restarted_soc_serves_the_table_the_engine_started_with(kind: SocKind) -
         }
         let s = &engine.socs()[0];
         ensure!(s.state == "given_up", "{s:?}");
+        let why = s.last_error.clone().unwrap_or_default();
+        ensure!(
+            why.contains("library order (order 1.0.0) became library order (order 2.0.0)"),
+            "the error does not name the library: {why}"
+        );
         ensure!(call_bounded(engine, Target::Soc(1), "order.a", b"")?? == b"a");
         Ok(())
     })
@@ -1993,6 +1998,42 @@ pub fn a_restarted_soc_leaves_held_output_alone(kind: SocKind) -> Result<()> {
     })
 }
 
+/// A SOC that writes into its start-up report pipe (or closes it and runs
+/// on) before reporting breaks the protocol: it is killed, and the start
+/// fails with the reason, within `BOUND`; nothing is left behind.
+pub fn a_soc_that_breaks_the_start_up_protocol_is_killed(kind: SocKind) -> Result<()> {
+    for (fixture_name, want) in [
+        ("hostile_init_writes", "broke the start-up protocol"),
+        (
+            "hostile_init_closes",
+            "closed its start-up report pipe without reporting",
+        ),
+    ] {
+        let libs = LibDir::new(&format!("protocol-{kind}"))?;
+        libs.add(&fixture(fixture_name), "libhostile.so", 0o644)?;
+        let options = boundary_options(kind, "protocol", &libs);
+        let prefix = options.name_prefix.clone();
+        let start = Instant::now();
+        match Engine::start(options) {
+            Err(StartError::Soc { reason, .. }) => {
+                ensure!(reason.contains(want), "{fixture_name}: {reason}")
+            }
+            other => bail!(
+                "{fixture_name}: expected a start failure, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+        ensure!(
+            start.elapsed() < BOUND,
+            "the start took {:?}",
+            start.elapsed()
+        );
+        assert_nothing_left(&prefix, &[])?;
+        ensure!(children().is_empty(), "children left: {:?}", children());
+    }
+    Ok(())
+}
+
 /// Trust-boundary scenarios, run with forked and spawned SOCs.
 pub const BOUNDARY_SCENARIOS: &[(&str, Scenario)] = &[
     (
@@ -2014,5 +2055,9 @@ pub const BOUNDARY_SCENARIOS: &[(&str, Scenario)] = &[
     (
         "a_restarted_soc_leaves_held_output_alone",
         a_restarted_soc_leaves_held_output_alone,
+    ),
+    (
+        "a_soc_that_breaks_the_start_up_protocol_is_killed",
+        a_soc_that_breaks_the_start_up_protocol_is_killed,
     ),
 ];
