@@ -168,8 +168,11 @@ pub struct EngineOptions {
     /// Fork SOCs even when the master has other threads. Only the forking
     /// thread survives in the child; a lock held by another thread at that
     /// moment (in the allocator, stdio, or the program's own code) stays
-    /// locked there forever. Off by default: start the engine before other
-    /// threads, or use emulated SOCs.
+    /// locked there forever. Also, the zygote that forks the SOCs dies with
+    /// the thread that started the engine (its parent-death signal follows
+    /// that thread): a thread that ends while its engine lives takes the
+    /// engine's forked SOCs with it. Off by default: start the engine
+    /// before other threads, or use emulated SOCs.
     pub allow_fork_with_threads: bool,
     #[serde(skip)]
     pub(crate) registry: Registry,

@@ -112,6 +112,22 @@ const PENDING: usize = usize::MAX;
 /// [`Session::wait_timeout`]; the output is read in place, without a copy.
 /// Dropping a session, finished or not, gives the worker back (a running
 /// call is marked cancelled and its worker is freed when it returns).
+///
+/// # What the output bytes are
+/// The slice that [`Session::wait`] and [`Session::output`] lend is the
+/// slot's output buffer in shared memory, which the SOC's process maps
+/// writable. The engine guarantees its bounds: the length is read once,
+/// when the result arrives, and checked against the buffer's capacity
+/// (which the master computed), so the slice never reaches outside the
+/// buffer; while the session lives, no other call uses the slot, and a
+/// restarted SOC does not write it. What the engine cannot guarantee is
+/// the content: a well-behaved worker writes the buffer only before it
+/// reports the result, but a procedure that misbehaves (a thread it left
+/// running, memory corruption in its SOC) can still write it while the
+/// session reads it. Treat the bytes as input from the procedure, no more
+/// trusted than the procedure: copy them (`to_vec`, as [`crate::Engine::call`]
+/// does) before validating them when a change between two reads would
+/// matter, and parse them defensively.
 #[derive(Debug)]
 pub struct Session<'e> {
     engine: &'e Engine,
