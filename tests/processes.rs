@@ -22,9 +22,19 @@ fn main() -> ExitCode {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let (mut passed, mut failed) = (0, 0);
-    let spawned_only: &[(&str, it::Scenario)] = &[("spawned_soc_is_a_fresh_exec", |_| {
-        it::spawned_soc_is_a_fresh_exec()
-    })];
+    let spawned_only: &[(&str, it::Scenario)] = &[
+        ("spawned_soc_is_a_fresh_exec", |_| {
+            it::spawned_soc_is_a_fresh_exec()
+        }),
+        (
+            "spawned_socs_start_with_standard_descriptors_closed",
+            |_| it::spawned_socs_start_with_standard_descriptors_closed(),
+        ),
+    ];
+    let forked_only: &[(&str, it::Scenario)] = &[(
+        "forked_socs_map_no_other_engines_memory",
+        it::forked_socs_map_no_other_engines_memory,
+    )];
     let runs = it::SCENARIOS
         .iter()
         .map(|s| (SocKind::Forked, s))
@@ -35,6 +45,7 @@ fn main() -> ExitCode {
                 .map(|s| (SocKind::Forked, s)),
         )
         .chain(it::BOUNDARY_SCENARIOS.iter().map(|s| (SocKind::Forked, s)))
+        .chain(forked_only.iter().map(|s| (SocKind::Forked, s)))
         .chain(it::LIBRARY_SCENARIOS.iter().map(|s| (SocKind::Spawned, s)))
         .chain(
             it::SUPERVISION_SCENARIOS

@@ -350,13 +350,14 @@ impl Engine {
                 &soc_layouts,
                 &records,
                 &mut handles,
+                Some(launcher),
                 shutdown_timeout,
             );
             launcher.stop(shutdown_timeout);
             StartError::Soc { soc, reason }
         };
         for i in 0..regions.len() {
-            match launcher.launch(i, startup_timeout) {
+            match launcher.launch(i) {
                 Ok(h) => {
                     records[i].set_pid(h.pid());
                     handles.push(h);
@@ -420,6 +421,7 @@ impl Engine {
                     &soc_layouts,
                     &records,
                     &mut none,
+                    None,
                     shutdown_timeout,
                 );
                 return Err(StartError::Soc { soc: 0, reason });
@@ -891,6 +893,7 @@ impl Engine {
             &self.layouts,
             &self.records,
             &mut handles,
+            Some(&launcher),
             timeout,
         );
         launcher.stop(timeout);
@@ -917,6 +920,7 @@ fn stop_socs(
     layouts: &[SocLayout],
     records: &[SocRecord],
     handles: &mut [Option<SocHandle>],
+    launcher: Option<&Launcher>,
     timeout: Duration,
 ) -> Vec<String> {
     let deadline = saturating_deadline(timeout);
@@ -947,7 +951,16 @@ fn stop_socs(
         let Some(mut h) = slot.take() else {
             continue;
         };
-        match h.wait_exit(deadline) {
+        let mut ended = h.wait_exit(deadline);
+        // A forked SOC that ended by itself: the zygote knows how.
+        if let (Ended::Clean, Some(pid), Some(Launcher::Zygote(z))) =
+            (&ended, h.grandchild_pid(), launcher)
+            && let Some(exit) = z.status(pid)
+            && exit != crate::process::Exit::Code(0)
+        {
+            ended = Ended::Abnormal(exit.to_string());
+        }
+        match ended {
             Ended::Clean => {}
             Ended::Abnormal(how) => problems.push(format!("SOC {i} {how}")),
             Ended::Killed => problems.push(format!(

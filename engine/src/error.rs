@@ -126,6 +126,11 @@ pub enum CallError {
     /// The SOC running the call died; the call's outcome is unknown.
     #[error("SOC {0} died during the call")]
     SocDied(usize),
+    /// The SOC running the call wrote what no well-behaved SOC writes into
+    /// the call's slot (that the call ended without a result); the call's
+    /// outcome is unknown, and the SOC goes on running.
+    #[error("SOC {0} broke the slot protocol during the call; its outcome is unknown")]
+    SocMisbehaved(usize),
     /// The call ran past the engine's hard limit: its SOC was killed (and
     /// is restarted).
     #[error("procedure {proc} ran longer than the hard limit of {limit:?}: its SOC was killed")]

@@ -221,6 +221,11 @@ pub(crate) fn child_main(
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || getppid() != parent {
         return 3;
     }
+    // A process group of its own: what its procedures start (and do not
+    // take out of the group) is killed with it when it ends.
+    if nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).is_err() {
+        return 3;
+    }
     // Nothing of the master (or the zygote) but the report pipe: what a
     // procedure starts inherits none of it.
     process::close_all_but(&[report.as_raw_fd()]);
@@ -411,7 +416,10 @@ impl SocHandle {
             Runner::Thread(handle) => HowEnded::Thread {
                 panicked: matches!(handle.take().map(JoinHandle::join), Some(Err(_))),
             },
-            Runner::Child { reaped, .. } => {
+            Runner::Child { pid, reaped } => {
+                // Its group goes with it (before the reap, while no other
+                // process can have its pid as group id).
+                process::kill_group(*pid);
                 *reaped = true;
                 HowEnded::Process(process::reap(self.liveness.as_fd()))
             }

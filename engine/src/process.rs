@@ -86,6 +86,13 @@ pub(crate) fn kill(pidfd: BorrowedFd<'_>) {
     }
 }
 
+/// Sends SIGKILL to every process of process group `pgid`: what a SOC (a
+/// group leader) left behind when it ended. Only while the leader is not
+/// reaped: until then no other process can have that group id.
+pub(crate) fn kill_group(pgid: Pid) {
+    let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
+}
+
 /// Reaps the child process of `pidfd` if it has ended: `Some(how)`; `None`
 /// while it runs, or when it is not a child of this process (or was
 /// reaped already).

@@ -76,7 +76,7 @@ impl<'e> Claim<'e> {
             // The supervisor reads it (with the owner word) to tell an
             // overrun, in the sessions' own memory, where the SOC cannot
             // write.
-            session.stamp(monotonic_ns());
+            session.stamp(self.claimed.generation, monotonic_ns());
         }
         if !session.submit(self.claimed) {
             // Only the supervisor takes a claimed slot away: its SOC died.
@@ -199,6 +199,9 @@ impl Session<'_> {
                 }
                 Some(Outcome::Failed | Outcome::Lost) => {
                     self.error = Some(Box::new(self.failure()));
+                }
+                Some(Outcome::Broken) => {
+                    self.error = Some(Box::new(CallError::SocMisbehaved(self.slot.soc)));
                 }
             }
         }

@@ -78,13 +78,24 @@ pub(crate) fn launch(soc: usize, engine: &str, exe: Option<&Path>) -> Result<Soc
             .map_err(|e| format!("cannot find the current executable: {e}"))?,
     };
     let (read, write) = crate::launch::report_pipe()?;
+    // Not 0 to 2, whatever this process has closed: those are the child's
+    // standard streams.
+    let write = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+        .map(|fd| {
+            // SAFETY: fcntl just returned this new descriptor.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        })
+        .map_err(|e| format!("pipe: {e}"))?;
     let fd = write.as_raw_fd();
     let mut cmd = Command::new(&exe);
     cmd.env(ENV_ENGINE, engine)
         .env(ENV_INDEX, soc.to_string())
         .env(ENV_MASTER, std::process::id().to_string())
         .env(ENV_REPORT, fd.to_string())
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        // A process group of its own: what its procedures start (and do
+        // not take out of the group) is killed with it when it ends.
+        .process_group(0);
     // SAFETY: between fork and exec the closure only makes
     // async-signal-safe system calls (close_range, fcntl).
     unsafe {

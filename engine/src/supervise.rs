@@ -193,9 +193,9 @@ pub(crate) enum Launcher {
 }
 
 impl Launcher {
-    /// Starts SOC `soc`; a zygote that does not answer within `timeout` is
-    /// taken for gone.
-    pub fn launch(&self, soc: usize, timeout: Duration) -> Result<SocHandle, String> {
+    /// Starts SOC `soc` (a zygote that does not answer in time is killed
+    /// and taken for gone).
+    pub fn launch(&self, soc: usize) -> Result<SocHandle, String> {
         match self {
             Self::Threads(shared) => launch_thread(
                 soc,
@@ -204,7 +204,7 @@ impl Launcher {
                     .cloned()
                     .ok_or_else(|| format!("no SOC {soc}"))?,
             ),
-            Self::Zygote(z) => z.launch(soc, timeout),
+            Self::Zygote(z) => z.launch(soc),
             Self::Spawn { engine, exe } => spawn::launch(soc, engine, exe.as_deref()),
         }
     }
@@ -582,7 +582,7 @@ impl Watch {
                 start,
             )
         };
-        match self.launcher.launch(i, self.s.startup_timeout) {
+        match self.launcher.launch(i) {
             Ok(h) => {
                 record.set_pid(h.pid());
                 self.handles[i] = Some(h);

@@ -16,15 +16,20 @@
 //!   and the pidfd as `SCM_RIGHTS`; or `L` + -1 + an error text;
 //! - `S` + pid (i32): the master's pidfd of that SOC said it ended; the
 //!   zygote answers `S` + pid + how it ended (a waitpid status word, or -1
-//!   when it does not know).
+//!   when it does not know);
+//! - `K` + pid (i32): kill that SOC (its answer to `L` reached the master
+//!   without its descriptors); answered with `K` + pid.
 //!
-//! The zygote reaps its SOCs as they die (it polls a pidfd of each) and
-//! keeps how each ended until the master asks. The master waits for every
-//! answer with a deadline: a zygote that does not answer is killed and
-//! counts as gone. When the master's end closes (shutdown, or the master
-//! died) the zygote kills and reaps its SOCs and exits; it also dies with
-//! the master (`PR_SET_PDEATHSIG`), and SOCs die with it. It keeps none of
-//! the master's descriptors but its socket.
+//! The zygote reaps its SOCs as they die (it polls a pidfd of each), kills
+//! what they left in their process groups first, and keeps how each ended
+//! until the master asks. The master waits for every answer with a
+//! deadline: a zygote that does not answer a start within 5 s is killed and
+//! counts as gone; a status it does not give in time is reported as
+//! unknown. When the master's end closes (shutdown, or the master died) the
+//! zygote kills and reaps its SOCs and exits; it also dies with the master
+//! (`PR_SET_PDEATHSIG`), and SOCs die with it. It keeps none of the
+//! master's descriptors but its socket, and no shared mapping but this
+//! engine's regions.
 
 use std::collections::VecDeque;
 use std::io::{IoSlice, IoSliceMut};
@@ -45,6 +50,11 @@ use crate::process::{self, Exit, poll_timeout};
 
 /// How long the master waits for the zygote to answer a status question.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long the master waits for the zygote to fork a SOC: a fork of a
+/// single-threaded process takes milliseconds; a zygote that takes this
+/// long is broken.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many ended SOCs the zygote remembers for the master.
 const REMEMBERED: usize = 256;
@@ -105,6 +115,17 @@ impl Zygote {
                 // descriptors are never dropped here: the zygote ends in
                 // `_exit`.
                 process::close_all_but(&[zygote_end.as_raw_fd()]);
+                // None of its shared memory but this engine's regions
+                // (another engine's, the application's).
+                let ours: Vec<std::ops::Range<usize>> = view
+                    .regions
+                    .iter()
+                    .map(|r| r.address_range())
+                    .chain(shared.first().map(|s| s.global.address_range()))
+                    .collect();
+                // SAFETY: the zygote uses no shared mapping but this
+                // engine's regions (its own code never touches another).
+                unsafe { discard_shared_mappings_but(&ours) };
                 if let Ok(name) = std::ffi::CString::new("numaproc-zygote") {
                     let _ = nix::sys::prctl::set_name(&name);
                 }
@@ -171,6 +192,7 @@ impl Zygote {
                     Err(e) => return Err(format!("the zygote is gone: {e}")),
                 };
                 let mut received = Vec::new();
+                // Descriptors cut off (MSG_CTRUNC) arrive as fewer than sent.
                 for c in msg.cmsgs().map_err(|e| format!("zygote answer: {e}"))? {
                     if let ControlMessageOwned::ScmRights(fds) = c {
                         for raw in fds {
@@ -194,10 +216,10 @@ impl Zygote {
         }
     }
 
-    /// Asks the zygote for SOC `soc`, waiting at most `timeout`. A zygote
-    /// that does not answer in time is killed.
-    pub fn launch(&self, soc: usize, timeout: Duration) -> Result<SocHandle, String> {
-        let deadline = numaproc_ipc::wait::saturating_deadline(timeout);
+    /// Asks the zygote for SOC `soc`, waiting at most [`LAUNCH_TIMEOUT`]. A
+    /// zygote that does not answer in time is killed.
+    pub fn launch(&self, soc: usize) -> Result<SocHandle, String> {
+        let deadline = Instant::now() + LAUNCH_TIMEOUT;
         self.send(b'L', soc as i32)?;
         let (reply, mut fds) = self.receive(b'L', None, deadline).inspect_err(|_| {
             process::kill(self.pidfd.as_fd());
@@ -211,6 +233,20 @@ impl Zygote {
                 Pid::from_raw(pid),
                 pidfd,
                 report,
+            ));
+        }
+        if pid > 0 {
+            // The SOC runs, but its descriptors did not arrive (this process
+            // is out of descriptors): without them it cannot be watched, so
+            // it must not run.
+            let killed = self
+                .send(b'K', pid)
+                .and_then(|()| self.receive(b'K', Some(pid), Instant::now() + STATUS_TIMEOUT));
+            if killed.is_err() {
+                process::kill(self.pidfd.as_fd());
+            }
+            return Err(format!(
+                "the zygote started process {pid} but its descriptors did not arrive (is this process out of descriptors?); it was killed"
             ));
         }
         Err(String::from_utf8_lossy(&reply[5.min(reply.len())..]).into_owned())
@@ -258,15 +294,23 @@ fn zygote_main(sock: &OwnedFd, shared: &[SocShared], view: &ForkedView) -> i32 {
     let mut children: Vec<Child> = Vec::new();
     let mut ended: VecDeque<(Pid, Exit)> = VecDeque::new();
     let reap_ended = |children: &mut Vec<Child>, ended: &mut VecDeque<(Pid, Exit)>| {
-        children.retain(|c| match process::reap(c.pidfd.as_fd()) {
-            Some(exit) => {
-                if ended.len() == REMEMBERED {
-                    ended.pop_front();
-                }
-                ended.push_back((c.pid, exit));
-                false
+        children.retain(|c| {
+            if !process::readable_within(c.pidfd.as_fd(), Duration::ZERO) {
+                return true;
             }
-            None => true,
+            // What it left in its process group goes with it: before the
+            // reap, while no other process can have its pid as group id.
+            process::kill_group(c.pid);
+            match process::reap(c.pidfd.as_fd()) {
+                Some(exit) => {
+                    if ended.len() == REMEMBERED {
+                        ended.pop_front();
+                    }
+                    ended.push_back((c.pid, exit));
+                    false
+                }
+                None => true,
+            }
         });
     };
     loop {
@@ -312,6 +356,14 @@ fn zygote_main(sock: &OwnedFd, shared: &[SocShared], view: &ForkedView) -> i32 {
                 reply.extend_from_slice(&raw.to_le_bytes());
                 send(sock, &reply, &[])
             }
+            b'K' => {
+                if let Some(c) = children.iter().find(|c| c.pid.as_raw() == arg) {
+                    process::kill(c.pidfd.as_fd());
+                }
+                let mut reply = vec![b'K'];
+                reply.extend_from_slice(&arg.to_le_bytes());
+                send(sock, &reply, &[])
+            }
             b'L' => {
                 let soc = arg as usize;
                 let answer = match shared.get(soc) {
@@ -320,6 +372,8 @@ fn zygote_main(sock: &OwnedFd, shared: &[SocShared], view: &ForkedView) -> i32 {
                 };
                 match answer {
                     Ok((child, report, pidfd_for_master)) => {
+                        // An earlier process with this pid is long reaped.
+                        ended.retain(|&(p, _)| p != child.pid);
                         let mut reply = vec![b'L'];
                         reply.extend_from_slice(&child.pid.as_raw().to_le_bytes());
                         let sent = send(
@@ -350,10 +404,55 @@ fn zygote_main(sock: &OwnedFd, shared: &[SocShared], view: &ForkedView) -> i32 {
     }
     for c in &children {
         if process::readable_within(c.pidfd.as_fd(), KILL_GRACE) {
+            process::kill_group(c.pid);
             process::reap(c.pidfd.as_fd());
         }
     }
     0
+}
+
+/// Replaces every shared mapping of this process outside `keep` with
+/// inaccessible private memory.
+///
+/// # Safety
+/// Nothing in this process may use those mappings afterwards.
+unsafe fn discard_shared_mappings_but(keep: &[std::ops::Range<usize>]) {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if perms.as_bytes().get(3) != Some(&b's') {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        if keep.iter().any(|k| k.start <= start && end <= k.end) {
+            continue;
+        }
+        // SAFETY: a whole mapping of this process, replaced in place by an
+        // inaccessible anonymous one; nothing uses it (contract).
+        unsafe {
+            nix::libc::mmap(
+                start as *mut nix::libc::c_void,
+                end - start,
+                nix::libc::PROT_NONE,
+                nix::libc::MAP_PRIVATE | nix::libc::MAP_ANONYMOUS | nix::libc::MAP_FIXED,
+                -1,
+                0,
+            );
+        }
+    }
 }
 
 fn send(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> Result<(), Errno> {

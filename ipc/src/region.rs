@@ -448,6 +448,12 @@ impl Region {
         futex::wake_all(ready);
     }
 
+    /// Where the region is mapped in this process.
+    pub fn address_range(&self) -> std::ops::Range<usize> {
+        let start = self.base as usize;
+        start..start + self.len()
+    }
+
     /// The region's header.
     pub fn header(&self) -> &RegionHeader {
         self.get(0)

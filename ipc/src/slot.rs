@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::ShmSafe;
-use crate::wait::{WaitPolicy, update_and_wake, wait_on};
+use crate::wait::{WaitPolicy, wait_on, wait_on_sliced};
 
 /// Bytes of the error-message buffer of a slot.
 pub const MESSAGE_CAPACITY: usize = 1024;
@@ -72,6 +72,13 @@ pub const ABANDONED: u32 = 1 << 5;
 const SLEEPING: u32 = WORKER_SLEEPING | SESSION_SLEEPING;
 const GEN_SHIFT: u32 = 6;
 const GEN_MASK: u32 = u32::MAX >> GEN_SHIFT;
+/// Longest single sleep of a session waiting for its result: the SOC
+/// writes the word it sleeps on and may never wake it.
+const SESSION_SLICE: Duration = Duration::from_millis(50);
+/// Most attempts of a CAS that the other side can keep failing by
+/// changing the word (its sleeping bit): a SOC that does so stalls only
+/// itself.
+const CAS_TRIES: u32 = 1024;
 /// Owner word: the slot is held by a session.
 const HELD: u32 = 1;
 /// Owner word: the session gave up on its running call; the slot is free
@@ -182,10 +189,12 @@ pub struct OwnerLine {
     /// The generation of a call the supervisor killed for overrunning the
     /// hard limit, plus one; 0: none.
     pub killed: AtomicU32,
-    /// CLOCK_MONOTONIC time (ns) of the last submission, when the engine
-    /// enforces a hard limit; 0: not recorded.
+    /// The generation of the last call stamped for the hard limit.
+    pub submitted_gen: AtomicU32,
+    _reserved: AtomicU32,
+    /// CLOCK_MONOTONIC time (ns) of that call's submission; 0: none.
     pub submitted_ns: AtomicU64,
-    _pad: [u64; 14],
+    _pad: [u64; 13],
 }
 
 // SAFETY: repr(C), atomics and integer arrays only, valid when zeroed.
@@ -223,6 +232,10 @@ pub enum Outcome {
     /// The slot no longer belongs to this call (closed, or reset after a
     /// failure): there is no result for it.
     Lost,
+    /// The state word says the call is over without a result (`Idle` of
+    /// its generation), which no well-behaved SOC writes: there is no
+    /// result.
+    Broken,
 }
 
 impl SlotControl {
@@ -266,10 +279,12 @@ impl SlotControl {
     /// otherwise. SeqCst (the same instruction as AcqRel where it matters,
     /// x86's locked CAS): a transition that frees an abandoned slot is
     /// followed by `FreeSignal::notify`, whose load it must not pass.
+    /// Gives up after [`CAS_TRIES`] attempts (the other side keeps
+    /// flipping its sleeping bit), as if the word had changed.
     #[inline]
     fn replace(&self, seen: u32, next: u32, wake: u32) -> Result<(), u32> {
         let mut cur = seen;
-        loop {
+        for _ in 0..CAS_TRIES {
             match self
                 .state
                 .compare_exchange(cur, next, Ordering::SeqCst, Ordering::Acquire)
@@ -284,6 +299,7 @@ impl SlotControl {
                 Err(actual) => return Err(actual),
             }
         }
+        Err(cur)
     }
 
     /// Worker: whether the session gave up on the running call.
@@ -323,32 +339,50 @@ impl SlotControl {
     }
 
     /// Master: closes a slot that runs no call so that its worker exits.
-    /// Returns false when a call still runs (try again later).
+    /// Returns false when a call still runs (try again later). Wakes the
+    /// worker whatever the sleeping bits say (the SOC writes them).
     pub fn close(&self) -> bool {
-        update_and_wake(&self.state, SLEEPING, |v| {
-            let w = Word(v);
-            (w.state() != State::Submitted).then(|| Word::new(State::Closed, w.generation(), 0).0)
-        })
-        .is_some()
+        let mut cur = self.state.load(Ordering::Acquire);
+        for _ in 0..CAS_TRIES {
+            let w = Word(cur);
+            if w.state() == State::Submitted {
+                return false;
+            }
+            let closed = Word::new(State::Closed, w.generation(), 0).0;
+            match self
+                .state
+                .compare_exchange(cur, closed, Ordering::SeqCst, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    crate::futex::wake_all(&self.state);
+                    return true;
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+        false
     }
 
     /// Master: makes the slot of a SOC that died and was started again
     /// usable, under a new generation, whatever the dead (or the new) SOC
     /// wrote into it; wakes its new worker. A session still holding a claim
     /// from before can no longer submit, and one waiting for an earlier
-    /// call sees it lost.
+    /// call sees it lost. One store, never a loop the SOC could stretch.
     pub fn reset(&self) {
-        update_and_wake(&self.state, u32::MAX, |v| {
-            Some(Word::new(State::Idle, Word(v).generation().wrapping_add(1), 0).0)
-        });
+        let g = self.word().generation().wrapping_add(1);
+        self.state
+            .swap(Word::new(State::Idle, g, 0).0, Ordering::SeqCst);
+        crate::futex::wake_all(&self.state);
     }
 
-    /// Master: marks the slot failed (its SOC died), waking its session,
-    /// whatever state the SOC left it in.
+    /// Master: marks the slot failed (its SOC died), whatever state the SOC
+    /// left it in, and wakes whoever sleeps on it (whatever the sleeping
+    /// bits say: the SOC may have cleared them).
     pub fn fail(&self) {
-        update_and_wake(&self.state, SLEEPING, |v| {
-            Some(Word::new(State::Failed, Word(v).generation(), 0).0)
-        });
+        let g = self.word().generation();
+        self.state
+            .swap(Word::new(State::Failed, g, 0).0, Ordering::SeqCst);
+        crate::futex::wake_all(&self.state);
     }
 }
 
@@ -380,6 +414,11 @@ impl SessionSlot<'_> {
     pub fn try_claim(&self) -> Option<Claimed> {
         let o = self.owner.word.load(Ordering::Relaxed);
         if o & HELD != 0 && (o & OWNER_ABANDONED == 0 || !self.abandoned_call_over(o)) {
+            return None;
+        }
+        // A slot of a dead or closing SOC is not claimed even for a moment:
+        // a claim given back at once would be a release nobody signals.
+        if matches!(self.control.word().state(), State::Failed | State::Closed) {
             return None;
         }
         let generation = (owner_generation(o) + 1) & GEN_MASK;
@@ -429,15 +468,18 @@ impl SessionSlot<'_> {
         policy: &WaitPolicy,
         timeout: Option<Duration>,
     ) -> Option<Outcome> {
-        let v = wait_on(
+        // Anything but "call `generation` runs" ends the wait: the SOC
+        // writes this word, and a word it should never write must not keep
+        // the session waiting.
+        let v = wait_on_sliced(
             &self.control.state,
             policy,
             timeout,
+            Some(SESSION_SLICE),
             SESSION_SLEEPING,
             |v| {
                 let w = Word(v);
-                w.generation() != generation
-                    || matches!(w.state(), State::Done | State::Failed | State::Closed)
+                w.generation() != generation || w.state() != State::Submitted
             },
         )?;
         let w = Word(v);
@@ -447,7 +489,8 @@ impl SessionSlot<'_> {
             match w.state() {
                 State::Done => Outcome::Done,
                 State::Failed => Outcome::Failed,
-                _ => Outcome::Lost,
+                State::Closed => Outcome::Lost,
+                _ => Outcome::Broken,
             }
         })
     }
@@ -490,7 +533,11 @@ impl SessionSlot<'_> {
             .store(owner(generation, HELD | OWNER_ABANDONED), Ordering::SeqCst);
         let running = Word::new(State::Submitted, generation, 0).0;
         let mut cur = self.control.state.load(Ordering::Acquire);
-        while cur & !SLEEPING == running {
+        for _ in 0..CAS_TRIES {
+            if cur & !SLEEPING != running {
+                // The call is over: the slot is free now.
+                return true;
+            }
             match self.control.state.compare_exchange(
                 cur,
                 cur | ABANDONED,
@@ -502,7 +549,9 @@ impl SessionSlot<'_> {
                 Err(actual) => cur = actual,
             }
         }
-        true
+        // The SOC keeps flipping the word: it frees the slot when the call
+        // ends (without knowing it was given up).
+        false
     }
 
     /// The generation of a call the hard limit killed, if it is `generation`.
@@ -510,24 +559,41 @@ impl SessionSlot<'_> {
         self.owner.killed.load(Ordering::Acquire) == generation.wrapping_add(1)
     }
 
-    /// Records the submission time of call `generation` for the hard limit.
+    /// Records the submission time of call `generation`, about to be
+    /// submitted, for the hard limit (and clears an earlier call's kill
+    /// mark).
     #[inline]
-    pub fn stamp(&self, now_ns: u64) {
+    pub fn stamp(&self, generation: u32, now_ns: u64) {
+        self.owner.killed.store(0, Ordering::Relaxed);
         self.owner.submitted_ns.store(now_ns, Ordering::Relaxed);
+        self.owner
+            .submitted_gen
+            .store(generation, Ordering::Release);
     }
 
-    /// Master (supervisor): the call running in this slot, as
-    /// `(generation, submitted_ns)`, when a session's call is in it and the
-    /// state word agrees that it runs.
+    /// Master (supervisor): the call in this slot that may still run, as
+    /// `(generation, submitted_ns)`: a session holds (or gave up) call `g`
+    /// and stamped it, and the state word does not show it over. Decided
+    /// from the sessions' memory: a SOC that writes something else than
+    /// "over" into its state word cannot hide a running call from the
+    /// hard limit.
     pub fn running_call(&self) -> Option<(u32, u64)> {
         let o = self.owner.word.load(Ordering::Acquire);
-        if o & HELD == 0 {
+        let g = owner_generation(o);
+        if o & HELD == 0 || self.owner.submitted_gen.load(Ordering::Acquire) != g {
             return None;
         }
-        let g = owner_generation(o);
+        let since = self.owner.submitted_ns.load(Ordering::Relaxed);
+        if since == 0 {
+            return None;
+        }
         let w = self.control.word();
-        (w.generation() == g && w.state() == State::Submitted)
-            .then(|| (g, self.owner.submitted_ns.load(Ordering::Relaxed)))
+        let over = w.generation() == g
+            && matches!(
+                w.state(),
+                State::Done | State::Failed | State::Closed | State::Idle
+            );
+        (!over).then_some((g, since))
     }
 
     /// Master (supervisor): marks call `generation` as killed by the hard
@@ -968,16 +1034,88 @@ mod tests {
     }
 
     #[test]
-    fn the_hard_limit_marks_only_its_call() {
+    fn the_hard_limit_sees_running_calls_whatever_the_soc_writes() {
         let s = zeroed();
         let c = s.try_claim().unwrap();
-        assert_eq!(s.running_call(), None, "claimed, not submitted");
-        s.stamp(42);
+        assert_eq!(s.running_call(), None, "claimed, not stamped");
+        s.stamp(c.generation, 42);
         assert!(s.submit(c));
         assert_eq!(s.running_call(), Some((c.generation, 42)));
+        // A SOC that writes garbage, or another generation, into its state
+        // word does not hide the call; only "over" (here: Idle of the call)
+        // does, and the waiting session then ends with Broken.
+        s.control.state.store(u32::MAX, Ordering::Relaxed);
+        assert_eq!(s.running_call(), Some((c.generation, 42)));
+        s.control
+            .state
+            .store(Word::new(State::Idle, c.generation, 0).0, Ordering::Relaxed);
+        assert_eq!(s.wait_done(c.generation, &HOT, None), Some(Outcome::Broken));
         s.mark_killed(c.generation);
         assert!(s.killed(c.generation));
         assert!(!s.killed(c.generation + 1));
+        assert!(s.unclaim(c.generation));
+        // The next claim is not the killed call, until it is stamped.
+        let c2 = s.try_claim().unwrap();
+        assert_eq!(
+            s.running_call(),
+            None,
+            "a claim of a finished slot does not run"
+        );
+        s.stamp(c2.generation, 43);
+        assert!(
+            !s.killed(c2.generation) && !s.killed(c.generation),
+            "the mark is cleared"
+        );
+    }
+
+    /// The master's fail wakes a session even when the SOC cleared the
+    /// session's sleeping bit (it writes the word).
+    #[test]
+    fn fail_wakes_a_session_whose_sleeping_bit_the_soc_cleared() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        assert!(s.submit(c));
+        let g = c.generation;
+        let t = std::thread::spawn(move || (s.wait_done(g, &ZERO, None), Instant::now()));
+        soon("the session's sleep", || {
+            s.control.word().has(SESSION_SLEEPING)
+        });
+        std::thread::sleep(Duration::from_millis(5));
+        // The SOC clears the bit, without a wake, and dies.
+        s.control
+            .state
+            .fetch_and(!SESSION_SLEEPING, Ordering::SeqCst);
+        let failed = Instant::now();
+        s.control.fail();
+        let (outcome, woke) = t.join().unwrap();
+        assert_eq!(outcome, Some(Outcome::Failed));
+        let late = woke.saturating_duration_since(failed);
+        assert!(
+            late < Duration::from_millis(20),
+            "woken {late:?} after the failure"
+        );
+    }
+
+    /// A SOC that writes a result without waking the session (it cleared
+    /// the session's sleeping bit) delays it by a sleep slice at most.
+    #[test]
+    fn a_session_is_not_stranded_by_a_silent_writer() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        assert!(s.submit(c));
+        let g = c.generation;
+        let t = std::thread::spawn(move || (s.wait_done(g, &ZERO, None), Instant::now()));
+        soon("the session's sleep", || {
+            s.control.word().has(SESSION_SLEEPING)
+        });
+        let done = Instant::now();
+        s.control
+            .state
+            .store(Word::new(State::Done, g, 0).0, Ordering::SeqCst);
+        let (outcome, woke) = t.join().unwrap();
+        assert_eq!(outcome, Some(Outcome::Done));
+        let late = woke.saturating_duration_since(done);
+        assert!(late < Duration::from_secs(1), "noticed after {late:?}");
     }
 
     #[test]

@@ -71,6 +71,24 @@ pub fn wait_on(
     policy: &WaitPolicy,
     timeout: Option<Duration>,
     sleep_flag: u32,
+    until: impl FnMut(u32) -> bool,
+) -> Option<u32> {
+    wait_on_sliced(word, policy, timeout, None, sleep_flag, until)
+}
+
+/// [`wait_on`] for a waiter that must not trust the writer of the word (a
+/// session waiting on a SOC): each futex sleep lasts at most `slice`, after
+/// which the word is looked at again, so a writer that changes the word
+/// without waking (or clears the sleeping bit) delays the waiter by a slice
+/// at most; and a writer that keeps changing the word cannot make the
+/// waiter spin: after a few failed attempts to set its bit, it sleeps a
+/// slice without it.
+pub fn wait_on_sliced(
+    word: &AtomicU32,
+    policy: &WaitPolicy,
+    timeout: Option<Duration>,
+    slice: Option<Duration>,
+    sleep_flag: u32,
     mut until: impl FnMut(u32) -> bool,
 ) -> Option<u32> {
     let v = word.load(Ordering::Acquire);
@@ -115,6 +133,7 @@ pub fn wait_on(
             }
         }
     }
+    let mut contended = 0u32;
     loop {
         let mut v = word.load(Ordering::Acquire);
         if until(v) {
@@ -130,15 +149,40 @@ pub fn wait_on(
             }
             None => None,
         };
+        let timeout = match (timeout, slice) {
+            (Some(t), Some(s)) => Some(t.min(s)),
+            (t, s) => t.or(s),
+        };
         if v & sleep_flag == 0 {
             match word.compare_exchange(v, v | sleep_flag, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => v |= sleep_flag,
-                Err(_) => continue,
+                Ok(_) => {
+                    v |= sleep_flag;
+                    contended = 0;
+                }
+                Err(_) if contended < CONTENDED_TRIES || slice.is_none() => {
+                    contended += 1;
+                    continue;
+                }
+                // The word keeps changing under us: sleep a slice without
+                // the bit instead of spinning.
+                Err(_) => {
+                    contended = 0;
+                    std::thread::sleep(
+                        timeout
+                            .unwrap_or(Duration::from_millis(1))
+                            .min(Duration::from_millis(1)),
+                    );
+                    continue;
+                }
             }
         }
         futex::wait(word, v, timeout);
     }
 }
+
+/// Failed attempts in a row to set the sleeping bit before a sliced waiter
+/// stops trying for a while.
+const CONTENDED_TRIES: u32 = 64;
 
 /// Replaces the word by `next(current)` with a CAS loop; when the old value
 /// had any of `wake_flags`, wakes the futex sleepers. Returns the old value,

@@ -106,6 +106,18 @@ pub enum LoadError {
         /// What is wrong with it.
         problem: String,
     },
+    /// The entry goes through a symlink that names an absolute path: only
+    /// relative symlinks that stay inside the library directory are
+    /// followed.
+    #[error(
+        "library {path}: goes through an absolute symlink (to {resolved}); only relative symlinks that stay inside library_dir are followed"
+    )]
+    AbsoluteSymlink {
+        /// The path given.
+        path: PathBuf,
+        /// Where it leads.
+        resolved: PathBuf,
+    },
     /// The dynamic loader refused the file.
     #[error("library {path}: cannot be opened: {reason}")]
     Open {
@@ -384,7 +396,27 @@ fn open_beneath(
                 path: path.to_owned(),
             });
         }
-        Err(Errno::EXDEV | Errno::ELOOP) => return Err(outside()),
+        // Out of the directory: by `..`, an absolute path, or a symlink.
+        // A symlink whose absolute target lies inside is refused too (the
+        // kernel resolves absolute symlinks from the root, never beneath
+        // the directory), with its own message.
+        Err(Errno::EXDEV) => {
+            return Err(match path.canonicalize() {
+                Ok(resolved) if resolved.starts_with(real_dir) && !file.starts_with('/') => {
+                    LoadError::AbsoluteSymlink {
+                        path: path.to_owned(),
+                        resolved,
+                    }
+                }
+                _ => outside(),
+            });
+        }
+        Err(Errno::ELOOP) => {
+            return Err(LoadError::Open {
+                path: path.to_owned(),
+                reason: "too many levels of symbolic links (a loop?)".to_owned(),
+            });
+        }
         Err(Errno::ENOSYS | Errno::EPERM) => {}
         Err(e) => return Err(open_err(e)),
     }
@@ -495,8 +527,30 @@ impl Drop for LoadedLibrary {
             }
         }
         self.library.take();
+        // The last load through this descriptor is closed; but an object
+        // may stay loaded after dlclose (marked nodelete, or holding unique
+        // symbols). Then the loader still knows it by this descriptor's
+        // name: keep the descriptor open for good, so that its number is
+        // never reused for another library.
+        if std::sync::Arc::strong_count(&self._file) == 1 {
+            let name = format!("/proc/self/fd/{}", self._file.as_raw_fd());
+            let flags = libloading::os::unix::RTLD_LAZY | nix::libc::RTLD_NOLOAD;
+            // SAFETY: RTLD_NOLOAD loads nothing: it only finds an object
+            // that is still loaded (and takes a reference, dropped at once).
+            if let Ok(still) = unsafe { libloading::os::unix::Library::open(Some(&name), flags) } {
+                drop(still);
+                PINNED
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(std::sync::Arc::clone(&self._file));
+            }
+        }
     }
 }
+
+/// Descriptors of libraries that stayed loaded after their last close.
+static PINNED: std::sync::Mutex<Vec<std::sync::Arc<std::fs::File>>> =
+    std::sync::Mutex::new(Vec::new());
 
 /// Reads the NUL-terminated string at `p`, at most `max` bytes before the
 /// NUL: `None` when null, longer, or not UTF-8.
@@ -882,6 +936,14 @@ mod tests {
             resolved(&d, &absolute, 0),
             Err(LoadError::OutsideDir { .. })
         ));
+        // An absolute symlink, even to a file inside: refused, and said so.
+        file(&d.join("libinside.so"), 0o644);
+        symlink(d.join("libinside.so"), d.join("libabs.so")).unwrap();
+        let e = resolved(&d, "abs", 0).unwrap_err();
+        assert!(matches!(e, LoadError::AbsoluteSymlink { .. }), "{e}");
+        symlink("libloop.so", d.join("libloop.so")).unwrap();
+        let e = resolved(&d, "loop", 0).unwrap_err();
+        assert!(e.to_string().contains("symbolic links"), "{e}");
         file(&d.join("libgw.so"), 0o664);
         let e = resolved(&d, "gw", 0).unwrap_err();
         assert!(matches!(e, LoadError::Writable { mode: 0o664, .. }), "{e}");

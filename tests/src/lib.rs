@@ -1806,22 +1806,28 @@ fn descriptors(pid: u32) -> Vec<(u32, String)> {
         .unwrap_or_default()
 }
 
-/// Kills every `sleep 20.0417` (what hostile.system_abort starts).
-fn kill_background_sleepers() {
+/// The running `sleep 20.0417` processes (what hostile.system_abort starts).
+fn background_sleepers() -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
+        return Vec::new();
     };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x0020.0417\x00")
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|&pid| {
+            process_running(pid)
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c == b"sleep\x0020.0417\x00")
+        })
+        .collect()
+}
+
+/// Kills every `sleep 20.0417` left (when a scenario failed).
+fn kill_background_sleepers() {
+    for pid in background_sleepers() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -1873,18 +1879,26 @@ pub fn children_inherit_nothing_of_the_engine(kind: SocKind) -> Result<()> {
             .filter(|v| v.starts_with(b"NUMAPROC_SOC_"))
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .collect();
-        let fds = descriptors(sleeper);
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(sleeper as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        // What the child has open from 3 up that its SOC has open too was
+        // inherited (the child's own loader opens files of its own for a
+        // moment: those the SOC does not have).
+        let soc_fds: Vec<String> = descriptors(engine.socs()[0].pid)
+            .into_iter()
+            .filter(|(fd, _)| *fd > 2)
+            .map(|(_, target)| target)
+            .collect();
+        let inherited: Vec<_> = descriptors(sleeper)
+            .into_iter()
+            .filter(|(fd, target)| *fd > 2 && soc_fds.contains(target))
+            .collect();
         ensure!(leaked.is_empty(), "a procedure's child got {leaked:?}");
-        let extra: Vec<_> = fds.iter().filter(|(fd, _)| *fd > 2).collect();
         ensure!(
-            extra.is_empty(),
-            "a procedure's child got descriptors {extra:?}"
+            inherited.is_empty(),
+            "a procedure's child inherited descriptors {inherited:?} of its SOC"
         );
-        // The shell's background child outlives the SOC, which aborts.
+        // The shell's background child would outlive the SOC, which aborts:
+        // its death is seen all the same, and what it left in its process
+        // group (that child, the sleeper above) dies with it.
         let e = call_bounded(
             engine,
             Target::Worker { soc: 0, worker: 0 },
@@ -1893,6 +1907,16 @@ pub fn children_inherit_nothing_of_the_engine(kind: SocKind) -> Result<()> {
         )?;
         ensure!(e == Err(CallError::SocDied(0)), "{e:?}");
         replaced(engine, 0, 1)?;
+        let deadline = Instant::now() + BOUND;
+        while process_running(sleeper) || !background_sleepers().is_empty() {
+            ensure!(
+                Instant::now() < deadline,
+                "what the dead SOC started still runs: sleeper {sleeper} ({}), background {:?}",
+                process_running(sleeper),
+                background_sleepers()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         seen.look(engine);
         ensure!(call_bounded(engine, Target::Soc(0), "hostile.echo", b"back")?? == b"back");
         Ok(())
@@ -2032,6 +2056,130 @@ pub fn a_soc_that_breaks_the_start_up_protocol_is_killed(kind: SocKind) -> Resul
         ensure!(children().is_empty(), "children left: {:?}", children());
     }
     Ok(())
+}
+
+/// The inodes of the shared-memory objects whose names carry `prefix`.
+fn object_inodes(prefix: &str) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    shm_objects(prefix)
+        .iter()
+        .filter_map(|n| std::fs::metadata(Path::new("/dev/shm").join(n)).ok())
+        .map(|m| m.ino())
+        .collect()
+}
+
+/// Whether process `pid` maps a file with one of `inodes` (the inode is
+/// the fifth field of a line of /proc/PID/maps).
+fn maps_any_of(pid: u32, inodes: &[u64]) -> Result<bool> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    Ok(maps.lines().any(|l| {
+        l.split_whitespace()
+            .nth(4)
+            .and_then(|i| i.parse::<u64>().ok())
+            .is_some_and(|i| inodes.contains(&i))
+    }))
+}
+
+/// With another engine in the process (allowed with
+/// `allow_fork_with_threads`), a forked engine's zygote and SOCs map none of
+/// the other engine's shared memory, and each SOC none of its siblings'.
+pub fn forked_socs_map_no_other_engines_memory(_: SocKind) -> Result<()> {
+    let other = Engine::start(
+        base_options(SocKind::Emulated, "othereng")
+            .socs(1)
+            .workers_per_soc(1),
+    )?;
+    let result = (|| -> Result<()> {
+        let engine = Engine::start(
+            base_options(SocKind::Forked, "mapped")
+                .socs(2)
+                .workers_per_soc(1)
+                .allow_fork_with_threads(true),
+        )?;
+        let foreign = object_inodes(&other.options().name_prefix);
+        ensure!(
+            foreign.len() == 2,
+            "the other engine's objects: {foreign:?}"
+        );
+        let mut seen = Seen::default();
+        seen.look(&engine);
+        ensure!(seen.0.len() == 3, "two SOCs and a zygote: {:?}", seen.0);
+        for &pid in &seen.0 {
+            ensure!(
+                !maps_any_of(pid, &foreign)?,
+                "process {pid} maps the other engine's memory"
+            );
+        }
+        let prefix = engine.options().name_prefix.clone();
+        let region = |i: usize| -> Result<u64> {
+            use std::os::unix::fs::MetadataExt;
+            let name = shm_objects(&prefix)
+                .into_iter()
+                .find(|n| n.ends_with(&format!("-s{i}")))
+                .ok_or_else(|| anyhow!("no region of SOC {i}"))?;
+            Ok(std::fs::metadata(Path::new("/dev/shm").join(name))?.ino())
+        };
+        for (soc, status) in engine.socs().iter().enumerate() {
+            let sibling = region(1 - soc)?;
+            ensure!(
+                !maps_any_of(status.pid, &[sibling])?,
+                "SOC {soc} maps SOC {}'s region",
+                1 - soc
+            );
+            ensure!(
+                maps_any_of(status.pid, &[region(soc)?])?,
+                "SOC {soc} lost its own region"
+            );
+        }
+        shutdown_clean(engine)
+    })();
+    other.shutdown().map_err(|e| anyhow!("{e}"))?;
+    result
+}
+
+/// A spawned SOC starts (here: starts again) when the master's standard
+/// input and output are closed: its report pipe then must not land on 0 to
+/// 2, which the child's standard streams take.
+pub fn spawned_socs_start_with_standard_descriptors_closed() -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let engine = Engine::start(
+        base_options(SocKind::Spawned, "nostdin")
+            .socs(1)
+            .workers_per_soc(1)
+            .restart(numaproc::RestartPolicy {
+                max_restarts: 10,
+                window_ms: 60_000,
+                backoff_ms: 1,
+                max_backoff_ms: 1,
+            }),
+    )?;
+    let saved_in = nix::unistd::dup(std::io::stdin())?;
+    let saved_out = nix::unistd::dup(std::io::stdout())?;
+    nix::unistd::close(0)?;
+    nix::unistd::close(1)?;
+    // The restart creates the new SOC's report pipe now, on 0 and 1.
+    let result = (|| -> Result<()> {
+        let pid = engine.socs()[0].pid;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        replaced(&engine, 0, 1)?;
+        ensure!(engine.call("sys_echo", b"up")? == b"up");
+        Ok(())
+    })();
+    // Put standard input and output back where they were (the pipe's ends
+    // on 0 and 1 are closed by now: the restarted SOC is ready).
+    // SAFETY: dup2 onto 0 and 1 closes whatever they are and fills them.
+    let restored = unsafe {
+        (
+            nix::libc::dup2(saved_in.as_raw_fd(), 0),
+            nix::libc::dup2(saved_out.as_raw_fd(), 1),
+        )
+    };
+    ensure!(restored == (0, 1), "standard streams not restored");
+    result?;
+    shutdown_clean(engine)
 }
 
 /// Trust-boundary scenarios, run with forked and spawned SOCs.
