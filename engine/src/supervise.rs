@@ -570,7 +570,10 @@ impl Watch {
         let (node, cpus) = &self.s.placement[i];
         // SAFETY: the region has its layout's size (created so), and no
         // process of this SOC runs: the last one's liveness descriptor said
-        // it ended. Whatever it wrote into its headers is overwritten here.
+        // it ended, and its process group was killed before it was reaped
+        // (a descendant that left the group on purpose is outside what the
+        // engine guards, see docs/design.md). Whatever it wrote into its
+        // headers is overwritten here.
         unsafe {
             self.s.regions[i].restore_header();
             write_soc_header(
