@@ -643,7 +643,12 @@ impl Engine {
                 if pass == 0 && here.is_some() && s.cpu == here {
                     continue;
                 }
-                if let Some(g) = s.session.try_claim() {
+                let mut released = false;
+                let claimed = s.session.try_claim_noting(&mut released);
+                if released {
+                    self.signal_free();
+                }
+                if let Some(g) = claimed {
                     LAST_SLOT.with(|c| c.set((self.id, i)));
                     return Some((i, g));
                 }
@@ -717,7 +722,13 @@ impl Engine {
             }
         };
         let slot = self.slots.get(index)?;
-        let claimed = slot.session.try_claim()?;
+        let mut released = false;
+        let Some(claimed) = slot.session.try_claim_noting(&mut released) else {
+            if released {
+                self.signal_free();
+            }
+            return None;
+        };
         Some(Claim::new(self, slot, claimed))
     }
 

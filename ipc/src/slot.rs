@@ -412,13 +412,16 @@ impl SessionSlot<'_> {
     /// Claims the slot if it is free and its SOC serves.
     #[inline]
     pub fn try_claim(&self) -> Option<Claimed> {
+        self.try_claim_noting(&mut false)
+    }
+
+    /// [`SessionSlot::try_claim`], which sets `released` when it claimed
+    /// the slot for a moment and gave it back (its SOC is dead or closing):
+    /// the caller then signals waiting sessions, as after any release.
+    #[inline]
+    pub fn try_claim_noting(&self, released: &mut bool) -> Option<Claimed> {
         let o = self.owner.word.load(Ordering::Relaxed);
         if o & HELD != 0 && (o & OWNER_ABANDONED == 0 || !self.abandoned_call_over(o)) {
-            return None;
-        }
-        // A slot of a dead or closing SOC is not claimed even for a moment:
-        // a claim given back at once would be a release nobody signals.
-        if matches!(self.control.word().state(), State::Failed | State::Closed) {
             return None;
         }
         let generation = (owner_generation(o) + 1) & GEN_MASK;
@@ -435,7 +438,7 @@ impl SessionSlot<'_> {
         // state word before.
         let seen = self.control.state.load(Ordering::Acquire);
         if matches!(Word(seen).state(), State::Failed | State::Closed) {
-            self.unclaim(generation);
+            *released = self.unclaim(generation);
             return None;
         }
         Some(Claimed { generation, seen })
@@ -471,16 +474,16 @@ impl SessionSlot<'_> {
         // Anything but "call `generation` runs" ends the wait: the SOC
         // writes this word, and a word it should never write must not keep
         // the session waiting.
+        let running = Word::new(State::Submitted, generation, 0).0;
         let v = wait_on_sliced(
             &self.control.state,
             policy,
             timeout,
             Some(SESSION_SLICE),
             SESSION_SLEEPING,
-            |v| {
-                let w = Word(v);
-                w.generation() != generation || w.state() != State::Submitted
-            },
+            // One compare per look: the word is "call `generation` runs"
+            // with only sleeping bits besides.
+            |v| v & !SLEEPING != running,
         )?;
         let w = Word(v);
         Some(if w.generation() != generation {
@@ -517,11 +520,13 @@ impl SessionSlot<'_> {
         true
     }
 
-    /// Gives the slot up, whatever the call's progress. Returns true when
+    /// Gives the slot up, whatever the call's progress (kept out of line:
+    /// the hot path frees with [`SessionSlot::unclaim`]). Returns true when
     /// the slot is free now (the caller should signal waiting sessions);
     /// false when the worker will free it (the call still runs: it sees
     /// cancellation and signals when it ends) or the claim was not (any
     /// more) held.
+    #[inline(never)]
     pub fn release(&self, generation: u32) -> bool {
         if self.owner.word.load(Ordering::Relaxed) != owner(generation, HELD) {
             return false;
