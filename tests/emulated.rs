@@ -213,3 +213,77 @@ fn a_dead_masters_objects_under_this_pid_do_not_block_the_start() {
     engine.shutdown().unwrap();
     it::assert_nothing_left(prefix, &[]).unwrap();
 }
+
+/// The session core can be built from an engine's shared memory alone, as
+/// a process that only maps it will, and calls the same workers through the
+/// same code, with the same procedure ids.
+#[test]
+fn a_session_core_attached_to_the_regions_calls_the_engines_workers() {
+    use numaproc_ipc::layout::{GlobalLayout, SocLayout};
+    use numaproc_ipc::{Region, ShmName};
+    use std::sync::Arc;
+    let _w = Watchdog::new("attach", Duration::from_secs(60));
+    let libs = it::LibDir::new("attach").unwrap();
+    libs.add(
+        &it::rust_example().unwrap(),
+        "libnumaproc_example.so",
+        0o644,
+    )
+    .unwrap();
+    let engine = numaproc::Engine::start(
+        it::options(SocKind::Emulated, "attach")
+            .socs(2)
+            .workers_per_soc(1)
+            .library_dir(libs.path())
+            .library("numaproc_example"),
+    )
+    .unwrap();
+    let open = |name: &str, shape| {
+        let name = ShmName::parse(name).unwrap();
+        Arc::new(Region::open(&name, shape, Duration::from_secs(5)).unwrap())
+    };
+    let names = engine.shm_names();
+    let global = open(&names[0], GlobalLayout::SHAPE);
+    let regions = names[1..]
+        .iter()
+        .map(|n| open(n, SocLayout::SHAPE))
+        .collect();
+    let core = numaproc::SessionCore::attach(global, regions, *engine.core().settings()).unwrap();
+    assert_eq!(core.soc_count(), 2);
+    assert_eq!(core.input_capacity(), engine.input_capacity());
+    for entry in engine.registry().entries() {
+        assert_eq!(
+            core.proc_id(&entry.name).unwrap(),
+            engine.proc_id(&entry.name).unwrap(),
+            "{}",
+            entry.name
+        );
+    }
+    for soc in 0..2 {
+        let t = numaproc::Target::Worker { soc, worker: 0 };
+        assert_eq!(
+            core.call_on(t, "sys_echo", b"attached").unwrap(),
+            b"attached"
+        );
+        assert_eq!(core.call_on(t, "example.reverse", b"abc").unwrap(), b"cba");
+        let out = core.call_on(t, "test.reverse", b"ab").unwrap();
+        assert_eq!(&out[..2], b"ba");
+    }
+    // The engine's own callers and the attached core share the workers.
+    let held = engine
+        .claim(numaproc::Target::Worker { soc: 0, worker: 0 })
+        .unwrap();
+    assert_eq!(
+        core.try_claim(numaproc::Target::Worker { soc: 0, worker: 0 })
+            .unwrap_err(),
+        numaproc::CallError::Busy
+    );
+    drop(held);
+    assert!(
+        core.try_claim(numaproc::Target::Worker { soc: 0, worker: 0 })
+            .is_ok()
+    );
+    drop(core);
+    engine.shutdown().unwrap();
+    it::assert_nothing_left("t_attach_emulated", &[]).unwrap();
+}

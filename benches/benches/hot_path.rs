@@ -8,7 +8,7 @@
 
 use std::alloc::{Layout, alloc_zeroed};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -16,7 +16,7 @@ use numaproc::{
     Engine, EngineOptions, Host, OutputBuf, ProcContext, ProcFn, ProcId, Registry, SocKind, Target,
     WorkerStats,
 };
-use numaproc_ipc::slot::{OwnerLine, SessionSlot, SlotControl, Task};
+use numaproc_ipc::slot::{OwnerLine, Response, SessionSlot, SlotControl, Task};
 use numaproc_ipc::wait::{WaitPolicy, update_and_wake, wait_on};
 use numaproc_ipc::{ShmSafe, futex};
 
@@ -50,7 +50,7 @@ fn slot(c: &mut Criterion) {
     g.bench_function("claim_release", |b| {
         b.iter(|| {
             if let Some(c) = s.try_claim() {
-                black_box(s.unclaim(c.generation));
+                black_box(s.unclaim(c.generation()));
             }
         })
     });
@@ -59,16 +59,14 @@ fn slot(c: &mut Criterion) {
         // the worker's wait and finish, the session's wait and release.
         b.iter(|| {
             let Some(c) = s.try_claim() else { return };
-            control.proc_id.store(0, Ordering::Relaxed);
-            control.input_len.store(0, Ordering::Relaxed);
+            s.write_request(0, 0, 0);
             s.submit(c);
             if let Task::Submitted(g) = control.wait_task(&HOT) {
-                control.status.store(0, Ordering::Relaxed);
-                control.output_len.store(0, Ordering::Relaxed);
+                control.write_response(&Response::default());
                 control.finish(g);
             }
-            black_box(s.wait_done(c.generation, &HOT, None));
-            black_box(s.unclaim(c.generation));
+            black_box(s.wait_done(c.generation(), &HOT, None));
+            black_box(s.unclaim(c.generation()));
         })
     });
     g.finish();

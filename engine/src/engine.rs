@@ -1,18 +1,17 @@
-//! The master: start, route calls, shut down.
+//! The master: start, supervise, shut down; it hands callers its
+//! [`SessionCore`].
 
-use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use crossbeam_utils::CachePadded;
 use numaproc_ipc::layout::{
-    FreeSignal, GlobalFill, GlobalLayout, GlobalView, NameRecord, SocFill, SocLayout, SocView,
-    init_global, write_soc_header,
+    GlobalFill, GlobalLayout, GlobalView, NameRecord, SocFill, SocLayout, SocView, init_global,
+    write_soc_header,
 };
-use numaproc_ipc::slot::{Claimed, SESSION_SLEEPING, SessionSlot, SlotRef};
-use numaproc_ipc::wait::{saturating_deadline, wait_on};
-use numaproc_ipc::{Region, ShmName, WaitPolicy, stale};
+use numaproc_ipc::table::SlotTable;
+use numaproc_ipc::wait::saturating_deadline;
+use numaproc_ipc::{Region, ShmName, stale};
 use numaproc_procs::{Origin, ProcId, Registry};
 
 use crate::error::{CallError, StartError};
@@ -20,6 +19,7 @@ use crate::launch::{self, Ended, ForkedView, SocHandle, SocShared};
 use crate::options::{EngineOptions, SocKind};
 use crate::plan::{Plan, PlanRequest, plan};
 use crate::session::{Claim, Session};
+use crate::session_core::{Availability, CallSettings, IntoProc, SessionCore, Target};
 use crate::supervise::{Launcher, SocRecord, SocState, Supervised, Supervisor};
 use crate::topology::Topology;
 use crate::zygote::Zygote;
@@ -28,82 +28,6 @@ static ENGINE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Library procedures a SOC can report.
 const SOC_NAME_CAPACITY: usize = 1024;
-
-const NO_SPIN: WaitPolicy = WaitPolicy {
-    spin: Duration::ZERO,
-    yield_after: Duration::ZERO,
-};
-
-thread_local! {
-    /// The slot this thread used last, per engine: tried first on the next
-    /// call, which keeps one worker hot for a thread making calls in a row.
-    static LAST_SLOT: Cell<(u64, usize)> = const { Cell::new((u64::MAX, 0)) };
-}
-
-/// Where a call may run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Target {
-    /// Any idle worker of any SOC.
-    #[default]
-    Any,
-    /// Any idle worker of this SOC.
-    Soc(usize),
-    /// This worker of this SOC.
-    Worker {
-        /// SOC index.
-        soc: usize,
-        /// Worker index within the SOC.
-        worker: usize,
-    },
-}
-
-/// A procedure given by name or by id.
-pub trait IntoProc {
-    /// Resolves to an id of `engine`.
-    fn resolve(self, engine: &Engine) -> Result<ProcId, CallError>;
-}
-
-impl IntoProc for ProcId {
-    #[inline]
-    fn resolve(self, engine: &Engine) -> Result<ProcId, CallError> {
-        if engine.registry.get(self).is_some() {
-            Ok(self)
-        } else {
-            Err(unknown_id(self))
-        }
-    }
-}
-
-#[cold]
-fn unknown_id(id: ProcId) -> CallError {
-    CallError::ProcNotFound(format!("#{}", id.0))
-}
-
-impl IntoProc for &str {
-    fn resolve(self, engine: &Engine) -> Result<ProcId, CallError> {
-        engine.proc_id(self)
-    }
-}
-
-impl IntoProc for &String {
-    fn resolve(self, engine: &Engine) -> Result<ProcId, CallError> {
-        engine.proc_id(self)
-    }
-}
-
-/// One worker slot as the master routes to it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SlotHandle {
-    pub soc: usize,
-    pub worker: usize,
-    pub cpu: Option<u32>,
-    /// Points into `Engine::regions[soc]`, which the engine keeps
-    /// mapped for as long as it lives; never handed out beyond `&Engine`.
-    pub slot: SlotRef<'static>,
-    /// The slot's control block and its owner line (in `Engine::global`),
-    /// with the same lifetime.
-    pub session: SessionSlot<'static>,
-}
 
 /// The state of a SOC, as reported by [`Engine::socs`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -144,8 +68,8 @@ pub struct ShutdownError {
 /// `Sync`) or in an `Arc`.
 #[derive(Debug)]
 pub struct Engine {
-    pub(crate) slots: Vec<SlotHandle>,
-    pub(crate) by_soc: Vec<Vec<usize>>,
+    /// What callers use: slots, targets, names, waits.
+    core: SessionCore,
     regions: Vec<Arc<Region>>,
     /// The layouts the master computed: the only source of where things
     /// are in the regions.
@@ -153,21 +77,25 @@ pub struct Engine {
     /// What the master knows of each SOC, in its own memory.
     records: Arc<[SocRecord]>,
     supervisor: Supervisor,
-    pub(crate) global: Arc<Region>,
-    pub(crate) registry: Arc<Registry>,
+    global: Arc<Region>,
     plan: Plan,
     options: EngineOptions,
-    /// Points into `global`, which the engine keeps mapped for as long as
-    /// it lives; never handed out beyond `&Engine`.
-    free: &'static FreeSignal,
-    claim_timeout: Duration,
-    pub(crate) session_policy: WaitPolicy,
-    pub(crate) input_capacity: usize,
-    pub(crate) output_capacity: usize,
-    next_start: CachePadded<AtomicUsize>,
-    pub(crate) hard_limit: Option<Duration>,
-    id: u64,
     stopped: bool,
+}
+
+/// The supervisor's records as the session core asks them.
+#[derive(Debug)]
+struct Records(Arc<[SocRecord]>);
+
+impl Availability for Records {
+    fn may_serve(&self, soc: usize) -> bool {
+        self.0.get(soc).is_some_and(|r| {
+            !matches!(
+                r.state(),
+                SocState::GivenUp | SocState::Stopping | SocState::Stopped
+            )
+        })
+    }
 }
 
 impl Engine {
@@ -401,7 +329,7 @@ impl Engine {
             global_layout,
             regions: regions.clone(),
             layouts: soc_layouts.clone(),
-            placement,
+            placement: placement.clone(),
             first_slot: first_slot.clone(),
             records: Arc::clone(&records),
             library_table: lists.into_iter().next().unwrap_or_default(),
@@ -428,72 +356,38 @@ impl Engine {
             }
         };
 
-        // Slots in an order that interleaves SOCs, so that scans spread
-        // calls over SOCs.
-        let views: Vec<SocView<'_>> = regions
+        let cpus: Vec<Option<u32>> = placement
             .iter()
-            .zip(&soc_layouts)
-            .map(|(r, l)| SocView::with_layout(r, l))
+            .flat_map(|(_, cpus)| cpus.iter().map(|&c| (c != u32::MAX).then_some(c)))
             .collect();
-        let global_view = GlobalView::with_layout(&global, &global_layout);
-        let mut slots = Vec::new();
-        let mut by_soc = vec![Vec::new(); regions.len()];
-        let most = views.iter().map(SocView::worker_count).max().unwrap_or(0);
-        for w in 0..most {
-            for (soc, v) in views.iter().enumerate() {
-                if w >= v.worker_count() {
-                    continue;
-                }
-                let slot = v.slot(w);
-                let session = v.session_slot(w, global_view.owner(first_slot[soc] + w));
-                // SAFETY: the regions behind `slot` and `session` are held in
-                // `regions` and `global` (Arcs) for the engine's whole life,
-                // and `SlotHandle`s never leave the engine except borrowed
-                // for less than `&self`.
-                let (slot, session) = unsafe {
-                    (
-                        std::mem::transmute::<SlotRef<'_>, SlotRef<'static>>(slot),
-                        std::mem::transmute::<SessionSlot<'_>, SessionSlot<'static>>(session),
-                    )
-                };
-                let cpu = plan.binding.then(|| plan.socs[soc].workers[w].cpu);
-                by_soc[soc].push(slots.len());
-                slots.push(SlotHandle {
-                    soc,
-                    worker: w,
-                    cpu,
-                    slot,
-                    session,
-                });
-            }
-        }
-        drop(views);
-        for list in &mut by_soc {
-            list.sort_by_key(|&i| slots[i].worker);
-        }
-        let free: *const FreeSignal = global_view.signals();
-        // SAFETY: the global region is held in `global` (an Arc) for the
-        // engine's whole life, and `free` never leaves the engine.
-        let free: &'static FreeSignal = unsafe { &*free };
+        let core = SessionCore::new(
+            SlotTable::new(
+                Arc::clone(&global),
+                global_layout,
+                regions.clone(),
+                soc_layouts.clone(),
+            ),
+            cpus,
+            plan.binding,
+            registry,
+            Arc::new(Records(Arc::clone(&records))),
+            CallSettings {
+                session_policy: options.wait.session(),
+                claim_timeout: Duration::from_millis(options.claim_timeout_ms),
+                call_timeout: (options.call_timeout_ms > 0)
+                    .then(|| Duration::from_millis(options.call_timeout_ms)),
+                hard_limit,
+            },
+        );
         Ok(Engine {
-            free,
-            claim_timeout: Duration::from_millis(options.claim_timeout_ms),
-            slots,
-            by_soc,
+            core,
             regions,
             layouts: soc_layouts,
             records,
             supervisor,
             global,
-            registry,
             plan,
-            session_policy: options.wait.session(),
-            input_capacity: options.input_capacity,
-            output_capacity: options.output_capacity,
             options,
-            next_start: CachePadded::new(AtomicUsize::new(0)),
-            hard_limit,
-            id: seq,
             stopped: false,
         })
     }
@@ -508,29 +402,35 @@ impl Engine {
         &self.options
     }
 
+    /// What callers use: every call method of the engine is the core's;
+    /// the core can be shared by reference on its own.
+    pub fn core(&self) -> &SessionCore {
+        &self.core
+    }
+
     /// The procedures every SOC serves.
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        self.core.registry()
     }
 
     /// Number of SOCs.
     pub fn soc_count(&self) -> usize {
-        self.regions.len()
+        self.core.soc_count()
     }
 
     /// Number of workers of SOC `soc` (0 if there is no such SOC).
     pub fn worker_count(&self, soc: usize) -> usize {
-        self.by_soc.get(soc).map_or(0, Vec::len)
+        self.core.worker_count(soc)
     }
 
     /// Input buffer capacity of every worker.
     pub fn input_capacity(&self) -> usize {
-        self.input_capacity
+        self.core.input_capacity()
     }
 
     /// Output buffer capacity of every worker.
     pub fn output_capacity(&self) -> usize {
-        self.output_capacity
+        self.core.output_capacity()
     }
 
     /// Names of the shared-memory objects of this engine (in /dev/shm).
@@ -542,6 +442,7 @@ impl Engine {
 
     /// The state of every SOC.
     pub fn socs(&self) -> Vec<SocStatus> {
+        let table = self.core.table();
         self.records
             .iter()
             .enumerate()
@@ -551,20 +452,13 @@ impl Engine {
                 pid: r.pid(),
                 state: r.state().name().to_owned(),
                 restarts: r.restarts(),
-                workers: self.by_soc[i].len(),
-                cpus: self.by_soc[i].iter().map(|&s| self.slots[s].cpu).collect(),
+                workers: table.worker_count(i),
+                cpus: self.core.cpus(i),
                 // Counters the SOC writes: any value, summed without
                 // overflow.
-                calls: self.by_soc[i]
-                    .iter()
-                    .map(|&s| {
-                        self.slots[s]
-                            .slot
-                            .control
-                            .stats
-                            .calls
-                            .load(Ordering::Relaxed)
-                    })
+                calls: (0..table.worker_count(i))
+                    .filter_map(|w| table.place(table.position(i, w)?))
+                    .map(|p| p.session().control.counts().calls)
                     .fold(0, u64::saturating_add),
                 last_error: r.last_error(),
             })
@@ -573,245 +467,37 @@ impl Engine {
 
     /// The id of a procedure name: resolve once, call many times.
     pub fn proc_id(&self, name: &str) -> Result<ProcId, CallError> {
-        self.registry
-            .id(name)
-            .ok_or_else(|| CallError::ProcNotFound(name.to_owned()))
-    }
-
-    pub(crate) fn proc_name(&self, id: ProcId) -> String {
-        self.registry
-            .get(id)
-            .map_or_else(|| format!("#{}", id.0), |e| e.name.clone())
-    }
-
-    fn candidates(&self, target: Target) -> Result<&[usize], CallError> {
-        match target {
-            Target::Any => Ok(&[]),
-            Target::Soc(soc) => self.by_soc.get(soc).map(Vec::as_slice).ok_or_else(|| {
-                CallError::NoSuchTarget(format!(
-                    "SOC {soc} (the engine has {})",
-                    self.regions.len()
-                ))
-            }),
-            Target::Worker { soc, worker } => self
-                .by_soc
-                .get(soc)
-                .and_then(|ws| ws.get(worker))
-                .map(std::slice::from_ref)
-                .ok_or_else(|| {
-                    CallError::NoSuchTarget(format!(
-                        "worker {worker} of SOC {soc} (SOC {soc} has {} workers)",
-                        self.worker_count(soc)
-                    ))
-                }),
-        }
-    }
-
-    /// One pass over the candidate slots; claims the first idle one.
-    fn claim_once(&self, target: Target, list: &[usize]) -> Option<(usize, Claimed)> {
-        let all = target == Target::Any;
-        let n = if all { self.slots.len() } else { list.len() };
-        let at = |k: usize| if all { k } else { list[k] };
-        if n == 0 {
-            return None;
-        }
-        let (engine, last) = LAST_SLOT.with(Cell::get);
-        let start = if engine == self.id {
-            // Start at the slot used last, if it is a candidate.
-            if all {
-                last % n
-            } else {
-                (0..n).find(|&k| at(k) == last).unwrap_or(0)
-            }
-        } else {
-            self.next_start.fetch_add(1, Ordering::Relaxed) % n
-        };
-        // With bound workers, first avoid the worker on this thread's CPU:
-        // it could only run when this thread stops spinning.
-        let here = if self.plan.binding && n > 1 {
-            // SAFETY: sched_getcpu has no preconditions.
-            let cpu = unsafe { nix::libc::sched_getcpu() };
-            u32::try_from(cpu).ok()
-        } else {
-            None
-        };
-        let passes = if here.is_some() { 2 } else { 1 };
-        for pass in 0..passes {
-            for k in 0..n {
-                let i = at((start + k) % n);
-                let s = &self.slots[i];
-                if pass == 0 && here.is_some() && s.cpu == here {
-                    continue;
-                }
-                let mut released = false;
-                let claimed = s.session.try_claim_noting(&mut released);
-                if released {
-                    self.signal_free();
-                }
-                if let Some(g) = claimed {
-                    LAST_SLOT.with(|c| c.set((self.id, i)));
-                    return Some((i, g));
-                }
-            }
-        }
-        None
-    }
-
-    /// Whether a SOC among `target`'s can serve now or later (it is not
-    /// given up).
-    fn target_alive(&self, target: Target) -> bool {
-        let alive = |soc: usize| {
-            self.records.get(soc).is_some_and(|r| {
-                !matches!(
-                    r.state(),
-                    SocState::GivenUp | SocState::Stopping | SocState::Stopped
-                )
-            })
-        };
-        match target {
-            Target::Any => (0..self.regions.len()).any(alive),
-            Target::Soc(soc) | Target::Worker { soc, .. } => alive(soc),
-        }
-    }
-
-    /// One claim attempt: a slot, or an error when no candidate SOC can
-    /// ever serve, or `None` (try again later).
-    fn attempt(
-        &self,
-        target: Target,
-        list: &[usize],
-    ) -> Option<Result<(usize, Claimed), CallError>> {
-        if let Some(c) = self.claim_once(target, list) {
-            return Some(Ok(c));
-        }
-        (!self.target_alive(target)).then(|| {
-            Err(CallError::Unavailable(match target {
-                Target::Any => "every SOC died too often and was given up".to_owned(),
-                Target::Soc(soc) | Target::Worker { soc, .. } => {
-                    format!("SOC {soc} died too often and was given up")
-                }
-            }))
-        })
-    }
-
-    #[inline]
-    fn claim_impl(&self, target: Target, wait: Option<Duration>) -> Result<Claim<'_>, CallError> {
-        match self.claim_preferred(target) {
-            Some(claim) => Ok(claim),
-            None => self.claim_scan(target, wait),
-        }
-    }
-
-    /// The fast path: the one slot of a worker target, or else the slot
-    /// this thread used last when it is a candidate, if it is free.
-    #[inline]
-    fn claim_preferred(&self, target: Target) -> Option<Claim<'_>> {
-        let index = match target {
-            Target::Worker { soc, worker } => *self.by_soc.get(soc)?.get(worker)?,
-            Target::Any | Target::Soc(_) => {
-                let (engine, last) = LAST_SLOT.with(Cell::get);
-                if engine != self.id {
-                    return None;
-                }
-                if let Target::Soc(soc) = target
-                    && self.slots.get(last)?.soc != soc
-                {
-                    return None;
-                }
-                last
-            }
-        };
-        let slot = self.slots.get(index)?;
-        let mut released = false;
-        let Some(claimed) = slot.session.try_claim_noting(&mut released) else {
-            if released {
-                self.signal_free();
-            }
-            return None;
-        };
-        Some(Claim::new(self, slot, claimed))
-    }
-
-    /// The scan over every candidate, then the wait for a free one.
-    #[inline(never)]
-    fn claim_scan(&self, target: Target, wait: Option<Duration>) -> Result<Claim<'_>, CallError> {
-        let list = self.candidates(target)?;
-        let got = match self.attempt(target, list) {
-            Some(r) => Some(r),
-            None => match wait {
-                None => return Err(CallError::Busy),
-                Some(d) => self.free.wait_for(
-                    numaproc_ipc::wait::deadline_in(d),
-                    self.session_policy.spin.min(d),
-                    || self.attempt(target, list),
-                ),
-            },
-        };
-        let (index, claimed) =
-            got.ok_or_else(|| CallError::ClaimTimeout(wait.unwrap_or_default()))??;
-        Ok(Claim::new(self, &self.slots[index], claimed))
+        self.core.proc_id(name)
     }
 
     /// Claims an idle worker of `target`, waiting up to the claim timeout
-    /// (option `claim_timeout_ms`). Write the input into
-    /// [`Claim::input_mut`] and [`Claim::submit`] it: no copy.
+    /// (see [`SessionCore::claim`]).
     #[inline]
     pub fn claim(&self, target: Target) -> Result<Claim<'_>, CallError> {
-        self.claim_impl(target, Some(self.claim_timeout))
+        self.core.claim(target)
     }
 
     /// Claims an idle worker, waiting at most `timeout`.
     pub fn claim_within(&self, target: Target, timeout: Duration) -> Result<Claim<'_>, CallError> {
-        self.claim_impl(target, Some(timeout))
+        self.core.claim_within(target, timeout)
     }
 
     /// Claims an idle worker or fails with [`CallError::Busy`] at once.
     pub fn try_claim(&self, target: Target) -> Result<Claim<'_>, CallError> {
-        self.claim_impl(target, None)
+        self.core.try_claim(target)
     }
 
-    fn check_input(&self, input: &[u8]) -> Result<(), CallError> {
-        if input.len() > self.input_capacity {
-            return Err(CallError::InputTooLarge {
-                len: input.len(),
-                capacity: self.input_capacity,
-            });
-        }
-        Ok(())
-    }
-
-    fn start_call(
-        &self,
-        target: Target,
-        proc: impl IntoProc,
-        input: &[u8],
-        wait: Option<Duration>,
-        deadline: Option<Duration>,
-    ) -> Result<Session<'_>, CallError> {
-        let id = proc.resolve(self)?;
-        self.check_input(input)?;
-        let mut claim = self.claim_impl(target, wait)?;
-        if let Some(d) = deadline {
-            claim.deadline_in(d);
-        }
-        claim.input_mut()[..input.len()].copy_from_slice(input);
-        claim.submit(id, input.len())
-    }
-
-    /// Starts a call on an idle worker of `target` (waiting up to the claim
-    /// timeout for one) and returns its session, to wait on later.
+    /// Starts a call and returns its session (see [`SessionCore::submit`]).
     pub fn submit(
         &self,
         target: Target,
         proc: impl IntoProc,
         input: &[u8],
     ) -> Result<Session<'_>, CallError> {
-        self.start_call(target, proc, input, Some(self.claim_timeout), None)
+        self.core.submit(target, proc, input)
     }
 
-    /// Like [`Engine::submit`], with a deadline `after` from now: past it,
-    /// the procedure's `is_cancelled()` is true, whether or not anyone
-    /// still waits for the result.
+    /// Starts a call with a deadline (see [`SessionCore::submit_within`]).
     pub fn submit_within(
         &self,
         target: Target,
@@ -819,13 +505,11 @@ impl Engine {
         input: &[u8],
         after: Duration,
     ) -> Result<Session<'_>, CallError> {
-        let wait = self.claim_timeout.min(after);
-        self.start_call(target, proc, input, Some(wait), Some(after))
+        self.core.submit_within(target, proc, input, after)
     }
 
-    /// Calls `proc` on `target` with a deadline `after` from now, for the
-    /// whole call: waiting for a worker, running (the procedure sees
-    /// `is_cancelled()` past it), and waiting for the result.
+    /// Calls with a deadline for the whole call (see
+    /// [`SessionCore::call_within`]).
     pub fn call_within(
         &self,
         target: Target,
@@ -833,29 +517,13 @@ impl Engine {
         input: &[u8],
         after: Duration,
     ) -> Result<Vec<u8>, CallError> {
-        let start = Instant::now();
-        let mut session = self.submit_within(target, proc, input, after)?;
-        let left = after.saturating_sub(start.elapsed());
-        session.wait_timeout(left).map(<[u8]>::to_vec)
+        self.core.call_within(target, proc, input, after)
     }
 
-    fn call_timeout(&self) -> Option<Duration> {
-        (self.options.call_timeout_ms > 0)
-            .then(|| Duration::from_millis(self.options.call_timeout_ms))
-    }
-
-    fn finish(&self, mut session: Session<'_>) -> Result<Vec<u8>, CallError> {
-        match self.call_timeout() {
-            Some(d) => session.wait_timeout(d).map(<[u8]>::to_vec),
-            None => session.wait().map(<[u8]>::to_vec),
-        }
-    }
-
-    /// Calls `proc` on any idle worker and returns its output. Waits up to
-    /// the claim timeout for a worker and up to the call timeout for the
-    /// result.
+    /// Calls `proc` on any idle worker and returns its output (see
+    /// [`SessionCore::call`]).
     pub fn call(&self, proc: impl IntoProc, input: &[u8]) -> Result<Vec<u8>, CallError> {
-        self.call_on(Target::Any, proc, input)
+        self.core.call(proc, input)
     }
 
     /// Calls `proc` on an idle worker of `target`.
@@ -865,20 +533,13 @@ impl Engine {
         proc: impl IntoProc,
         input: &[u8],
     ) -> Result<Vec<u8>, CallError> {
-        let session = self.submit(target, proc, input)?;
-        self.finish(session)
+        self.core.call_on(target, proc, input)
     }
 
-    /// Like [`Engine::call`], but fails with [`CallError::Busy`] at once when
-    /// no worker is idle.
+    /// Like [`Engine::call`], but fails with [`CallError::Busy`] at once
+    /// when no worker is idle.
     pub fn try_call(&self, proc: impl IntoProc, input: &[u8]) -> Result<Vec<u8>, CallError> {
-        let session = self.start_call(Target::Any, proc, input, None, None)?;
-        self.finish(session)
-    }
-
-    #[inline]
-    pub(crate) fn signal_free(&self) {
-        self.free.notify();
+        self.core.try_call(proc, input)
     }
 
     /// Stops accepting calls, lets running calls end (up to the shutdown
@@ -892,7 +553,6 @@ impl Engine {
             return Ok(());
         }
         self.stopped = true;
-        self.slots.clear();
         let timeout = Duration::from_millis(self.options.shutdown_timeout_ms);
         let (mut handles, mut launcher) = self
             .supervisor
@@ -943,18 +603,8 @@ fn stop_socs(
         // A worker whose call outlives this wait leaves when it ends.
         view.header().closing.store(1, Ordering::SeqCst);
         for w in 0..view.worker_count() {
-            let control = view.slot(w).control;
             // A slot is busy only while an abandoned call still runs.
-            while !control.close() && Instant::now() < deadline {
-                let before = control.word().0 & !SESSION_SLEEPING;
-                wait_on(
-                    &control.state,
-                    &NO_SPIN,
-                    Some(deadline.saturating_duration_since(Instant::now())),
-                    SESSION_SLEEPING,
-                    |v| v & !SESSION_SLEEPING != before,
-                );
-            }
+            view.slot(w).control.close_by(deadline);
         }
     }
     let mut problems = Vec::new();

@@ -45,6 +45,7 @@ mod options;
 pub mod plan;
 mod process;
 mod session;
+mod session_core;
 mod spawn;
 mod supervise;
 pub mod topology;
@@ -55,7 +56,7 @@ pub mod soc {
     pub use crate::spawn::run_if_spawned;
 }
 
-pub use engine::{Engine, IntoProc, ShutdownError, SocStatus, Target};
+pub use engine::{Engine, ShutdownError, SocStatus};
 pub use error::{CallError, OptionsError, StartError};
 pub use numaproc_ipc::{ShmName, stale};
 pub use numaproc_procs::sys;
@@ -67,5 +68,6 @@ pub use numaproc_soc::{SocInfo, SocInitFn};
 pub use options::{DEFAULT_BUFFER, EngineOptions, MAX_BUFFER, SocKind, WaitOptions};
 pub use plan::Plan;
 pub use session::{Claim, Session};
+pub use session_core::{AttachError, CallSettings, IntoProc, SessionCore, Target};
 pub use supervise::RestartPolicy;
 pub use topology::Topology;

@@ -1,30 +1,30 @@
 //! Sessions: a caller's hold on one worker slot for one call.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use numaproc_ipc::slot::{Claimed, Outcome, monotonic_ns};
+use numaproc_ipc::slot::{Claimed, Outcome, Response, monotonic_ns};
+use numaproc_ipc::table::SlotPlace;
 use numaproc_procs::{CallStatus, ProcId};
 
-use crate::engine::{Engine, IntoProc, SlotHandle};
 use crate::error::CallError;
+use crate::session_core::{IntoProc, SessionCore};
 
 /// A claimed worker slot, before submission. Write the input straight into
 /// the slot with [`Claim::input_mut`], then [`Claim::submit`]. Dropping a
 /// claim gives the worker back.
 #[derive(Debug)]
-pub struct Claim<'e> {
-    engine: &'e Engine,
-    slot: &'e SlotHandle,
+pub struct Claim<'c> {
+    core: &'c SessionCore,
+    slot: &'c SlotPlace,
     claimed: Claimed,
     deadline_ns: u64,
 }
 
-impl<'e> Claim<'e> {
+impl<'c> Claim<'c> {
     #[inline]
-    pub(crate) fn new(engine: &'e Engine, slot: &'e SlotHandle, claimed: Claimed) -> Self {
+    pub(crate) fn new(core: &'c SessionCore, slot: &'c SlotPlace, claimed: Claimed) -> Self {
         Self {
-            engine,
+            core,
             slot,
             claimed,
             deadline_ns: 0,
@@ -40,7 +40,7 @@ impl<'e> Claim<'e> {
 
     /// The claimed worker: (SOC, worker).
     pub fn worker(&self) -> (usize, usize) {
-        (self.slot.soc, self.slot.worker)
+        (self.slot.soc(), self.slot.worker())
     }
 
     /// The slot's whole input buffer (its capacity is the engine's
@@ -49,44 +49,35 @@ impl<'e> Claim<'e> {
     pub fn input_mut(&mut self) -> &mut [u8] {
         // SAFETY: this claim owns the slot and has not submitted; the borrow
         // of `self` keeps any other reference from existing.
-        unsafe { self.slot.slot.input_mut() }
+        unsafe { self.slot.buffers().input_mut() }
     }
 
     /// Hands the first `len` bytes of the input buffer to the worker as the
     /// input of `proc`, and returns the session to wait on.
     #[inline]
-    pub fn submit(self, proc: impl IntoProc, len: usize) -> Result<Session<'e>, CallError> {
-        let id = proc.resolve(self.engine)?;
-        let capacity = self.engine.input_capacity;
+    pub fn submit(self, proc: impl IntoProc, len: usize) -> Result<Session<'c>, CallError> {
+        let id = proc.resolve(self.core)?;
+        let capacity = self.core.input_capacity();
         if len > capacity {
             return Err(CallError::InputTooLarge { len, capacity });
         }
-        let control = self.slot.slot.control;
-        control.proc_id.store(id.0, Ordering::Relaxed);
-        control.input_len.store(len as u64, Ordering::Relaxed);
-        // Stores only where needed: the line is ours now, but every write
-        // still costs on the worker's side of the hand-over.
-        if control.deadline_ns.load(Ordering::Relaxed) != self.deadline_ns {
-            control
-                .deadline_ns
-                .store(self.deadline_ns, Ordering::Relaxed);
-        }
-        let session = self.slot.session;
-        if self.engine.hard_limit.is_some() {
+        let session = self.slot.session();
+        session.write_request(id.0, len as u64, self.deadline_ns);
+        if self.core.settings().hard_limit.is_some() {
             // The supervisor reads it (with the owner word) to tell an
             // overrun, in the sessions' own memory, where the SOC cannot
             // write.
-            session.stamp(self.claimed.generation, monotonic_ns());
+            session.stamp(self.claimed.generation(), monotonic_ns());
         }
         if !session.submit(self.claimed) {
             // Only the supervisor takes a claimed slot away: its SOC died.
             // Dropping the claim gives it back.
-            return Err(CallError::SocDied(self.slot.soc));
+            return Err(CallError::SocDied(self.slot.soc()));
         }
         let session = Session {
-            engine: self.engine,
+            core: self.core,
             slot: self.slot,
-            generation: self.claimed.generation,
+            generation: self.claimed.generation(),
             proc: id,
             len: PENDING,
             error: None,
@@ -99,8 +90,8 @@ impl<'e> Claim<'e> {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        if self.slot.session.unclaim(self.claimed.generation) {
-            self.engine.signal_free();
+        if self.slot.session().unclaim(self.claimed.generation()) {
+            self.core.signal_free();
         }
     }
 }
@@ -129,9 +120,9 @@ const PENDING: usize = usize::MAX;
 /// does) before validating them when a change between two reads would
 /// matter, and parse them defensively.
 #[derive(Debug)]
-pub struct Session<'e> {
-    engine: &'e Engine,
-    slot: &'e SlotHandle,
+pub struct Session<'c> {
+    core: &'c SessionCore,
+    slot: &'c SlotPlace,
     generation: u32,
     proc: ProcId,
     /// The output length once the call succeeded; [`PENDING`] until the
@@ -144,7 +135,7 @@ pub struct Session<'e> {
 impl Session<'_> {
     /// The worker running the call: (SOC, worker).
     pub fn worker(&self) -> (usize, usize) {
-        (self.slot.soc, self.slot.worker)
+        (self.slot.soc(), self.slot.worker())
     }
 
     /// The procedure called.
@@ -175,23 +166,26 @@ impl Session<'_> {
         // SAFETY: the slot is Done under our generation and stays so until
         // this session releases it in `drop`, which the borrow of `self`
         // prevents while the slice lives.
-        unsafe { self.slot.slot.output(self.len) }
+        unsafe { self.slot.buffers().output(self.len) }
     }
 
     #[inline]
     fn wait_for(&mut self, timeout: Option<Duration>) -> Result<&[u8], CallError> {
         if self.len == PENDING && self.error.is_none() {
-            let control = self.slot.slot.control;
-            let outcome =
-                self.slot
-                    .session
-                    .wait_done(self.generation, &self.engine.session_policy, timeout);
+            let policy = &self.core.settings().session_policy;
+            let outcome = self
+                .slot
+                .session()
+                .wait_done(self.generation, policy, timeout);
             match outcome {
                 None => return Err(CallError::CallTimeout(timeout.unwrap_or_default())),
                 Some(Outcome::Done) => {
-                    let status = control.status.load(Ordering::Relaxed);
-                    let len = control.output_len.load(Ordering::Relaxed) as usize;
-                    if status == CallStatus::Ok as u32 && len <= self.slot.slot.output_capacity() {
+                    // Each field read once: the SOC can change them.
+                    let (status, len) = self.slot.session().result();
+                    let len = usize::try_from(len).unwrap_or(usize::MAX);
+                    if status == CallStatus::Ok as u32
+                        && len <= self.slot.buffers().output_capacity()
+                    {
                         self.len = len;
                     } else {
                         self.error = Some(Box::new(self.call_error(status, len)));
@@ -201,7 +195,7 @@ impl Session<'_> {
                     self.error = Some(Box::new(self.failure()));
                 }
                 Some(Outcome::Broken) => {
-                    self.error = Some(Box::new(CallError::SocMisbehaved(self.slot.soc)));
+                    self.error = Some(Box::new(CallError::SocMisbehaved(self.slot.soc())));
                 }
             }
         }
@@ -216,28 +210,33 @@ impl Session<'_> {
     /// which the SOC cannot write).
     #[cold]
     fn failure(&self) -> CallError {
-        match self.engine.hard_limit {
-            Some(limit) if self.slot.session.killed(self.generation) => CallError::Killed {
-                proc: self.engine.proc_name(self.proc),
+        match self.core.settings().hard_limit {
+            Some(limit) if self.slot.session().killed(self.generation) => CallError::Killed {
+                proc: self.core.proc_name(self.proc),
                 limit,
             },
-            _ => CallError::SocDied(self.slot.soc),
+            _ => CallError::SocDied(self.slot.soc()),
         }
     }
 
     /// The error of a call that ended with status `status` and output
-    /// length `len`, other than success.
+    /// length `len`, other than success (the rest of the response is read
+    /// here, once).
     #[cold]
     fn call_error(&self, status: u32, len: usize) -> CallError {
-        let slot = self.slot.slot;
-        let c = slot.control;
+        let r = Response {
+            status,
+            output_len: len as u64,
+            ..self.slot.session().response()
+        };
+        let slot = self.slot.buffers();
         let message = || {
-            let n = c.message_len.load(Ordering::Relaxed) as usize;
+            let n = r.message_len as usize;
             // SAFETY: the slot is Done under our generation (see output_slice).
             String::from_utf8_lossy(unsafe { slot.message(n) }).into_owned()
         };
-        let proc = || self.engine.proc_name(self.proc);
-        match CallStatus::from_u32(status) {
+        let proc = || self.core.proc_name(self.proc);
+        match CallStatus::from_u32(r.status) {
             CallStatus::Ok | CallStatus::OutputTooLarge => CallError::OutputTooLarge {
                 proc: proc(),
                 needed: len,
@@ -246,14 +245,14 @@ impl Session<'_> {
             CallStatus::NotFound => CallError::ProcNotFound(proc()),
             CallStatus::Failed => CallError::Failed {
                 proc: proc(),
-                code: c.error_code.load(Ordering::Relaxed),
+                code: r.error_code,
                 message: message(),
             },
             CallStatus::Panicked => CallError::Panicked {
                 proc: proc(),
                 message: message(),
             },
-            CallStatus::Killed | CallStatus::Pending => CallError::SocDied(self.slot.soc),
+            CallStatus::Killed | CallStatus::Pending => CallError::SocDied(self.slot.soc()),
         }
     }
 }
@@ -261,7 +260,7 @@ impl Session<'_> {
 impl Drop for Session<'_> {
     #[inline]
     fn drop(&mut self) {
-        let session = self.slot.session;
+        let session = self.slot.session();
         // With the outcome seen, the worker is done with the slot.
         let freed = if self.len != PENDING || self.error.is_some() {
             session.unclaim(self.generation)
@@ -269,7 +268,7 @@ impl Drop for Session<'_> {
             session.release(self.generation)
         };
         if freed {
-            self.engine.signal_free();
+            self.core.signal_free();
         }
     }
 }

@@ -435,10 +435,25 @@ pub struct LayoutError {
 #[derive(Debug, Clone, Copy)]
 pub struct GlobalView<'r> {
     region: &'r Region,
+    socs: (usize, usize),
+    names: (usize, usize),
     settings: (usize, usize),
     signals: usize,
     owners: usize,
     slot_count: usize,
+}
+
+/// One SOC as the global region's SOC table records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocRecordEntry {
+    /// NUMA node.
+    pub node: u32,
+    /// Workers (slots).
+    pub workers: usize,
+    /// Index of its first owner line.
+    pub first_slot: usize,
+    /// Size of its region.
+    pub region_size: u64,
 }
 
 impl<'r> GlobalView<'r> {
@@ -455,6 +470,8 @@ impl<'r> GlobalView<'r> {
         );
         Self {
             region,
+            socs: (layout.soc_table(), layout.soc_count),
+            names: (layout.name_table(), layout.name_count),
             settings: (layout.settings(), layout.settings_len),
             signals: layout.signals(),
             owners: layout.owners(),
@@ -473,7 +490,17 @@ impl<'r> GlobalView<'r> {
         };
         let owners_len = u64::from(h.slot_count) * size_of::<OwnerLine>() as u64;
         let page = PAGE as u64;
-        if !fits(h.settings_offset, h.settings_len)
+        let socs_len = u64::from(h.soc_count) * size_of::<SocEntry>() as u64;
+        let names_len = u64::from(h.name_count) * size_of::<NameEntry>() as u64;
+        if !fits(h.soc_table_offset, socs_len)
+            || !fits(h.name_table_offset, names_len)
+            || !h
+                .soc_table_offset
+                .is_multiple_of(align_of::<SocEntry>() as u64)
+            || !h
+                .name_table_offset
+                .is_multiple_of(align_of::<NameEntry>() as u64)
+            || !fits(h.settings_offset, h.settings_len)
             || !fits(h.signals_offset, page)
             || !fits(h.owners_offset, owners_len)
             || !h.signals_offset.is_multiple_of(page)
@@ -488,6 +515,8 @@ impl<'r> GlobalView<'r> {
         }
         Ok(Self {
             region,
+            socs: (h.soc_table_offset as usize, h.soc_count as usize),
+            names: (h.name_table_offset as usize, h.name_count as usize),
             settings: (h.settings_offset as usize, h.settings_len as usize),
             signals: h.signals_offset as usize,
             owners: h.owners_offset as usize,
@@ -498,6 +527,38 @@ impl<'r> GlobalView<'r> {
     /// The engine header.
     pub fn header(&self) -> &'r GlobalHeader {
         self.region.get(header_offset())
+    }
+
+    /// The SOC table.
+    pub fn socs(&self) -> Vec<SocRecordEntry> {
+        let (offset, count) = self.socs;
+        (0..count)
+            .map(|i| {
+                let e: &SocEntry = self.region.get(offset + i * size_of::<SocEntry>());
+                SocRecordEntry {
+                    node: e.node,
+                    workers: e.worker_count as usize,
+                    first_slot: e.first_slot as usize,
+                    region_size: e.region_size,
+                }
+            })
+            .collect()
+    }
+
+    /// The name table (the procedures the engine had before its SOCs
+    /// loaded their libraries).
+    pub fn names(&self) -> Vec<NameRecord> {
+        let (offset, count) = self.names;
+        (0..count)
+            .map(|i| {
+                let e: &NameEntry = self.region.get(offset + i * size_of::<NameEntry>());
+                NameRecord {
+                    name: e.as_str().unwrap_or("").to_owned(),
+                    tag: e.tag,
+                    label: e.label().unwrap_or("").to_owned(),
+                }
+            })
+            .collect()
     }
 
     /// The settings text (empty if it is not UTF-8).
@@ -768,6 +829,16 @@ impl<'r> SocView<'r> {
             });
         }
         Ok(Self::with_layout(region, &layout))
+    }
+
+    /// The layout this view works from.
+    pub fn layout(&self) -> SocLayout {
+        SocLayout {
+            worker_count: self.worker_count,
+            names_capacity: self.names_capacity,
+            input_capacity: self.input_capacity,
+            output_capacity: self.output_capacity,
+        }
     }
 
     /// The SOC header.
@@ -1114,7 +1185,7 @@ mod tests {
                 }
                 f.withdraw();
                 if let Some(c) = claimed {
-                    assert!(s.unclaim(c.generation));
+                    assert!(s.unclaim(c.generation()));
                 }
                 clean.store(r, Ordering::Release);
             }
@@ -1128,7 +1199,7 @@ mod tests {
             for _ in 0..(r.wrapping_mul(0x9e37_79b9) >> 7) % 32 {
                 std::hint::spin_loop();
             }
-            assert!(s.unclaim(c.generation));
+            assert!(s.unclaim(c.generation()));
             let saw_waiter = f.notify();
             while waiter_looked.load(Ordering::Acquire) < r {
                 std::hint::spin_loop();

@@ -7,7 +7,9 @@
 //!   first bytes are a versioned [`RegionHeader`] checked by every opener;
 //! - [`layout`]: the `#[repr(C)]` structures placed in the global region and
 //!   in each SOC region, and their offsets;
-//! - [`slot`]: the per-worker control block with its owner and state words;
+//! - [`slot`]: the per-worker control block with its state word, the
+//!   sessions' owner lines, and the slot protocol's operations;
+//! - [`table`]: every slot of an engine, as sessions use them;
 //! - [`futex`] and [`wait`]: spin-then-sleep waits on shared words.
 //!
 //! Everything placed in shared memory implements the unsafe [`ShmSafe`]
@@ -21,6 +23,7 @@ mod name;
 mod region;
 pub mod slot;
 pub mod stale;
+pub mod table;
 pub mod wait;
 
 pub use name::{MAX_PREFIX_LEN, NAME_ROOT, NameError, ShmName};

@@ -95,7 +95,7 @@ const fn owner_generation(word: u32) -> u32 {
 
 /// A decoded state word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Word(pub u32);
+pub struct Word(u32);
 
 impl Word {
     #[inline]
@@ -128,11 +128,43 @@ impl Word {
 /// Per-slot counters, written only by the slot's worker.
 #[repr(C)]
 #[derive(Debug)]
-pub struct SlotStats {
+pub(crate) struct SlotStats {
     /// Calls run.
-    pub calls: AtomicU64,
+    calls: AtomicU64,
     /// Calls that ended with an error status.
-    pub errors: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A slot's counters, as read (any values: the SOC writes them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SlotCounts {
+    /// Calls run.
+    pub calls: u64,
+    /// Calls that ended with an error status.
+    pub errors: u64,
+}
+
+/// A call's request, as the worker reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Procedure id.
+    pub proc_id: u32,
+    /// Input length in bytes (unchecked: compare with the capacity).
+    pub input_len: u64,
+}
+
+/// A call's response: what the worker writes before it finishes, and what
+/// the session reads once (any values: the SOC writes them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Response {
+    /// Status code (its meaning is the caller's business).
+    pub status: u32,
+    /// Procedure-defined error code.
+    pub error_code: u32,
+    /// Output length in bytes (or the size the procedure needed).
+    pub output_len: u64,
+    /// Bytes used in the message buffer.
+    pub message_len: u32,
 }
 
 /// The control block of a slot, in its SOC's region. The first 128 bytes
@@ -146,33 +178,33 @@ pub struct SlotStats {
 #[derive(Debug)]
 pub struct SlotControl {
     /// The state word (see the module docs).
-    pub state: AtomicU32,
+    pub(crate) state: AtomicU32,
     /// Request: procedure id.
-    pub proc_id: AtomicU32,
+    pub(crate) proc_id: AtomicU32,
     /// Request: input length in bytes.
-    pub input_len: AtomicU64,
+    pub(crate) input_len: AtomicU64,
     /// Response: status code (its meaning is the caller's business).
-    pub status: AtomicU32,
+    pub(crate) status: AtomicU32,
     /// Response: procedure-defined error code.
-    pub error_code: AtomicU32,
+    pub(crate) error_code: AtomicU32,
     /// Response: output length in bytes (or the size the procedure needed).
-    pub output_len: AtomicU64,
+    pub(crate) output_len: AtomicU64,
     /// Response: bytes used in the message buffer.
-    pub message_len: AtomicU32,
+    pub(crate) message_len: AtomicU32,
     _reserved_request: AtomicU32,
     /// Request: CLOCK_MONOTONIC time (ns) after which the call counts as
     /// cancelled; 0: none.
-    pub deadline_ns: AtomicU64,
+    pub(crate) deadline_ns: AtomicU64,
     _hot_pad: [u64; 10],
     /// Static: worker index within its SOC.
-    pub worker: AtomicU32,
+    pub(crate) worker: AtomicU32,
     /// Static: planned CPU (OS index), or `u32::MAX` when not bound.
-    pub planned_cpu: AtomicU32,
+    pub(crate) planned_cpu: AtomicU32,
     /// The worker thread's OS thread id once started.
-    pub os_tid: AtomicU32,
+    pub(crate) os_tid: AtomicU32,
     _reserved: AtomicU32,
     /// Counters.
-    pub stats: SlotStats,
+    pub(crate) stats: SlotStats,
 }
 
 // SAFETY: repr(C), atomics and integer arrays only, valid when zeroed.
@@ -185,15 +217,15 @@ unsafe impl ShmSafe for SlotControl {}
 #[derive(Debug)]
 pub struct OwnerLine {
     /// The owner word (see the module docs).
-    pub word: AtomicU32,
+    pub(crate) word: AtomicU32,
     /// The generation of a call the supervisor killed for overrunning the
     /// hard limit, plus one; 0: none.
-    pub killed: AtomicU32,
+    pub(crate) killed: AtomicU32,
     /// The generation of the last call stamped for the hard limit.
-    pub submitted_gen: AtomicU32,
+    pub(crate) submitted_gen: AtomicU32,
     _reserved: AtomicU32,
     /// CLOCK_MONOTONIC time (ns) of that call's submission; 0: none.
-    pub submitted_ns: AtomicU64,
+    pub(crate) submitted_ns: AtomicU64,
     _pad: [u64; 13],
 }
 
@@ -204,10 +236,18 @@ unsafe impl ShmSafe for OwnerLine {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claimed {
     /// The call's generation.
-    pub generation: u32,
+    generation: u32,
     /// The state word seen right after the claim: the value
     /// [`SessionSlot::submit`] replaces.
-    pub seen: u32,
+    seen: u32,
+}
+
+impl Claimed {
+    /// The call's generation.
+    #[inline]
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
 }
 
 /// What a worker's wait for a task ended with.
@@ -243,6 +283,87 @@ impl SlotControl {
     #[inline]
     pub fn word(&self) -> Word {
         Word(self.state.load(Ordering::Acquire))
+    }
+
+    /// Worker: the request of the submitted call.
+    #[inline]
+    pub fn request(&self) -> Request {
+        Request {
+            proc_id: self.proc_id.load(Ordering::Relaxed),
+            input_len: self.input_len.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Worker: writes the response of the running call (then
+    /// [`SlotControl::finish`] publishes it).
+    #[inline]
+    pub fn write_response(&self, r: &Response) {
+        self.message_len.store(r.message_len, Ordering::Relaxed);
+        self.status.store(r.status, Ordering::Relaxed);
+        self.error_code.store(r.error_code, Ordering::Relaxed);
+        self.output_len.store(r.output_len, Ordering::Relaxed);
+    }
+
+    /// Worker: counts a call (only the slot's worker writes the counters:
+    /// plain stores; wrapping, whatever an earlier SOC left there).
+    #[inline]
+    pub fn count_call(&self, failed: bool) {
+        let bump =
+            |a: &AtomicU64| a.store(a.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        bump(&self.stats.calls);
+        if failed {
+            bump(&self.stats.errors);
+        }
+    }
+
+    /// The slot's counters.
+    pub fn counts(&self) -> SlotCounts {
+        SlotCounts {
+            calls: self.stats.calls.load(Ordering::Relaxed),
+            errors: self.stats.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The CPU (OS index) the master planned for the slot's worker, if it
+    /// pins.
+    pub fn planned_cpu(&self) -> Option<u32> {
+        let cpu = self.planned_cpu.load(Ordering::Relaxed);
+        (cpu != u32::MAX).then_some(cpu)
+    }
+
+    /// Worker: records its OS thread id.
+    pub fn set_os_tid(&self, tid: u32) {
+        self.os_tid.store(tid, Ordering::Relaxed);
+    }
+
+    /// Master: closes the slot ([`SlotControl::close`]), waiting until
+    /// `deadline` for a call that still runs in it to end. Returns whether
+    /// it is closed.
+    pub fn close_by(&self, deadline: std::time::Instant) -> bool {
+        const NO_SPIN: WaitPolicy = WaitPolicy {
+            spin: Duration::ZERO,
+            yield_after: Duration::ZERO,
+        };
+        loop {
+            if self.close() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            // Sleep until the word changes (the call ends), in slices: the
+            // SOC writes it.
+            let before = self.state.load(Ordering::Acquire) & !SESSION_SLEEPING;
+            wait_on_sliced(
+                &self.state,
+                &NO_SPIN,
+                Some(left),
+                Some(SESSION_SLICE),
+                SESSION_SLEEPING,
+                |v| v & !SESSION_SLEEPING != before,
+            );
+        }
     }
 
     /// Worker: waits for a submitted call or for the slot to close. A call
@@ -442,6 +563,44 @@ impl SessionSlot<'_> {
             return None;
         }
         Some(Claimed { generation, seen })
+    }
+
+    /// Writes the request of the claimed call (before
+    /// [`SessionSlot::submit`]): procedure, input length, and the
+    /// cancellation deadline (CLOCK_MONOTONIC ns; 0: none), the last only
+    /// when it differs from the slot's (every store costs on the worker's
+    /// side of the hand-over).
+    #[inline]
+    pub fn write_request(&self, proc_id: u32, input_len: u64, deadline_ns: u64) {
+        let c = self.control;
+        c.proc_id.store(proc_id, Ordering::Relaxed);
+        c.input_len.store(input_len, Ordering::Relaxed);
+        if c.deadline_ns.load(Ordering::Relaxed) != deadline_ns {
+            c.deadline_ns.store(deadline_ns, Ordering::Relaxed);
+        }
+    }
+
+    /// The status and output length of a call whose outcome was
+    /// [`Outcome::Done`] (what a successful call needs; each read once).
+    #[inline]
+    pub fn result(&self) -> (u32, u64) {
+        let c = self.control;
+        (
+            c.status.load(Ordering::Relaxed),
+            c.output_len.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The whole response of a call whose outcome was [`Outcome::Done`],
+    /// each field read once.
+    pub fn response(&self) -> Response {
+        let c = self.control;
+        Response {
+            status: c.status.load(Ordering::Relaxed),
+            error_code: c.error_code.load(Ordering::Relaxed),
+            output_len: c.output_len.load(Ordering::Relaxed),
+            message_len: c.message_len.load(Ordering::Relaxed),
+        }
     }
 
     /// Hands the claimed slot to the worker (after writing the request
@@ -657,6 +816,18 @@ impl<'r> SlotRef<'r> {
             output: output.0,
             output_capacity: output.1,
         }
+    }
+
+    pub(crate) fn message_ptr(&self) -> *mut u8 {
+        self.message
+    }
+
+    pub(crate) fn input_ptr(&self) -> *mut u8 {
+        self.input
+    }
+
+    pub(crate) fn output_ptr(&self) -> *mut u8 {
+        self.output
     }
 
     /// Capacity of the input buffer.

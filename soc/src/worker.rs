@@ -9,7 +9,7 @@ use crossbeam_channel::Sender;
 use numaproc_abi::{Call, HostServices, ProcCFn};
 use numaproc_ipc::WaitPolicy;
 use numaproc_ipc::layout::{FreeSignal, PAGE, SocView};
-use numaproc_ipc::slot::{SlotControl, SlotRef, Task};
+use numaproc_ipc::slot::{Response, SlotControl, SlotRef, Task};
 use numaproc_procs::stats::{ProcCounters, ProcStats, summarize};
 use numaproc_procs::{
     CallStatus, Host, OutputBuf, ProcContext, ProcId, ProcKind, Registry, WorkerStats,
@@ -60,11 +60,11 @@ impl Host for WorkerHost<'_> {
     fn worker_stats(&self) -> Vec<WorkerStats> {
         (0..self.view.worker_count())
             .map(|w| {
-                let c = self.view.slot(w).control;
+                let counts = self.view.slot(w).control.counts();
                 WorkerStats {
                     worker: w as u32,
-                    calls: c.stats.calls.load(Ordering::Relaxed),
-                    errors: c.stats.errors.load(Ordering::Relaxed),
+                    calls: counts.calls,
+                    errors: counts.errors,
                 }
             })
             .collect()
@@ -123,8 +123,7 @@ pub(crate) fn run(
     let closing = &view.header().closing;
     let slot = view.slot(w);
     let control = slot.control;
-    let planned = control.planned_cpu.load(Ordering::Relaxed);
-    let planned_cpu = (planned != u32::MAX).then_some(planned);
+    let planned_cpu = control.planned_cpu();
     if let Some(cpu) = planned_cpu
         && let Err(e) = pin_current_thread(cpu)
     {
@@ -142,9 +141,7 @@ pub(crate) fn run(
             touch(slot.message_mut());
         }
     }
-    control
-        .os_tid
-        .store(nix::unistd::gettid().as_raw() as u32, Ordering::Relaxed);
+    control.set_os_tid(nix::unistd::gettid().as_raw() as u32);
     let _ = started.send(Ok(()));
     drop(started);
 
@@ -261,12 +258,14 @@ fn serve(
     counters: &[ProcCounters],
 ) {
     let control = slot.control;
-    let id = control.proc_id.load(Ordering::Relaxed);
+    let request = control.request();
+    let id = request.proc_id;
     let counter = counters.get(id as usize);
     let started = counter
         .is_some_and(ProcCounters::should_time)
         .then(std::time::Instant::now);
-    let input_len = control.input_len.load(Ordering::Relaxed) as usize;
+    // Clamped to the buffer by `input`.
+    let input_len = usize::try_from(request.input_len).unwrap_or(usize::MAX);
     // SAFETY: the slot is Submitted, run by this worker: the session wrote the
     // input before submitting and touches neither buffer until Done.
     let (input, output, message) =
@@ -310,16 +309,7 @@ fn serve(
     // Bookkeeping first, on lines only this worker writes: the response
     // stores below pull the slot's hot line from the spinning session, and
     // the finishing CAS should follow them closely.
-    // Only this worker writes its counters: no locked read-modify-write.
-    // Wrapping: the counters are in shared memory, whatever a previous
-    // incarnation of this SOC left there.
-    let bump = |a: &std::sync::atomic::AtomicU64| {
-        a.store(a.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed)
-    };
-    bump(&control.stats.calls);
-    if status != CallStatus::Ok {
-        bump(&control.stats.errors);
-    }
+    control.count_call(status != CallStatus::Ok);
     if let Some(c) = counter {
         let ns = started.map(|t| t.elapsed().as_nanos() as u64);
         c.record_call(ns, status != CallStatus::Ok);
@@ -332,10 +322,12 @@ fn serve(
             n
         }
     };
-    control.message_len.store(n as u32, Ordering::Relaxed);
-    control.status.store(status as u32, Ordering::Relaxed);
-    control.error_code.store(code, Ordering::Relaxed);
-    control.output_len.store(out_len as u64, Ordering::Relaxed);
+    control.write_response(&Response {
+        status: status as u32,
+        error_code: code,
+        output_len: out_len as u64,
+        message_len: n as u32,
+    });
 }
 
 fn floor_char_boundary(s: &str, max: usize) -> usize {

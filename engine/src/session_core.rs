@@ -1,0 +1,578 @@
+//! The session core: everything a caller needs to claim a worker, submit a
+//! call, wait and read its result — the slot table, the targets and their
+//! candidates, the free-slot signal, capacities, wait policy, procedure
+//! names and ids. It depends only on the mapped regions (through
+//! [`SlotTable`]): the engine builds one at its start, and a process that
+//! only maps an engine's memory builds the same one with
+//! [`SessionCore::attach`] and calls through the same code.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+use numaproc_ipc::layout::LayoutError;
+use numaproc_ipc::slot::Claimed;
+use numaproc_ipc::table::SlotTable;
+use numaproc_ipc::{Region, WaitPolicy};
+use numaproc_procs::{Origin, ProcId, Registry};
+
+use crate::error::CallError;
+use crate::session::{Claim, Session};
+
+/// Core ids, for the thread-local last slot.
+static CORE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The position (in a core's scan order) of the slot this thread used
+    /// last, per core: tried first on the next call, which keeps one worker
+    /// hot for a thread making calls in a row.
+    static LAST_SLOT: Cell<(u64, usize)> = const { Cell::new((u64::MAX, 0)) };
+}
+
+/// Where a call may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// Any idle worker of any SOC.
+    #[default]
+    Any,
+    /// Any idle worker of this SOC.
+    Soc(usize),
+    /// This worker of this SOC.
+    Worker {
+        /// SOC index.
+        soc: usize,
+        /// Worker index within the SOC.
+        worker: usize,
+    },
+}
+
+/// A procedure given by name or by id.
+pub trait IntoProc {
+    /// Resolves to an id of `core`.
+    fn resolve(self, core: &SessionCore) -> Result<ProcId, CallError>;
+}
+
+impl IntoProc for ProcId {
+    #[inline]
+    fn resolve(self, core: &SessionCore) -> Result<ProcId, CallError> {
+        if core.registry.get(self).is_some() {
+            Ok(self)
+        } else {
+            Err(unknown_id(self))
+        }
+    }
+}
+
+#[cold]
+fn unknown_id(id: ProcId) -> CallError {
+    CallError::ProcNotFound(format!("#{}", id.0))
+}
+
+impl IntoProc for &str {
+    fn resolve(self, core: &SessionCore) -> Result<ProcId, CallError> {
+        core.proc_id(self)
+    }
+}
+
+impl IntoProc for &String {
+    fn resolve(self, core: &SessionCore) -> Result<ProcId, CallError> {
+        core.proc_id(self)
+    }
+}
+
+/// Whether a SOC can serve, now or later: the engine knows it from its
+/// supervisor; a process that only maps the memory assumes it can.
+pub(crate) trait Availability: Send + Sync + std::fmt::Debug {
+    /// Whether SOC `soc` may still serve (not given up, not stopping).
+    fn may_serve(&self, soc: usize) -> bool;
+}
+
+#[derive(Debug)]
+struct Always;
+
+impl Availability for Always {
+    fn may_serve(&self, _: usize) -> bool {
+        true
+    }
+}
+
+/// How sessions wait, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallSettings {
+    /// How a session waits for its result (spin, then sleep).
+    pub session_policy: WaitPolicy,
+    /// Default wait for an idle worker.
+    pub claim_timeout: Duration,
+    /// Default wait for a result (`None`: no limit).
+    pub call_timeout: Option<Duration>,
+    /// The engine's hard limit on one call, when it enforces one (calls are
+    /// stamped for its supervisor).
+    pub hard_limit: Option<Duration>,
+}
+
+/// Everything a caller needs to call procedures on an engine's workers
+/// (see the module docs). `Sync`: share it between threads by reference.
+#[derive(Debug)]
+pub struct SessionCore {
+    /// The slots, in an order that interleaves SOCs, so that scans spread
+    /// calls over SOCs.
+    table: SlotTable,
+    /// Per position: the CPU its worker is pinned to, when the plan binds.
+    cpus: Vec<Option<u32>>,
+    /// Per SOC: the positions of its workers, worker by worker.
+    by_soc: Vec<Vec<usize>>,
+    binding: bool,
+    registry: Arc<Registry>,
+    availability: Arc<dyn Availability>,
+    settings: CallSettings,
+    id: u64,
+    next_start: CachePadded<AtomicUsize>,
+}
+
+/// Why [`SessionCore::attach`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The regions do not describe a consistent engine.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// The name tables hold names that cannot be procedure names.
+    #[error("the engine's procedure table: {0}")]
+    Names(String),
+}
+
+impl SessionCore {
+    /// The engine's core: `table` from the layouts it computed, `cpus` the
+    /// planned CPU of each slot (table order) when `binding`.
+    pub(crate) fn new(
+        mut table: SlotTable,
+        cpus: Vec<Option<u32>>,
+        binding: bool,
+        registry: Arc<Registry>,
+        availability: Arc<dyn Availability>,
+        settings: CallSettings,
+    ) -> Self {
+        // Interleave the SOCs: worker 0 of every SOC, then worker 1, ...
+        let socs = table.soc_count();
+        let most = (0..socs).map(|s| table.worker_count(s)).max().unwrap_or(0);
+        let order: Vec<usize> = (0..most)
+            .flat_map(|w| (0..socs).map(move |soc| (soc, w)))
+            .filter_map(|(soc, w)| table.position(soc, w))
+            .collect();
+        let cpus: Vec<Option<u32>> = order
+            .iter()
+            .map(|&i| {
+                if binding {
+                    cpus.get(i).copied().flatten()
+                } else {
+                    None
+                }
+            })
+            .collect();
+        table.reorder(&order);
+        let by_soc = (0..socs)
+            .map(|soc| {
+                (0..table.worker_count(soc))
+                    .filter_map(|w| table.position(soc, w))
+                    .collect()
+            })
+            .collect();
+        Self {
+            table,
+            cpus,
+            by_soc,
+            binding,
+            registry,
+            availability,
+            settings,
+            id: CORE_SEQ.fetch_add(1, Ordering::Relaxed),
+            next_start: CachePadded::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The core of a process that maps an engine's regions without being
+    /// its master (a client): the slots and the procedure names come from
+    /// the regions, checked to fit. Every SOC is taken to serve (the
+    /// master's supervisor knows better; a given-up SOC's calls then wait
+    /// for the claim timeout instead of failing at once).
+    pub fn attach(
+        global: Arc<Region>,
+        regions: Vec<Arc<Region>>,
+        settings: CallSettings,
+    ) -> Result<Self, AttachError> {
+        let table = SlotTable::attach(global, regions)?;
+        let mut registry = Registry::new();
+        for (i, record) in table.names().iter().enumerate() {
+            match registry.get(ProcId(i as u32)) {
+                // A built-in: the same id in every engine of this build.
+                Some(entry) if entry.name == record.name => {}
+                Some(entry) => {
+                    return Err(AttachError::Names(format!(
+                        "procedure {i} is {} here and {} in the engine",
+                        entry.name, record.name
+                    )));
+                }
+                None => {
+                    registry
+                        .register_external(
+                            &record.name,
+                            Origin::from_parts(record.tag, &record.label),
+                        )
+                        .map_err(|e| AttachError::Names(e.to_string()))?;
+                }
+            }
+        }
+        let slots = table.len();
+        Ok(Self::new(
+            table,
+            vec![None; slots],
+            false,
+            Arc::new(registry),
+            Arc::new(Always),
+            settings,
+        ))
+    }
+
+    /// The slot table.
+    pub fn table(&self) -> &SlotTable {
+        &self.table
+    }
+
+    /// The procedures every SOC serves, by name and id.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// How sessions wait, and for how long.
+    pub fn settings(&self) -> &CallSettings {
+        &self.settings
+    }
+
+    /// Number of SOCs.
+    pub fn soc_count(&self) -> usize {
+        self.table.soc_count()
+    }
+
+    /// Number of workers of SOC `soc` (0 if there is no such SOC).
+    pub fn worker_count(&self, soc: usize) -> usize {
+        self.table.worker_count(soc)
+    }
+
+    /// Input buffer capacity of every worker.
+    pub fn input_capacity(&self) -> usize {
+        self.table.input_capacity()
+    }
+
+    /// Output buffer capacity of every worker.
+    pub fn output_capacity(&self) -> usize {
+        self.table.output_capacity()
+    }
+
+    /// The planned CPU of each worker of SOC `soc` (`None` when not bound).
+    pub(crate) fn cpus(&self, soc: usize) -> Vec<Option<u32>> {
+        self.by_soc
+            .get(soc)
+            .map(|ps| ps.iter().map(|&p| self.cpus[p]).collect())
+            .unwrap_or_default()
+    }
+
+    /// The id of a procedure name: resolve once, call many times.
+    pub fn proc_id(&self, name: &str) -> Result<ProcId, CallError> {
+        self.registry
+            .id(name)
+            .ok_or_else(|| CallError::ProcNotFound(name.to_owned()))
+    }
+
+    pub(crate) fn proc_name(&self, id: ProcId) -> String {
+        self.registry
+            .get(id)
+            .map_or_else(|| format!("#{}", id.0), |e| e.name.clone())
+    }
+
+    fn candidates(&self, target: Target) -> Result<&[usize], CallError> {
+        match target {
+            Target::Any => Ok(&[]),
+            Target::Soc(soc) => self.by_soc.get(soc).map(Vec::as_slice).ok_or_else(|| {
+                CallError::NoSuchTarget(format!("SOC {soc} (the engine has {})", self.soc_count()))
+            }),
+            Target::Worker { soc, worker } => self
+                .by_soc
+                .get(soc)
+                .and_then(|ws| ws.get(worker))
+                .map(std::slice::from_ref)
+                .ok_or_else(|| {
+                    CallError::NoSuchTarget(format!(
+                        "worker {worker} of SOC {soc} (SOC {soc} has {} workers)",
+                        self.worker_count(soc)
+                    ))
+                }),
+        }
+    }
+
+    /// One pass over the candidate slots; claims the first idle one.
+    fn claim_once(&self, target: Target, list: &[usize]) -> Option<(usize, Claimed)> {
+        let all = target == Target::Any;
+        let places = self.table.places();
+        let n = if all { places.len() } else { list.len() };
+        let at = |k: usize| if all { k } else { list[k] };
+        if n == 0 {
+            return None;
+        }
+        let (core, last) = LAST_SLOT.with(Cell::get);
+        let start = if core == self.id {
+            // Start at the slot used last, if it is a candidate.
+            if all {
+                last % n
+            } else {
+                (0..n).find(|&k| at(k) == last).unwrap_or(0)
+            }
+        } else {
+            self.next_start.fetch_add(1, Ordering::Relaxed) % n
+        };
+        // With bound workers, first avoid the worker on this thread's CPU:
+        // it could only run when this thread stops spinning.
+        let here = if self.binding && n > 1 {
+            // SAFETY: sched_getcpu has no preconditions.
+            let cpu = unsafe { nix::libc::sched_getcpu() };
+            u32::try_from(cpu).ok()
+        } else {
+            None
+        };
+        let passes = if here.is_some() { 2 } else { 1 };
+        for pass in 0..passes {
+            for k in 0..n {
+                let pos = at((start + k) % n);
+                if pass == 0 && here.is_some() && self.cpus[pos] == here {
+                    continue;
+                }
+                let mut released = false;
+                let claimed = places[pos].session().try_claim_noting(&mut released);
+                if released {
+                    self.signal_free();
+                }
+                if let Some(g) = claimed {
+                    LAST_SLOT.with(|c| c.set((self.id, pos)));
+                    return Some((pos, g));
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether a SOC among `target`'s can serve now or later (it is not
+    /// given up).
+    fn target_alive(&self, target: Target) -> bool {
+        match target {
+            Target::Any => (0..self.soc_count()).any(|s| self.availability.may_serve(s)),
+            Target::Soc(soc) | Target::Worker { soc, .. } => self.availability.may_serve(soc),
+        }
+    }
+
+    /// One claim attempt: a slot, or an error when no candidate SOC can
+    /// ever serve, or `None` (try again later).
+    fn attempt(
+        &self,
+        target: Target,
+        list: &[usize],
+    ) -> Option<Result<(usize, Claimed), CallError>> {
+        if let Some(c) = self.claim_once(target, list) {
+            return Some(Ok(c));
+        }
+        (!self.target_alive(target)).then(|| {
+            Err(CallError::Unavailable(match target {
+                Target::Any => "every SOC died too often and was given up".to_owned(),
+                Target::Soc(soc) | Target::Worker { soc, .. } => {
+                    format!("SOC {soc} died too often and was given up")
+                }
+            }))
+        })
+    }
+
+    #[inline]
+    fn claim_impl(&self, target: Target, wait: Option<Duration>) -> Result<Claim<'_>, CallError> {
+        match self.claim_preferred(target) {
+            Some(claim) => Ok(claim),
+            None => self.claim_scan(target, wait),
+        }
+    }
+
+    /// The fast path: the one slot of a worker target, or else the slot
+    /// this thread used last when it is a candidate, if it is free.
+    #[inline]
+    fn claim_preferred(&self, target: Target) -> Option<Claim<'_>> {
+        let pos = match target {
+            Target::Worker { soc, worker } => *self.by_soc.get(soc)?.get(worker)?,
+            Target::Any | Target::Soc(_) => {
+                let (core, last) = LAST_SLOT.with(Cell::get);
+                if core != self.id {
+                    return None;
+                }
+                if let Target::Soc(soc) = target
+                    && self.table.place(last)?.soc() != soc
+                {
+                    return None;
+                }
+                last
+            }
+        };
+        let place = self.table.place(pos)?;
+        let mut released = false;
+        let Some(claimed) = place.session().try_claim_noting(&mut released) else {
+            if released {
+                self.signal_free();
+            }
+            return None;
+        };
+        Some(Claim::new(self, place, claimed))
+    }
+
+    /// The scan over every candidate, then the wait for a free one.
+    #[inline(never)]
+    fn claim_scan(&self, target: Target, wait: Option<Duration>) -> Result<Claim<'_>, CallError> {
+        let list = self.candidates(target)?;
+        let got = match self.attempt(target, list) {
+            Some(r) => Some(r),
+            None => match wait {
+                None => return Err(CallError::Busy),
+                Some(d) => self.table.signals().wait_for(
+                    numaproc_ipc::wait::deadline_in(d),
+                    self.settings.session_policy.spin.min(d),
+                    || self.attempt(target, list),
+                ),
+            },
+        };
+        let (pos, claimed) =
+            got.ok_or_else(|| CallError::ClaimTimeout(wait.unwrap_or_default()))??;
+        let place = self
+            .table
+            .place(pos)
+            .ok_or_else(|| CallError::NoSuchTarget(format!("slot {pos}")))?;
+        Ok(Claim::new(self, place, claimed))
+    }
+
+    /// Claims an idle worker of `target`, waiting up to the claim timeout
+    /// (option `claim_timeout_ms`). Write the input into
+    /// [`Claim::input_mut`] and [`Claim::submit`] it: no copy.
+    #[inline]
+    pub fn claim(&self, target: Target) -> Result<Claim<'_>, CallError> {
+        self.claim_impl(target, Some(self.settings.claim_timeout))
+    }
+
+    /// Claims an idle worker, waiting at most `timeout`.
+    pub fn claim_within(&self, target: Target, timeout: Duration) -> Result<Claim<'_>, CallError> {
+        self.claim_impl(target, Some(timeout))
+    }
+
+    /// Claims an idle worker or fails with [`CallError::Busy`] at once.
+    pub fn try_claim(&self, target: Target) -> Result<Claim<'_>, CallError> {
+        self.claim_impl(target, None)
+    }
+
+    fn check_input(&self, input: &[u8]) -> Result<(), CallError> {
+        if input.len() > self.input_capacity() {
+            return Err(CallError::InputTooLarge {
+                len: input.len(),
+                capacity: self.input_capacity(),
+            });
+        }
+        Ok(())
+    }
+
+    fn start_call(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+        wait: Option<Duration>,
+        deadline: Option<Duration>,
+    ) -> Result<Session<'_>, CallError> {
+        let id = proc.resolve(self)?;
+        self.check_input(input)?;
+        let mut claim = self.claim_impl(target, wait)?;
+        if let Some(d) = deadline {
+            claim.deadline_in(d);
+        }
+        claim.input_mut()[..input.len()].copy_from_slice(input);
+        claim.submit(id, input.len())
+    }
+
+    /// Starts a call on an idle worker of `target` (waiting up to the claim
+    /// timeout for one) and returns its session, to wait on later.
+    pub fn submit(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+    ) -> Result<Session<'_>, CallError> {
+        self.start_call(target, proc, input, Some(self.settings.claim_timeout), None)
+    }
+
+    /// Like [`SessionCore::submit`], with a deadline `after` from now: past
+    /// it, the procedure's `is_cancelled()` is true, whether or not anyone
+    /// still waits for the result.
+    pub fn submit_within(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+        after: Duration,
+    ) -> Result<Session<'_>, CallError> {
+        let wait = self.settings.claim_timeout.min(after);
+        self.start_call(target, proc, input, Some(wait), Some(after))
+    }
+
+    /// Calls `proc` on `target` with a deadline `after` from now, for the
+    /// whole call: waiting for a worker, running (the procedure sees
+    /// `is_cancelled()` past it), and waiting for the result.
+    pub fn call_within(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+        after: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let start = Instant::now();
+        let mut session = self.submit_within(target, proc, input, after)?;
+        let left = after.saturating_sub(start.elapsed());
+        session.wait_timeout(left).map(<[u8]>::to_vec)
+    }
+
+    fn finish(&self, mut session: Session<'_>) -> Result<Vec<u8>, CallError> {
+        match self.settings.call_timeout {
+            Some(d) => session.wait_timeout(d).map(<[u8]>::to_vec),
+            None => session.wait().map(<[u8]>::to_vec),
+        }
+    }
+
+    /// Calls `proc` on any idle worker and returns its output. Waits up to
+    /// the claim timeout for a worker and up to the call timeout for the
+    /// result.
+    pub fn call(&self, proc: impl IntoProc, input: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.call_on(Target::Any, proc, input)
+    }
+
+    /// Calls `proc` on an idle worker of `target`.
+    pub fn call_on(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+    ) -> Result<Vec<u8>, CallError> {
+        let session = self.submit(target, proc, input)?;
+        self.finish(session)
+    }
+
+    /// Like [`SessionCore::call`], but fails with [`CallError::Busy`] at
+    /// once when no worker is idle.
+    pub fn try_call(&self, proc: impl IntoProc, input: &[u8]) -> Result<Vec<u8>, CallError> {
+        let session = self.start_call(Target::Any, proc, input, None, None)?;
+        self.finish(session)
+    }
+
+    /// Wakes sessions waiting for a free slot (after a release).
+    #[inline]
+    pub(crate) fn signal_free(&self) {
+        self.table.signals().notify();
+    }
+}
