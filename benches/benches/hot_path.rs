@@ -16,7 +16,8 @@ use numaproc::{
     Engine, EngineOptions, Host, OutputBuf, ProcContext, ProcFn, ProcId, Registry, SocKind, Target,
     WorkerStats,
 };
-use numaproc_ipc::slot::{OwnerLine, Response, SessionSlot, SlotControl, Task};
+use numaproc_ipc::session::{OwnerLine, SessionSlot};
+use numaproc_ipc::slot::{Response, SlotControl, Task};
 use numaproc_ipc::wait::{WaitPolicy, update_and_wake, wait_on};
 use numaproc_ipc::{ShmSafe, futex};
 

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use numaproc_ipc::slot::{Claimed, Outcome, Response, monotonic_ns};
+use numaproc_ipc::session::{Claimed, Outcome};
+use numaproc_ipc::slot::{Response, monotonic_ns};
 use numaproc_ipc::table::SlotPlace;
 use numaproc_procs::{CallStatus, ProcId};
 

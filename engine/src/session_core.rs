@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 use numaproc_ipc::layout::LayoutError;
-use numaproc_ipc::slot::Claimed;
+use numaproc_ipc::session::Claimed;
 use numaproc_ipc::table::SlotTable;
 use numaproc_ipc::{Region, WaitPolicy};
 use numaproc_procs::{Origin, ProcId, Registry};

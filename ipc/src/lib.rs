@@ -21,6 +21,8 @@ pub mod futex;
 pub mod layout;
 mod name;
 mod region;
+pub mod session;
+pub mod signal;
 pub mod slot;
 pub mod stale;
 pub mod table;

@@ -15,7 +15,8 @@ use crate::layout::{
     FreeSignal, GlobalLayout, GlobalView, LayoutError, NameRecord, SocLayout, SocRecordEntry,
     SocView,
 };
-use crate::slot::{MESSAGE_CAPACITY, OwnerLine, SessionSlot, SlotControl, SlotRef};
+use crate::session::{OwnerLine, SessionSlot};
+use crate::slot::{MESSAGE_CAPACITY, SlotControl, SlotRef};
 
 /// One slot of the table, where its parts are mapped. Borrowed from the
 /// table (never copied out of it), so that what it lends lives as long as

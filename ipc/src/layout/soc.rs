@@ -1,0 +1,342 @@
+//! A SOC region: its header (written by the master before each start of
+//! the SOC), its name table (the SOC's libraries) and its slots.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::{LayoutError, NameEntry, NameRecord, PAGE, header_offset, round_up};
+use crate::ShmSafe;
+use crate::region::{Region, RegionHeader, RegionKind, Shape};
+use crate::session::{OwnerLine, SessionSlot};
+use crate::slot::{MESSAGE_CAPACITY, SlotControl, SlotRef};
+
+/// The SOC's header in its region: written by the master before each
+/// start of the SOC, read by the SOC. The SOC can write it too, so the
+/// master never reads layout facts back from it.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct SocHeader {
+    /// SOC index.
+    pub soc: u32,
+    /// NUMA node (OS index).
+    pub node: u32,
+    /// Number of slots.
+    pub worker_count: u32,
+    /// Message buffer capacity of every slot.
+    pub message_capacity: u32,
+    /// Offset of slot 0.
+    pub slots_offset: u64,
+    /// Distance between slots.
+    pub slot_stride: u64,
+    /// Offset of the input buffer within a slot.
+    pub input_offset: u64,
+    /// Input capacity.
+    pub input_capacity: u64,
+    /// Offset of the output buffer within a slot.
+    pub output_offset: u64,
+    /// Output capacity.
+    pub output_capacity: u64,
+    /// Offset of the SOC's name table (procedures the SOC loaded itself).
+    pub names_offset: u64,
+    /// Entries the name table holds.
+    pub names_capacity: u32,
+    /// Entries written by the SOC (before it reports ready).
+    pub names_count: AtomicU32,
+    /// Which start of the SOC this is: 1 for the first, then one more for
+    /// each restart. Only the first start touches the buffers first (a
+    /// restarted SOC finds them placed, and sessions may hold results in
+    /// them).
+    pub start: AtomicU32,
+    /// Non-zero once the engine shuts down: a worker whose call outlived
+    /// the shutdown's wait leaves when the call ends.
+    pub closing: AtomicU32,
+}
+
+// SAFETY: repr(C), integers and atomics only.
+unsafe impl ShmSafe for SocHeader {}
+
+/// Sizes and offsets of a SOC region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocLayout {
+    /// Slots.
+    pub worker_count: usize,
+    /// Entries of the SOC's name table.
+    pub names_capacity: usize,
+    /// Input capacity per slot.
+    pub input_capacity: usize,
+    /// Output capacity per slot.
+    pub output_capacity: usize,
+}
+
+impl SocLayout {
+    const HEADER: usize = round_up(size_of::<RegionHeader>(), 128);
+    const CONTROL: usize = round_up(size_of::<SlotControl>() + MESSAGE_CAPACITY, PAGE);
+    /// The shape checked on open.
+    pub const SHAPE: Shape = Shape {
+        kind: RegionKind::Soc,
+        body_size: size_of::<SocHeader>() as u32,
+        entry_size: size_of::<SlotControl>() as u32,
+        extra_size: MESSAGE_CAPACITY as u32,
+    };
+    /// Offset of the SOC's name table.
+    pub fn names(&self) -> usize {
+        Self::HEADER + size_of::<SocHeader>()
+    }
+    /// Offset of slot 0.
+    pub fn slots(&self) -> usize {
+        round_up(
+            self.names() + self.names_capacity * size_of::<NameEntry>(),
+            PAGE,
+        )
+    }
+    /// Offset of the input buffer within a slot.
+    pub fn input_offset(&self) -> usize {
+        Self::CONTROL
+    }
+    /// Offset of the output buffer within a slot.
+    pub fn output_offset(&self) -> usize {
+        Self::CONTROL + round_up(self.input_capacity.max(1), PAGE)
+    }
+    /// Distance between slots.
+    pub fn stride(&self) -> usize {
+        self.output_offset() + round_up(self.output_capacity.max(1), PAGE)
+    }
+    /// Total size, or `None` on overflow.
+    pub fn size(&self) -> Option<usize> {
+        self.stride()
+            .checked_mul(self.worker_count)?
+            .checked_add(self.slots())
+    }
+}
+
+/// Writes a SOC region's header and each slot's static fields, for start
+/// number `start` of the SOC (1 for the first): at creation, and again
+/// before each restart, over whatever the SOC that died left there. Only
+/// the header page and each slot's control block are touched: the buffers
+/// are left for the workers to touch first.
+///
+/// # Safety
+/// The region must have been created with `layout.size()` bytes, and no
+/// process of this SOC may run (not created yet, or dead).
+pub unsafe fn write_soc_header(
+    region: &Region,
+    layout: &SocLayout,
+    soc: u32,
+    node: u32,
+    cpus: &[u32],
+    start: u32,
+) {
+    let header = SocHeader {
+        soc,
+        node,
+        worker_count: layout.worker_count as u32,
+        message_capacity: MESSAGE_CAPACITY as u32,
+        slots_offset: layout.slots() as u64,
+        slot_stride: layout.stride() as u64,
+        input_offset: layout.input_offset() as u64,
+        input_capacity: layout.input_capacity as u64,
+        output_offset: layout.output_offset() as u64,
+        output_capacity: layout.output_capacity as u64,
+        names_offset: layout.names() as u64,
+        names_capacity: layout.names_capacity as u32,
+        names_count: AtomicU32::new(0),
+        start: AtomicU32::new(start),
+        closing: AtomicU32::new(0),
+    };
+    let p = region
+        .bytes_ptr(header_offset(), size_of::<SocHeader>())
+        .cast::<SocHeader>();
+    // SAFETY: in bounds, aligned; no process of the SOC runs (contract),
+    // and nobody else reads the header.
+    unsafe { p.write(header) };
+    let view = SocView::with_layout(region, layout);
+    for w in 0..layout.worker_count {
+        let c = view.slot(w).control;
+        c.worker.store(w as u32, Ordering::Relaxed);
+        c.planned_cpu
+            .store(cpus.get(w).copied().unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+}
+
+/// Typed access to a SOC region.
+#[derive(Debug, Clone, Copy)]
+pub struct SocView<'r> {
+    region: &'r Region,
+    slots: usize,
+    stride: usize,
+    input_offset: usize,
+    input_capacity: usize,
+    output_offset: usize,
+    output_capacity: usize,
+    worker_count: usize,
+    names: usize,
+    names_capacity: usize,
+}
+
+impl<'r> SocView<'r> {
+    /// The master's view, from the layout it computed: nothing the SOC can
+    /// write decides where the master looks.
+    ///
+    /// # Panics
+    /// If the region is smaller than the layout (a bug in numaproc).
+    pub fn with_layout(region: &'r Region, layout: &SocLayout) -> Self {
+        assert!(
+            layout.size().is_some_and(|size| region.len() >= size),
+            "region {} is smaller than its layout",
+            region.name()
+        );
+        Self {
+            region,
+            slots: layout.slots(),
+            stride: layout.stride(),
+            input_offset: layout.input_offset(),
+            input_capacity: layout.input_capacity,
+            output_offset: layout.output_offset(),
+            output_capacity: layout.output_capacity,
+            worker_count: layout.worker_count,
+            names: layout.names(),
+            names_capacity: layout.names_capacity,
+        }
+    }
+
+    /// The SOC's view, from its region's header (which the master wrote
+    /// before this start), checked to fit the region.
+    pub fn from_header(region: &'r Region) -> Result<Self, LayoutError> {
+        let h: &SocHeader = region.get(header_offset());
+        let layout = SocLayout {
+            worker_count: h.worker_count as usize,
+            names_capacity: h.names_capacity as usize,
+            input_capacity: h.input_capacity as usize,
+            output_capacity: h.output_capacity as usize,
+        };
+        // Sizes no engine makes would overflow the layout's arithmetic.
+        let plausible = layout.worker_count <= 1 << 16
+            && layout.names_capacity <= 1 << 20
+            && layout.input_capacity <= 1 << 40
+            && layout.output_capacity <= 1 << 40;
+        // The header must describe exactly the layout of those sizes.
+        let consistent = plausible
+            && layout.size().is_some_and(|size| size <= region.len())
+            && h.slots_offset == layout.slots() as u64
+            && h.slot_stride == layout.stride() as u64
+            && h.input_offset == layout.input_offset() as u64
+            && h.output_offset == layout.output_offset() as u64
+            && h.names_offset == layout.names() as u64;
+        if !consistent {
+            return Err(LayoutError {
+                name: region.name().to_owned(),
+                what: "its header describes a slot layout that does not fit it".to_owned(),
+            });
+        }
+        Ok(Self::with_layout(region, &layout))
+    }
+
+    /// The layout this view works from.
+    pub fn layout(&self) -> SocLayout {
+        SocLayout {
+            worker_count: self.worker_count,
+            names_capacity: self.names_capacity,
+            input_capacity: self.input_capacity,
+            output_capacity: self.output_capacity,
+        }
+    }
+
+    /// The SOC header.
+    pub fn header(&self) -> &'r SocHeader {
+        self.region.get(header_offset())
+    }
+    /// Number of slots.
+    pub fn worker_count(&self) -> usize {
+        self.worker_count
+    }
+
+    fn name_ptr(&self, i: usize) -> *mut NameEntry {
+        self.region
+            .bytes_ptr(
+                self.names + i * size_of::<NameEntry>(),
+                size_of::<NameEntry>(),
+            )
+            .cast()
+    }
+
+    /// SOC side: writes the SOC's own name table (before reporting ready).
+    /// Fails when the table is too small.
+    pub fn set_names(&self, names: &[NameRecord]) -> Result<(), String> {
+        if names.len() > self.names_capacity {
+            return Err(format!(
+                "{} procedures, the SOC's name table holds {}",
+                names.len(),
+                self.names_capacity
+            ));
+        }
+        for (i, record) in names.iter().enumerate() {
+            // SAFETY: in bounds and aligned (bytes_ptr checks bounds; the
+            // table offset is 8-aligned); only this SOC writes the table,
+            // and only before it reports ready.
+            unsafe { self.name_ptr(i).write(NameEntry::new(record)) };
+        }
+        self.header()
+            .names_count
+            .store(names.len() as u32, Ordering::Release);
+        Ok(())
+    }
+
+    /// Master side: the names the SOC wrote (at most as many as the table
+    /// holds, whatever count the SOC wrote).
+    pub fn names(&self) -> Vec<NameRecord> {
+        let n =
+            (self.header().names_count.load(Ordering::Acquire) as usize).min(self.names_capacity);
+        (0..n)
+            .map(|i| {
+                // SAFETY: in bounds; any bytes are a valid NameEntry, and
+                // the SOC wrote them before names_count (Acquire).
+                let e = unsafe { &*self.name_ptr(i) };
+                NameRecord {
+                    name: e.as_str().unwrap_or("").to_owned(),
+                    tag: e.tag,
+                    label: e.label().unwrap_or("").to_owned(),
+                }
+            })
+            .collect()
+    }
+
+    /// Slot `i`.
+    ///
+    /// # Panics
+    /// If `i` is not below the worker count.
+    pub fn slot(&self, i: usize) -> SlotRef<'r> {
+        assert!(i < self.worker_count, "slot {i} out of range");
+        let base = self.slots + i * self.stride;
+        let control: &SlotControl = self.region.get(base);
+        let message = self
+            .region
+            .bytes_ptr(base + size_of::<SlotControl>(), MESSAGE_CAPACITY);
+        let input = self
+            .region
+            .bytes_ptr(base + self.input_offset, self.input_capacity);
+        let output = self
+            .region
+            .bytes_ptr(base + self.output_offset, self.output_capacity);
+        // SAFETY: the ranges are in bounds (bytes_ptr asserts), lie inside
+        // slot i (the layout keeps them apart), do not overlap each other,
+        // and live as long as the region borrow 'r.
+        unsafe {
+            SlotRef::from_parts(
+                control,
+                message,
+                (input, self.input_capacity),
+                (output, self.output_capacity),
+            )
+        }
+    }
+
+    /// Slot `i` as a session sees it: with its owner line.
+    ///
+    /// # Panics
+    /// If `i` is not below the worker count.
+    pub fn session_slot(&self, i: usize, owner: &'r OwnerLine) -> SessionSlot<'r> {
+        SessionSlot {
+            control: self.slot(i).control,
+            owner,
+        }
+    }
+}

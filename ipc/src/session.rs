@@ -1,0 +1,365 @@
+//! The session side of a slot: the owner word (which session holds the
+//! slot), the claim, the request, the submission, the wait, the response
+//! and the release.
+//!
+//! The *state word* says where the slot's call is; it lives in the SOC's
+//! region, where the worker spins on it ([`crate::slot`]). The *owner word*
+//! says which session holds the slot; it lives in an [`OwnerLine`] of the
+//! global region, which SOCs do not map: a SOC runs code the engine did not
+//! write, so nothing it can write may decide which session holds which
+//! worker. A session calling in a loop keeps its owner line in its own
+//! cache; a call costs one transfer of the state line each way, as the raw
+//! ping-pong that is the floor.
+//!
+//! ```text
+//! owner word:  [ generation (26 bits) | 0 (4 bits) | ABANDONED | HELD ]
+//! ```
+//!
+//! A session claims a free slot by CAS on the owner word, `Free(g) →
+//! Held(g+1)`: `g+1` is the call's generation. It writes the request and
+//! submits by CAS on the state word, from the value it saw right after the
+//! claim (`Idle` or `Done` of an earlier call) to `Submitted(g+1)`. The
+//! worker runs the call and moves the word to `Done(g+1)`; the session
+//! reads the response and frees the owner word. `Submitted` covers both
+//! "to be started" and "running": the worker does not write the word when
+//! it starts a call, since each write costs a transfer of the line while
+//! the session spins on it. The state word stays `Done` until the next
+//! submission.
+//!
+//! A session that gives up on a running call marks its owner word
+//! `Abandoned(g)` and sets `ABANDONED` in the state word (the running
+//! procedure sees it as cancellation). An abandoned slot is free for the
+//! next claim as soon as the state word no longer shows call `g` running:
+//! the worker ends the call (`Idle(g)`), or the SOC died and the slot was
+//! failed or reset. The worker never touches the owner word. `Closed` ends
+//! a worker; `Failed` marks the slot of a SOC that died. A generation is
+//! only ever compared for equality, so a session only sees the outcome of
+//! its own call, also after a failure and a reset.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::ShmSafe;
+use crate::slot::{
+    ABANDONED, CAS_TRIES, GEN_MASK, HELD, OWNER_ABANDONED, Response, SESSION_SLEEPING,
+    SESSION_SLICE, SLEEPING, SlotControl, State, WORKER_SLEEPING, Word, owner, owner_generation,
+};
+use crate::wait::{WaitPolicy, wait_on_sliced};
+
+/// The sessions' side of a slot, in the global region (which SOCs do not
+/// map), in a 128-byte block of its own: the owner word, and what the
+/// supervisor needs to enforce the hard limit.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct OwnerLine {
+    /// The owner word (see the module docs).
+    pub(crate) word: AtomicU32,
+    /// The generation of a call the supervisor killed for overrunning the
+    /// hard limit, plus one; 0: none.
+    pub(crate) killed: AtomicU32,
+    /// The generation of the last call stamped for the hard limit.
+    pub(crate) submitted_gen: AtomicU32,
+    _reserved: AtomicU32,
+    /// CLOCK_MONOTONIC time (ns) of that call's submission; 0: none.
+    pub(crate) submitted_ns: AtomicU64,
+    _pad: [u64; 13],
+}
+
+// SAFETY: repr(C), atomics and integer arrays only, valid when zeroed.
+unsafe impl ShmSafe for OwnerLine {}
+
+/// A session's claim on a slot, from [`SessionSlot::try_claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claimed {
+    /// The call's generation.
+    pub(crate) generation: u32,
+    /// The state word seen right after the claim: the value
+    /// [`SessionSlot::submit`] replaces.
+    pub(crate) seen: u32,
+}
+
+impl Claimed {
+    /// The call's generation.
+    #[inline]
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+}
+
+/// What a session's wait for its result ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The result is there.
+    Done,
+    /// The SOC died; there is no result.
+    Failed,
+    /// The slot no longer belongs to this call (closed, or reset after a
+    /// failure): there is no result for it.
+    Lost,
+    /// The state word says the call is over without a result (`Idle` of
+    /// its generation), which no well-behaved SOC writes: there is no
+    /// result.
+    Broken,
+}
+
+/// The session side of a slot: its control block and its owner line.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSlot<'r> {
+    /// The control block (in the SOC's region).
+    pub control: &'r SlotControl,
+    /// The owner line (in the global region).
+    pub owner: &'r OwnerLine,
+}
+
+impl SessionSlot<'_> {
+    /// Whether a session holds the slot (a call it gave up on included).
+    pub fn is_held(&self) -> bool {
+        let o = self.owner.word.load(Ordering::Acquire);
+        o & HELD != 0 && !(o & OWNER_ABANDONED != 0 && self.abandoned_call_over(o))
+    }
+
+    /// For an owner word `Abandoned(g)`: whether call `g` is over.
+    #[inline]
+    fn abandoned_call_over(&self, o: u32) -> bool {
+        let w = self.control.word();
+        !(w.generation() == owner_generation(o) && w.state() == State::Submitted)
+    }
+
+    /// Claims the slot if it is free and its SOC serves.
+    #[inline]
+    pub fn try_claim(&self) -> Option<Claimed> {
+        self.try_claim_noting(&mut false)
+    }
+
+    /// [`SessionSlot::try_claim`], which sets `released` when it claimed
+    /// the slot for a moment and gave it back (its SOC is dead or closing):
+    /// the caller then signals waiting sessions, as after any release.
+    #[inline]
+    pub fn try_claim_noting(&self, released: &mut bool) -> Option<Claimed> {
+        let o = self.owner.word.load(Ordering::Relaxed);
+        if o & HELD != 0 && (o & OWNER_ABANDONED == 0 || !self.abandoned_call_over(o)) {
+            return None;
+        }
+        let generation = (owner_generation(o) + 1) & GEN_MASK;
+        self.owner
+            .word
+            .compare_exchange(
+                o,
+                owner(generation, HELD),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .ok()?;
+        // Acquire: whoever ended the previous call had finished with the
+        // state word before.
+        let seen = self.control.state.load(Ordering::Acquire);
+        if matches!(Word(seen).state(), State::Failed | State::Closed) {
+            *released = self.unclaim(generation);
+            return None;
+        }
+        Some(Claimed { generation, seen })
+    }
+
+    /// Writes the request of the claimed call (before
+    /// [`SessionSlot::submit`]): procedure, input length, and the
+    /// cancellation deadline (CLOCK_MONOTONIC ns; 0: none), the last only
+    /// when it differs from the slot's (every store costs on the worker's
+    /// side of the hand-over).
+    #[inline]
+    pub fn write_request(&self, proc_id: u32, input_len: u64, deadline_ns: u64) {
+        let c = self.control;
+        c.proc_id.store(proc_id, Ordering::Relaxed);
+        c.input_len.store(input_len, Ordering::Relaxed);
+        if c.deadline_ns.load(Ordering::Relaxed) != deadline_ns {
+            c.deadline_ns.store(deadline_ns, Ordering::Relaxed);
+        }
+    }
+
+    /// The status and output length of a call whose outcome was
+    /// [`Outcome::Done`] (what a successful call needs; each read once).
+    #[inline]
+    pub fn result(&self) -> (u32, u64) {
+        let c = self.control;
+        (
+            c.status.load(Ordering::Relaxed),
+            c.output_len.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The whole response of a call whose outcome was [`Outcome::Done`],
+    /// each field read once.
+    pub fn response(&self) -> Response {
+        let c = self.control;
+        Response {
+            status: c.status.load(Ordering::Relaxed),
+            error_code: c.error_code.load(Ordering::Relaxed),
+            output_len: c.output_len.load(Ordering::Relaxed),
+            message_len: c.message_len.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Hands the claimed slot to the worker (after writing the request
+    /// fields and the input), waking it if it sleeps. Returns false when the
+    /// state word changed since the claim (the SOC died, the slot was reset
+    /// or closed): the claim can only be released.
+    #[inline]
+    pub fn submit(&self, claim: Claimed) -> bool {
+        // The owner word is in this core's cache: a cheap guard against a
+        // claim that was already given back.
+        if self.owner.word.load(Ordering::Relaxed) != owner(claim.generation, HELD) {
+            return false;
+        }
+        let next = Word::new(State::Submitted, claim.generation, 0).0;
+        self.control
+            .replace(claim.seen, next, WORKER_SLEEPING)
+            .is_ok()
+    }
+
+    /// Waits for the outcome of call `generation`, at most `timeout`
+    /// (`None`: no limit). `None`: the timeout passed first (the call goes
+    /// on).
+    #[inline]
+    pub fn wait_done(
+        &self,
+        generation: u32,
+        policy: &WaitPolicy,
+        timeout: Option<Duration>,
+    ) -> Option<Outcome> {
+        // Anything but "call `generation` runs" ends the wait: the SOC
+        // writes this word, and a word it should never write must not keep
+        // the session waiting.
+        let running = Word::new(State::Submitted, generation, 0).0;
+        let v = wait_on_sliced(
+            &self.control.state,
+            policy,
+            timeout,
+            Some(SESSION_SLICE),
+            SESSION_SLEEPING,
+            // One compare per look: the word is "call `generation` runs"
+            // with only sleeping bits besides.
+            |v| v & !SLEEPING != running,
+        )?;
+        let w = Word(v);
+        Some(if w.generation() != generation {
+            Outcome::Lost
+        } else {
+            match w.state() {
+                State::Done => Outcome::Done,
+                State::Failed => Outcome::Failed,
+                State::Closed => Outcome::Lost,
+                _ => Outcome::Broken,
+            }
+        })
+    }
+
+    /// Gives back a claim that was never submitted, or whose call's outcome
+    /// it has seen (any [`Outcome`]). Returns true when the slot became free
+    /// (the caller should signal waiting sessions).
+    #[inline]
+    pub fn unclaim(&self, generation: u32) -> bool {
+        // While a session holds the owner word, nobody else writes it:
+        // other sessions' claims fail on `HELD`, and no worker or master
+        // ever writes it. So a plain store frees it, with no locked
+        // compare; the load guards against a claim given back twice.
+        let held = owner(generation, HELD);
+        if self.owner.word.load(Ordering::Relaxed) != held {
+            return false;
+        }
+        // SeqCst: the caller's `FreeSignal::notify` then loads `waiters`;
+        // a Release store could pass that load (store buffering) and a
+        // session announcing itself meanwhile would miss this release.
+        self.owner
+            .word
+            .store(owner(generation, 0), Ordering::SeqCst);
+        true
+    }
+
+    /// Gives the slot up, whatever the call's progress (kept out of line:
+    /// the hot path frees with [`SessionSlot::unclaim`]). Returns true when
+    /// the slot is free now (the caller should signal waiting sessions);
+    /// false when the worker will free it (the call still runs: it sees
+    /// cancellation and signals when it ends) or the claim was not (any
+    /// more) held.
+    #[inline(never)]
+    pub fn release(&self, generation: u32) -> bool {
+        if self.owner.word.load(Ordering::Relaxed) != owner(generation, HELD) {
+            return false;
+        }
+        // From here the slot is free for whoever sees call `generation`
+        // over. SeqCst, as in `unclaim`: the call may be over already.
+        self.owner
+            .word
+            .store(owner(generation, HELD | OWNER_ABANDONED), Ordering::SeqCst);
+        let running = Word::new(State::Submitted, generation, 0).0;
+        let mut cur = self.control.state.load(Ordering::Acquire);
+        for _ in 0..CAS_TRIES {
+            if cur & !SLEEPING != running {
+                // The call is over: the slot is free now.
+                return true;
+            }
+            match self.control.state.compare_exchange(
+                cur,
+                cur | ABANDONED,
+                Ordering::SeqCst,
+                Ordering::Acquire,
+            ) {
+                // The worker ends the call and signals.
+                Ok(_) => return false,
+                Err(actual) => cur = actual,
+            }
+        }
+        // The SOC keeps flipping the word: it frees the slot when the call
+        // ends (without knowing it was given up).
+        false
+    }
+
+    /// The generation of a call the hard limit killed, if it is `generation`.
+    pub fn killed(&self, generation: u32) -> bool {
+        self.owner.killed.load(Ordering::Acquire) == generation.wrapping_add(1)
+    }
+
+    /// Records the submission time of call `generation`, about to be
+    /// submitted, for the hard limit (and clears an earlier call's kill
+    /// mark).
+    #[inline]
+    pub fn stamp(&self, generation: u32, now_ns: u64) {
+        self.owner.killed.store(0, Ordering::Relaxed);
+        self.owner.submitted_ns.store(now_ns, Ordering::Relaxed);
+        self.owner
+            .submitted_gen
+            .store(generation, Ordering::Release);
+    }
+
+    /// Master (supervisor): the call in this slot that may still run, as
+    /// `(generation, submitted_ns)`: a session holds (or gave up) call `g`
+    /// and stamped it, and the state word does not show it over. Decided
+    /// from the sessions' memory: a SOC that writes something else than
+    /// "over" into its state word cannot hide a running call from the
+    /// hard limit.
+    pub fn running_call(&self) -> Option<(u32, u64)> {
+        let o = self.owner.word.load(Ordering::Acquire);
+        let g = owner_generation(o);
+        if o & HELD == 0 || self.owner.submitted_gen.load(Ordering::Acquire) != g {
+            return None;
+        }
+        let since = self.owner.submitted_ns.load(Ordering::Relaxed);
+        if since == 0 {
+            return None;
+        }
+        let w = self.control.word();
+        let over = w.generation() == g
+            && matches!(
+                w.state(),
+                State::Done | State::Failed | State::Closed | State::Idle
+            );
+        (!over).then_some((g, since))
+    }
+
+    /// Master (supervisor): marks call `generation` as killed by the hard
+    /// limit, for its session to read after the failure.
+    pub fn mark_killed(&self, generation: u32) {
+        self.owner
+            .killed
+            .store(generation.wrapping_add(1), Ordering::Release);
+    }
+}
