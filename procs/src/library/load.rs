@@ -1,0 +1,369 @@
+//! Loading a checked library file through its descriptor, and reading its
+//! descriptor table within bounds.
+
+use std::ffi::c_char;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use numaproc_abi::{
+    ABI_MAJOR, ABI_MINOR, Call, HostServices, LIBRARY_MAGIC, LIBRARY_SYMBOL, LibraryDescriptor,
+    LibraryFn, ProcedureDesc,
+};
+
+use super::{LibraryFile, LoadError, MAX_LABEL, MAX_PROCEDURES};
+use crate::{Origin, Registry};
+
+/// Descriptors of library files loaded through `/proc/self/fd/N`, by
+/// device and inode. The dynamic loader knows a loaded object by the name
+/// it was opened with: while an object opened as `/proc/self/fd/7` is
+/// loaded, descriptor 7 must stay open, or another library opened later
+/// as descriptor 7 would be taken for it. Loads of one file share one
+/// descriptor (and so one name).
+static LOADED_FILES: std::sync::Mutex<Vec<LoadedFile>> = std::sync::Mutex::new(Vec::new());
+
+/// A loaded file's device and inode, and its descriptor while loaded.
+type LoadedFile = ((u64, u64), std::sync::Weak<std::fs::File>);
+
+/// The descriptor to load `file` through: the one of an earlier load of
+/// the same file that is still loaded, else `file` itself.
+fn shared_descriptor(file: std::fs::File) -> std::io::Result<std::sync::Arc<std::fs::File>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    let key = (meta.dev(), meta.ino());
+    let mut files = LOADED_FILES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    files.retain(|(_, weak)| weak.strong_count() > 0);
+    if let Some(existing) = files
+        .iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, weak)| weak.upgrade())
+    {
+        return Ok(existing);
+    }
+    let shared = std::sync::Arc::new(file);
+    files.push((key, std::sync::Arc::downgrade(&shared)));
+    Ok(shared)
+}
+
+/// A loaded, checked and initialised library.
+#[derive(Debug)]
+pub struct LoadedLibrary {
+    path: PathBuf,
+    name: String,
+    version: String,
+    descriptor: *const LibraryDescriptor,
+    host: *const HostServices,
+    library: Option<libloading::os::unix::Library>,
+    /// The descriptor the library was loaded through: kept open while it
+    /// is loaded (see `LOADED_FILES`), closed after it.
+    _file: std::sync::Arc<std::fs::File>,
+}
+
+// SAFETY: the descriptor is immutable static data of the library, which
+// stays loaded while this value lives; the host table outlives it (contract
+// of `load`).
+unsafe impl Send for LoadedLibrary {}
+// SAFETY: as above.
+unsafe impl Sync for LoadedLibrary {}
+
+impl LoadedLibrary {
+    /// The file loaded.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// The library's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The library's version.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+}
+
+impl Drop for LoadedLibrary {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor was checked at load and the library is
+        // still open; `host` is valid (contract of `load`).
+        unsafe {
+            if let Some(deinit) = (*self.descriptor).deinit {
+                deinit(self.host);
+            }
+        }
+        self.library.take();
+        // The last load through this descriptor is closed; but an object
+        // may stay loaded after dlclose (marked nodelete, or holding unique
+        // symbols). Then the loader still knows it by this descriptor's
+        // name: keep the descriptor open for good, so that its number is
+        // never reused for another library.
+        if std::sync::Arc::strong_count(&self._file) == 1 {
+            let name = format!("/proc/self/fd/{}", self._file.as_raw_fd());
+            let flags = libloading::os::unix::RTLD_LAZY | nix::libc::RTLD_NOLOAD;
+            // SAFETY: RTLD_NOLOAD loads nothing: it only finds an object
+            // that is still loaded (and takes a reference, dropped at once).
+            if let Ok(still) = unsafe { libloading::os::unix::Library::open(Some(&name), flags) } {
+                drop(still);
+                PINNED
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(std::sync::Arc::clone(&self._file));
+            }
+        }
+    }
+}
+
+/// Descriptors of libraries that stayed loaded after their last close.
+static PINNED: std::sync::Mutex<Vec<std::sync::Arc<std::fs::File>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Reads the NUL-terminated string at `p`, at most `max` bytes before the
+/// NUL: `None` when null, longer, or not UTF-8.
+///
+/// # Safety
+/// `p` must be null or point to bytes readable up to its NUL or `max + 1`
+/// bytes, whichever comes first.
+pub(crate) unsafe fn bounded_str(p: *const c_char, max: usize) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    for i in 0..=max {
+        // SAFETY: readable up to the NUL or max + 1 bytes (contract).
+        let b = unsafe { p.add(i).cast::<u8>().read() };
+        if b == 0 {
+            return String::from_utf8(bytes).ok();
+        }
+        bytes.push(b);
+    }
+    None
+}
+
+/// A procedure entry as the loader reads it: the same layout as
+/// [`ProcedureDesc`], with the function pointer nullable (a NULL
+/// `ProcCFn` is not a valid value in Rust).
+#[repr(C)]
+struct RawProcedure {
+    name: *const c_char,
+    func: Option<numaproc_abi::ProcCFn>,
+    flags: u32,
+    reserved: u32,
+}
+
+const _: () = {
+    assert!(size_of::<RawProcedure>() == size_of::<ProcedureDesc>());
+    assert!(align_of::<RawProcedure>() == align_of::<ProcedureDesc>());
+    assert!(std::mem::offset_of!(RawProcedure, func) == std::mem::offset_of!(ProcedureDesc, func));
+    assert!(
+        std::mem::offset_of!(RawProcedure, flags) == std::mem::offset_of!(ProcedureDesc, flags)
+    );
+};
+
+/// Loads the checked `file`, registers its procedures into `registry` and
+/// runs its init with `host`.
+///
+/// # Safety
+/// Loading a library runs its code: the file must be trusted (the checks of
+/// [`open`] keep it inside the configured directory and unwritable by
+/// others). `host` must stay valid until the returned value is dropped, and
+/// the returned value must outlive every call of the registered procedures.
+pub unsafe fn load(
+    file: LibraryFile,
+    registry: &mut Registry,
+    host: *const HostServices,
+) -> Result<LoadedLibrary, LoadError> {
+    let LibraryFile { path, file, .. } = file;
+    let p = || path.clone();
+    let shared = shared_descriptor(file).map_err(|e| LoadError::Open {
+        path: p(),
+        reason: e.to_string(),
+    })?;
+    let through = format!("/proc/self/fd/{}", shared.as_raw_fd());
+    let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL;
+    // SAFETY: see the function's contract.
+    let library =
+        unsafe { libloading::os::unix::Library::open(Some(&through), flags) }.map_err(|e| {
+            LoadError::Open {
+                path: p(),
+                reason: e.to_string().replace(&through, &path.display().to_string()),
+            }
+        })?;
+    // Read the symbol as a plain pointer: it may be NULL.
+    // SAFETY: a pointer-sized read of the symbol's address.
+    let func = match unsafe { library.get::<*const std::ffi::c_void>(LIBRARY_SYMBOL) } {
+        Ok(f) if !f.is_null() => {
+            // SAFETY: a non-null address of the ABI's entry point, whose
+            // type is the ABI's function type.
+            unsafe { std::mem::transmute::<*const std::ffi::c_void, LibraryFn>(*f) }
+        }
+        _ => return Err(LoadError::MissingSymbol { path: p() }),
+    };
+    // SAFETY: calling the ABI's entry point, which returns a static pointer.
+    let descriptor = unsafe { func() };
+    if descriptor.is_null() {
+        return Err(LoadError::NullDescriptor { path: p() });
+    }
+    if !descriptor.is_aligned() {
+        return Err(LoadError::BadDescriptor {
+            path: p(),
+            what: "the descriptor is misaligned".to_owned(),
+        });
+    }
+    // Read the fixed prefix field by field before trusting the layout.
+    // SAFETY: every ABI version starts with these 32 bytes; the pointer is
+    // aligned and non-null.
+    let (magic, major, minor, sizes) = unsafe {
+        let d = descriptor;
+        (
+            (&raw const (*d).magic).read(),
+            (&raw const (*d).abi_major).read(),
+            (&raw const (*d).abi_minor).read(),
+            [
+                (
+                    "the library descriptor",
+                    (&raw const (*d).descriptor_size).read(),
+                    size_of::<LibraryDescriptor>(),
+                ),
+                (
+                    "the procedure entry",
+                    (&raw const (*d).procedure_size).read(),
+                    size_of::<ProcedureDesc>(),
+                ),
+                (
+                    "the call structure",
+                    (&raw const (*d).call_size).read(),
+                    size_of::<Call>(),
+                ),
+                (
+                    "the host services table",
+                    (&raw const (*d).host_size).read(),
+                    size_of::<HostServices>(),
+                ),
+            ],
+        )
+    };
+    if magic != LIBRARY_MAGIC {
+        return Err(LoadError::BadMagic {
+            path: p(),
+            found: magic,
+        });
+    }
+    if major != ABI_MAJOR {
+        return Err(LoadError::MajorMismatch {
+            path: p(),
+            found: major,
+            expected: ABI_MAJOR,
+        });
+    }
+    if minor > ABI_MINOR {
+        return Err(LoadError::MinorTooNew {
+            path: p(),
+            major,
+            found: minor,
+            supported: ABI_MINOR,
+        });
+    }
+    for (what, found, expected) in sizes {
+        if found as usize != expected {
+            return Err(LoadError::SizeMismatch {
+                path: p(),
+                what,
+                found,
+                expected: expected as u32,
+            });
+        }
+    }
+    // SAFETY: the layout is checked; every field is valid for any bits
+    // (integers, raw pointers, nullable function pointers).
+    let d = unsafe { &*descriptor };
+    let bad = |what: &str| LoadError::BadString {
+        path: p(),
+        what: what.to_owned(),
+    };
+    // SAFETY: NUL-terminated static strings (ABI contract); read up to a bound.
+    let name = unsafe { bounded_str(d.name, MAX_LABEL) }.ok_or_else(|| bad("the library name"))?;
+    // SAFETY: as above.
+    let version =
+        unsafe { bounded_str(d.version, MAX_LABEL) }.ok_or_else(|| bad("the library version"))?;
+    if name.is_empty()
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        || version.chars().any(char::is_control)
+        || name.len() + 1 + version.len() > MAX_LABEL
+    {
+        return Err(LoadError::BadString {
+            path: p(),
+            what: format!(
+                "the library name {name:?} with version {version:?} (a name without spaces, and at most {MAX_LABEL} bytes for both)"
+            ),
+        });
+    }
+    if d.procedure_count > MAX_PROCEDURES {
+        return Err(LoadError::BadDescriptor {
+            path: p(),
+            what: format!(
+                "lists {} procedures, at most {MAX_PROCEDURES} are allowed",
+                d.procedure_count
+            ),
+        });
+    }
+    let table = d.procedures.cast::<RawProcedure>();
+    let procedures: &[RawProcedure] = if d.procedure_count == 0 {
+        &[]
+    } else if table.is_null() || !table.is_aligned() {
+        return Err(LoadError::BadDescriptor {
+            path: p(),
+            what: "the procedure table is null or misaligned".to_owned(),
+        });
+    } else {
+        // SAFETY: a static table of procedure_count entries (ABI contract),
+        // read through the nullable mirror of ProcedureDesc.
+        unsafe { std::slice::from_raw_parts(table, d.procedure_count as usize) }
+    };
+    // Check every name before registering any, so a refusal leaves the
+    // registry as it was.
+    let mut trial = registry.clone();
+    let origin = Origin::Library {
+        name: name.clone(),
+        version: version.clone(),
+    };
+    for (i, proc) in procedures.iter().enumerate() {
+        // SAFETY: NUL-terminated static strings (ABI contract); read up to
+        // one byte more than the longest valid name.
+        let pname = unsafe { bounded_str(proc.name, crate::registry::MAX_NAME_LEN + 1) }
+            .ok_or_else(|| bad(&format!("procedure {i}'s name")))?;
+        let Some(func) = proc.func else {
+            return Err(LoadError::NullFunction {
+                path: p(),
+                name: pname,
+            });
+        };
+        trial
+            .register_library(&pname, origin.clone(), func)
+            .map_err(|source| LoadError::Register { path: p(), source })?;
+    }
+    if let Some(init) = d.init {
+        let mut buf = [0u8; 512];
+        // SAFETY: host is valid (contract); the buffer holds 512 bytes.
+        let rc = unsafe { init(host, buf.as_mut_ptr().cast(), buf.len() - 1) };
+        if rc != 0 {
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            let reason = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let reason = if reason.is_empty() {
+                format!("init returned {rc}")
+            } else {
+                reason
+            };
+            return Err(LoadError::InitFailed { path: p(), reason });
+        }
+    }
+    *registry = trial;
+    Ok(LoadedLibrary {
+        path,
+        name,
+        version,
+        descriptor,
+        host,
+        library: Some(library),
+        _file: shared,
+    })
+}
