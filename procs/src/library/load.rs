@@ -164,7 +164,7 @@ const _: () = {
 ///
 /// # Safety
 /// Loading a library runs its code: the file must be trusted (the checks of
-/// [`open`] keep it inside the configured directory and unwritable by
+/// [`open`](super::open()) keep it inside the configured directory and unwritable by
 /// others). `host` must stay valid until the returned value is dropped, and
 /// the returned value must outlive every call of the registered procedures.
 pub unsafe fn load(

@@ -18,7 +18,7 @@ pub fn file_name(entry: &str, soc: u32) -> String {
 }
 
 /// A library file opened beneath its directory and checked, ready for
-/// [`load`]. The descriptor is what gets loaded.
+/// [`load`](super::load()). The descriptor is what gets loaded.
 #[derive(Debug)]
 pub struct LibraryFile {
     pub(super) path: PathBuf,
