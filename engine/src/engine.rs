@@ -15,7 +15,10 @@ use numaproc_ipc::{Region, ShmName, stale};
 use numaproc_procs::{Origin, ProcId, Registry};
 
 use crate::error::{CallError, StartError};
-use crate::launch::{self, Ended, ForkedView, SocHandle, SocShared};
+use numaproc_soc::forked::ForkedView;
+use numaproc_soc::setup::SocSetup;
+
+use crate::launch::{self, Ended, SocHandle};
 use crate::options::{EngineOptions, SocKind};
 use crate::plan::{Plan, PlanRequest, plan};
 use crate::session::{Claim, Session};
@@ -104,7 +107,7 @@ impl Engine {
     /// failure nothing is left behind.
     pub fn start(options: EngineOptions) -> Result<Engine, StartError> {
         options.validate()?;
-        if crate::spawn::started_as_soc() {
+        if numaproc_soc::spawned::started_as_soc() {
             // This process is a spawned SOC whose main did not call
             // run_if_spawned: starting an engine here would spawn SOCs
             // recursively.
@@ -241,9 +244,9 @@ impl Engine {
         let startup_timeout = Duration::from_millis(options.startup_timeout_ms);
         let deadline = saturating_deadline(startup_timeout);
         let records: Arc<[SocRecord]> = (0..regions.len()).map(|_| SocRecord::new()).collect();
-        let shared: Vec<SocShared> = regions
+        let shared: Vec<SocSetup> = regions
             .iter()
-            .map(|region| SocShared {
+            .map(|region| SocSetup {
                 global: Arc::clone(&global),
                 region: Arc::clone(region),
                 registry: Arc::clone(&registry),
@@ -617,7 +620,7 @@ fn stop_socs(
         if let (Ended::Clean, Some(pid), Some(Launcher::Zygote(z))) =
             (&ended, h.grandchild_pid(), launcher)
             && let Some(exit) = z.status(pid)
-            && exit != crate::process::Exit::Code(0)
+            && exit != numaproc_soc::process::Exit::Code(0)
         {
             ended = Ended::Abnormal(exit.to_string());
         }

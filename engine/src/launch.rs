@@ -15,36 +15,23 @@
 //! So the master waits for start-up and for exit with `poll`, with a
 //! deadline and without polling loops, and never blocks on a SOC.
 //!
-//! Forked SOCs are forked by the zygote (see `zygote.rs`), which also runs
-//! [`child_main`] in each.
+//! Forked SOCs are forked by the zygote (see `zygote.rs`); what runs inside
+//! a SOC's process is `numaproc_soc`'s.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, poll};
-use nix::sys::signal::Signal;
-use nix::unistd::{Pid, getppid, pipe2};
-use numaproc_ipc::Region;
-use numaproc_ipc::layout::GlobalParts;
-use numaproc_procs::Registry;
-use numaproc_soc::{SocConfig, SocInitFn};
-
-use crate::process::{self, Exit, poll_timeout};
-
-/// Longest start-up error message sent through a report pipe (below
-/// PIPE_BUF, so the report is one atomic write).
-const MAX_REPORT: usize = 4000;
+use nix::unistd::Pid;
+use numaproc_soc::process::{self, Exit, KILL_GRACE, poll_timeout};
+use numaproc_soc::report::{self, Report};
+use numaproc_soc::setup::{SocSetup, run_reporting};
 
 /// How long a SOC that closed its report pipe without a report may take to
 /// end before it is taken for one that broke the protocol (a dying
 /// process closes its descriptors a moment before its pidfd says so).
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
-
-/// How long to wait for a killed process to end before giving up on it.
-pub(crate) const KILL_GRACE: Duration = Duration::from_secs(1);
 
 /// What a SOC runs on.
 #[derive(Debug)]
@@ -90,74 +77,15 @@ pub(crate) struct SocHandle {
     ended: bool,
 }
 
-/// What a SOC needs, shared with an emulated SOC's thread and the zygote.
-#[derive(Debug, Clone)]
-pub(crate) struct SocShared {
-    pub global: Arc<Region>,
-    pub region: Arc<Region>,
-    pub registry: Arc<Registry>,
-    pub library_dir: Option<std::path::PathBuf>,
-    pub libraries: Vec<String>,
-    pub init: Option<SocInitFn>,
-}
-
-pub(crate) fn write_report(fd: &OwnedFd, result: Result<(), String>) {
-    let mut bytes = Vec::with_capacity(64);
-    match result {
-        Ok(()) => bytes.push(b'R'),
-        Err(msg) => {
-            bytes.push(b'E');
-            let mut n = msg.len().min(MAX_REPORT);
-            while !msg.is_char_boundary(n) {
-                n -= 1;
-            }
-            bytes.extend_from_slice(&msg.as_bytes()[..n]);
-        }
-    }
-    // One write below PIPE_BUF is atomic; a failure means the master is gone.
-    let _ = nix::unistd::write(fd, &bytes);
-}
-
-/// Runs a SOC; its report goes to `report`, which is closed right after:
-/// the SOC's procedures never see it.
-fn run_soc(soc: usize, shared: &SocShared, report: OwnedFd) {
-    let cfg = SocConfig {
-        soc: soc as u32,
-        global: &shared.global,
-        region: &shared.region,
-        registry: &shared.registry,
-        library_dir: shared.library_dir.as_deref(),
-        libraries: &shared.libraries,
-        init: shared.init,
-    };
-    numaproc_soc::run(&cfg, move |r| {
-        write_report(&report, r);
-        drop(report);
-    });
-}
-
-/// A pipe whose read end does not block.
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    let (read, write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
-        .map_err(|e| format!("pipe: {e}"))?;
-    Ok((read, write))
-}
-
-/// A pipe for a SOC's report: the master's (non-blocking) read end, the
-/// SOC's write end.
-pub(crate) fn report_pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    pipe()
-}
-
 /// Starts an emulated SOC: a thread of this process.
-pub(crate) fn launch_thread(soc: usize, shared: SocShared) -> Result<SocHandle, String> {
-    let (report, report_write) = report_pipe()?;
-    let (liveness, alive) = pipe()?;
+pub(crate) fn launch_thread(soc: usize, setup: SocSetup) -> Result<SocHandle, String> {
+    let (report, report_write) = report::pipe()?;
+    // End-of-file when the thread's end drops: the same as a report pipe.
+    let (liveness, alive) = report::pipe()?;
     let handle = std::thread::Builder::new()
         .name(format!("np-soc{soc}"))
         .spawn(move || {
-            run_soc(soc, &shared, report_write);
+            run_reporting(soc, &setup, report_write);
             // End-of-file on the liveness pipe: the SOC has ended.
             drop(alive);
         })
@@ -169,81 +97,6 @@ pub(crate) fn launch_thread(soc: usize, shared: SocShared) -> Result<SocHandle, 
         report: ReportPipe::Open(report),
         ended: false,
     })
-}
-
-/// What a forked SOC gives up before running: the other SOCs' regions, the
-/// sessions' owner lines, and write access to the engine's header.
-#[derive(Debug, Clone)]
-pub(crate) struct ForkedView {
-    /// Every SOC's region, by SOC index.
-    pub regions: Vec<Arc<Region>>,
-    /// The parts of the global region.
-    pub global: GlobalParts,
-}
-
-/// Takes from this process (a SOC's) what SOC `soc` must not touch.
-///
-/// # Safety
-/// Nothing in this process may use the other SOCs' regions or the owner
-/// lines afterwards.
-pub(crate) unsafe fn restrict_to(
-    soc: usize,
-    global: &Region,
-    parts: &GlobalParts,
-    regions: &[Arc<Region>],
-) -> Result<(), String> {
-    for (i, region) in regions.iter().enumerate() {
-        if i != soc {
-            // SAFETY: the caller promises this process never uses it again.
-            unsafe { region.discard(0..region.len()) }
-                .map_err(|e| format!("cannot unmap SOC {i}'s region: {e}"))?;
-        }
-    }
-    // SAFETY: as above, for the owner lines.
-    unsafe { global.discard(parts.owners.clone()) }
-        .map_err(|e| format!("cannot unmap the owner lines: {e}"))?;
-    global
-        .protect_read_only(parts.read_only.clone())
-        .map_err(|e| format!("cannot make the engine's header read-only: {e}"))
-}
-
-/// The body of a forked SOC process, in the child of the zygote: dies with
-/// its parent, keeps only its report pipe, gives up what it must not touch,
-/// runs the SOC.
-pub(crate) fn child_main(
-    soc: usize,
-    shared: &SocShared,
-    view: &ForkedView,
-    report: OwnedFd,
-    parent: Pid,
-) -> i32 {
-    // Die with the parent; then make sure it did not die before the line above.
-    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || getppid() != parent {
-        return 3;
-    }
-    // A process group of its own: what its procedures start (and do not
-    // take out of the group) is killed with it when it ends.
-    if nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).is_err() {
-        return 3;
-    }
-    // Nothing of the master (or the zygote) but the report pipe: what a
-    // procedure starts inherits none of it.
-    process::close_all_but(&[report.as_raw_fd()]);
-    if let Ok(name) = std::ffi::CString::new(format!("numaproc-soc{soc}")) {
-        let _ = nix::sys::prctl::set_name(&name);
-    }
-    // SAFETY: this process is SOC `soc`: it uses only its own region and
-    // the global region's header and signals.
-    if let Err(e) = unsafe { restrict_to(soc, &shared.global, &view.global, &view.regions) } {
-        write_report(&report, Err(e));
-        return 4;
-    }
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_soc(soc, shared, report)
-    })) {
-        Ok(()) => 0,
-        Err(_) => 101,
-    }
 }
 
 /// How a SOC's end looked to the master.
@@ -340,21 +193,18 @@ impl SocHandle {
         let ReportPipe::Open(fd) = &self.report else {
             return None;
         };
-        let mut buf = vec![0u8; MAX_REPORT + 2];
+        let mut buf = vec![0u8; report::READ_SIZE];
         let (report, event) = match nix::unistd::read(fd, &mut buf) {
             Ok(0) => (ReportPipe::ClosedEarly(Instant::now()), None),
-            Ok(1) if buf[0] == b'R' => (ReportPipe::Done, Some(StartEvent::Ready)),
-            Ok(n) if buf[0] == b'E' && n <= MAX_REPORT + 1 => (
-                ReportPipe::Done,
-                Some(StartEvent::Failed(
-                    String::from_utf8_lossy(&buf[1..n]).into_owned(),
-                )),
-            ),
             Ok(n) => (
                 ReportPipe::Done,
-                Some(StartEvent::Failed(format!(
-                    "broke the start-up protocol: wrote {n} bytes that are not a report"
-                ))),
+                Some(match Report::decode(&buf[..n]) {
+                    Report::Ready => StartEvent::Ready,
+                    Report::Failed(reason) => StartEvent::Failed(reason),
+                    Report::NotAReport(n) => StartEvent::Failed(format!(
+                        "broke the start-up protocol: wrote {n} bytes that are not a report"
+                    )),
+                }),
             ),
             Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => return None,
             Err(e) => (

@@ -43,7 +43,6 @@ mod error;
 mod launch;
 mod options;
 pub mod plan;
-mod process;
 mod session;
 mod session_core;
 mod spawn;
@@ -53,7 +52,7 @@ mod zygote;
 
 /// The SOC side of spawned SOCs.
 pub mod soc {
-    pub use crate::spawn::run_if_spawned;
+    pub use numaproc_soc::spawned::run_if_spawned;
 }
 
 pub use engine::{Engine, ShutdownError, SocStatus};

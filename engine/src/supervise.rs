@@ -42,10 +42,12 @@ use numaproc_ipc::layout::{
 use numaproc_ipc::slot::monotonic_ns;
 use serde::{Deserialize, Serialize};
 
-use crate::launch::{HowEnded, SocHandle, SocShared, StartEvent, launch_thread};
-use crate::process::poll_timeout;
+use numaproc_soc::setup::SocSetup;
+
+use crate::launch::{HowEnded, SocHandle, StartEvent, launch_thread};
 use crate::spawn;
 use crate::zygote::Zygote;
+use numaproc_soc::process::poll_timeout;
 
 /// When and how often a dead SOC is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,7 +184,7 @@ impl SocRecord {
 #[derive(Debug)]
 pub(crate) enum Launcher {
     /// Emulated: threads of the master.
-    Threads(Vec<SocShared>),
+    Threads(Vec<SocSetup>),
     /// Forked: children of the zygote.
     Zygote(Zygote),
     /// Spawned: exec of an executable.

@@ -11,9 +11,25 @@
 //! (other SOCs' regions, the sessions' owner lines, write access to the
 //! engine's header); `run` itself reads its layout from its region's header
 //! and refuses one that does not fit.
+//!
+//! Everything that runs inside a SOC's process is here, so that the engine
+//! crate is only the master's side:
+//! - [`setup`]: what a SOC started from the master's memory is given;
+//! - [`report`]: the start-up report a SOC sends its master;
+//! - [`forked`]: a forked SOC's process, from fork to exit;
+//! - [`zygote`]: the process that forks forked SOCs, and its protocol;
+//! - [`spawned`]: a spawned SOC's process, from exec to exit;
+//! - [`process`]: pidfds, reaping, process groups and descriptor hygiene,
+//!   for both sides.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod forked;
+pub mod process;
+pub mod report;
+pub mod setup;
+pub mod spawned;
 mod worker;
+pub mod zygote;
 
 use std::path::Path;
 use std::time::Duration;

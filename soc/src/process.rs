@@ -5,9 +5,11 @@
 //! may give it to another; a pidfd names one process for as long as it is
 //! open. Its readability is the kernel's word that the process has ended,
 //! which nothing the process does (closing descriptors, writing into pipes,
-//! forking children that inherit them) can fake or hide. This module and
-//! the fork and spawn code are where the engine's process-level unsafe code
-//! lives.
+//! forking children that inherit them) can fake or hide. Both sides use
+//! it: the master watches its SOCs and the zygote with it, the zygote its
+//! forked SOCs. This module and the fork and spawn code (`forked.rs`,
+//! `zygote.rs`, `spawned.rs`, and the engine's `spawn.rs`) are where
+//! numaproc's process-level unsafe code lives.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use nix::unistd::Pid;
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Exit {
+pub enum Exit {
     /// It exited with this status.
     Code(i32),
     /// A signal killed it.
@@ -60,7 +62,7 @@ impl Exit {
 
 /// A pidfd of process `pid`. Race-free only while `pid` cannot have been
 /// reaped: for a child of the caller that the caller has not waited for.
-pub(crate) fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+pub fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
     // (close-on-exec) or -1.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
@@ -73,7 +75,7 @@ pub(crate) fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
 
 /// Sends SIGKILL to the process of `pidfd` (never to a later process that
 /// reuses its pid). A process that has already ended is not an error.
-pub(crate) fn kill(pidfd: BorrowedFd<'_>) {
+pub fn kill(pidfd: BorrowedFd<'_>) {
     // SAFETY: pidfd_send_signal with a valid descriptor, no siginfo, no flags.
     unsafe {
         libc::syscall(
@@ -89,14 +91,14 @@ pub(crate) fn kill(pidfd: BorrowedFd<'_>) {
 /// Sends SIGKILL to every process of process group `pgid`: what a SOC (a
 /// group leader) left behind when it ended. Only while the leader is not
 /// reaped: until then no other process can have that group id.
-pub(crate) fn kill_group(pgid: Pid) {
+pub fn kill_group(pgid: Pid) {
     let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
 }
 
 /// Reaps the child process of `pidfd` if it has ended: `Some(how)`; `None`
 /// while it runs, or when it is not a child of this process (or was
 /// reaped already).
-pub(crate) fn reap(pidfd: BorrowedFd<'_>) -> Option<Exit> {
+pub fn reap(pidfd: BorrowedFd<'_>) -> Option<Exit> {
     // SAFETY: siginfo_t is plain data, valid zeroed; waitid writes it.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid with P_PIDFD on a valid descriptor, writing into a
@@ -123,7 +125,7 @@ pub(crate) fn reap(pidfd: BorrowedFd<'_>) -> Option<Exit> {
 
 /// Whether `fd` becomes readable within `timeout` (a pidfd: its process
 /// ended; a pipe: data or end-of-file).
-pub(crate) fn readable_within(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+pub fn readable_within(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
     let deadline = numaproc_ipc::wait::saturating_deadline(timeout);
     loop {
         let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
@@ -138,7 +140,7 @@ pub(crate) fn readable_within(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
 
 /// A poll timeout that ends at `deadline` (rounded up to a millisecond,
 /// so that a sub-millisecond rest does not spin).
-pub(crate) fn poll_timeout(deadline: Instant) -> PollTimeout {
+pub fn poll_timeout(deadline: Instant) -> PollTimeout {
     let left = deadline.saturating_duration_since(Instant::now());
     let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
     PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
@@ -147,7 +149,7 @@ pub(crate) fn poll_timeout(deadline: Instant) -> PollTimeout {
 /// Closes every descriptor from 3 up except `keep`. Async-signal-safe (only
 /// system calls): for a child between fork and exec, or a forked child of a
 /// single-threaded process.
-pub(crate) fn close_all_but(keep: &[RawFd]) {
+pub fn close_all_but(keep: &[RawFd]) {
     let mut sorted = [0u32; 4];
     let mut n = 0;
     for &fd in keep.iter().take(sorted.len()) {
@@ -171,7 +173,7 @@ pub(crate) fn close_all_but(keep: &[RawFd]) {
 }
 
 /// Marks every descriptor from 3 up close-on-exec. Async-signal-safe.
-pub(crate) fn cloexec_all() {
+pub fn cloexec_all() {
     close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int);
 }
 
@@ -204,5 +206,16 @@ fn close_range(first: u32, last: u32, flags: libc::c_int) {
                 libc::close(fd as RawFd);
             }
         }
+    }
+}
+
+/// How long to wait for a killed process to end before giving up on it.
+pub const KILL_GRACE: Duration = Duration::from_secs(1);
+
+/// Names this thread (the process's name, for its main thread) as `ps` and
+/// `top` show it; a name that cannot be set is no error.
+pub fn set_name(name: &str) {
+    if let Ok(name) = std::ffi::CString::new(name) {
+        let _ = nix::sys::prctl::set_name(&name);
     }
 }
