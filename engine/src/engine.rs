@@ -2,35 +2,26 @@
 //! [`SessionCore`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use numaproc_ipc::layout::{
-    GlobalFill, GlobalLayout, GlobalView, NameRecord, SocFill, SocLayout, SocView, init_global,
-    write_soc_header,
-};
+use numaproc_ipc::layout::NameRecord;
+use numaproc_ipc::stale;
 use numaproc_ipc::table::SlotTable;
 use numaproc_ipc::wait::saturating_deadline;
-use numaproc_ipc::{Region, ShmName, stale};
 use numaproc_procs::{Origin, ProcId, Registry};
-
-use crate::error::{CallError, StartError};
-use numaproc_soc::forked::ForkedView;
 use numaproc_soc::setup::SocSetup;
 
-use crate::launch::{self, Ended, SocHandle};
+use crate::error::{CallError, StartError};
+use crate::launch;
+use crate::memory::SharedMemory;
 use crate::options::{EngineOptions, SocKind};
 use crate::plan::{Plan, PlanRequest, plan};
 use crate::session::{Claim, Session};
 use crate::session_core::{Availability, CallSettings, IntoProc, SessionCore, Target};
-use crate::supervise::{Launcher, SocRecord, SocState, Supervised, Supervisor};
+use crate::socs::{Launcher, Socs, StartGuard};
+use crate::supervise::{SocRecord, SocState, Supervised, Supervisor};
 use crate::topology::Topology;
 use crate::zygote::Zygote;
-
-static ENGINE_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// Library procedures a SOC can report.
-const SOC_NAME_CAPACITY: usize = 1024;
 
 /// The state of a SOC, as reported by [`Engine::socs`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -73,14 +64,12 @@ pub struct ShutdownError {
 pub struct Engine {
     /// What callers use: slots, targets, names, waits.
     core: SessionCore,
-    regions: Vec<Arc<Region>>,
-    /// The layouts the master computed: the only source of where things
-    /// are in the regions.
-    layouts: Vec<SocLayout>,
+    /// The regions and the master's layouts of them: the only source of
+    /// where things are in the regions.
+    memory: Arc<SharedMemory>,
     /// What the master knows of each SOC, in its own memory.
     records: Arc<[SocRecord]>,
     supervisor: Supervisor,
-    global: Arc<Region>,
     plan: Plan,
     options: EngineOptions,
     stopped: bool,
@@ -106,289 +95,56 @@ impl Engine {
     /// memory, starts every SOC and waits until all report ready. On any
     /// failure nothing is left behind.
     pub fn start(options: EngineOptions) -> Result<Engine, StartError> {
-        options.validate()?;
-        if numaproc_soc::spawned::started_as_soc() {
-            // This process is a spawned SOC whose main did not call
-            // run_if_spawned: starting an engine here would spawn SOCs
-            // recursively.
-            return Err(StartError::InsideSpawnedSoc);
-        }
-        let topology = match &options.synthetic_topology {
-            Some(desc) => Topology::synthetic(desc),
-            None => Topology::detect(),
-        }
-        .map_err(|e| StartError::Topology(e.to_string()))?;
-        let plan = plan(
-            &topology,
-            &PlanRequest {
-                socs: options.socs,
-                workers_per_soc: options.workers_per_soc,
-            },
-        )
-        .map_err(|e| StartError::Plan(e.to_string()))?;
-        if options.soc_kind == SocKind::Spawned {
-            if options.registry.has_registered() {
-                return Err(StartError::NotForSpawned("registered Rust procedures"));
-            }
-            if options.soc_init.is_some() {
-                return Err(StartError::NotForSpawned("an on_soc_start hook"));
-            }
-        }
-        if options.soc_kind == SocKind::Forked && !options.allow_fork_with_threads {
-            let threads = launch::settled_thread_count();
-            if threads > 1 {
-                return Err(StartError::ForkWithThreads { threads });
-            }
-        }
+        let plan = check_and_plan(&options)?;
+        let timeouts = options.timeouts();
         // One owner of stale-object cleanup: the start of an engine with the
         // same prefix. Objects of live masters are never touched.
         let _ = stale::remove_stale(Some(&options.name_prefix));
-
-        let seq = ENGINE_SEQ.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        let registry = Arc::new(options.registry.clone());
-        let soc_layouts: Vec<SocLayout> = plan
-            .socs
-            .iter()
-            .map(|s| SocLayout {
-                worker_count: s.workers.len(),
-                names_capacity: SOC_NAME_CAPACITY,
-                input_capacity: options.input_capacity,
-                output_capacity: options.output_capacity,
-            })
-            .collect();
-        let settings = crate::spawn::settings_text(&options);
-        let global_layout = GlobalLayout {
-            soc_count: plan.socs.len(),
-            name_count: registry.len(),
-            settings_len: settings.len(),
-            slot_count: soc_layouts.iter().map(|l| l.worker_count).sum(),
-        };
-        let mut sizes = Vec::with_capacity(soc_layouts.len());
-        for (i, l) in soc_layouts.iter().enumerate() {
-            sizes.push(l.size().ok_or_else(|| {
-                StartError::SharedMemory(format!("SOC {i}: region size overflows"))
-            })?);
-        }
-        check_shm_space(global_layout.size() + sizes.iter().sum::<usize>())?;
-
-        let shm_err = |e: &dyn std::fmt::Display| StartError::SharedMemory(e.to_string());
-        let name = |what: &str| {
-            ShmName::new(&options.name_prefix, pid, seq, what).map_err(|e| shm_err(&e))
-        };
-        let global = Region::create(&name("g")?, global_layout.size(), GlobalLayout::SHAPE)
-            .map_err(|e| shm_err(&e))?;
-        let soc_fills: Vec<SocFill> = plan
-            .socs
-            .iter()
-            .zip(&sizes)
-            .map(|(s, &size)| SocFill {
-                node: s.node,
-                workers: s.workers.len() as u32,
-                region_size: size,
-            })
-            .collect();
-        let names: Vec<NameRecord> = registry
-            .entries()
-            .iter()
-            .map(|e| NameRecord {
-                name: e.name.clone(),
-                tag: e.origin.tag(),
-                label: e.origin.label(),
-            })
-            .collect();
-        let worker_policy = options.wait.worker();
-        // SAFETY: just created with global_layout.size() bytes, unpublished.
-        unsafe {
-            init_global(
-                &global,
-                &global_layout,
-                GlobalFill {
-                    engine_seq: seq,
-                    input_capacity: options.input_capacity,
-                    output_capacity: options.output_capacity,
-                    worker_spin: worker_policy.spin,
-                    worker_yield_after: worker_policy.yield_after,
-                    socs: &soc_fills,
-                    names: &names,
-                    settings: &settings,
-                },
-            )
-        };
-        let global = Arc::new(global);
-        let placement: Vec<(u32, Vec<u32>)> = plan
-            .socs
-            .iter()
-            .map(|s| {
-                let cpus = s
-                    .workers
-                    .iter()
-                    .map(|w| if plan.binding { w.cpu } else { u32::MAX })
-                    .collect();
-                (s.node, cpus)
-            })
-            .collect();
-        let mut regions = Vec::with_capacity(plan.socs.len());
-        for (i, layout) in soc_layouts.iter().enumerate() {
-            let region = Region::create(&name(&format!("s{i}"))?, sizes[i], SocLayout::SHAPE)
-                .map_err(|e| shm_err(&e))?;
-            let (node, cpus) = &placement[i];
-            // SAFETY: just created with layout.size() bytes, unpublished.
-            unsafe { write_soc_header(&region, layout, i as u32, *node, cpus, 1) };
-            region.publish();
-            regions.push(Arc::new(region));
-        }
-        global.publish();
-
-        let shutdown_timeout = Duration::from_millis(options.shutdown_timeout_ms);
-        let startup_timeout = Duration::from_millis(options.startup_timeout_ms);
-        let deadline = saturating_deadline(startup_timeout);
-        let records: Arc<[SocRecord]> = (0..regions.len()).map(|_| SocRecord::new()).collect();
-        let shared: Vec<SocSetup> = regions
-            .iter()
-            .map(|region| SocSetup {
-                global: Arc::clone(&global),
-                region: Arc::clone(region),
-                registry: Arc::clone(&registry),
-                library_dir: options.library_dir.clone(),
-                libraries: options.libraries.clone(),
-                init: options.soc_init,
-            })
-            .collect();
-        let mut launcher = match options.soc_kind {
-            SocKind::Emulated => Launcher::Threads(shared),
-            SocKind::Forked => {
-                let view = ForkedView {
-                    regions: regions.clone(),
-                    global: GlobalView::with_layout(&global, &global_layout).parts(),
-                };
-                Launcher::Zygote(
-                    Zygote::start(shared, view)
-                        .map_err(|reason| StartError::Soc { soc: 0, reason })?,
-                )
-            }
-            SocKind::Spawned => Launcher::Spawn {
-                engine: global.name().to_owned(),
-                exe: options.soc_executable.clone(),
-            },
-        };
-        let mut handles: Vec<SocHandle> = Vec::with_capacity(regions.len());
-        let fail = |handles: &mut Vec<SocHandle>, launcher: &mut Launcher, soc, reason| {
-            let mut handles: Vec<Option<SocHandle>> = handles.drain(..).map(Some).collect();
-            stop_socs(
-                &global,
-                &regions,
-                &soc_layouts,
-                &records,
-                &mut handles,
-                Some(launcher),
-                shutdown_timeout,
-            );
-            launcher.stop(shutdown_timeout);
-            StartError::Soc { soc, reason }
-        };
-        for i in 0..regions.len() {
-            match launcher.launch(i) {
-                Ok(h) => {
-                    records[i].set_pid(h.pid());
-                    handles.push(h);
-                }
-                Err(reason) => return Err(fail(&mut handles, &mut launcher, i, reason)),
-            }
-        }
-        if let Err((soc, reason)) =
-            launch::wait_ready(&mut handles, deadline, |h| launcher.how_ended(h))
-        {
-            return Err(fail(&mut handles, &mut launcher, soc, reason));
-        }
-        // Library procedures: every SOC loaded its own and listed them in
-        // its region; all must agree, and the master learns their names.
-        // The master reads each list through the layout it computed.
-        let lists: Vec<Vec<NameRecord>> = regions
-            .iter()
-            .zip(&soc_layouts)
-            .map(|(r, l)| SocView::with_layout(r, l).names())
-            .collect();
-        let mut registry = (*registry).clone();
-        if let Err((soc, reason)) = merge_library_names(&mut registry, &lists) {
-            return Err(fail(&mut handles, &mut launcher, soc, reason));
-        }
-        let registry = Arc::new(registry);
+        let memory = Arc::new(SharedMemory::create(&options, &plan, &options.registry)?);
+        let records: Arc<[SocRecord]> = (0..plan.socs.len()).map(|_| SocRecord::new()).collect();
+        let socs = Socs::new(launcher(&options, &memory)?, plan.socs.len());
+        let mut guard = StartGuard::new(socs, &memory, &records, timeouts.shutdown);
+        let library_table = start_socs(guard.socs(), &memory, &records, &options)?;
+        let mut registry = options.registry.clone();
+        merge_library_names(&mut registry, &library_table)?;
         for r in records.iter() {
             r.set_state(SocState::Ready);
         }
-        let hard_limit =
-            (options.hard_limit_ms > 0).then(|| Duration::from_millis(options.hard_limit_ms));
-        let first_slot: Vec<usize> = soc_layouts
-            .iter()
-            .scan(0, |next, l| {
-                let first = *next;
-                *next += l.worker_count;
-                Some(first)
-            })
-            .collect();
         let supervised = Supervised {
-            global: Arc::clone(&global),
-            global_layout,
-            regions: regions.clone(),
-            layouts: soc_layouts.clone(),
-            placement: placement.clone(),
-            first_slot: first_slot.clone(),
+            memory: Arc::clone(&memory),
+            first_slot: memory.first_slots(),
             records: Arc::clone(&records),
-            library_table: lists.into_iter().next().unwrap_or_default(),
+            library_table,
             policy: options.restart,
-            hard_limit,
-            startup_timeout,
+            hard_limit: timeouts.hard_limit,
+            startup_timeout: timeouts.startup,
         };
-        let supervisor = match Supervisor::start(supervised, handles, launcher) {
-            Ok(s) => s,
-            Err(reason) => {
-                // The SOCs and the zygote went with the supervisor that
-                // could not start: they were killed and reaped when dropped.
-                let mut none: Vec<Option<SocHandle>> = Vec::new();
-                stop_socs(
-                    &global,
-                    &regions,
-                    &soc_layouts,
-                    &records,
-                    &mut none,
-                    None,
-                    shutdown_timeout,
-                );
-                return Err(StartError::Soc { soc: 0, reason });
-            }
-        };
-
-        let cpus: Vec<Option<u32>> = placement
-            .iter()
-            .flat_map(|(_, cpus)| cpus.iter().map(|&c| (c != u32::MAX).then_some(c)))
-            .collect();
+        let supervisor = guard
+            .hand_over(|socs| Supervisor::start(supervised, socs))
+            .map_err(StartError::Supervisor)?;
         let core = SessionCore::new(
             SlotTable::new(
-                Arc::clone(&global),
-                global_layout,
-                regions.clone(),
-                soc_layouts.clone(),
+                Arc::clone(&memory.global),
+                memory.global_layout,
+                memory.regions.clone(),
+                memory.layouts.clone(),
             ),
-            cpus,
+            memory.cpus(),
             plan.binding,
-            registry,
+            Arc::new(registry),
             Arc::new(Records(Arc::clone(&records))),
             CallSettings {
                 session_policy: options.wait.session(),
-                claim_timeout: Duration::from_millis(options.claim_timeout_ms),
-                call_timeout: (options.call_timeout_ms > 0)
-                    .then(|| Duration::from_millis(options.call_timeout_ms)),
-                hard_limit,
+                claim_timeout: timeouts.claim,
+                call_timeout: timeouts.call,
+                hard_limit: timeouts.hard_limit,
             },
         );
         Ok(Engine {
             core,
-            regions,
-            layouts: soc_layouts,
+            memory,
             records,
             supervisor,
-            global,
             plan,
             options,
             stopped: false,
@@ -438,9 +194,7 @@ impl Engine {
 
     /// Names of the shared-memory objects of this engine (in /dev/shm).
     pub fn shm_names(&self) -> Vec<String> {
-        std::iter::once(self.global.name().to_owned())
-            .chain(self.regions.iter().map(|r| r.name().to_owned()))
-            .collect()
+        self.memory.names()
     }
 
     /// The state of every SOC.
@@ -556,21 +310,14 @@ impl Engine {
             return Ok(());
         }
         self.stopped = true;
-        let timeout = Duration::from_millis(self.options.shutdown_timeout_ms);
-        let (mut handles, mut launcher) = self
-            .supervisor
-            .stop()
-            .unwrap_or_else(|| (Vec::new(), Launcher::Threads(Vec::new())));
-        let problems = stop_socs(
-            &self.global,
-            &self.regions,
-            &self.layouts,
+        // A supervisor that panicked dropped its SOCs: their processes were
+        // killed and reaped; the memory still goes.
+        let socs = self.supervisor.stop().unwrap_or_else(Socs::none);
+        let problems = socs.stop(
+            &self.memory,
             &self.records,
-            &mut handles,
-            Some(&launcher),
-            timeout,
+            self.options.timeouts().shutdown,
         );
-        launcher.stop(timeout);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -585,74 +332,99 @@ impl Drop for Engine {
     }
 }
 
-/// Closes every slot (waiting for running calls up to `timeout`), waits for
-/// every SOC to end (killing SOC processes that do not), and unlinks the
-/// shared memory. Returns a sentence per SOC that did not end cleanly.
-fn stop_socs(
-    global: &Region,
-    regions: &[Arc<Region>],
-    layouts: &[SocLayout],
-    records: &[SocRecord],
-    handles: &mut [Option<SocHandle>],
-    launcher: Option<&Launcher>,
-    timeout: Duration,
-) -> Vec<String> {
-    let deadline = saturating_deadline(timeout);
-    for (i, (region, layout)) in regions.iter().zip(layouts).enumerate() {
-        if handles.get(i).is_some_and(Option::is_some) {
-            records[i].set_state(SocState::Stopping);
+/// Validates the options, reads the topology and plans SOCs and workers.
+fn check_and_plan(options: &EngineOptions) -> Result<Plan, StartError> {
+    options.validate()?;
+    if numaproc_soc::spawned::started_as_soc() {
+        // This process is a spawned SOC whose main did not call
+        // run_if_spawned: starting an engine here would spawn SOCs
+        // recursively.
+        return Err(StartError::InsideSpawnedSoc);
+    }
+    let topology = match &options.synthetic_topology {
+        Some(desc) => Topology::synthetic(desc),
+        None => Topology::detect(),
+    }
+    .map_err(StartError::Topology)?;
+    let plan = plan(
+        &topology,
+        &PlanRequest {
+            socs: options.socs,
+            workers_per_soc: options.workers_per_soc,
+        },
+    )
+    .map_err(StartError::Plan)?;
+    if options.soc_kind == SocKind::Spawned {
+        if options.registry.has_registered() {
+            return Err(StartError::NotForSpawned("registered Rust procedures"));
         }
-        let view = SocView::with_layout(region, layout);
-        // A worker whose call outlives this wait leaves when it ends.
-        view.header().closing.store(1, Ordering::SeqCst);
-        for w in 0..view.worker_count() {
-            // A slot is busy only while an abandoned call still runs.
-            view.slot(w).control.close_by(deadline);
+        if options.soc_init.is_some() {
+            return Err(StartError::NotForSpawned("an on_soc_start hook"));
         }
     }
-    let mut problems = Vec::new();
-    for (i, slot) in handles.iter_mut().enumerate() {
-        let Some(mut h) = slot.take() else {
-            continue;
-        };
-        let mut ended = h.wait_exit(deadline);
-        // A forked SOC that ended by itself: the zygote knows how.
-        if let (Ended::Clean, Some(pid), Some(Launcher::Zygote(z))) =
-            (&ended, h.grandchild_pid(), launcher)
-            && let Some(exit) = z.status(pid)
-            && exit != numaproc_soc::process::Exit::Code(0)
-        {
-            ended = Ended::Abnormal(exit.to_string());
+    if options.soc_kind == SocKind::Forked && !options.allow_fork_with_threads {
+        let threads = launch::settled_thread_count();
+        if threads > 1 {
+            return Err(StartError::ForkWithThreads { threads });
         }
-        match ended {
-            Ended::Clean => {}
-            Ended::Abnormal(how) => problems.push(format!("SOC {i} {how}")),
-            Ended::Killed => problems.push(format!(
-                "SOC {i} did not stop within {timeout:?} and was killed"
-            )),
-            Ended::Detached => problems.push(format!(
-                "SOC {i} (emulated) did not stop within {timeout:?}; its thread ends after its current call"
-            )),
-            Ended::Stuck => problems.push(format!(
-                "SOC {i} did not stop within {timeout:?} and did not end when killed"
-            )),
-        }
-        records[i].set_state(SocState::Stopped);
     }
-    // The names go now, even if a detached emulated SOC still maps them.
-    for region in regions {
-        region.unlink();
-    }
-    global.unlink();
-    problems
+    Ok(plan)
 }
 
-/// Checks that every SOC loaded the same library procedures and adds them
-/// to the master's registry (as procedures that run only in SOCs).
-fn merge_library_names(
-    registry: &mut Registry,
-    lists: &[Vec<NameRecord>],
-) -> Result<(), (usize, String)> {
+/// What starts the SOCs of `options`' kind: for forked SOCs, the zygote is
+/// forked here (while this process is single-threaded).
+fn launcher(options: &EngineOptions, memory: &SharedMemory) -> Result<Launcher, StartError> {
+    let registry = Arc::new(options.registry.clone());
+    let setups = || -> Vec<SocSetup> {
+        memory
+            .regions
+            .iter()
+            .map(|region| SocSetup {
+                global: Arc::clone(&memory.global),
+                region: Arc::clone(region),
+                registry: Arc::clone(&registry),
+                library_dir: options.library_dir.clone(),
+                libraries: options.libraries.clone(),
+                init: options.soc_init,
+            })
+            .collect()
+    };
+    Ok(match options.soc_kind {
+        SocKind::Emulated => Launcher::Threads(setups()),
+        SocKind::Forked => Launcher::Zygote(
+            Zygote::start(setups(), memory.forked_view()).map_err(StartError::Zygote)?,
+        ),
+        SocKind::Spawned => Launcher::Spawn {
+            engine: memory.global.name().to_owned(),
+            exe: options.soc_executable.clone(),
+        },
+    })
+}
+
+/// Starts every SOC and waits until all report ready; returns the library
+/// procedures they serve (every SOC must serve the same).
+fn start_socs(
+    socs: &mut Socs,
+    memory: &SharedMemory,
+    records: &[SocRecord],
+    options: &EngineOptions,
+) -> Result<Vec<NameRecord>, StartError> {
+    let failed = |(soc, reason)| StartError::Soc { soc, reason };
+    let deadline = saturating_deadline(options.timeouts().startup);
+    socs.launch_all(records).map_err(failed)?;
+    socs.wait_ready(deadline).map_err(failed)?;
+    // Every SOC loaded its own libraries and listed their procedures in its
+    // region; the master reads each list through the layout it computed.
+    let lists: Vec<Vec<NameRecord>> = (0..memory.regions.len())
+        .map(|i| memory.view(i).names())
+        .collect();
+    same_library_names(&lists).map_err(failed)?;
+    Ok(lists.into_iter().next().unwrap_or_default())
+}
+
+/// Checks that every SOC loaded the same library procedures (the SOC that
+/// differs from SOC 0, and how).
+fn same_library_names(lists: &[Vec<NameRecord>]) -> Result<(), (usize, String)> {
     let Some(first) = lists.first() else {
         return Ok(());
     };
@@ -662,38 +434,26 @@ fn merge_library_names(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    for (soc, list) in lists.iter().enumerate().skip(1) {
-        if list != first {
-            return Err((
-                soc,
-                format!(
-                    "its libraries export [{}] but SOC 0's export [{}]; every SOC must export the same procedures",
-                    names(list),
-                    names(first)
-                ),
-            ));
-        }
+    match lists.iter().position(|list| list != first) {
+        None => Ok(()),
+        Some(soc) => Err((
+            soc,
+            format!(
+                "its libraries export [{}] but SOC 0's export [{}]; every SOC must export the same procedures",
+                names(&lists[soc]),
+                names(first)
+            ),
+        )),
     }
-    for record in first {
-        registry
-            .register_external(&record.name, Origin::from_parts(record.tag, &record.label))
-            .map_err(|e| (0, e.to_string()))?;
-    }
-    Ok(())
 }
 
-/// Refuses a start whose shared memory would not fit in /dev/shm: the
-/// workers would die of SIGBUS when they first touch their buffers.
-fn check_shm_space(bytes: usize) -> Result<(), StartError> {
-    let Ok(st) = nix::sys::statvfs::statvfs(stale::SHM_DIR) else {
-        return Ok(());
-    };
-    let free = (st.blocks_available() as u128) * (st.fragment_size() as u128);
-    if (bytes as u128) > free {
-        return Err(StartError::SharedMemory(format!(
-            "the engine needs {bytes} bytes of shared memory but {} has {free} bytes free; lower input_capacity, output_capacity or workers_per_soc",
-            stale::SHM_DIR
-        )));
+/// Adds the library procedures every SOC serves to the master's registry
+/// (as procedures that run only in SOCs).
+fn merge_library_names(registry: &mut Registry, table: &[NameRecord]) -> Result<(), StartError> {
+    for record in table {
+        registry
+            .register_external(&record.name, Origin::from_parts(record.tag, &record.label))
+            .map_err(StartError::Register)?;
     }
     Ok(())
 }

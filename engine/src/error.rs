@@ -1,11 +1,20 @@
 //! Errors of the engine: starting it, and calling procedures.
+//!
+//! A message never repeats its cause: where an error has a typed cause, it
+//! is the error's `source()`; print the whole chain (`{:#}` with anyhow)
+//! to see both.
 
 use std::time::Duration;
 
 use numaproc_procs::RegisterError;
 
+use crate::memory::MemoryError;
+use crate::plan::PlanError;
+use crate::topology::TopologyError;
+
 /// An option is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OptionsError {
     /// An option has a value out of its range.
     #[error("invalid option `{option}`: {reason}")]
@@ -23,19 +32,17 @@ pub enum OptionsError {
 /// Why [`crate::Engine::start`] failed. Nothing is left behind: every SOC
 /// started is stopped and reaped, and the shared memory is removed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// An option is wrong.
     #[error(transparent)]
     Options(#[from] OptionsError),
-    /// A procedure registration was refused.
-    #[error(transparent)]
-    Register(#[from] RegisterError),
     /// The topology could not be read.
-    #[error("cannot read the machine's topology: {0}")]
-    Topology(String),
+    #[error("cannot read the machine's topology")]
+    Topology(#[source] TopologyError),
     /// The options do not fit the topology.
-    #[error("cannot plan SOCs and workers: {0}")]
-    Plan(String),
+    #[error("cannot plan SOCs and workers")]
+    Plan(#[source] PlanError),
     /// Forked SOCs were asked for while the process has other threads.
     #[error(
         "forked SOCs need a single-threaded master, but this process has {threads} threads: start the engine before any other thread, use emulated SOCs, or set allow_fork_with_threads (see its documentation)"
@@ -55,9 +62,20 @@ pub enum StartError {
         "spawned SOCs cannot have {0}: only built-in and library procedures reach a SOC started by exec"
     )]
     NotForSpawned(&'static str),
-    /// Shared memory could not be created.
-    #[error("shared memory: {0}")]
-    SharedMemory(String),
+    /// The shared memory could not be created.
+    #[error("cannot create the engine's shared memory")]
+    SharedMemory(#[from] MemoryError),
+    /// The zygote, the process that forks forked SOCs, could not be
+    /// started.
+    #[error("cannot start the zygote (the process that forks SOCs): {0}")]
+    Zygote(String),
+    /// The supervisor, the thread that watches the SOCs, could not be
+    /// started; the SOCs were stopped.
+    #[error("cannot start the supervisor (the thread that watches the SOCs): {0}")]
+    Supervisor(String),
+    /// The SOCs' libraries export a procedure whose name is taken.
+    #[error("the libraries' procedures cannot join the engine's")]
+    Register(#[source] RegisterError),
     /// A SOC could not be started or did not report ready.
     #[error("SOC {soc} failed to start: {reason}")]
     Soc {
@@ -70,6 +88,7 @@ pub enum StartError {
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError {
     /// No procedure has this name.
     #[error("procedure {0:?} not found")]
@@ -143,10 +162,4 @@ pub enum CallError {
     /// No SOC of the target can serve: they died too often and were given up.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// The engine is shutting down.
-    #[error("the engine is shutting down")]
-    ShuttingDown,
-    /// The session is not in a state that allows this operation.
-    #[error("session misuse: {0}")]
-    Session(&'static str),
 }

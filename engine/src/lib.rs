@@ -40,11 +40,18 @@
 
 mod engine;
 mod error;
+#[cfg(feature = "failpoints")]
+#[doc(hidden)]
+pub mod failpoint;
+#[cfg(not(feature = "failpoints"))]
+mod failpoint;
 mod launch;
+mod memory;
 mod options;
 pub mod plan;
 mod session;
 mod session_core;
+mod socs;
 mod spawn;
 mod supervise;
 pub mod topology;
@@ -57,6 +64,7 @@ pub mod soc {
 
 pub use engine::{Engine, ShutdownError, SocStatus};
 pub use error::{CallError, OptionsError, StartError};
+pub use memory::MemoryError;
 pub use numaproc_ipc::{ShmName, stale};
 pub use numaproc_procs::sys;
 pub use numaproc_procs::{
@@ -64,7 +72,7 @@ pub use numaproc_procs::{
     Registry, WorkerStats,
 };
 pub use numaproc_soc::{SocInfo, SocInitFn};
-pub use options::{DEFAULT_BUFFER, EngineOptions, MAX_BUFFER, SocKind, WaitOptions};
+pub use options::{DEFAULT_BUFFER, EngineOptions, MAX_BUFFER, SocKind, Timeouts, WaitOptions};
 pub use plan::Plan;
 pub use session::{Claim, Session};
 pub use session_core::{AttachError, CallSettings, IntoProc, SessionCore, Target};

@@ -224,7 +224,34 @@ impl std::fmt::Debug for EngineOptions {
     }
 }
 
+/// The engine's time limits as durations (see [`EngineOptions::timeouts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long the SOCs may take to report ready.
+    pub startup: Duration,
+    /// How long a call waits for an idle worker by default.
+    pub claim: Duration,
+    /// How long a call waits for its result by default (`None`: no limit).
+    pub call: Option<Duration>,
+    /// How long a shutdown waits for running calls and SOCs.
+    pub shutdown: Duration,
+    /// The hard limit on one call (`None`: none).
+    pub hard_limit: Option<Duration>,
+}
+
 impl EngineOptions {
+    /// The time limits, as durations.
+    pub fn timeouts(&self) -> Timeouts {
+        let ms = Duration::from_millis;
+        Timeouts {
+            startup: ms(self.startup_timeout_ms),
+            claim: ms(self.claim_timeout_ms),
+            call: (self.call_timeout_ms > 0).then(|| ms(self.call_timeout_ms)),
+            shutdown: ms(self.shutdown_timeout_ms),
+            hard_limit: (self.hard_limit_ms > 0).then(|| ms(self.hard_limit_ms)),
+        }
+    }
+
     /// The defaults: one SOC per node, one worker per core, emulated SOCs,
     /// 64 KiB buffers.
     pub fn new() -> Self {

@@ -26,7 +26,6 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -35,19 +34,14 @@ use std::time::{Duration, Instant};
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::unistd::pipe2;
-use numaproc_ipc::Region;
-use numaproc_ipc::layout::{
-    FreeSignal, GlobalLayout, GlobalView, NameRecord, SocLayout, SocView, write_soc_header,
-};
+use numaproc_ipc::layout::{FreeSignal, NameRecord, SocView, write_soc_header};
 use numaproc_ipc::slot::monotonic_ns;
+use numaproc_soc::process::poll_timeout;
 use serde::{Deserialize, Serialize};
 
-use numaproc_soc::setup::SocSetup;
-
-use crate::launch::{HowEnded, SocHandle, StartEvent, launch_thread};
-use crate::spawn;
-use crate::zygote::Zygote;
-use numaproc_soc::process::poll_timeout;
+use crate::launch::{SocHandle, StartEvent};
+use crate::memory::SharedMemory;
+use crate::socs::Socs;
 
 /// When and how often a dead SOC is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,80 +174,11 @@ impl SocRecord {
     }
 }
 
-/// How SOCs are started (first start and restarts).
-#[derive(Debug)]
-pub(crate) enum Launcher {
-    /// Emulated: threads of the master.
-    Threads(Vec<SocSetup>),
-    /// Forked: children of the zygote.
-    Zygote(Zygote),
-    /// Spawned: exec of an executable.
-    Spawn {
-        engine: String,
-        exe: Option<PathBuf>,
-    },
-}
-
-impl Launcher {
-    /// Starts SOC `soc` (a zygote that does not answer in time is killed
-    /// and taken for gone).
-    pub fn launch(&self, soc: usize) -> Result<SocHandle, String> {
-        match self {
-            Self::Threads(shared) => launch_thread(
-                soc,
-                shared
-                    .get(soc)
-                    .cloned()
-                    .ok_or_else(|| format!("no SOC {soc}"))?,
-            ),
-            Self::Zygote(z) => z.launch(soc),
-            Self::Spawn { engine, exe } => spawn::launch(soc, engine, exe.as_deref()),
-        }
-    }
-
-    /// How a SOC whose liveness descriptor said it ended, ended: "process
-    /// 123 was killed by SIGKILL".
-    pub fn how_ended(&self, handle: &mut SocHandle) -> String {
-        let pid = handle.pid();
-        match handle.on_end() {
-            HowEnded::Thread { panicked: true } => "the SOC thread panicked".to_owned(),
-            HowEnded::Thread { panicked: false } => "the SOC thread ended".to_owned(),
-            HowEnded::Process(Some(exit)) => format!("process {pid} {exit}"),
-            HowEnded::Process(None) => format!("process {pid} ended"),
-            HowEnded::AskZygote => {
-                let exit = match (self, handle.grandchild_pid()) {
-                    (Self::Zygote(z), Some(p)) => z.status(p),
-                    _ => None,
-                };
-                match exit {
-                    Some(exit) => format!("process {pid} {exit}"),
-                    None => format!("process {pid} ended"),
-                }
-            }
-        }
-    }
-
-    /// Releases what the launcher holds (the zygote) once every SOC ended.
-    pub fn stop(&mut self, timeout: Duration) {
-        if let Self::Zygote(z) = self {
-            z.stop(timeout);
-        }
-    }
-}
-
-/// What the supervisor gives back when it stops.
-pub(crate) type Returned = (Vec<Option<SocHandle>>, Launcher);
-
 /// The engine's facts the supervisor works from: all computed by the
 /// master.
 #[derive(Debug)]
 pub(crate) struct Supervised {
-    pub global: Arc<Region>,
-    pub global_layout: GlobalLayout,
-    pub regions: Vec<Arc<Region>>,
-    pub layouts: Vec<SocLayout>,
-    /// Per SOC: its node and its workers' planned CPUs (`u32::MAX`: none).
-    pub placement: Vec<(u32, Vec<u32>)>,
+    pub memory: Arc<SharedMemory>,
     /// Per SOC: the index of its first slot among all slots.
     pub first_slot: Vec<usize>,
     pub records: Arc<[SocRecord]>,
@@ -267,14 +192,13 @@ pub(crate) struct Supervised {
 /// The running supervisor.
 #[derive(Debug)]
 pub(crate) struct Supervisor {
-    thread: Option<JoinHandle<Returned>>,
+    thread: Option<JoinHandle<Option<Socs>>>,
     control: Option<OwnedFd>,
 }
 
 struct Watch {
     s: Supervised,
-    launcher: Launcher,
-    handles: Vec<Option<SocHandle>>,
+    socs: Socs,
     /// Per SOC being started: the start-up deadline.
     starting: Vec<Option<Instant>>,
     /// Per SOC: why the supervisor is killing it, until it is seen dead.
@@ -290,40 +214,58 @@ fn log(message: &str) {
 }
 
 impl Supervisor {
-    /// Starts watching the SOCs behind `handles` (all ready). When the
-    /// thread cannot start, everything it was given is dropped: the SOCs
-    /// are killed and reaped, the zygote stopped.
-    pub fn start(
-        supervised: Supervised,
-        handles: Vec<SocHandle>,
-        launcher: Launcher,
-    ) -> Result<Self, String> {
-        let n = handles.len();
-        let (read, write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    /// Starts watching `socs` (all ready). When the thread cannot start,
+    /// the SOCs are given back with the reason.
+    pub fn start(supervised: Supervised, socs: Socs) -> Result<Self, (String, Socs)> {
+        let n = socs.handles.len();
+        let (read, write) = match pipe2(OFlag::O_CLOEXEC) {
+            Ok(p) => p,
+            Err(e) => return Err((format!("pipe: {e}"), socs)),
+        };
         let watch = Watch {
             s: supervised,
-            launcher,
-            handles: handles.into_iter().map(Some).collect(),
+            socs,
             starting: vec![None; n],
             killing: vec![None; n],
             deaths: vec![VecDeque::new(); n],
             restart_at: vec![None; n],
         };
-        let thread = std::thread::Builder::new()
-            .name("np-supervisor".to_owned())
-            .spawn(move || watch.run(read))
-            .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
+        // The watch reaches the thread once it runs: a thread that cannot
+        // be started leaves it here, to give the SOCs back.
+        let (hand, take) = std::sync::mpsc::sync_channel::<Watch>(1);
+        let spawned = if crate::failpoint::hit(crate::failpoint::SUPERVISOR_THREAD) {
+            Err(std::io::Error::other("failure injected for a test"))
+        } else {
+            std::thread::Builder::new()
+                .name("np-supervisor".to_owned())
+                .spawn(move || take.recv().ok().map(|watch| watch.run(read)))
+        };
+        let thread = match spawned {
+            Ok(t) => t,
+            Err(e) => {
+                return Err((
+                    format!("cannot start the supervisor thread: {e}"),
+                    watch.socs,
+                ));
+            }
+        };
+        // The thread waits for it: the channel is open and has room.
+        if let Err(std::sync::mpsc::SendError(watch)) = hand.send(watch) {
+            let _ = thread.join();
+            return Err(("the supervisor thread ended at once".to_owned(), watch.socs));
+        }
         Ok(Self {
             thread: Some(thread),
             control: Some(write),
         })
     }
 
-    /// Stops supervising and returns the SOC handles and the launcher.
-    pub fn stop(&mut self) -> Option<Returned> {
+    /// Stops supervising and gives the SOCs back (`None` if the supervisor
+    /// panicked: then its SOCs were dropped, their processes killed).
+    pub fn stop(&mut self) -> Option<Socs> {
         // Closing the control pipe wakes the supervisor.
         self.control.take();
-        self.thread.take().and_then(|t| t.join().ok())
+        self.thread.take().and_then(|t| t.join().ok()).flatten()
     }
 }
 
@@ -342,7 +284,7 @@ struct Fired {
 
 impl Watch {
     fn free(&self) -> &FreeSignal {
-        GlobalView::with_layout(&self.s.global, &self.s.global_layout).signals()
+        self.s.memory.global_view().signals()
     }
 
     /// Wakes sessions waiting for a free slot after a change they must see
@@ -353,13 +295,13 @@ impl Watch {
     }
 
     fn view(&self, i: usize) -> SocView<'_> {
-        SocView::with_layout(&self.s.regions[i], &self.s.layouts[i])
+        self.s.memory.view(i)
     }
 
-    fn run(mut self, control: OwnedFd) -> Returned {
+    fn run(mut self, control: OwnedFd) -> Socs {
         loop {
             let now = Instant::now();
-            for i in 0..self.handles.len() {
+            for i in 0..self.socs.handles.len() {
                 if self.restart_at[i].is_some_and(|t| t <= now) {
                     self.restart_at[i] = None;
                     self.restart(i);
@@ -369,8 +311,9 @@ impl Watch {
                     let limit = self.s.startup_timeout;
                     self.kill(i, format!("did not report ready within {limit:?}"));
                 }
-                if let Some(Err(StartEvent::Failed(why))) =
-                    self.handles[i].as_mut().and_then(|h| h.check_silence(now))
+                if let Some(Err(StartEvent::Failed(why))) = self.socs.handles[i]
+                    .as_mut()
+                    .and_then(|h| h.check_silence(now))
                 {
                     self.kill(i, why);
                 }
@@ -381,6 +324,7 @@ impl Watch {
                 Instant::now() + (l / 4).clamp(Duration::from_millis(1), Duration::from_millis(100))
             });
             let silences: Vec<Instant> = self
+                .socs
                 .handles
                 .iter()
                 .flatten()
@@ -397,7 +341,7 @@ impl Watch {
                 .min();
             let (stop, fired) = self.poll_once(&control, next);
             if stop {
-                return (self.handles, self.launcher);
+                return self.socs;
             }
             for (i, f) in fired.into_iter().enumerate() {
                 if f.report {
@@ -413,10 +357,10 @@ impl Watch {
     /// One poll of the control pipe and every SOC's descriptors, until
     /// something happens or `until`.
     fn poll_once(&self, control: &OwnedFd, until: Option<Instant>) -> (bool, Vec<Fired>) {
-        let mut fired = vec![Fired::default(); self.handles.len()];
+        let mut fired = vec![Fired::default(); self.socs.handles.len()];
         let mut fds = vec![PollFd::new(control.as_fd(), PollFlags::POLLIN)];
         let mut whose = Vec::new();
-        for (i, h) in self.handles.iter().enumerate() {
+        for (i, h) in self.socs.handles.iter().enumerate() {
             let Some(h) = h else { continue };
             fds.push(PollFd::new(h.liveness_fd(), PollFlags::POLLIN));
             whose.push((i, false));
@@ -448,7 +392,7 @@ impl Watch {
     /// Kills SOC `i` for `why` (recorded as its last error); its death is
     /// handled when its liveness descriptor says it ended.
     fn kill(&mut self, i: usize, why: String) {
-        let Some(h) = self.handles[i].as_mut() else {
+        let Some(h) = self.socs.handles[i].as_mut() else {
             return;
         };
         log(&format!("SOC {i} {why}: killing it"));
@@ -459,7 +403,7 @@ impl Watch {
     }
 
     fn on_report(&mut self, i: usize) {
-        let Some(h) = self.handles[i].as_mut() else {
+        let Some(h) = self.socs.handles[i].as_mut() else {
             return;
         };
         match h.read_report() {
@@ -488,12 +432,14 @@ impl Watch {
         };
         let limit_ns = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
         let now = monotonic_ns();
-        for i in 0..self.handles.len() {
-            if self.killing[i].is_some() || self.starting[i].is_some() || self.handles[i].is_none()
+        for i in 0..self.socs.handles.len() {
+            if self.killing[i].is_some()
+                || self.starting[i].is_some()
+                || self.socs.handles[i].is_none()
             {
                 continue;
             }
-            let global = GlobalView::with_layout(&self.s.global, &self.s.global_layout);
+            let global = self.s.memory.global_view();
             let view = self.view(i);
             let overrun = (0..view.worker_count()).find_map(|w| {
                 let slot = view.session_slot(w, global.owner(self.s.first_slot[i] + w));
@@ -513,10 +459,10 @@ impl Watch {
     }
 
     fn died(&mut self, i: usize) {
-        let Some(mut handle) = self.handles[i].take() else {
+        let Some(mut handle) = self.socs.handles[i].take() else {
             return;
         };
-        let how = self.launcher.how_ended(&mut handle);
+        let how = self.socs.launcher.how_ended(&mut handle);
         if handle.is_thread() {
             eprintln!(
                 "numaproc: emulated SOC {i} ended while the engine runs ({how}); emulated SOCs share the master's process and cannot be isolated: aborting"
@@ -569,7 +515,8 @@ impl Watch {
     fn restart(&mut self, i: usize) {
         let record = &self.s.records[i];
         let start = record.restarts.fetch_add(1, Ordering::Relaxed) + 2;
-        let (node, cpus) = &self.s.placement[i];
+        let memory = &self.s.memory;
+        let p = &memory.placement[i];
         // SAFETY: the region has its layout's size (created so), and no
         // process of this SOC runs: the last one's liveness descriptor said
         // it ended, and its process group was killed before it was reaped
@@ -577,20 +524,20 @@ impl Watch {
         // engine guards, see docs/design.md). Whatever it wrote into its
         // headers is overwritten here.
         unsafe {
-            self.s.regions[i].restore_header();
+            memory.regions[i].restore_header();
             write_soc_header(
-                &self.s.regions[i],
-                &self.s.layouts[i],
+                &memory.regions[i],
+                &memory.layouts[i],
                 i as u32,
-                *node,
-                cpus,
+                p.node,
+                &p.cpus,
                 start,
             )
         };
-        match self.launcher.launch(i) {
+        match self.socs.launcher.launch(i) {
             Ok(h) => {
                 record.set_pid(h.pid());
-                self.handles[i] = Some(h);
+                self.socs.handles[i] = Some(h);
                 self.starting[i] = Some(numaproc_ipc::wait::saturating_deadline(
                     self.s.startup_timeout,
                 ));
