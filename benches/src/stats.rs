@@ -116,29 +116,7 @@ pub struct Summary {
     pub calls_per_s: f64,
 }
 
-/// Formats nanoseconds for people: "412 ns", "3.12 µs", "1.4 ms".
-pub fn fmt_ns(ns: f64) -> String {
-    if ns < 1_000.0 {
-        format!("{ns:.0} ns")
-    } else if ns < 100_000.0 {
-        format!("{:.2} µs", ns / 1e3)
-    } else if ns < 100_000_000.0 {
-        format!("{:.1} µs", ns / 1e3)
-    } else {
-        format!("{:.1} ms", ns / 1e6)
-    }
-}
-
-/// Formats a rate: "2.41 M/s", "31.0 k/s".
-pub fn fmt_rate(per_s: f64) -> String {
-    if per_s >= 1e6 {
-        format!("{:.2} M/s", per_s / 1e6)
-    } else if per_s >= 1e3 {
-        format!("{:.1} k/s", per_s / 1e3)
-    } else {
-        format!("{per_s:.0} /s")
-    }
-}
+pub use numaproc_procs::stats::{fmt_ns, fmt_rate};
 
 /// The median of a list (0 when empty).
 pub fn median(values: &[f64]) -> f64 {
@@ -177,10 +155,7 @@ mod tests {
     }
 
     #[test]
-    fn formats() {
-        assert_eq!(fmt_ns(412.0), "412 ns");
-        assert_eq!(fmt_ns(3120.0), "3.12 µs");
-        assert_eq!(fmt_rate(2_410_000.0), "2.41 M/s");
+    fn medians() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[]), 0.0);
     }

@@ -5,26 +5,16 @@ use std::ptr::NonNull;
 
 use anyhow::{Context, Result, bail};
 use nix::libc;
-use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
 
 /// Pins the calling thread to `cpu`.
 pub fn pin_to(cpu: u32) -> Result<()> {
-    let mut set = CpuSet::new();
-    set.set(cpu as usize)
-        .with_context(|| format!("CPU {cpu} is out of range"))?;
-    sched_setaffinity(Pid::from_raw(0), &set).with_context(|| format!("pinning to CPU {cpu}"))
+    numaproc::pin_current_thread(cpu).map_err(anyhow::Error::msg)
 }
 
-/// The CPUs this thread may run on, ascending.
+/// The CPUs this thread may run on, ascending (none if they cannot be read).
 pub fn allowed_cpus() -> Vec<u32> {
-    let Ok(set) = sched_getaffinity(Pid::from_raw(0)) else {
-        return Vec::new();
-    };
-    (0..CpuSet::count())
-        .filter(|&c| set.is_set(c).unwrap_or(false))
-        .map(|c| c as u32)
-        .collect()
+    numaproc::allowed_cpus().unwrap_or_default()
 }
 
 /// The CPU the calling thread runs on now.

@@ -66,6 +66,7 @@ pub use engine::{Engine, ShutdownError, SocStatus};
 pub use error::{CallError, OptionsError, StartError};
 pub use memory::MemoryError;
 pub use numaproc_ipc::{ShmName, stale};
+pub use numaproc_procs::cpu::{allowed_cpus, pin_current_thread};
 pub use numaproc_procs::sys;
 pub use numaproc_procs::{
     CallStatus, Host, Origin, OutputBuf, ProcContext, ProcError, ProcFn, ProcId, RegisterError,

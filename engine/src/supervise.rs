@@ -470,11 +470,17 @@ impl Watch {
             std::process::abort();
         }
         drop(handle);
-        let why = match self.killing[i].take() {
-            Some(why) => format!("{why} ({how})"),
-            None => how,
+        // Ready: it had been serving since it reported ready; otherwise it
+        // was starting again and never served.
+        let when = match self.s.records[i].state() {
+            SocState::Ready => "while serving",
+            _ => "before reporting ready",
         };
         self.starting[i] = None;
+        let why = match self.killing[i].take() {
+            Some(why) => format!("{why} ({how} {when})"),
+            None => format!("{how} {when}"),
+        };
         self.s.records[i].set_last_error(&why);
         self.s.records[i].set_state(SocState::Dead);
         let view = self.view(i);

@@ -18,6 +18,10 @@ use crate::wait::{WaitPolicy, wait_on, wait_on_sliced};
 pub const MESSAGE_CAPACITY: usize = 1024;
 
 /// Slot states (the low 3 bits of the state word).
+///
+/// Values 1 and 3 belong to no state: they were states of earlier layouts
+/// (claimed, running) and are not given another meaning, so that a word
+/// written by an older build never reads as a state of this one.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {

@@ -59,13 +59,41 @@ impl Creator {
     }
 }
 
-/// Field 22 of `/proc/PID/stat`: the start time in clock ticks after boot.
+/// What `/proc/PID/stat` says of a process (the fields numaproc reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Its state: `R`, `S`, `D`, `Z` (a zombie: ended, not reaped), ...
+    pub state: char,
+    /// Its parent's pid.
+    pub ppid: u32,
+    /// When it started, in clock ticks after boot.
+    pub start_ticks: u64,
+}
+
+impl ProcStat {
+    /// Reads the stat of process `pid` (`"self"` for this one); `None` if
+    /// there is no such process or its stat does not parse.
+    pub fn read(pid: &str) -> Option<Self> {
+        Self::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    }
+
+    /// Parses the text of a `/proc/PID/stat`.
+    pub fn parse(stat: &str) -> Option<Self> {
+        // The fields after the command name, which ends with the last ')'
+        // (a name may hold ')' and spaces): state is field 3, ppid field 4,
+        // the start time field 22.
+        let (_, rest) = stat.rsplit_once(')')?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(Self {
+            state: fields.first()?.chars().next()?,
+            ppid: fields.get(1)?.parse().ok()?,
+            start_ticks: fields.get(19)?.parse().ok()?,
+        })
+    }
+}
+
 fn start_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which ends with the last ')': state
-    // is field 3, so field 22 is the 20th of them.
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
+    ProcStat::read(pid).map(|s| s.start_ticks)
 }
 
 /// The kernel's boot id, as 16 bytes.
@@ -278,6 +306,22 @@ mod tests {
             .open(Path::new(SHM_DIR).join(name.to_string()))
             .unwrap();
         f.write_all_at(value, offset as u64).unwrap();
+    }
+
+    #[test]
+    fn a_stat_parses_whatever_the_command_name() {
+        let stat = "4242 (a) b (c) S 17 4242 4242 0 -1 4194560 9 0 0 0 0 0 0 0 20 0 1 0 123456 0 0";
+        assert_eq!(
+            ProcStat::parse(stat),
+            Some(ProcStat {
+                state: 'S',
+                ppid: 17,
+                start_ticks: 123456
+            })
+        );
+        assert_eq!(ProcStat::parse("1 (x) S 0"), None);
+        let me = ProcStat::read("self").unwrap();
+        assert_eq!(me.ppid, nix::unistd::getppid().as_raw() as u32);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod context;
+pub mod cpu;
 pub mod library;
 mod registry;
 pub mod stats;
@@ -29,6 +30,9 @@ pub use registry::{
 };
 
 /// How a call ended, as it travels in a slot's status word.
+///
+/// 5 is no status: it was one of an earlier build (cancelled) and is not
+/// given another meaning.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CallStatus {

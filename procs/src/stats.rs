@@ -163,6 +163,41 @@ pub fn summarize<'a>(
     }
 }
 
+/// The `p` quantile (0 to 1) of ascending samples, by nearest rank: the
+/// smallest sample with at least `p` of the samples at or below it (0 for
+/// no samples).
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let rank = ((sorted.len() as f64) * p).ceil().max(1.0) as usize;
+    sorted
+        .get(rank.min(sorted.len()).saturating_sub(1))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Formats nanoseconds for people: "412 ns", "3.12 µs", "1.4 ms".
+pub fn fmt_ns(ns: f64) -> String {
+    if ns < 1_000.0 {
+        format!("{ns:.0} ns")
+    } else if ns < 100_000.0 {
+        format!("{:.2} µs", ns / 1e3)
+    } else if ns < 100_000_000.0 {
+        format!("{:.1} µs", ns / 1e3)
+    } else {
+        format!("{:.1} ms", ns / 1e6)
+    }
+}
+
+/// Formats a rate: "2.41 M/s", "31.0 k/s".
+pub fn fmt_rate(per_s: f64) -> String {
+    if per_s >= 1e6 {
+        format!("{:.2} M/s", per_s / 1e6)
+    } else if per_s >= 1e3 {
+        format!("{:.1} k/s", per_s / 1e3)
+    } else {
+        format!("{per_s:.0} /s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +237,27 @@ mod tests {
         let s = summarize(0, "x", [&c].into_iter());
         assert_eq!(s.calls, 1000);
         assert!((100..=125).contains(&s.p50_ns), "{s:?}");
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let s: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&s, 0.5), 50);
+        assert_eq!(percentile(&s, 0.99), 99);
+        assert_eq!(percentile(&s, 1.0), 100);
+        assert_eq!(percentile(&s, 0.0), 1);
+        assert_eq!(percentile(&[7], 0.999), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn durations_and_rates_read_for_people() {
+        assert_eq!(fmt_ns(412.0), "412 ns");
+        assert_eq!(fmt_ns(3120.0), "3.12 µs");
+        assert_eq!(fmt_ns(2_500_000.0), "2500.0 µs");
+        assert_eq!(fmt_ns(250_000_000.0), "250.0 ms");
+        assert_eq!(fmt_rate(2_410_000.0), "2.41 M/s");
+        assert_eq!(fmt_rate(31_000.0), "31.0 k/s");
     }
 
     #[test]

@@ -65,16 +65,6 @@ fn json<T: Serialize>(value: &T, out: &mut OutputBuf<'_>) -> Result<(), ProcErro
     out.write(&bytes)
 }
 
-/// The CPUs the calling thread may run on, as the OS reports them.
-pub fn current_affinity() -> Result<Vec<u32>, ProcError> {
-    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
-        .map_err(|e| ProcError::msg(format!("sched_getaffinity: {e}")))?;
-    Ok((0..nix::sched::CpuSet::count())
-        .filter(|&c| set.is_set(c).unwrap_or(false))
-        .map(|c| c as u32)
-        .collect())
-}
-
 /// Does nothing: the round trip of an empty call.
 pub fn sys_ping(_: &ProcContext<'_>, _: &[u8], _: &mut OutputBuf<'_>) -> Result<(), ProcError> {
     Ok(())
@@ -98,7 +88,7 @@ pub fn sys_info(ctx: &ProcContext<'_>, _: &[u8], out: &mut OutputBuf<'_>) -> Res
             worker: ctx.worker,
             pid: std::process::id(),
             planned_cpu: ctx.planned_cpu,
-            affinity: current_affinity()?,
+            affinity: crate::cpu::allowed_cpus().map_err(ProcError::msg)?,
         },
         out,
     )

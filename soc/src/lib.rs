@@ -42,8 +42,6 @@ use numaproc_procs::Registry;
 use numaproc_procs::library::{self, LoadedLibrary};
 use numaproc_procs::stats::ProcCounters;
 
-pub use worker::pin_current_thread;
-
 /// What a per-SOC init hook learns about its SOC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SocInfo {

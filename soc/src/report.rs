@@ -50,13 +50,10 @@ impl Report {
         match result {
             Ok(()) => vec![b'R'],
             Err(msg) => {
-                let mut n = msg.len().min(MAX_REPORT);
-                while !msg.is_char_boundary(n) {
-                    n -= 1;
-                }
-                let mut bytes = Vec::with_capacity(n + 1);
+                let reason = numaproc_abi::cut(msg, MAX_REPORT);
+                let mut bytes = Vec::with_capacity(reason.len() + 1);
                 bytes.push(b'E');
-                bytes.extend_from_slice(&msg.as_bytes()[..n]);
+                bytes.extend_from_slice(reason.as_bytes());
                 bytes
             }
         }

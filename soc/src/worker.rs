@@ -10,6 +10,7 @@ use numaproc_abi::{Call, HostServices, ProcCFn};
 use numaproc_ipc::WaitPolicy;
 use numaproc_ipc::layout::{FreeSignal, PAGE, SocView};
 use numaproc_ipc::slot::{Response, SlotControl, SlotRef, Task};
+use numaproc_procs::cpu::pin_current_thread;
 use numaproc_procs::stats::{ProcCounters, ProcStats, summarize};
 use numaproc_procs::{
     CallStatus, Host, OutputBuf, ProcContext, ProcId, ProcKind, Registry, WorkerStats,
@@ -33,15 +34,6 @@ unsafe extern "C" fn slot_cancelled(call: *const Call) -> i32 {
         }
         i32::from((*(*host).host_data.cast::<SlotControl>()).is_cancelled())
     }
-}
-
-/// Pins the calling thread to one CPU (OS index).
-pub fn pin_current_thread(cpu: u32) -> Result<(), String> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu as usize)
-        .map_err(|e| format!("CPU {cpu} is out of range: {e}"))?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))
 }
 
 /// The host services seen by procedures on this worker.
@@ -317,7 +309,7 @@ fn serve(
     let n = match text {
         None => 0,
         Some(text) => {
-            let n = floor_char_boundary(&text, message.len());
+            let n = numaproc_abi::cut(&text, message.len()).len();
             message[..n].copy_from_slice(&text.as_bytes()[..n]);
             n
         }
@@ -330,16 +322,6 @@ fn serve(
     });
 }
 
-fn floor_char_boundary(s: &str, max: usize) -> usize {
-    if s.len() <= max {
-        return s.len();
-    }
-    (0..=max)
-        .rev()
-        .find(|&i| s.is_char_boundary(i))
-        .unwrap_or(0)
-}
-
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -347,23 +329,5 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "panic with a non-string payload".to_owned()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_are_cut_on_char_boundaries() {
-        assert_eq!(floor_char_boundary("abc", 10), 3);
-        assert_eq!(floor_char_boundary("aé", 2), 1);
-        assert_eq!(floor_char_boundary("aé", 3), 3);
-    }
-
-    #[test]
-    fn pinning_to_an_impossible_cpu_is_an_error() {
-        let e = pin_current_thread(1_000_000).unwrap_err();
-        assert!(e.contains("1000000"), "{e}");
     }
 }

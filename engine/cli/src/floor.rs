@@ -12,14 +12,28 @@ fn pin(cpu: Option<u32>) {
     if let Some(cpu) = cpu {
         // A failure to pin leaves the thread unpinned: the floor is then
         // measured as the scheduler places it.
-        let _ = numaproc_soc_pin(cpu);
+        let _ = numaproc::pin_current_thread(cpu);
     }
 }
 
-fn numaproc_soc_pin(cpu: u32) -> nix::Result<()> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu as usize)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+/// Two CPUs for the floor: the first two of the workers' CPUs that this
+/// process may run on (under `taskset`, only those it was given), else the
+/// first two it may run on, else none (unpinned).
+pub fn cpus(workers: &[u32], allowed: &[u32]) -> (Option<u32>, Option<u32>) {
+    let mut usable: Vec<u32> = workers
+        .iter()
+        .copied()
+        .filter(|c| allowed.contains(c))
+        .collect();
+    usable.sort_unstable();
+    usable.dedup();
+    if usable.len() < 2 {
+        usable = allowed.to_vec();
+    }
+    match usable.as_slice() {
+        [a, b, ..] => (Some(*a), Some(*b)),
+        _ => (None, None),
+    }
 }
 
 /// `n` round trips between a thread on `cpus.0` and one on `cpus.1`;
@@ -54,4 +68,20 @@ pub fn spin_ping_pong(cpus: (Option<u32>, Option<u32>), n: usize) -> Vec<u64> {
         .join()
         .unwrap_or_default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpus;
+
+    #[test]
+    fn the_floor_runs_where_this_process_may_run() {
+        // Workers on 0..4, the process given 2 and 3 (taskset -c 2,3).
+        assert_eq!(cpus(&[0, 1, 2, 3], &[2, 3]), (Some(2), Some(3)));
+        // Workers on 0 and 1 only: the floor takes what it was given.
+        assert_eq!(cpus(&[0, 1], &[5, 7]), (Some(5), Some(7)));
+        // One CPU allowed: unpinned.
+        assert_eq!(cpus(&[0, 1], &[1]), (None, None));
+        assert_eq!(cpus(&[3, 1, 3, 0], &[0, 1, 2, 3]), (Some(0), Some(1)));
+    }
 }

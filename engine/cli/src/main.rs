@@ -9,6 +9,7 @@ use numaproc::sys::SysInfo;
 use numaproc::{
     Engine, EngineOptions, OutputBuf, Plan, ProcContext, ProcError, SocKind, Target, Topology,
 };
+use numaproc_procs::stats::{fmt_ns, percentile};
 use serde::Serialize;
 
 mod floor;
@@ -262,14 +263,8 @@ fn cleanup(args: CleanupArgs) -> Result<ExitCode> {
 }
 
 /// The demo's user procedure: the 64-bit FNV-1a hash of the input.
-fn fnv1a(input: &[u8]) -> u64 {
-    input.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 fn demo_hash(_: &ProcContext<'_>, input: &[u8], out: &mut OutputBuf<'_>) -> Result<(), ProcError> {
-    out.write(&fnv1a(input).to_le_bytes())
+    out.write(&numaproc_abi::fnv1a(input).to_le_bytes())
 }
 
 #[derive(Serialize)]
@@ -311,23 +306,19 @@ impl Latency {
     }
 }
 
-/// CPUs for the floor: those of the first two bound workers, else unpinned.
+/// CPUs for the floor: two of the bound workers' that this process may
+/// run on (see [`floor::cpus`]); unpinned when workers are not bound.
 fn floor_cpus(engine: &Engine) -> (Option<u32>, Option<u32>) {
     let plan = engine.plan();
     if !plan.binding {
         return (None, None);
     }
-    let mut cpus: Vec<u32> = plan
+    let workers: Vec<u32> = plan
         .socs
         .iter()
         .flat_map(|s| s.workers.iter().map(|w| w.cpu))
         .collect();
-    cpus.sort_unstable();
-    cpus.dedup();
-    match cpus.as_slice() {
-        [a, b, ..] => (Some(*a), Some(*b)),
-        _ => (None, None),
-    }
+    floor::cpus(&workers, &numaproc::allowed_cpus().unwrap_or_default())
 }
 
 #[derive(Serialize)]
@@ -344,24 +335,6 @@ struct DemoReport {
     floor_cpus: (Option<u32>, Option<u32>),
     shutdown: String,
     ok: bool,
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn fmt_ns(ns: u64) -> String {
-    if ns < 10_000 {
-        format!("{:.2} µs", ns as f64 / 1000.0)
-    } else if ns < 10_000_000 {
-        format!("{:.1} µs", ns as f64 / 1000.0)
-    } else {
-        format!("{:.1} ms", ns as f64 / 1e6)
-    }
 }
 
 fn demo(args: DemoArgs) -> Result<ExitCode> {
@@ -420,7 +393,7 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
                 .is_ok_and(|o| o == payload);
             let user = engine
                 .call_on(t, user_proc, &payload)
-                .is_ok_and(|o| o == fnv1a(&payload).to_le_bytes());
+                .is_ok_and(|o| o == numaproc_abi::fnv1a(&payload).to_le_bytes());
             let info_bytes = engine
                 .call_on(t, "sys_info", b"")
                 .with_context(|| format!("sys_info on SOC {soc} worker {worker}"))?;
@@ -570,12 +543,12 @@ fn print_report(r: &DemoReport) {
     let line = |what: &str, l: &Latency| {
         println!(
             "{what:<10} p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {})",
-            fmt_ns(l.p50_ns),
-            fmt_ns(l.p90_ns),
-            fmt_ns(l.p99_ns),
-            fmt_ns(l.p999_ns),
-            fmt_ns(l.max_ns),
-            fmt_ns(l.mean_ns)
+            fmt_ns(l.p50_ns as f64),
+            fmt_ns(l.p90_ns as f64),
+            fmt_ns(l.p99_ns as f64),
+            fmt_ns(l.p999_ns as f64),
+            fmt_ns(l.max_ns as f64),
+            fmt_ns(l.mean_ns as f64)
         );
     };
     let cpu = |c: Option<u32>| c.map_or("any CPU".to_owned(), |c| format!("CPU {c}"));

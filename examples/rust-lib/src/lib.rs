@@ -16,10 +16,7 @@
 use numaproc_abi::{CallContext, HostServices, LOG_INFO, OutputBuf, ProcError};
 
 fn fnv1a(_: &CallContext<'_>, input: &[u8], out: &mut OutputBuf<'_>) -> Result<(), ProcError> {
-    let h = input.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    out.write(&h.to_le_bytes())
+    out.write(&numaproc_abi::fnv1a(input).to_le_bytes())
 }
 
 fn reverse(_: &CallContext<'_>, input: &[u8], out: &mut OutputBuf<'_>) -> Result<(), ProcError> {

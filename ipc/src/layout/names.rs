@@ -56,12 +56,9 @@ impl NameEntry {
 
 /// Copies as much of `text` as fits (on a character boundary); returns the length.
 fn copy_cut(dst: &mut [u8], text: &str) -> u32 {
-    let mut n = text.len().min(dst.len());
-    while !text.is_char_boundary(n) {
-        n -= 1;
-    }
-    dst[..n].copy_from_slice(&text.as_bytes()[..n]);
-    n as u32
+    let cut = numaproc_abi::cut(text, dst.len());
+    dst[..cut.len()].copy_from_slice(cut.as_bytes());
+    cut.len() as u32
 }
 
 /// A name-table entry: a procedure's name, where it comes from (a tag),

@@ -38,6 +38,26 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 pub use output::{OutputBuf, ProcError};
 
+/// The longest start of `text` that fits in `max` bytes and ends on a
+/// character boundary: how every message crossing a fixed-size buffer of
+/// numaproc is shortened.
+pub fn cut(text: &str, max: usize) -> &str {
+    let mut n = text.len().min(max);
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    &text[..n]
+}
+
+/// The 64-bit FNV-1a hash of `bytes`: what the example procedures
+/// (`demo.fnv1a`, `example.fnv1a`) compute, here so that callers check
+/// their outputs with the same function.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// `"NPLIBRY\0"` as a little-endian u64: the first field of a descriptor.
 pub const LIBRARY_MAGIC: u64 = u64::from_le_bytes(*b"NPLIBRY\0");
 /// ABI major version: a library must have exactly this one.
@@ -54,6 +74,9 @@ pub const STATUS_ERROR: u32 = 1;
 /// The output did not fit: `output_len` holds the size needed.
 pub const STATUS_OUTPUT_TOO_LARGE: u32 = 2;
 /// The procedure panicked (Rust) or threw (C++); the message says what.
+/// (3 is no status: these values are those of the engine's call statuses
+/// where they mean the same, and its 3 is an error with a code, which is
+/// [`STATUS_ERROR`] here.)
 pub const STATUS_PANICKED: u32 = 4;
 
 /// Log levels for [`HostServices::log`].
@@ -251,10 +274,7 @@ fn write_message(call: &mut Call, text: &str) {
     if call.error.is_null() {
         return;
     }
-    let mut n = text.len().min(call.error_capacity as usize);
-    while !text.is_char_boundary(n) {
-        n -= 1;
-    }
+    let n = cut(text, call.error_capacity as usize).len();
     // SAFETY: the host's error buffer holds error_capacity bytes.
     unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), call.error.cast::<u8>(), n) };
     call.error_len = n as u64;
@@ -432,10 +452,7 @@ pub unsafe fn __init(
         Err(_) => "init panicked".to_owned(),
     };
     if !error.is_null() {
-        let mut n = text.len().min(capacity);
-        while !text.is_char_boundary(n) {
-            n -= 1;
-        }
+        let n = cut(&text, capacity).len();
         // SAFETY: error is valid for capacity bytes; n <= capacity. The
         // host reads up to the first NUL or `capacity` bytes.
         unsafe {
@@ -464,5 +481,26 @@ impl HostServices {
     pub fn log(&self, level: u32, message: &str) {
         // SAFETY: self is the host's valid table; the message is valid.
         unsafe { (self.log)(self, level, message.as_ptr().cast(), message.len()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_cut_on_char_boundaries() {
+        assert_eq!(cut("abc", 10), "abc");
+        assert_eq!(cut("aé", 2), "a");
+        assert_eq!(cut("aé", 3), "aé");
+        assert_eq!(cut("é", 0), "");
+    }
+
+    #[test]
+    fn fnv1a_matches_its_reference_values() {
+        // The published test vectors of 64-bit FNV-1a.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
     }
 }
