@@ -2,7 +2,9 @@
 //!
 //! A master [`Engine`] starts one SOC per NUMA node: a group of worker
 //! threads pinned to the cores of that node, inside the master process
-//! ([`SocKind::Emulated`]) or in a forked child ([`SocKind::Forked`]). Any
+//! ([`SocKind::Emulated`]), in a forked child ([`SocKind::Forked`]), or in a
+//! fresh process of a SOC executable ([`SocKind::Spawned`], whose `main`
+//! calls [`soc::run_if_spawned`] first). Any
 //! thread of the master calls a procedure by handing a worker its name and a
 //! byte buffer through shared memory; the worker runs it and hands back the
 //! output bytes or a typed error.

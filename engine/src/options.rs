@@ -113,7 +113,7 @@ impl WaitOptions {
 /// ```toml
 /// socs = 2                  # default: one per NUMA node
 /// workers_per_soc = 4       # default: the cores of the SOC's node share
-/// soc_kind = "forked"       # or "emulated" (the default)
+/// soc_kind = "forked"       # or "spawned", or "emulated" (the default)
 /// input_capacity = 65536    # bytes per worker
 /// output_capacity = 65536
 /// name_prefix = "myapp"

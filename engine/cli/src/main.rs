@@ -13,6 +13,7 @@ use numaproc_procs::stats::{fmt_ns, percentile};
 use serde::Serialize;
 
 mod floor;
+mod libs;
 
 const DEMO_TOML: &str = include_str!("demo.toml");
 
@@ -22,7 +23,8 @@ const DEMO_TOML: &str = include_str!("demo.toml");
     version,
     about = "A multi-process procedure execution engine for NUMA machines",
     long_about = "A multi-process procedure execution engine for NUMA machines.\n\n\
-        A master starts one SOC per NUMA node (threads, or forked processes), each with worker \
+        A master starts one SOC per NUMA node (threads of the master, forked processes, or \
+        spawned processes of a SOC executable), each with worker \
         threads pinned to the cores of its node; callers hand a worker a procedure name and a \
         byte buffer through shared memory and get the output back."
 )]
@@ -55,12 +57,15 @@ struct DemoArgs {
     /// processes) or spawned (fresh processes of this executable).
     #[arg(long, value_name = "KIND")]
     kind: Option<SocKind>,
-    /// Load this procedure library in every SOC (a name `x` means `libx.so`
-    /// in the library directory) and call its procedures. Repeatable.
-    #[arg(long = "lib", value_name = "NAME")]
+    /// Load this procedure library in every SOC and call its procedures.
+    /// A name (`x` for `libx.so`, or a file name) is looked up in the
+    /// library directory; a path (with a `/`, relative to the working
+    /// directory) must lie beneath it. Repeatable.
+    #[arg(long = "lib", value_name = "NAME|PATH")]
     libs: Vec<String>,
-    /// Directory of procedure libraries (default: the directory of this
-    /// executable, where cargo puts the example libraries).
+    /// Directory of procedure libraries (default: the directory of the
+    /// first --lib path, else of this executable, where cargo puts the
+    /// example libraries).
     #[arg(long, value_name = "DIR")]
     lib_dir: Option<std::path::PathBuf>,
     /// Number of SOCs (default: one per NUMA node).
@@ -352,15 +357,14 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
         options.workers_per_soc = args.workers;
     }
     if !args.libs.is_empty() {
-        let dir = match args.lib_dir.clone() {
-            Some(d) => d,
-            None => std::env::current_exe()?
+        let (dir, entries) = libs::resolve(&args.libs, args.lib_dir.as_deref(), || {
+            Ok(std::env::current_exe()?
                 .parent()
                 .context("the executable's directory")?
-                .to_owned(),
-        };
+                .to_owned())
+        })?;
         options.library_dir = Some(dir);
-        options.libraries.extend(args.libs.iter().cloned());
+        options.libraries.extend(entries);
     }
     // Registered Rust procedures cannot reach spawned SOCs: there the
     // "user" procedure must come from a library (the example library's

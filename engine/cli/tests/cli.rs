@@ -14,7 +14,15 @@ struct Output {
 
 /// Runs the command with a deadline: a hung command is killed and fails.
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_in(None, args, env)
+}
+
+/// [`run`] in working directory `cwd`.
+fn run_in(cwd: Option<&std::path::Path>, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -319,6 +327,58 @@ fn demo_spawned_with_the_example_library() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn demo_takes_a_library_path_as_typed() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::env::temp_dir().join(format!("numaproc-cli-path-{}", std::process::id()));
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::create_dir_all(root.join("other")).unwrap();
+    let lib = root.join("sub/libnumaproc_example.so");
+    std::fs::copy(example_library(), &lib).unwrap();
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(root.join("demo.toml"), "name_prefix = \"clipath\"\n").unwrap();
+    let demo = |extra: &[&str]| {
+        let mut args = vec![
+            "demo",
+            "--kind",
+            "forked",
+            "--config",
+            "demo.toml",
+            "--calls",
+            "100",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        run_in(Some(&root), &args, &[])
+    };
+    // A relative path, as a user types it: loaded from where it lies.
+    let out = demo(&["--lib", "sub/libnumaproc_example.so"]);
+    let v = json(&out);
+    assert_eq!(v["ok"], true, "{}", out.stdout);
+    let procs = v["library_procs"].as_array().unwrap();
+    assert!(
+        procs
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("example.fnv1a ")),
+        "{procs:?}"
+    );
+    // A path outside the library directory is refused, naming the rule.
+    let out = demo(&["--lib-dir", "other", "--lib", "sub/libnumaproc_example.so"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("is not beneath the library directory")
+            && out.stderr.contains("--lib-dir"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        objects_left("clipath").is_empty(),
+        "{:?}",
+        objects_left("clipath")
+    );
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
