@@ -10,10 +10,53 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::OptionsError;
 
-/// Whole milliseconds of `d`, saturated at `u64::MAX` (`Duration::MAX`
-/// means "as long as possible", not a wrapped-around value).
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// Durations in TOML: whole milliseconds (keys ending in `_ms`) or
+/// microseconds (`_us`), saturated at `u64::MAX` (`Duration::MAX` means "as
+/// long as possible", not a wrapped-around value); in the options they are
+/// `Duration`s, truncated to the unit.
+mod units {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn whole_ms(d: Duration) -> Duration {
+        Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn whole_us(d: Duration) -> Duration {
+        Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    pub mod ms {
+        use super::*;
+        pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+            u64::deserialize(d).map(Duration::from_millis)
+        }
+    }
+
+    /// `None` is 0 ms.
+    pub mod ms_or_none {
+        use super::*;
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            ms::serialize(&d.unwrap_or(Duration::ZERO), s)
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            ms::deserialize(d).map(|d| (!d.is_zero()).then_some(d))
+        }
+    }
+
+    pub mod us {
+        use super::*;
+        pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+            u64::deserialize(d).map(Duration::from_micros)
+        }
+    }
 }
 
 /// Default input and output buffer capacity per worker: 64 KiB.
@@ -73,35 +116,65 @@ impl std::str::FromStr for SocKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WaitOptions {
-    /// How long an idle worker spins before it sleeps on a futex, in µs.
-    pub worker_spin_us: u64,
-    /// How long a session spins for its result before it sleeps, in µs.
-    pub session_spin_us: u64,
-    /// Pure spinning before spinning also yields the core, in µs.
-    pub yield_after_us: u64,
+    /// How long an idle worker spins before it sleeps on a futex (TOML:
+    /// `worker_spin_us`).
+    #[serde(rename = "worker_spin_us", with = "units::us")]
+    worker_spin: Duration,
+    /// How long a session spins for its result before it sleeps (TOML:
+    /// `session_spin_us`).
+    #[serde(rename = "session_spin_us", with = "units::us")]
+    session_spin: Duration,
+    /// Pure spinning before spinning also yields the core (TOML:
+    /// `yield_after_us`).
+    #[serde(rename = "yield_after_us", with = "units::us")]
+    yield_after: Duration,
 }
 
 impl Default for WaitOptions {
     fn default() -> Self {
         Self {
-            worker_spin_us: WaitPolicy::WORKER_DEFAULT.spin.as_micros() as u64,
-            session_spin_us: WaitPolicy::SESSION_DEFAULT.spin.as_micros() as u64,
-            yield_after_us: WaitPolicy::WORKER_DEFAULT.yield_after.as_micros() as u64,
+            worker_spin: WaitPolicy::WORKER_DEFAULT.spin,
+            session_spin: WaitPolicy::SESSION_DEFAULT.spin,
+            yield_after: WaitPolicy::WORKER_DEFAULT.yield_after,
         }
     }
 }
 
 impl WaitOptions {
-    pub(crate) fn worker(&self) -> WaitPolicy {
+    /// How long an idle worker spins before it sleeps on a futex (whole
+    /// microseconds; 0: it sleeps at once, and each call wakes it).
+    pub fn worker_spin(mut self, d: Duration) -> Self {
+        self.worker_spin = units::whole_us(d);
+        self
+    }
+
+    /// How long a session spins for its result before it sleeps (whole
+    /// microseconds).
+    pub fn session_spin(mut self, d: Duration) -> Self {
+        self.session_spin = units::whole_us(d);
+        self
+    }
+
+    /// Pure spinning before spinning also yields the core (whole
+    /// microseconds).
+    pub fn yield_after(mut self, d: Duration) -> Self {
+        self.yield_after = units::whole_us(d);
+        self
+    }
+
+    /// The workers' wait.
+    pub fn worker(&self) -> WaitPolicy {
         WaitPolicy {
-            spin: Duration::from_micros(self.worker_spin_us),
-            yield_after: Duration::from_micros(self.yield_after_us),
+            spin: self.worker_spin,
+            yield_after: self.yield_after,
         }
     }
-    pub(crate) fn session(&self) -> WaitPolicy {
+
+    /// The sessions' wait.
+    pub fn session(&self) -> WaitPolicy {
         WaitPolicy {
-            spin: Duration::from_micros(self.session_spin_us),
-            yield_after: Duration::from_micros(self.yield_after_us),
+            spin: self.session_spin,
+            yield_after: self.yield_after,
         }
     }
 }
@@ -137,14 +210,21 @@ pub struct EngineOptions {
     pub wait: WaitOptions,
     /// Prefix of shared-memory object names (`[A-Za-z0-9_]`, 1 to 32 bytes).
     pub name_prefix: String,
-    /// How long to wait for every SOC to report ready, in ms.
-    pub startup_timeout_ms: u64,
-    /// Default wait for an idle worker, in ms.
-    pub claim_timeout_ms: u64,
-    /// Default wait for a call's result, in ms; 0: no limit.
-    pub call_timeout_ms: u64,
-    /// How long shutdown waits for running calls and SOC exits, in ms.
-    pub shutdown_timeout_ms: u64,
+    /// How long to wait for every SOC to report ready (TOML:
+    /// `startup_timeout_ms`).
+    #[serde(rename = "startup_timeout_ms", with = "units::ms")]
+    startup_timeout: Duration,
+    /// Default wait for an idle worker (TOML: `claim_timeout_ms`).
+    #[serde(rename = "claim_timeout_ms", with = "units::ms")]
+    claim_timeout: Duration,
+    /// Default wait for a call's result; `None`: no limit (TOML:
+    /// `call_timeout_ms`, 0 for none).
+    #[serde(rename = "call_timeout_ms", with = "units::ms_or_none")]
+    call_timeout: Option<Duration>,
+    /// How long shutdown waits for running calls and SOC exits (TOML:
+    /// `shutdown_timeout_ms`).
+    #[serde(rename = "shutdown_timeout_ms", with = "units::ms")]
+    shutdown_timeout: Duration,
     /// Plan against this hwloc synthetic topology (e.g. "node:4 core:4
     /// pu:1") instead of the machine; workers are then not bound.
     pub synthetic_topology: Option<String>,
@@ -160,11 +240,12 @@ pub struct EngineOptions {
     pub soc_executable: Option<std::path::PathBuf>,
     /// Restarting SOCs that die (forked and spawned).
     pub restart: crate::RestartPolicy,
-    /// Hard limit on one call, in ms (0: none). A call running longer gets
+    /// Hard limit on one call (`None`: none). A call running longer gets
     /// its SOC killed and restarted, even if its procedure never checks
     /// `is_cancelled`; its session gets `CallError::Killed`. Forked and
-    /// spawned SOCs only.
-    pub hard_limit_ms: u64,
+    /// spawned SOCs only (TOML: `hard_limit_ms`, 0 for none).
+    #[serde(rename = "hard_limit_ms", with = "units::ms_or_none")]
+    hard_limit: Option<Duration>,
     /// Fork SOCs even when the master has other threads. Only the forking
     /// thread survives in the child; a lock held by another thread at that
     /// moment (in the allocator, stdio, or the program's own code) stays
@@ -190,16 +271,16 @@ impl Default for EngineOptions {
             output_capacity: DEFAULT_BUFFER,
             wait: WaitOptions::default(),
             name_prefix: "default".to_owned(),
-            startup_timeout_ms: 10_000,
-            claim_timeout_ms: 10_000,
-            call_timeout_ms: 60_000,
-            shutdown_timeout_ms: 5_000,
+            startup_timeout: Duration::from_secs(10),
+            claim_timeout: Duration::from_secs(10),
+            call_timeout: Some(Duration::from_secs(60)),
+            shutdown_timeout: Duration::from_secs(5),
             synthetic_topology: None,
             library_dir: None,
             libraries: Vec::new(),
             soc_executable: None,
             restart: crate::RestartPolicy::default(),
-            hard_limit_ms: 0,
+            hard_limit: None,
             allow_fork_with_threads: false,
             registry: Registry::new(),
             soc_init: None,
@@ -242,13 +323,12 @@ pub struct Timeouts {
 impl EngineOptions {
     /// The time limits, as durations.
     pub fn timeouts(&self) -> Timeouts {
-        let ms = Duration::from_millis;
         Timeouts {
-            startup: ms(self.startup_timeout_ms),
-            claim: ms(self.claim_timeout_ms),
-            call: (self.call_timeout_ms > 0).then(|| ms(self.call_timeout_ms)),
-            shutdown: ms(self.shutdown_timeout_ms),
-            hard_limit: (self.hard_limit_ms > 0).then(|| ms(self.hard_limit_ms)),
+            startup: self.startup_timeout,
+            claim: self.claim_timeout,
+            call: self.call_timeout,
+            shutdown: self.shutdown_timeout,
+            hard_limit: self.hard_limit,
         }
     }
 
@@ -320,25 +400,25 @@ impl EngineOptions {
 
     /// Sets the start-up timeout.
     pub fn startup_timeout(mut self, d: Duration) -> Self {
-        self.startup_timeout_ms = millis(d);
+        self.startup_timeout = units::whole_ms(d);
         self
     }
 
     /// Sets the default wait for an idle worker.
     pub fn claim_timeout(mut self, d: Duration) -> Self {
-        self.claim_timeout_ms = millis(d);
+        self.claim_timeout = units::whole_ms(d);
         self
     }
 
     /// Sets the default wait for a result (`Duration::ZERO`: no limit).
     pub fn call_timeout(mut self, d: Duration) -> Self {
-        self.call_timeout_ms = millis(d);
+        self.call_timeout = Some(units::whole_ms(d)).filter(|d| !d.is_zero());
         self
     }
 
     /// Sets the shutdown timeout.
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
-        self.shutdown_timeout_ms = millis(d);
+        self.shutdown_timeout = units::whole_ms(d);
         self
     }
 
@@ -368,7 +448,7 @@ impl EngineOptions {
 
     /// Sets the hard limit on one call (`Duration::ZERO`: none).
     pub fn hard_limit(mut self, d: Duration) -> Self {
-        self.hard_limit_ms = millis(d);
+        self.hard_limit = Some(units::whole_ms(d)).filter(|d| !d.is_zero());
         self
     }
 
@@ -433,25 +513,25 @@ impl EngineOptions {
         if let Err(e) = ShmName::check_prefix(&self.name_prefix) {
             return bad("name_prefix", e.to_string());
         }
-        let second = 1_000_000;
+        let second = Duration::from_secs(1);
         for (option, v) in [
-            ("wait.worker_spin_us", self.wait.worker_spin_us),
-            ("wait.session_spin_us", self.wait.session_spin_us),
-            ("wait.yield_after_us", self.wait.yield_after_us),
+            ("wait.worker_spin_us", self.wait.worker_spin),
+            ("wait.session_spin_us", self.wait.session_spin),
+            ("wait.yield_after_us", self.wait.yield_after),
         ] {
             if v > second {
                 return bad(
                     option,
-                    format!("must be at most 1 s ({second} µs), got {v}"),
+                    format!("must be at most 1 s (1000000 µs), got {}", v.as_micros()),
                 );
             }
         }
         for (option, v) in [
-            ("startup_timeout_ms", self.startup_timeout_ms),
-            ("claim_timeout_ms", self.claim_timeout_ms),
-            ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+            ("startup_timeout_ms", self.startup_timeout),
+            ("claim_timeout_ms", self.claim_timeout),
+            ("shutdown_timeout_ms", self.shutdown_timeout),
         ] {
-            if v == 0 {
+            if v.is_zero() {
                 return bad(option, "must be at least 1 ms".to_owned());
             }
         }
@@ -460,7 +540,7 @@ impl EngineOptions {
         {
             return bad("synthetic_topology", "is empty".to_owned());
         }
-        if self.hard_limit_ms > 0 && self.soc_kind == SocKind::Emulated {
+        if self.hard_limit.is_some() && self.soc_kind == SocKind::Emulated {
             return bad(
                 "hard_limit_ms",
                 "needs forked or spawned SOCs: the threads of an emulated SOC cannot be killed"
@@ -509,13 +589,45 @@ mod tests {
         assert_eq!(o.soc_kind, SocKind::Forked);
         assert_eq!(o.input_capacity, 1024);
         assert_eq!(o.output_capacity, DEFAULT_BUFFER);
-        assert_eq!(o.wait.worker_spin_us, 5);
+        assert_eq!(o.wait.worker().spin, Duration::from_micros(5));
         let back = EngineOptions::from_toml(&o.to_toml()).unwrap();
         assert_eq!(back.to_toml(), o.to_toml());
         let e = EngineOptions::from_toml("sockets = 2").unwrap_err();
         assert!(e.to_string().contains("sockets"), "{e}");
         let e = EngineOptions::from_toml("soc_kind = \"spawnd\"").unwrap_err();
         assert!(e.to_string().contains("spawnd"), "{e}");
+    }
+
+    #[test]
+    fn times_are_durations_and_toml_keeps_its_units() {
+        let o = EngineOptions::from_toml(
+            "startup_timeout_ms = 1500\ncall_timeout_ms = 0\nhard_limit_ms = 250\n[wait]\nsession_spin_us = 7\n",
+        )
+        .unwrap();
+        let t = o.timeouts();
+        assert_eq!(t.startup, Duration::from_millis(1500));
+        assert_eq!(t.call, None);
+        assert_eq!(t.hard_limit, Some(Duration::from_millis(250)));
+        assert_eq!(t.claim, Duration::from_secs(10));
+        assert_eq!(o.wait.session().spin, Duration::from_micros(7));
+        let text = o.to_toml();
+        for line in [
+            "startup_timeout_ms = 1500",
+            "call_timeout_ms = 0",
+            "hard_limit_ms = 250",
+            "session_spin_us = 7",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        // Setters keep whole units; zero means none where none exists.
+        let o = EngineOptions::new()
+            .call_timeout(Duration::ZERO)
+            .hard_limit(Duration::from_micros(2500))
+            .claim_timeout(Duration::MAX);
+        let t = o.timeouts();
+        assert_eq!(t.call, None);
+        assert_eq!(t.hard_limit, Some(Duration::from_millis(2)));
+        assert_eq!(t.claim, Duration::from_millis(u64::MAX));
     }
 
     #[test]
@@ -534,10 +646,8 @@ mod tests {
                 "startup_timeout_ms",
             ),
             (
-                EngineOptions::new().wait(WaitOptions {
-                    worker_spin_us: 2_000_000,
-                    ..WaitOptions::default()
-                }),
+                EngineOptions::new()
+                    .wait(WaitOptions::default().worker_spin(Duration::from_secs(2))),
                 "wait.worker_spin_us",
             ),
         ];

@@ -65,16 +65,12 @@ fn wait_options(case: WaitCase) -> WaitOptions {
         // The session spins for the result, as the futex+spin baseline's
         // caller does: with the default spin (100 µs) a wake-up that takes
         // longer would cost the session a second one.
-        WaitCase::Sleeping => WaitOptions {
-            worker_spin_us: 0,
-            session_spin_us: 1_000_000,
-            ..default
-        },
-        WaitCase::BothSleep => WaitOptions {
-            worker_spin_us: 0,
-            session_spin_us: 0,
-            ..default
-        },
+        WaitCase::Sleeping => default
+            .worker_spin(Duration::ZERO)
+            .session_spin(Duration::from_secs(1)),
+        WaitCase::BothSleep => default
+            .worker_spin(Duration::ZERO)
+            .session_spin(Duration::ZERO),
     }
 }
 
