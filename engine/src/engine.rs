@@ -12,7 +12,7 @@ use numaproc_procs::{Origin, ProcId, Registry};
 use numaproc_soc::setup::SocSetup;
 
 use crate::error::{CallError, StartError};
-use crate::launch;
+use crate::launch::{self, SocFailure};
 use crate::memory::SharedMemory;
 use crate::options::{EngineOptions, SocKind};
 use crate::plan::{Plan, PlanRequest, plan};
@@ -409,22 +409,21 @@ fn start_socs(
     records: &[SocRecord],
     options: &EngineOptions,
 ) -> Result<Vec<NameRecord>, StartError> {
-    let failed = |(soc, reason)| StartError::Soc { soc, reason };
     let deadline = saturating_deadline(options.timeouts().startup);
-    socs.launch_all(records).map_err(failed)?;
-    socs.wait_ready(deadline).map_err(failed)?;
+    socs.launch_all(records)?;
+    socs.wait_ready(deadline)?;
     // Every SOC loaded its own libraries and listed their procedures in its
     // region; the master reads each list through the layout it computed.
     let lists: Vec<Vec<NameRecord>> = (0..memory.regions.len())
         .map(|i| memory.view(i).names())
         .collect();
-    same_library_names(&lists).map_err(failed)?;
+    same_library_names(&lists)?;
     Ok(lists.into_iter().next().unwrap_or_default())
 }
 
 /// Checks that every SOC loaded the same library procedures (the SOC that
 /// differs from SOC 0, and how).
-fn same_library_names(lists: &[Vec<NameRecord>]) -> Result<(), (usize, String)> {
+fn same_library_names(lists: &[Vec<NameRecord>]) -> Result<(), SocFailure> {
     let Some(first) = lists.first() else {
         return Ok(());
     };
@@ -436,7 +435,7 @@ fn same_library_names(lists: &[Vec<NameRecord>]) -> Result<(), (usize, String)> 
     };
     match lists.iter().position(|list| list != first) {
         None => Ok(()),
-        Some(soc) => Err((
+        Some(soc) => Err(SocFailure::new(
             soc,
             format!(
                 "its libraries export [{}] but SOC 0's export [{}]; every SOC must export the same procedures",

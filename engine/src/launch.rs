@@ -55,6 +55,33 @@ enum ReportPipe {
     Done,
 }
 
+/// A SOC that could not be started, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SocFailure {
+    /// The SOC's index.
+    pub soc: usize,
+    /// Why.
+    pub reason: String,
+}
+
+impl SocFailure {
+    pub fn new(soc: usize, reason: impl Into<String>) -> Self {
+        Self {
+            soc,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<SocFailure> for crate::StartError {
+    fn from(f: SocFailure) -> Self {
+        crate::StartError::Soc {
+            soc: f.soc,
+            reason: f.reason,
+        }
+    }
+}
+
 /// What a SOC's start-up came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum StartEvent {
@@ -328,23 +355,23 @@ fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> bool {
     process::readable_within(fd, deadline.saturating_duration_since(Instant::now()))
 }
 
-/// Waits until every SOC reported ready, or returns the first failure (SOC
-/// index and reason; a SOC that failed but runs is killed), or a timeout
+/// Waits until every SOC reported ready, or returns the first failure (a
+/// SOC that failed but runs is killed), or a timeout
 /// for the SOCs still silent. `ended` says how a SOC whose process ended
 /// before reporting ended (it asks the zygote for forked SOCs).
 pub(crate) fn wait_ready(
     handles: &mut [SocHandle],
     deadline: Instant,
     mut ended: impl FnMut(&mut SocHandle) -> String,
-) -> Result<(), (usize, String)> {
+) -> Result<(), SocFailure> {
     let mut pending: Vec<usize> = (0..handles.len()).collect();
     while !pending.is_empty() {
         let now = Instant::now();
         if now >= deadline {
             let soc = handles[pending[0]].soc;
-            return Err((
+            return Err(SocFailure::new(
                 soc,
-                "did not report ready before the start-up timeout".to_owned(),
+                "did not report ready before the start-up timeout",
             ));
         }
         let mut wake_at = deadline;
@@ -353,7 +380,7 @@ pub(crate) fn wait_ready(
                 Some(Ok(end)) => wake_at = wake_at.min(end),
                 Some(Err(StartEvent::Failed(reason))) => {
                     handles[i].kill();
-                    return Err((handles[i].soc, reason));
+                    return Err(SocFailure::new(handles[i].soc, reason));
                 }
                 _ => {}
             }
@@ -372,7 +399,12 @@ pub(crate) fn wait_ready(
             }
             match poll(&mut fds, poll_timeout(wake_at)) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err((handles[pending[0]].soc, format!("poll: {e}"))),
+                Err(e) => {
+                    return Err(SocFailure::new(
+                        handles[pending[0]].soc,
+                        format!("poll: {e}"),
+                    ));
+                }
             }
             let hit = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
             pending
@@ -399,14 +431,17 @@ pub(crate) fn wait_ready(
                     }
                     Some(StartEvent::Failed(reason)) => {
                         handles[i].kill();
-                        return Err((handles[i].soc, reason));
+                        return Err(SocFailure::new(handles[i].soc, reason));
                     }
                     None => {}
                 }
             }
             if live {
                 let how = ended(&mut handles[i]);
-                return Err((handles[i].soc, format!("{how} before reporting ready")));
+                return Err(SocFailure::new(
+                    handles[i].soc,
+                    format!("{how} before reporting ready"),
+                ));
             }
         }
     }

@@ -78,6 +78,6 @@ pub use numaproc_soc::{SocInfo, SocInitFn};
 pub use options::{DEFAULT_BUFFER, EngineOptions, MAX_BUFFER, SocKind, Timeouts, WaitOptions};
 pub use plan::Plan;
 pub use session::{Claim, Session};
-pub use session_core::{AttachError, CallSettings, IntoProc, SessionCore, Target};
+pub use session_core::{AttachError, CallSettings, IntoProc, SessionCore, Target, WorkerId};
 pub use supervise::RestartPolicy;
 pub use topology::Topology;

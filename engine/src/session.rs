@@ -8,7 +8,7 @@ use numaproc_ipc::table::SlotPlace;
 use numaproc_procs::{CallStatus, ProcId};
 
 use crate::error::CallError;
-use crate::session_core::{IntoProc, SessionCore};
+use crate::session_core::{IntoProc, SessionCore, WorkerId};
 
 /// A claimed worker slot, before submission. Write the input straight into
 /// the slot with [`Claim::input_mut`], then [`Claim::submit`]. Dropping a
@@ -39,9 +39,12 @@ impl<'c> Claim<'c> {
         self.deadline_ns = monotonic_ns().saturating_add(ns).max(1);
     }
 
-    /// The claimed worker: (SOC, worker).
-    pub fn worker(&self) -> (usize, usize) {
-        (self.slot.soc(), self.slot.worker())
+    /// The claimed worker.
+    pub fn worker(&self) -> WorkerId {
+        WorkerId {
+            soc: self.slot.soc(),
+            worker: self.slot.worker(),
+        }
     }
 
     /// The slot's whole input buffer (its capacity is the engine's
@@ -134,9 +137,12 @@ pub struct Session<'c> {
 }
 
 impl Session<'_> {
-    /// The worker running the call: (SOC, worker).
-    pub fn worker(&self) -> (usize, usize) {
-        (self.slot.soc(), self.slot.worker())
+    /// The worker running the call.
+    pub fn worker(&self) -> WorkerId {
+        WorkerId {
+            soc: self.slot.soc(),
+            worker: self.slot.worker(),
+        }
     }
 
     /// The procedure called.

@@ -31,6 +31,24 @@ thread_local! {
     static LAST_SLOT: Cell<(u64, usize)> = const { Cell::new((u64::MAX, 0)) };
 }
 
+/// One worker of an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WorkerId {
+    /// SOC index.
+    pub soc: usize,
+    /// Worker index within the SOC.
+    pub worker: usize,
+}
+
+impl From<WorkerId> for Target {
+    fn from(w: WorkerId) -> Self {
+        Target::Worker {
+            soc: w.soc,
+            worker: w.worker,
+        }
+    }
+}
+
 /// Where a call may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Target {

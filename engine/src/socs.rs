@@ -12,7 +12,7 @@ use numaproc_ipc::wait::saturating_deadline;
 use numaproc_soc::process::Exit;
 use numaproc_soc::setup::SocSetup;
 
-use crate::launch::{self, Ended, HowEnded, SocHandle, launch_thread};
+use crate::launch::{self, Ended, HowEnded, SocFailure, SocHandle, launch_thread};
 use crate::memory::SharedMemory;
 use crate::supervise::{SocRecord, SocState};
 use crate::zygote::Zygote;
@@ -104,10 +104,13 @@ impl Socs {
     }
 
     /// Starts every SOC, in order; the first that cannot be started ends
-    /// the start (SOC index and why).
-    pub fn launch_all(&mut self, records: &[SocRecord]) -> Result<(), (usize, String)> {
+    /// the start.
+    pub fn launch_all(&mut self, records: &[SocRecord]) -> Result<(), SocFailure> {
         for (i, (slot, record)) in self.handles.iter_mut().zip(records).enumerate() {
-            let h = self.launcher.launch(i).map_err(|why| (i, why))?;
+            let h = self
+                .launcher
+                .launch(i)
+                .map_err(|why| SocFailure::new(i, why))?;
             record.set_pid(h.pid());
             *slot = Some(h);
         }
@@ -116,7 +119,7 @@ impl Socs {
 
     /// Waits until every SOC reported ready, at most until `deadline` (see
     /// [`launch::wait_ready`]).
-    pub fn wait_ready(&mut self, deadline: Instant) -> Result<(), (usize, String)> {
+    pub fn wait_ready(&mut self, deadline: Instant) -> Result<(), SocFailure> {
         let mut started: Vec<SocHandle> = self.handles.iter_mut().flat_map(Option::take).collect();
         let launcher = &self.launcher;
         let result = launch::wait_ready(&mut started, deadline, |h| launcher.how_ended(h));
