@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use numaproc::{
-    Engine, EngineOptions, Host, OutputBuf, ProcContext, ProcFn, ProcId, Registry, SocKind, Target,
+    Engine, EngineOptions, OutputBuf, ProcContext, ProcFn, ProcId, Registry, SocKind, Target,
     WorkerStats,
 };
 use numaproc_ipc::session::{OwnerLine, SessionSlot};
 use numaproc_ipc::slot::{Response, SlotControl, Task};
 use numaproc_ipc::wait::{WaitPolicy, update_and_wake, wait_on};
 use numaproc_ipc::{ShmSafe, futex};
+use numaproc_procs::{Host, Place};
 
 /// A zeroed shared-memory structure on the heap (all zeros is valid: an
 /// idle slot, a free owner word).
@@ -106,14 +107,13 @@ fn dispatch(c: &mut Criterion) {
     let ping = registry.id("sys_ping");
     let echo = registry.id("sys_echo");
     let host = NoHost;
-    let ctx = ProcContext {
+    let place = Place {
         soc: 0,
         node: 0,
         worker: 0,
         planned_cpu: None,
-        registry: &registry,
-        host: &host,
     };
+    let ctx = ProcContext::new(place, &registry, &host);
     let mut out = vec![0u8; 4096];
     let input = [7u8; 64];
     // The worker's dispatch: look the id up, then call the function inside

@@ -50,13 +50,13 @@ mod failpoint;
 mod launch;
 mod memory;
 mod options;
-pub mod plan;
+mod plan;
 mod session;
 mod session_core;
 mod socs;
 mod spawn;
 mod supervise;
-pub mod topology;
+mod topology;
 mod zygote;
 
 /// The SOC side of spawned SOCs.
@@ -71,13 +71,12 @@ pub use numaproc_ipc::{ShmName, stale};
 pub use numaproc_procs::cpu::{allowed_cpus, pin_current_thread};
 pub use numaproc_procs::sys;
 pub use numaproc_procs::{
-    CallStatus, Host, Origin, OutputBuf, ProcContext, ProcError, ProcFn, ProcId, RegisterError,
-    Registry, WorkerStats,
+    Origin, OutputBuf, ProcContext, ProcError, ProcFn, ProcId, RegisterError, Registry, WorkerStats,
 };
 pub use numaproc_soc::{SocInfo, SocInitFn};
 pub use options::{DEFAULT_BUFFER, EngineOptions, MAX_BUFFER, SocKind, Timeouts, WaitOptions};
-pub use plan::Plan;
+pub use plan::{Plan, PlanError, PlanRequest, SocPlan, WorkerPlan, plan};
 pub use session::{Claim, Session};
 pub use session_core::{AttachError, CallSettings, IntoProc, SessionCore, Target, WorkerId};
 pub use supervise::RestartPolicy;
-pub use topology::Topology;
+pub use topology::{CoreInfo, NodeInfo, Topology, TopologyError};

@@ -23,7 +23,7 @@ use crate::topology::Topology;
 
 /// Largest number of workers (over all SOCs) a plan may contain; also bounds
 /// the number of SOCs, since every SOC has at least one worker.
-pub const MAX_WORKERS: usize = 65_536;
+const MAX_WORKERS: usize = 65_536;
 
 /// Width the text produced by [`Plan::to_table`] is wrapped to.
 const TABLE_WIDTH: usize = 80;
@@ -97,7 +97,7 @@ pub enum PlanError {
     TooManySocs {
         /// The requested SOC count.
         requested: usize,
-        /// The limit, [`MAX_WORKERS`].
+        /// The limit (65,536).
         max: usize,
     },
     /// The plan would contain more workers than supported.
@@ -105,7 +105,7 @@ pub enum PlanError {
     TooManyWorkers {
         /// Total number of workers requested (saturating).
         requested: usize,
-        /// The limit, [`MAX_WORKERS`].
+        /// The limit (65,536).
         max: usize,
     },
 }
@@ -123,7 +123,7 @@ struct NodeCpus {
 /// [`PlanError::ZeroSocs`] / [`PlanError::ZeroWorkers`] for a request of zero,
 /// [`PlanError::NoCores`] for a topology without cores,
 /// [`PlanError::TooManySocs`] / [`PlanError::TooManyWorkers`] beyond
-/// [`MAX_WORKERS`].
+/// 65,536.
 pub fn plan(topology: &Topology, request: &PlanRequest) -> Result<Plan, PlanError> {
     let mut nodes: Vec<NodeCpus> = topology
         .nodes

@@ -66,7 +66,7 @@ impl<'c> Claim<'c> {
             return Err(CallError::InputTooLarge { len, capacity });
         }
         let session = self.slot.session();
-        session.write_request(id.0, len as u64, self.deadline_ns);
+        session.write_request(id.index(), len as u64, self.deadline_ns);
         if self.core.settings().hard_limit.is_some() {
             // The supervisor reads it (with the owner word) to tell an
             // overrun, in the sessions' own memory, where the SOC cannot

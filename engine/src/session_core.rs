@@ -85,7 +85,7 @@ impl IntoProc for ProcId {
 
 #[cold]
 fn unknown_id(id: ProcId) -> CallError {
-    CallError::ProcNotFound(format!("#{}", id.0))
+    CallError::ProcNotFound(format!("#{}", id.index()))
 }
 
 impl IntoProc for &str {
@@ -222,7 +222,7 @@ impl SessionCore {
         let table = SlotTable::attach(global, regions)?;
         let mut registry = Registry::new();
         for (i, record) in table.names().iter().enumerate() {
-            match registry.get(ProcId(i as u32)) {
+            match registry.get(ProcId::from_index(i as u32)) {
                 // A built-in: the same id in every engine of this build.
                 Some(entry) if entry.name == record.name => {}
                 Some(entry) => {
@@ -305,7 +305,7 @@ impl SessionCore {
     pub(crate) fn proc_name(&self, id: ProcId) -> String {
         self.registry
             .get(id)
-            .map_or_else(|| format!("#{}", id.0), |e| e.name.clone())
+            .map_or_else(|| format!("#{}", id.index()), |e| e.name.clone())
     }
 
     fn candidates(&self, target: Target) -> Result<&[usize], CallError> {

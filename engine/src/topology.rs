@@ -20,7 +20,7 @@ use hwlocality::topology::support::{CpuBindingSupport, FeatureSupport};
 ///
 /// hwloc's synthetic backend gets slow superlinearly (about 4 s for 8192 PUs,
 /// minutes for 64k), so larger descriptions are refused up front.
-pub const MAX_SYNTHETIC_PUS: u64 = 8192;
+const MAX_SYNTHETIC_PUS: u64 = 8192;
 
 /// The part of a machine's topology that matters for placing workers.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -97,7 +97,7 @@ pub enum TopologyError {
         description: String,
         /// Estimated number of PUs (saturating product of the level arities).
         pus: u64,
-        /// The limit, [`MAX_SYNTHETIC_PUS`].
+        /// The limit (8,192).
         max: u64,
     },
     /// hwloc reported a topology without any PU.
@@ -169,7 +169,7 @@ impl Topology {
     ///
     /// [`TopologyError::InvalidSynthetic`] when hwloc rejects the description
     /// (including an empty one), [`TopologyError::SyntheticTooLarge`] when it
-    /// describes more than [`MAX_SYNTHETIC_PUS`] PUs,
+    /// describes more than 8,192 PUs,
     /// [`TopologyError::SyntheticBuild`] when hwloc fails to build it.
     pub fn synthetic(description: &str) -> Result<Topology, TopologyError> {
         let pus = estimated_pus(description);

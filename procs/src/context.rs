@@ -28,6 +28,17 @@ pub trait Host: Sync {
 /// The context of one call: where it runs and what it may ask.
 #[derive(Clone, Copy)]
 pub struct ProcContext<'a> {
+    soc: u32,
+    node: u32,
+    worker: u32,
+    planned_cpu: Option<u32>,
+    registry: &'a Registry,
+    host: &'a dyn Host,
+}
+
+/// Where a call runs: what [`ProcContext::new`] is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
     /// SOC index.
     pub soc: u32,
     /// NUMA node of the SOC (OS index).
@@ -36,10 +47,6 @@ pub struct ProcContext<'a> {
     pub worker: u32,
     /// The CPU the worker was planned on (OS index), if it is bound.
     pub planned_cpu: Option<u32>,
-    /// The procedures of this SOC.
-    pub registry: &'a Registry,
-    /// SOC services.
-    pub host: &'a dyn Host,
 }
 
 impl std::fmt::Debug for ProcContext<'_> {
@@ -53,7 +60,61 @@ impl std::fmt::Debug for ProcContext<'_> {
     }
 }
 
-impl ProcContext<'_> {
+impl<'a> ProcContext<'a> {
+    /// The context of calls at `place`, among the procedures of `registry`,
+    /// served by `host`: a SOC builds one per worker; a test of a procedure
+    /// can build one with a host of its own.
+    pub fn new(place: Place, registry: &'a Registry, host: &'a dyn Host) -> Self {
+        Self {
+            soc: place.soc,
+            node: place.node,
+            worker: place.worker,
+            planned_cpu: place.planned_cpu,
+            registry,
+            host,
+        }
+    }
+
+    /// SOC index.
+    #[inline]
+    pub fn soc(&self) -> u32 {
+        self.soc
+    }
+
+    /// NUMA node of the SOC (OS index).
+    #[inline]
+    pub fn node(&self) -> u32 {
+        self.node
+    }
+
+    /// Worker index within the SOC.
+    #[inline]
+    pub fn worker(&self) -> u32 {
+        self.worker
+    }
+
+    /// The CPU the worker was planned on (OS index), if it is bound.
+    #[inline]
+    pub fn planned_cpu(&self) -> Option<u32> {
+        self.planned_cpu
+    }
+
+    /// The procedures of this SOC.
+    #[inline]
+    pub fn registry(&self) -> &'a Registry {
+        self.registry
+    }
+
+    /// Counters of every worker of this SOC.
+    pub fn worker_stats(&self) -> Vec<WorkerStats> {
+        self.host.worker_stats()
+    }
+
+    /// Statistics of every procedure called in this SOC.
+    pub fn proc_stats(&self) -> Vec<crate::stats::ProcStats> {
+        self.host.proc_stats()
+    }
+
     /// Whether the caller gave up on this call (timed out or dropped its
     /// session). Long procedures should check it and return early.
     pub fn is_cancelled(&self) -> bool {

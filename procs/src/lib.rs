@@ -23,7 +23,7 @@ mod registry;
 pub mod stats;
 pub mod sys;
 
-pub use context::{Host, ProcContext, WorkerStats};
+pub use context::{Host, Place, ProcContext, WorkerStats};
 pub use numaproc_abi::{OutputBuf, ProcError};
 pub use registry::{
     MAX_NAME_LEN, Origin, ProcEntry, ProcFn, ProcId, ProcKind, RegisterError, Registry, check_name,

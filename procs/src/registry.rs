@@ -17,7 +17,22 @@ pub type ProcFn =
 
 /// The index of a procedure in its engine's registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ProcId(pub u32);
+pub struct ProcId(u32);
+
+impl ProcId {
+    /// The id of the procedure at `index` of a registry (the number that
+    /// travels in a slot).
+    #[inline]
+    pub fn from_index(index: u32) -> Self {
+        Self(index)
+    }
+
+    /// Its index in the registry.
+    #[inline]
+    pub fn index(self) -> u32 {
+        self.0
+    }
+}
 
 /// Where a procedure comes from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -83,11 +83,11 @@ pub fn sys_echo(
 pub fn sys_info(ctx: &ProcContext<'_>, _: &[u8], out: &mut OutputBuf<'_>) -> Result<(), ProcError> {
     json(
         &SysInfo {
-            soc: ctx.soc,
-            node: ctx.node,
-            worker: ctx.worker,
+            soc: ctx.soc(),
+            node: ctx.node(),
+            worker: ctx.worker(),
             pid: std::process::id(),
-            planned_cpu: ctx.planned_cpu,
+            planned_cpu: ctx.planned_cpu(),
             affinity: crate::cpu::allowed_cpus().map_err(ProcError::msg)?,
         },
         out,
@@ -101,7 +101,7 @@ pub fn sys_list_procs(
     out: &mut OutputBuf<'_>,
 ) -> Result<(), ProcError> {
     let list: Vec<ProcListing> = ctx
-        .registry
+        .registry()
         .entries()
         .iter()
         .enumerate()
@@ -122,9 +122,9 @@ pub fn sys_stats(
 ) -> Result<(), ProcError> {
     json(
         &SocStats {
-            soc: ctx.soc,
-            workers: ctx.host.worker_stats(),
-            procs: ctx.host.proc_stats(),
+            soc: ctx.soc(),
+            workers: ctx.worker_stats(),
+            procs: ctx.proc_stats(),
         },
         out,
     )
@@ -180,14 +180,13 @@ mod tests {
 
     fn run(name: &str, input: &[u8]) -> Result<Vec<u8>, ProcError> {
         let registry = Registry::new();
-        let ctx = ProcContext {
+        let place = crate::Place {
             soc: 2,
             node: 1,
             worker: 3,
             planned_cpu: None,
-            registry: &registry,
-            host: &FakeHost,
         };
+        let ctx = ProcContext::new(place, &registry, &FakeHost);
         let mut mem = vec![0u8; 4096];
         let mut out = OutputBuf::new(&mut mem);
         let crate::ProcKind::Rust(f) = registry.get(registry.id(name).unwrap()).unwrap().kind

@@ -13,7 +13,7 @@ use numaproc_ipc::slot::{Response, SlotControl, SlotRef, Task};
 use numaproc_procs::cpu::pin_current_thread;
 use numaproc_procs::stats::{ProcCounters, ProcStats, summarize};
 use numaproc_procs::{
-    CallStatus, Host, OutputBuf, ProcContext, ProcId, ProcKind, Registry, WorkerStats,
+    CallStatus, Host, OutputBuf, Place, ProcContext, ProcId, ProcKind, Registry, WorkerStats,
 };
 
 use crate::SocInfo;
@@ -144,14 +144,16 @@ pub(crate) fn run(
         counters,
     };
     let mine = &counters[w];
-    let ctx = ProcContext {
-        soc: info.soc,
-        node: info.node,
-        worker: w as u32,
-        planned_cpu,
+    let ctx = ProcContext::new(
+        Place {
+            soc: info.soc,
+            node: info.node,
+            worker: w as u32,
+            planned_cpu,
+        },
         registry,
-        host: &host,
-    };
+        &host,
+    );
     let c_host = crate::host_services(
         &info,
         slot_cancelled,
@@ -178,9 +180,46 @@ pub(crate) fn run(
     }
 }
 
-/// What a call ended with: status, code, message (none on success), output
-/// length (or size needed).
-type Outcome = (CallStatus, u32, Option<String>, usize);
+/// What a call ended with, before it is written into the slot.
+struct Outcome {
+    status: CallStatus,
+    /// The procedure's error code (failures only).
+    code: u32,
+    /// Why it did not succeed (none on success).
+    message: Option<String>,
+    /// Output length, or the size needed when it did not fit.
+    output_len: usize,
+}
+
+impl Outcome {
+    /// Success, with `output_len` bytes of output.
+    fn ok(output_len: usize) -> Self {
+        Self {
+            status: CallStatus::Ok,
+            code: 0,
+            message: None,
+            output_len,
+        }
+    }
+
+    /// No success, for `message`.
+    fn not_ok(status: CallStatus, code: u32, message: String) -> Self {
+        Self {
+            status,
+            code,
+            message: Some(message),
+            output_len: 0,
+        }
+    }
+
+    /// Output of `needed` bytes that did not fit.
+    fn too_large(needed: usize, message: String) -> Self {
+        Self {
+            output_len: needed,
+            ..Self::not_ok(CallStatus::OutputTooLarge, 0, message)
+        }
+    }
+}
 
 /// Runs a library procedure through the C ABI.
 fn call_library(
@@ -193,9 +232,9 @@ fn call_library(
 ) -> Outcome {
     let mut call = Call {
         struct_size: size_of::<Call>() as u32,
-        soc: ctx.soc,
-        node: ctx.node,
-        worker: ctx.worker,
+        soc: ctx.soc(),
+        node: ctx.node(),
+        worker: ctx.worker(),
         input: input.as_ptr(),
         input_len: input.len() as u64,
         output: output.as_mut_ptr(),
@@ -218,26 +257,23 @@ fn call_library(
     };
     let len = call.output_len as usize;
     match status {
-        numaproc_abi::STATUS_OK if len <= output.len() => (CallStatus::Ok, 0, None, len),
-        numaproc_abi::STATUS_OK | numaproc_abi::STATUS_OUTPUT_TOO_LARGE => (
-            CallStatus::OutputTooLarge,
-            0,
-            Some(format!(
+        numaproc_abi::STATUS_OK if len <= output.len() => Outcome::ok(len),
+        numaproc_abi::STATUS_OK | numaproc_abi::STATUS_OUTPUT_TOO_LARGE => Outcome::too_large(
+            len,
+            format!(
                 "needed {len} bytes of output, the buffer holds {}",
                 output.len()
-            )),
-            len,
+            ),
         ),
-        numaproc_abi::STATUS_ERROR => (CallStatus::Failed, call.error_code, Some(text()), 0),
-        numaproc_abi::STATUS_PANICKED => (CallStatus::Panicked, 0, Some(text()), 0),
-        other => (
+        numaproc_abi::STATUS_ERROR => Outcome::not_ok(CallStatus::Failed, call.error_code, text()),
+        numaproc_abi::STATUS_PANICKED => Outcome::not_ok(CallStatus::Panicked, 0, text()),
+        other => Outcome::not_ok(
             CallStatus::Failed,
             call.error_code,
-            Some(format!(
+            format!(
                 "library procedure returned unknown status {other}: {}",
                 text()
-            )),
-            0,
+            ),
         ),
     }
 }
@@ -262,51 +298,50 @@ fn serve(
     // input before submitting and touches neither buffer until Done.
     let (input, output, message) =
         unsafe { (slot.input(input_len), slot.output_mut(), slot.message_mut()) };
-    let (status, code, text, out_len): Outcome = match ctx.registry.get(ProcId(id)) {
-        None => (
+    let outcome = match ctx.registry().get(ProcId::from_index(id)) {
+        None => Outcome::not_ok(
             CallStatus::NotFound,
             0,
-            Some(format!("no procedure with id {id} in SOC {}", ctx.soc)),
-            0,
+            format!("no procedure with id {id} in SOC {}", ctx.soc()),
         ),
         Some(entry) => match entry.kind {
             ProcKind::Library(func) => call_library(ctx, c_host, func, input, output, message),
-            ProcKind::External => (
+            ProcKind::External => Outcome::not_ok(
                 CallStatus::NotFound,
                 0,
-                Some(format!("{} is not loaded in SOC {}", entry.name, ctx.soc)),
-                0,
+                format!("{} is not loaded in SOC {}", entry.name, ctx.soc()),
             ),
             ProcKind::Rust(func) => {
                 let mut out = OutputBuf::new(output);
                 let result = catch_unwind(AssertUnwindSafe(|| func(ctx, input, &mut out)));
                 match (result, out.overflow()) {
-                    (Ok(_), Some(needed)) => (
-                        CallStatus::OutputTooLarge,
-                        0,
-                        Some(format!(
+                    (Ok(_), Some(needed)) => Outcome::too_large(
+                        needed,
+                        format!(
                             "{} wrote {needed} bytes into a {}-byte output buffer",
                             entry.name,
                             out.capacity()
-                        )),
-                        needed,
+                        ),
                     ),
-                    (Ok(Ok(())), None) => (CallStatus::Ok, 0, None, out.len()),
-                    (Ok(Err(e)), None) => (CallStatus::Failed, e.code, Some(e.message), 0),
-                    (Err(panic), _) => (CallStatus::Panicked, 0, Some(panic_text(&*panic)), 0),
+                    (Ok(Ok(())), None) => Outcome::ok(out.len()),
+                    (Ok(Err(e)), None) => Outcome::not_ok(CallStatus::Failed, e.code, e.message),
+                    (Err(panic), _) => {
+                        Outcome::not_ok(CallStatus::Panicked, 0, panic_text(&*panic))
+                    }
                 }
             }
         },
     };
+    let failed = outcome.status != CallStatus::Ok;
     // Bookkeeping first, on lines only this worker writes: the response
     // stores below pull the slot's hot line from the spinning session, and
     // the finishing CAS should follow them closely.
-    control.count_call(status != CallStatus::Ok);
+    control.count_call(failed);
     if let Some(c) = counter {
         let ns = started.map(|t| t.elapsed().as_nanos() as u64);
-        c.record_call(ns, status != CallStatus::Ok);
+        c.record_call(ns, failed);
     }
-    let n = match text {
+    let n = match outcome.message {
         None => 0,
         Some(text) => {
             let n = numaproc_abi::cut(&text, message.len()).len();
@@ -315,9 +350,9 @@ fn serve(
         }
     };
     control.write_response(&Response {
-        status: status as u32,
-        error_code: code,
-        output_len: out_len as u64,
+        status: outcome.status as u32,
+        error_code: outcome.code,
+        output_len: outcome.output_len as u64,
         message_len: n as u32,
     });
 }

@@ -157,9 +157,9 @@ fn topology(args: TopologyArgs) -> Result<ExitCode> {
         None => Topology::detect(),
     }
     .context("reading the topology")?;
-    let plan = numaproc::plan::plan(
+    let plan = numaproc::plan(
         &topo,
-        &numaproc::plan::PlanRequest {
+        &numaproc::PlanRequest {
             socs: args.socs,
             workers_per_soc: args.workers,
         },

@@ -206,8 +206,7 @@ fn placements() -> (Vec<Place>, Vec<String>) {
     let plan = numaproc::Topology::detect()
         .map_err(|e| e.to_string())
         .and_then(|t| {
-            numaproc::plan::plan(&t, &numaproc::plan::PlanRequest::default())
-                .map_err(|e| e.to_string())
+            numaproc::plan(&t, &numaproc::PlanRequest::default()).map_err(|e| e.to_string())
         });
     let cpus: Vec<u32> = match &plan {
         Ok(p) if p.binding => {
