@@ -112,9 +112,18 @@ pub fn options(kind: SocKind, prefix: &str) -> EngineOptions {
         .expect("test procedure names are valid")
 }
 
-/// Shared-memory objects in /dev/shm whose name carries `prefix`.
+/// Shared-memory objects in /dev/shm of the engines this process started
+/// with `prefix`. (Another run of these tests at the same time, from
+/// another checkout, starts engines with the same prefixes: their objects
+/// carry another master's pid.)
 pub fn shm_objects(prefix: &str) -> Vec<String> {
-    let needle = format!("numaproc-{prefix}-");
+    shm_objects_of(prefix, std::process::id())
+}
+
+/// Shared-memory objects in /dev/shm of the engines master `pid` started
+/// with `prefix`.
+pub fn shm_objects_of(prefix: &str, pid: u32) -> Vec<String> {
+    let needle = format!("numaproc-{prefix}-{pid}-");
     std::fs::read_dir("/dev/shm")
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -155,7 +164,8 @@ pub fn shutdown_clean(engine: Engine) -> Result<()> {
     assert_nothing_left(&prefix, &pids)
 }
 
-/// Checks that no object with `prefix` and none of `pids` remain.
+/// Checks that no object of this process with `prefix` and none of `pids`
+/// remain.
 pub fn assert_nothing_left(prefix: &str, pids: &[u32]) -> Result<()> {
     let left = shm_objects(prefix);
     ensure!(left.is_empty(), "shared memory left behind: {left:?}");
@@ -1507,8 +1517,9 @@ pub fn master_death_takes_its_socs(kind: SocKind) -> Result<()> {
         .collect::<Result<_, _>>()?;
     ensure!(pids.len() == 2 && pids.iter().all(|&p| process_running(p)));
     let full_prefix = format!("t_{prefix}_{kind}");
+    let helper = child.id();
     ensure!(
-        !shm_objects(&full_prefix).is_empty(),
+        !shm_objects_of(&full_prefix, helper).is_empty(),
         "the helper's engine has shared memory"
     );
     child.kill()?;
@@ -1521,10 +1532,10 @@ pub fn master_death_takes_its_socs(kind: SocKind) -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let stale = shm_objects(&full_prefix);
+    let stale = shm_objects_of(&full_prefix, helper);
     ensure!(!stale.is_empty(), "a killed master cannot clean up");
     let engine = Engine::start(base_options(kind, &prefix).socs(1).workers_per_soc(1))?;
-    let left: Vec<String> = shm_objects(&full_prefix)
+    let left: Vec<String> = shm_objects_of(&full_prefix, helper)
         .into_iter()
         .filter(|n| stale.contains(n))
         .collect();
