@@ -1637,20 +1637,21 @@ fn boundary_options(kind: SocKind, prefix: &str, libs: &LibDir) -> EngineOptions
 }
 
 /// Starts an engine with `options`, runs `body` on it while a caller keeps
-/// SOC 1 busy (no call may fail, no gap between two answers may reach
-/// `BOUND`), shuts it down (within its timeout) and checks that nothing is
+/// SOC 1 busy (from its first answer on: no call may fail, no gap between
+/// two answers may reach `BOUND`), shuts it down (within its timeout) and checks that nothing is
 /// left.
 fn on_the_boundary(
     options: EngineOptions,
     body: impl FnOnce(&Engine, &mut Seen) -> Result<()>,
 ) -> Result<()> {
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let prefix = options.name_prefix.clone();
     let engine = Engine::start(options)?;
     let mut seen = Seen::default();
     seen.look(&engine);
     let stop = AtomicBool::new(false);
+    let answered = AtomicU64::new(0);
     let problems = Mutex::new(Vec::<String>::new());
     /// Stops the caller of SOC 1 however the body ends (a panic included,
     /// or the scope would wait for it forever).
@@ -1676,11 +1677,21 @@ fn on_the_boundary(
                         .map(|mut p| p.push(format!("SOC 1 call {calls}: {other:?}")))
                         .unwrap_or(()),
                 }
+                answered.fetch_add(1, Ordering::Relaxed);
                 longest = longest.max(last.elapsed());
                 last = Instant::now();
             }
             (calls, longest)
         });
+        // The body runs while SOC 1 serves, however short it is.
+        let deadline = Instant::now() + BOUND;
+        while answered.load(Ordering::Relaxed) == 0 {
+            ensure!(
+                Instant::now() < deadline,
+                "SOC 1 did not answer within {BOUND:?}"
+            );
+            std::thread::yield_now();
+        }
         let result = body(&engine, &mut seen);
         stop.store(true, Ordering::Relaxed);
         let (calls, longest) = other
