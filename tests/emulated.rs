@@ -1,11 +1,18 @@
 //! The shared scenarios with emulated SOCs (threads of this process), as
-//! ordinary tests, each under a watchdog.
+//! ordinary tests, each under a watchdog: one test for each scenario that
+//! `numaproc_integration::for_each_scenario!` lists for emulated SOCs.
+//! Then tests of this process alone: options and registrations refused,
+//! the library loader, stale objects, the session core attached.
 
 use std::sync::mpsc;
 use std::time::Duration;
 
 use numaproc::SocKind;
 use numaproc_integration as it;
+use numaproc_integration::procedures::{options, reverse};
+use numaproc_integration::support::{
+    LibDir, assert_nothing_left, fixture, rust_example, shm_objects,
+};
 
 /// Aborts the test process if the guarded test runs longer than `limit`.
 struct Watchdog(Option<mpsc::Sender<()>>);
@@ -29,37 +36,18 @@ impl Drop for Watchdog {
     }
 }
 
-macro_rules! scenario {
-    ($name:ident) => {
+/// An ordinary test of scenario `area::name` with emulated SOCs.
+macro_rules! emulated {
+    ($area:ident :: $name:ident) => {
         #[test]
         fn $name() {
             let _w = Watchdog::new(stringify!($name), Duration::from_secs(120));
-            it::run_named(stringify!($name), || it::$name(SocKind::Emulated)).unwrap();
+            it::run_named(stringify!($name), || it::$area::$name(SocKind::Emulated)).unwrap();
         }
     };
 }
 
-scenario!(calls_reach_every_worker);
-scenario!(workers_are_pinned_to_their_planned_cpu);
-scenario!(concurrent_sessions_get_their_own_output);
-scenario!(every_error_is_typed);
-scenario!(zero_copy_claim_and_read);
-scenario!(dropped_sessions_never_leak_workers);
-scenario!(failed_start_names_the_soc_and_leaves_nothing);
-scenario!(synthetic_four_node_plan_runs);
-scenario!(large_buffers_carry_64_mib);
-scenario!(deadlines_cancel_procedures);
-scenario!(absurd_timeouts_are_no_limit);
-scenario!(example_libraries_serve);
-scenario!(per_soc_library_names);
-scenario!(library_load_failures_are_specific);
-
-#[test]
-fn every_scenario_has_a_test() {
-    // Keeps this file and the scenario list in step.
-    assert_eq!(it::SCENARIOS.len(), 11);
-    assert_eq!(it::LIBRARY_SCENARIOS.len(), 3);
-}
+it::for_each_scenario!(Emulated => emulated);
 
 #[test]
 fn forked_kind_refuses_a_multithreaded_master() {
@@ -68,34 +56,46 @@ fn forked_kind_refuses_a_multithreaded_master() {
         Duration::from_secs(60),
     );
     // The test harness and the watchdog are threads of this process.
-    let e = numaproc::Engine::start(it::options(SocKind::Forked, "threads")).unwrap_err();
+    let e = numaproc::Engine::start(options(SocKind::Forked, "threads")).unwrap_err();
     assert!(
         matches!(e, numaproc::StartError::ForkWithThreads { threads } if threads > 1),
         "{e}"
     );
-    it::assert_nothing_left("t_threads_forked", &[]).unwrap();
+    assert_nothing_left("t_threads_forked", &[]).unwrap();
 }
 
 #[test]
 fn sys_names_are_refused_at_registration() {
     let e = numaproc::EngineOptions::new()
-        .register("sys_mine", it::reverse)
+        .register("sys_mine", reverse)
         .unwrap_err();
     assert_eq!(e, numaproc::RegisterError::Reserved("sys_mine".into()));
+}
+
+#[test]
+fn a_name_registered_twice_is_refused() {
     let e = numaproc::EngineOptions::new()
-        .register("x", it::reverse)
-        .and_then(|o| o.register("x", it::reverse))
+        .register("x", reverse)
+        .and_then(|o| o.register("x", reverse))
         .unwrap_err();
     assert_eq!(e, numaproc::RegisterError::Duplicate("x".into()));
 }
 
 #[test]
-fn invalid_options_stop_the_start_naming_the_option() {
+fn zero_workers_per_soc_stop_the_start_naming_the_option() {
     let e = numaproc::Engine::start(numaproc::EngineOptions::new().workers_per_soc(0)).unwrap_err();
     assert!(e.to_string().contains("workers_per_soc"), "{e}");
+}
+
+#[test]
+fn an_invalid_synthetic_topology_stops_the_start() {
     let e = numaproc::Engine::start(numaproc::EngineOptions::new().synthetic_topology("node:x"))
         .unwrap_err();
     assert!(matches!(e, numaproc::StartError::Topology(_)), "{e}");
+}
+
+#[test]
+fn a_hard_limit_with_emulated_socs_stops_the_start_naming_the_option() {
     let e = numaproc::Engine::start(
         numaproc::EngineOptions::new().hard_limit(std::time::Duration::from_secs(1)),
     )
@@ -108,12 +108,12 @@ fn invalid_options_stop_the_start_naming_the_option() {
 #[test]
 fn a_library_swapped_after_its_checks_is_not_loaded() {
     use numaproc_procs::library;
-    let libs = it::LibDir::new("swap").unwrap();
+    let libs = LibDir::new("swap").unwrap();
     // The checked library has no init (none of it runs here but the
     // descriptor function); the other would be recognised by its names.
-    libs.add(&it::fixture("good_fixture"), "libtarget.so", 0o644)
+    libs.add(&fixture("good_fixture"), "libtarget.so", 0o644)
         .unwrap();
-    libs.add(&it::fixture("numaproc_example_c"), "libother.so", 0o644)
+    libs.add(&fixture("numaproc_example_c"), "libother.so", 0o644)
         .unwrap();
     let checked = library::open(libs.path(), "target", 0).unwrap();
     // The swap: another library renamed over the checked path.
@@ -142,12 +142,11 @@ fn a_library_swapped_after_its_checks_is_not_loaded() {
 #[test]
 fn descriptor_names_of_loaded_libraries_are_not_reused() {
     use numaproc_procs::library;
-    let libs = it::LibDir::new("fdnames").unwrap();
+    let libs = LibDir::new("fdnames").unwrap();
     // Two libraries without init: bad.nop, and c.crc32.
-    libs.add(&it::fixture("good_fixture"), "liba.so", 0o644)
+    libs.add(&fixture("good_fixture"), "liba.so", 0o644)
         .unwrap();
-    libs.add(&it::fixture("dup_name"), "libb.so", 0o644)
-        .unwrap();
+    libs.add(&fixture("dup_name"), "libb.so", 0o644).unwrap();
     let load = |name: &str| {
         let file = library::open(libs.path(), name, 0).unwrap();
         let mut registry = numaproc::Registry::new();
@@ -195,7 +194,7 @@ fn a_dead_masters_objects_under_this_pid_do_not_block_the_start() {
             r.unlink_on_drop(false);
         }
     }
-    assert_eq!(it::shm_objects(prefix).len(), 600);
+    assert_eq!(shm_objects(prefix).len(), 600);
     let engine = numaproc::Engine::start(
         numaproc::EngineOptions::new()
             .soc_kind(numaproc::SocKind::Emulated)
@@ -206,12 +205,12 @@ fn a_dead_masters_objects_under_this_pid_do_not_block_the_start() {
     .expect("the stale objects are removed, not in the way");
     assert_eq!(engine.call("sys_echo", b"up").unwrap(), b"up");
     assert_eq!(
-        it::shm_objects(prefix).len(),
+        shm_objects(prefix).len(),
         2,
         "only the new engine's objects remain"
     );
     engine.shutdown().unwrap();
-    it::assert_nothing_left(prefix, &[]).unwrap();
+    assert_nothing_left(prefix, &[]).unwrap();
 }
 
 /// The session core can be built from an engine's shared memory alone, as
@@ -223,15 +222,11 @@ fn a_session_core_attached_to_the_regions_calls_the_engines_workers() {
     use numaproc_ipc::{Region, ShmName};
     use std::sync::Arc;
     let _w = Watchdog::new("attach", Duration::from_secs(60));
-    let libs = it::LibDir::new("attach").unwrap();
-    libs.add(
-        &it::rust_example().unwrap(),
-        "libnumaproc_example.so",
-        0o644,
-    )
-    .unwrap();
+    let libs = LibDir::new("attach").unwrap();
+    libs.add(&rust_example().unwrap(), "libnumaproc_example.so", 0o644)
+        .unwrap();
     let engine = numaproc::Engine::start(
-        it::options(SocKind::Emulated, "attach")
+        options(SocKind::Emulated, "attach")
             .socs(2)
             .workers_per_soc(1)
             .library_dir(libs.path())
@@ -285,5 +280,5 @@ fn a_session_core_attached_to_the_regions_calls_the_engines_workers() {
     );
     drop(core);
     engine.shutdown().unwrap();
-    it::assert_nothing_left("t_attach_emulated", &[]).unwrap();
+    assert_nothing_left("t_attach_emulated", &[]).unwrap();
 }

@@ -1,9 +1,16 @@
-//! The shared scenarios with SOCs in their own processes: forked and
-//! spawned. Forking needs a master without other threads, so this runner
-//! has no test harness: `main` runs each scenario in turn on the main
-//! thread, with `alarm` as the watchdog (a watchdog thread would make the
-//! master multithreaded). Spawned SOCs run this very executable, so `main`
-//! starts with `run_if_spawned`.
+//! The shared scenarios with SOCs in their own processes: each scenario of
+//! `numaproc_integration::ALL` that runs in forked SOCs, then each that
+//! runs in spawned SOCs. Forking needs a master without other threads, so
+//! this runner has no test harness: `main` runs each scenario in turn on
+//! the main thread, with `alarm` as the watchdog (a watchdog thread would
+//! make the master multithreaded). Spawned SOCs run this very executable,
+//! so `main` starts with `run_if_spawned`; a helper master (for the
+//! supervision scenarios) is this executable too.
+//!
+//! Arguments that do not start with `-` select the scenarios whose
+//! `kind::name` contains one of them. Prints `test kind::name ... ok` (or
+//! `FAILED` and the error) for each, then `N passed, M failed`; exits
+//! nonzero if one failed.
 
 use std::process::ExitCode;
 
@@ -22,47 +29,23 @@ fn main() -> ExitCode {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let (mut passed, mut failed) = (0, 0);
-    let spawned_only: &[(&str, it::Scenario)] = &[
-        ("spawned_soc_is_a_fresh_exec", |_| {
-            it::spawned_soc_is_a_fresh_exec()
-        }),
-        (
-            "spawned_socs_start_with_standard_descriptors_closed",
-            |_| it::spawned_socs_start_with_standard_descriptors_closed(),
-        ),
-    ];
-    let forked_only: &[(&str, it::Scenario)] = &[(
-        "forked_socs_map_no_other_engines_memory",
-        it::forked_socs_map_no_other_engines_memory,
-    )];
-    let runs = it::SCENARIOS
-        .iter()
-        .map(|s| (SocKind::Forked, s))
-        .chain(it::LIBRARY_SCENARIOS.iter().map(|s| (SocKind::Forked, s)))
-        .chain(
-            it::SUPERVISION_SCENARIOS
+    let runs = [SocKind::Forked, SocKind::Spawned]
+        .into_iter()
+        .flat_map(|kind| {
+            it::ALL
                 .iter()
-                .map(|s| (SocKind::Forked, s)),
-        )
-        .chain(it::BOUNDARY_SCENARIOS.iter().map(|s| (SocKind::Forked, s)))
-        .chain(forked_only.iter().map(|s| (SocKind::Forked, s)))
-        .chain(it::LIBRARY_SCENARIOS.iter().map(|s| (SocKind::Spawned, s)))
-        .chain(
-            it::SUPERVISION_SCENARIOS
-                .iter()
-                .map(|s| (SocKind::Spawned, s)),
-        )
-        .chain(it::BOUNDARY_SCENARIOS.iter().map(|s| (SocKind::Spawned, s)))
-        .chain(spawned_only.iter().map(|s| (SocKind::Spawned, s)));
-    for (kind, (name, scenario)) in runs {
-        let full = format!("{kind}::{name}");
+                .filter(move |s| s.runs_in(kind))
+                .map(move |s| (kind, s))
+        });
+    for (kind, scenario) in runs {
+        let full = format!("{kind}::{}", scenario.name);
         if !filter.is_empty() && !filter.iter().any(|f| full.contains(f.as_str())) {
             continue;
         }
         // SIGALRM's default action ends the process: a hung scenario fails
         // the run instead of stalling it.
         nix::unistd::alarm::set(LIMIT_SECS);
-        let result = it::run_named(name, || scenario(kind));
+        let result = scenario.run_in(kind);
         nix::unistd::alarm::cancel();
         match result {
             Ok(()) => {

@@ -1,0 +1,285 @@
+//! Calls that succeed: every worker reachable, what `sys_list_procs`
+//! lists, concurrent callers, zero-copy claims, sessions dropped in every
+//! state, 64 MiB buffers, deadlines and timeouts without a limit.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow, ensure};
+use numaproc::sys::ProcListing;
+use numaproc::{CallError, Engine, SocKind, Target};
+
+use crate::procedures::{expected_reverse, options};
+use crate::support::{expect_err, info, shutdown_clean, total_calls};
+
+/// Calls on every worker reach that worker: ping, echo, a registered
+/// procedure and sys_info (which says where it ran); every SOC is ready.
+pub fn calls_reach_every_worker(kind: SocKind) -> Result<()> {
+    let engine = Engine::start(options(kind, "every").socs(2).workers_per_soc(2))?;
+    ensure!(engine.soc_count() == 2);
+    for soc in 0..2 {
+        for worker in 0..2 {
+            let t = Target::Worker { soc, worker };
+            ensure!(engine.call_on(t, "sys_ping", b"")?.is_empty());
+            ensure!(engine.call_on(t, "sys_echo", b"abc")? == b"abc");
+            ensure!(engine.call_on(t, "test.reverse", b"abc")? == expected_reverse(b"abc"));
+            let i = info(&engine, t)?;
+            ensure!(
+                (i.soc, i.worker) == (soc as u32, worker as u32),
+                "sys_info ran on {}/{} instead of {soc}/{worker}",
+                i.soc,
+                i.worker
+            );
+        }
+    }
+    ensure!(engine.socs().iter().all(|s| s.state == "ready"));
+    shutdown_clean(engine)
+}
+
+/// `sys_list_procs` lists the built-in procedures and the registered ones.
+pub fn sys_list_procs_lists_builtins_and_registered_procedures(kind: SocKind) -> Result<()> {
+    let engine = Engine::start(options(kind, "listed").socs(2).workers_per_soc(1))?;
+    let list: Vec<ProcListing> = serde_json::from_slice(&engine.call("sys_list_procs", b"")?)?;
+    let names: Vec<&str> = list.iter().map(|p| p.name.as_str()).collect();
+    for want in [
+        "sys_ping",
+        "sys_echo",
+        "sys_info",
+        "sys_list_procs",
+        "sys_stats",
+        "sys_sleep",
+        "test.reverse",
+    ] {
+        ensure!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    shutdown_clean(engine)
+}
+
+/// Many threads make many calls, synchronous and asynchronous, against
+/// every worker; every output matches its own input (nothing lost, mixed or
+/// duplicated), and the workers' counters add up.
+pub fn concurrent_sessions_get_their_own_output(kind: SocKind) -> Result<()> {
+    const THREADS: usize = 8;
+    const CALLS: usize = 300;
+    let engine = Engine::start(options(kind, "conc").socs(2).workers_per_soc(2))?;
+    let before = total_calls(&engine)?;
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let engine = &engine;
+                s.spawn(move || -> Result<()> {
+                    let mut seed = 0x9e37_79b9_u64 ^ t as u64;
+                    for i in 0..CALLS {
+                        seed = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let len = 8 + (seed >> 33) as usize % 3000;
+                        let mut input = format!("{t}:{i}:").into_bytes();
+                        input.resize(len, (seed >> 8) as u8);
+                        // Threads 0 and 1 also keep two calls in flight; more
+                        // threads holding one worker while claiming a second
+                        // could hold every worker (4) and wait forever.
+                        let mode = if t < 2 { i % 3 } else { i % 2 };
+                        match mode {
+                            0 => {
+                                let out = engine.call("test.reverse", &input)?;
+                                ensure!(
+                                    out == expected_reverse(&input),
+                                    "thread {t} call {i}: wrong output"
+                                );
+                            }
+                            1 => {
+                                let out = engine.call("sys_echo", &input)?;
+                                ensure!(out == input, "thread {t} call {i}: wrong echo");
+                            }
+                            _ => {
+                                // Two calls in flight from this thread.
+                                let mut a = engine.submit(Target::Any, "sys_echo", &input)?;
+                                let mut b = engine.submit(Target::Any, "test.reverse", &input)?;
+                                ensure!(b.wait()? == expected_reverse(&input).as_slice());
+                                ensure!(a.wait()? == input.as_slice());
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow!("a caller thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    // Calls = THREADS * CALLS, plus one more for each asynchronous pair.
+    let pairs = 2 * (CALLS / 3);
+    let expected = (THREADS * CALLS + pairs) as u64;
+    let after = total_calls(&engine)?;
+    // total_calls itself makes one sys_stats call per SOC each time.
+    let made = after - before - engine.soc_count() as u64;
+    ensure!(
+        made == expected,
+        "workers counted {made} calls, callers made {expected}"
+    );
+    let routed: u64 = engine.socs().iter().map(|s| s.calls).sum();
+    ensure!(
+        engine.socs().iter().all(|s| s.calls > 0),
+        "a SOC got no call: {routed}"
+    );
+    shutdown_clean(engine)
+}
+
+/// Input written in place into the slot, output read in place.
+pub fn zero_copy_claim_and_read(kind: SocKind) -> Result<()> {
+    let engine = Engine::start(options(kind, "zc").socs(1).workers_per_soc(1))?;
+    let mut claim = engine.claim(Target::Any)?;
+    ensure!(claim.input_mut().len() == engine.input_capacity());
+    claim.input_mut()[..5].copy_from_slice(b"hello");
+    let mut session = claim.submit("test.reverse", 5)?;
+    ensure!(session.wait()? == expected_reverse(b"hello").as_slice());
+    ensure!(session.output() == Some(expected_reverse(b"hello").as_slice()));
+    drop(session);
+    shutdown_clean(engine)
+}
+
+/// A claim submitted with more input than the slot holds is refused with
+/// `InputTooLarge`, and its worker is free again.
+pub fn a_refused_submit_frees_its_worker(kind: SocKind) -> Result<()> {
+    let engine = Engine::start(options(kind, "zcrefused").socs(1).workers_per_soc(1))?;
+    let claim = engine.claim(Target::Any)?;
+    let e = expect_err(
+        claim.submit("sys_echo", engine.input_capacity() + 1),
+        "submit too long",
+    )?;
+    ensure!(matches!(e, CallError::InputTooLarge { .. }), "{e:?}");
+    ensure!(
+        engine.try_call("sys_ping", b"").is_ok(),
+        "a refused submit frees the worker"
+    );
+    shutdown_clean(engine)
+}
+
+/// Dropping claims and sessions in every state never leaks a worker.
+pub fn dropped_sessions_never_leak_workers(kind: SocKind) -> Result<()> {
+    let engine = Engine::start(options(kind, "drop").socs(1).workers_per_soc(1))?;
+    for round in 0..20 {
+        match round % 4 {
+            0 => drop(engine.claim(Target::Any)?),
+            1 => drop(engine.submit(Target::Any, "sys_sleep", b"20")?),
+            2 => {
+                let mut s = engine.submit(Target::Any, "sys_echo", b"x")?;
+                s.wait()?;
+            }
+            _ => drop(engine.submit(Target::Any, "sys_echo", b"unread")?),
+        }
+        // The single worker must be claimable again (after the sleep ends).
+        let out = engine.call("sys_echo", format!("round {round}").as_bytes())?;
+        ensure!(out == format!("round {round}").as_bytes());
+    }
+    shutdown_clean(engine)
+}
+
+/// 64 MiB input and output buffers carry a 64 MiB call both ways, and not
+/// a byte more.
+pub fn large_buffers_carry_64_mib(kind: SocKind) -> Result<()> {
+    const SIZE: usize = 64 << 20;
+    let engine = Engine::start(
+        options(kind, "big")
+            .socs(1)
+            .workers_per_soc(1)
+            .input_capacity(SIZE)
+            .output_capacity(SIZE),
+    )?;
+    let input: Vec<u8> = (0..SIZE).map(|i| (i % 253) as u8).collect();
+    let out = engine.call("sys_echo", &input)?;
+    ensure!(
+        out.len() == SIZE && out == input,
+        "64 MiB echo came back different"
+    );
+    let e = expect_err(engine.call("sys_echo", &vec![0u8; SIZE + 1]), "too large")?;
+    ensure!(
+        matches!(e, CallError::InputTooLarge { capacity: SIZE, .. }),
+        "{e:?}"
+    );
+    shutdown_clean(engine)
+}
+
+/// A deadline reaches the procedure as cancellation even while the caller
+/// still waits.
+pub fn deadlines_reach_procedures_as_cancellation(kind: SocKind) -> Result<()> {
+    let engine = Engine::start(options(kind, "deadline").socs(1).workers_per_soc(1))?;
+    let one = Target::Worker { soc: 0, worker: 0 };
+    let start = Instant::now();
+    let mut s = engine.submit_within(one, "sys_sleep", b"10000", Duration::from_millis(50))?;
+    let e = expect_err(s.wait(), "deadline passed")?;
+    ensure!(
+        matches!(&e, CallError::Failed { message, .. } if message == "cancelled"),
+        "{e:?}"
+    );
+    ensure!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    drop(s);
+    shutdown_clean(engine)
+}
+
+/// `call_within` bounds the whole call: one past its deadline ends at it,
+/// one within it answers.
+pub fn call_within_bounds_the_whole_call(kind: SocKind) -> Result<()> {
+    let engine = Engine::start(options(kind, "within").socs(1).workers_per_soc(1))?;
+    let one = Target::Worker { soc: 0, worker: 0 };
+    let start = Instant::now();
+    let e = expect_err(
+        engine.call_within(one, "sys_sleep", b"10000", Duration::from_millis(50)),
+        "call_within",
+    )?;
+    // The caller's wait and the procedure's cancellation end at the same
+    // deadline: whichever the caller sees first is its answer.
+    ensure!(
+        matches!(&e, CallError::CallTimeout(_))
+            || matches!(&e, CallError::Failed { message, .. } if message == "cancelled"),
+        "{e:?}"
+    );
+    ensure!(engine.call_within(one, "sys_echo", b"in time", Duration::from_secs(5))? == b"in time");
+    ensure!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+    shutdown_clean(engine)
+}
+
+/// Timeouts of `Duration::MAX` mean "no limit": waiting for a busy worker,
+/// waiting for a result and deadlines neither panic nor wrap around.
+pub fn absurd_timeouts_are_no_limit(kind: SocKind) -> Result<()> {
+    let engine = Engine::start(options(kind, "absurd").socs(1).workers_per_soc(1))?;
+    let one = Target::Worker { soc: 0, worker: 0 };
+    std::thread::scope(|s| -> Result<()> {
+        let mut busy = engine.submit(one, "sys_sleep", b"200")?;
+        let waiter = s.spawn(|| -> Result<Duration> {
+            let start = Instant::now();
+            // The only worker is busy: this waits for it, without a limit.
+            let claim = engine.claim_within(Target::Any, Duration::MAX)?;
+            let waited = start.elapsed();
+            let mut session = claim.submit("sys_echo", 0)?;
+            session.wait_timeout(Duration::MAX)?;
+            Ok(waited)
+        });
+        busy.wait_timeout(Duration::MAX)?;
+        drop(busy);
+        let waited = waiter
+            .join()
+            .map_err(|_| anyhow!("the waiting thread panicked"))??;
+        ensure!(waited < Duration::from_secs(5), "waited {waited:?}");
+        Ok(())
+    })?;
+    let mut s = engine.submit_within(one, "sys_sleep", b"50", Duration::MAX)?;
+    ensure!(s.wait_timeout(Duration::MAX)?.is_empty());
+    drop(s);
+    ensure!(engine.call_within(one, "sys_echo", b"x", Duration::MAX)? == b"x");
+    let mut claim = engine.claim(one)?;
+    claim.deadline_in(Duration::MAX);
+    ensure!(claim.submit("sys_ping", 0)?.wait()?.is_empty());
+    shutdown_clean(engine)
+}

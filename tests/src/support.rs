@@ -1,0 +1,225 @@
+//! What every area's scenarios share: engine options under a scenario's own
+//! name prefix, the checks that an engine left nothing behind (shared
+//! memory, processes), the built fixture libraries and temporary library
+//! directories, and small helpers for calls and their errors.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use numaproc::sys::{SocStats, SysInfo};
+use numaproc::{CallError, Engine, EngineOptions, SocKind, Target};
+
+/// Options for a scenario: its own prefix (`t_{prefix}_{kind}`), generous
+/// timeouts, nothing registered.
+pub fn base_options(kind: SocKind, prefix: &str) -> EngineOptions {
+    EngineOptions::new()
+        .soc_kind(kind)
+        .name_prefix(format!("t_{prefix}_{kind}"))
+        .startup_timeout(Duration::from_secs(20))
+        .claim_timeout(Duration::from_secs(20))
+        .call_timeout(Duration::from_secs(20))
+}
+
+/// Shared-memory objects in /dev/shm of the engines this process started
+/// with `prefix`. (Another run of these tests at the same time, from
+/// another checkout, starts engines with the same prefixes: their objects
+/// carry another master's pid.)
+pub fn shm_objects(prefix: &str) -> Vec<String> {
+    shm_objects_of(prefix, std::process::id())
+}
+
+/// Shared-memory objects in /dev/shm of the engines master `pid` started
+/// with `prefix`.
+pub fn shm_objects_of(prefix: &str, pid: u32) -> Vec<String> {
+    let needle = format!("numaproc-{prefix}-{pid}-");
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&needle))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a process exists (a zombie counts).
+pub fn pid_exists(pid: u32) -> bool {
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
+/// Whether a process runs (a zombie does not: it waits for a parent, or
+/// init, to reap it).
+pub fn process_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// Shuts the engine down and checks that it left nothing behind: no
+/// shared-memory object with its prefix, no SOC process.
+pub fn shutdown_clean(engine: Engine) -> Result<()> {
+    let prefix = engine.options().name_prefix.clone();
+    let names = engine.shm_names();
+    for n in &names {
+        ensure!(
+            Path::new("/dev/shm").join(n).exists(),
+            "{n} should exist while the engine runs"
+        );
+    }
+    let me = std::process::id();
+    let pids: Vec<u32> = engine
+        .socs()
+        .iter()
+        .map(|s| s.pid)
+        .filter(|&p| p != me)
+        .collect();
+    engine.shutdown().map_err(|e| anyhow!("{e}"))?;
+    assert_nothing_left(&prefix, &pids)
+}
+
+/// Checks that no object of this process with `prefix` and none of `pids`
+/// remain.
+pub fn assert_nothing_left(prefix: &str, pids: &[u32]) -> Result<()> {
+    let left = shm_objects(prefix);
+    ensure!(left.is_empty(), "shared memory left behind: {left:?}");
+    for &p in pids {
+        ensure!(!pid_exists(p), "SOC process {p} left behind");
+    }
+    Ok(())
+}
+
+/// Checks that this process has no child left.
+pub fn assert_no_children() -> Result<()> {
+    let left = children();
+    ensure!(left.is_empty(), "children left: {left:?}");
+    Ok(())
+}
+
+/// Pids of the live children of this process.
+pub fn children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Fields after the command name, which ends with the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(me) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// What `sys_info` says on `target`.
+pub fn info(engine: &Engine, target: Target) -> Result<SysInfo> {
+    Ok(serde_json::from_slice(
+        &engine.call_on(target, "sys_info", b"")?,
+    )?)
+}
+
+/// The calls the workers of every SOC have counted (one `sys_stats` call
+/// per SOC, which the next count includes).
+pub fn total_calls(engine: &Engine) -> Result<u64> {
+    let mut total = 0;
+    for soc in 0..engine.soc_count() {
+        let stats: SocStats =
+            serde_json::from_slice(&engine.call_on(Target::Soc(soc), "sys_stats", b"")?)?;
+        ensure!(stats.soc == soc as u32);
+        total += stats.workers.iter().map(|w| w.calls).sum::<u64>();
+    }
+    Ok(total)
+}
+
+/// The error of `r`, which must be one.
+pub fn expect_err<T: std::fmt::Debug>(r: Result<T, CallError>, what: &str) -> Result<CallError> {
+    match r {
+        Ok(v) => bail!("{what}: expected an error, got {v:?}"),
+        Err(e) => Ok(e),
+    }
+}
+
+/// Kills process `pid` with SIGKILL.
+pub fn kill_9(pid: u32) -> Result<()> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    Ok(())
+}
+
+/// Where the build script put the C libraries (example and fixtures).
+const FIXTURES: &str = env!("NUMAPROC_FIXTURES");
+
+/// A built C fixture or the C example library.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(FIXTURES).join(format!("lib{name}.so"))
+}
+
+/// The Rust example library, built by cargo as a dependency of this crate.
+pub fn rust_example() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent();
+    while let Some(d) = dir {
+        for candidate in [
+            d.join("libnumaproc_example.so"),
+            d.join("deps/libnumaproc_example.so"),
+        ] {
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+        dir = d.parent();
+    }
+    bail!("libnumaproc_example.so not found near {}", exe.display())
+}
+
+/// A temporary library directory, removed on drop.
+#[derive(Debug)]
+pub struct LibDir(PathBuf);
+
+impl LibDir {
+    /// An empty directory (mode 0755); `tag` must be unique in the process.
+    pub fn new(tag: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("numaproc-libs-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        Ok(Self(dir))
+    }
+    /// Copies `src` in as `file` with `mode`.
+    pub fn add(&self, src: &Path, file: &str, mode: u32) -> Result<&Self> {
+        let dst = self.0.join(file);
+        std::fs::copy(src, &dst).with_context(|| format!("copying {}", src.display()))?;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode))?;
+        Ok(self)
+    }
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for LibDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
