@@ -122,7 +122,7 @@ fn a_library_swapped_after_its_checks_is_not_loaded() {
         libs.path().join("libtarget.so"),
     )
     .unwrap();
-    let mut registry = numaproc::Registry::new();
+    let mut registry = numaproc_procs::Registry::new();
     // SAFETY: a test fixture built for this ABI; no host table is used by
     // its init (it has none) and the library is dropped below.
     let loaded = unsafe { library::load(checked, &mut registry, std::ptr::null()) }.unwrap();
@@ -149,7 +149,7 @@ fn descriptor_names_of_loaded_libraries_are_not_reused() {
     libs.add(&fixture("dup_name"), "libb.so", 0o644).unwrap();
     let load = |name: &str| {
         let file = library::open(libs.path(), name, 0).unwrap();
-        let mut registry = numaproc::Registry::new();
+        let mut registry = numaproc_procs::Registry::new();
         // SAFETY: test fixtures built for this ABI, without init.
         let loaded = unsafe { library::load(file, &mut registry, std::ptr::null()) }.unwrap();
         (loaded, registry)
@@ -246,13 +246,9 @@ fn a_session_core_attached_to_the_regions_calls_the_engines_workers() {
     let core = numaproc::SessionCore::attach(global, regions, *engine.core().settings()).unwrap();
     assert_eq!(core.soc_count(), 2);
     assert_eq!(core.input_capacity(), engine.input_capacity());
-    for entry in engine.registry().entries() {
-        assert_eq!(
-            core.proc_id(&entry.name).unwrap(),
-            engine.proc_id(&entry.name).unwrap(),
-            "{}",
-            entry.name
-        );
+    assert_eq!(core.procedures().len(), engine.procedures().len());
+    for p in engine.procedures() {
+        assert_eq!(core.proc_id(p.name).unwrap(), p.id, "{}", p.name);
     }
     for soc in 0..2 {
         let t = numaproc::Target::Worker { soc, worker: 0 };

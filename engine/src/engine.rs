@@ -17,7 +17,7 @@ use crate::memory::SharedMemory;
 use crate::options::{EngineOptions, SocKind};
 use crate::plan::{Plan, PlanRequest, plan};
 use crate::session::{Claim, Session};
-use crate::session_core::{Availability, CallSettings, IntoProc, SessionCore, Target};
+use crate::session_core::{Availability, CallSettings, IntoProc, ProcInfo, SessionCore, Target};
 use crate::socs::{Launcher, Socs, StartGuard};
 use crate::supervise::{SocRecord, SocState, Supervised, Supervisor};
 use crate::topology::Topology;
@@ -32,9 +32,8 @@ pub struct SocStatus {
     pub node: u32,
     /// Process id (the master's own for emulated SOCs).
     pub pid: u32,
-    /// Life-cycle state: starting, ready, dead, restarting, given_up,
-    /// stopping or stopped.
-    pub state: String,
+    /// Where it is in its life.
+    pub state: SocState,
     /// How many times the SOC was started again after dying.
     pub restarts: u32,
     /// Workers.
@@ -167,9 +166,9 @@ impl Engine {
         &self.core
     }
 
-    /// The procedures every SOC serves.
-    pub fn registry(&self) -> &Registry {
-        self.core.registry()
+    /// The procedures every SOC serves, in id order.
+    pub fn procedures(&self) -> impl ExactSizeIterator<Item = ProcInfo<'_>> + '_ {
+        self.core.procedures()
     }
 
     /// Number of SOCs.
@@ -207,7 +206,7 @@ impl Engine {
                 soc: i,
                 node: self.plan.socs[i].node,
                 pid: r.pid(),
-                state: r.state().name().to_owned(),
+                state: r.state(),
                 restarts: r.restarts(),
                 workers: table.worker_count(i),
                 cpus: self.core.cpus(i),
@@ -234,9 +233,13 @@ impl Engine {
         self.core.claim(target)
     }
 
-    /// Claims an idle worker, waiting at most `timeout`.
-    pub fn claim_within(&self, target: Target, timeout: Duration) -> Result<Claim<'_>, CallError> {
-        self.core.claim_within(target, timeout)
+    /// Claims an idle worker, waiting at most `timeout` for one.
+    pub fn claim_with_timeout(
+        &self,
+        target: Target,
+        timeout: Duration,
+    ) -> Result<Claim<'_>, CallError> {
+        self.core.claim_with_timeout(target, timeout)
     }
 
     /// Claims an idle worker or fails with [`CallError::Busy`] at once.
@@ -260,9 +263,9 @@ impl Engine {
         target: Target,
         proc: impl IntoProc,
         input: &[u8],
-        after: Duration,
+        deadline: Duration,
     ) -> Result<Session<'_>, CallError> {
-        self.core.submit_within(target, proc, input, after)
+        self.core.submit_within(target, proc, input, deadline)
     }
 
     /// Calls with a deadline for the whole call (see
@@ -272,9 +275,9 @@ impl Engine {
         target: Target,
         proc: impl IntoProc,
         input: &[u8],
-        after: Duration,
+        deadline: Duration,
     ) -> Result<Vec<u8>, CallError> {
-        self.core.call_within(target, proc, input, after)
+        self.core.call_within(target, proc, input, deadline)
     }
 
     /// Calls `proc` on any idle worker and returns its output (see
@@ -297,6 +300,52 @@ impl Engine {
     /// when no worker is idle.
     pub fn try_call(&self, proc: impl IntoProc, input: &[u8]) -> Result<Vec<u8>, CallError> {
         self.core.try_call(proc, input)
+    }
+
+    /// Like [`Engine::call_on`], but fails with [`CallError::Busy`] at once
+    /// (see [`SessionCore::try_call_on`]).
+    pub fn try_call_on(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+    ) -> Result<Vec<u8>, CallError> {
+        self.core.try_call_on(target, proc, input)
+    }
+
+    /// Like [`Engine::submit`], but fails with [`CallError::Busy`] at once
+    /// (see [`SessionCore::try_submit`]).
+    pub fn try_submit(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+    ) -> Result<Session<'_>, CallError> {
+        self.core.try_submit(target, proc, input)
+    }
+
+    /// Like [`Engine::submit_within`], but fails with [`CallError::Busy`]
+    /// at once (see [`SessionCore::try_submit_within`]).
+    pub fn try_submit_within(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+        deadline: Duration,
+    ) -> Result<Session<'_>, CallError> {
+        self.core.try_submit_within(target, proc, input, deadline)
+    }
+
+    /// Like [`Engine::call_within`], but fails with [`CallError::Busy`] at
+    /// once (see [`SessionCore::try_call_within`]).
+    pub fn try_call_within(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+        deadline: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        self.core.try_call_within(target, proc, input, deadline)
     }
 
     /// Stops accepting calls, lets running calls end (up to the shutdown

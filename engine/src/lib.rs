@@ -77,6 +77,8 @@ pub use numaproc_soc::{SocInfo, SocInitFn};
 pub use options::{DEFAULT_BUFFER, EngineOptions, MAX_BUFFER, SocKind, Timeouts, WaitOptions};
 pub use plan::{Plan, PlanError, PlanRequest, SocPlan, WorkerPlan, plan};
 pub use session::{Claim, Session};
-pub use session_core::{AttachError, CallSettings, IntoProc, SessionCore, Target, WorkerId};
-pub use supervise::RestartPolicy;
+pub use session_core::{
+    AttachError, CallSettings, IntoProc, ProcInfo, SessionCore, Target, WorkerId,
+};
+pub use supervise::{RestartPolicy, SocState};
 pub use topology::{CoreInfo, NodeInfo, Topology, TopologyError};

@@ -31,6 +31,17 @@ thread_local! {
     static LAST_SLOT: Cell<(u64, usize)> = const { Cell::new((u64::MAX, 0)) };
 }
 
+/// A procedure an engine serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcInfo<'a> {
+    /// Its id (what [`SessionCore::proc_id`] gives for its name).
+    pub id: ProcId,
+    /// Its name.
+    pub name: &'a str,
+    /// Where it comes from.
+    pub origin: &'a Origin,
+}
+
 /// One worker of an engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WorkerId {
@@ -257,9 +268,17 @@ impl SessionCore {
         &self.table
     }
 
-    /// The procedures every SOC serves, by name and id.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
+    /// The procedures every SOC serves, in id order.
+    pub fn procedures(&self) -> impl ExactSizeIterator<Item = ProcInfo<'_>> + '_ {
+        self.registry
+            .entries()
+            .iter()
+            .enumerate()
+            .map(|(i, e)| ProcInfo {
+                id: ProcId::from_index(i as u32),
+                name: &e.name,
+                origin: &e.origin,
+            })
     }
 
     /// How sessions wait, and for how long.
@@ -477,8 +496,12 @@ impl SessionCore {
         self.claim_impl(target, Some(self.settings.claim_timeout))
     }
 
-    /// Claims an idle worker, waiting at most `timeout`.
-    pub fn claim_within(&self, target: Target, timeout: Duration) -> Result<Claim<'_>, CallError> {
+    /// Claims an idle worker, waiting at most `timeout` for one.
+    pub fn claim_with_timeout(
+        &self,
+        target: Target,
+        timeout: Duration,
+    ) -> Result<Claim<'_>, CallError> {
         self.claim_impl(target, Some(timeout))
     }
 
@@ -526,33 +549,77 @@ impl SessionCore {
         self.start_call(target, proc, input, Some(self.settings.claim_timeout), None)
     }
 
-    /// Like [`SessionCore::submit`], with a deadline `after` from now: past
-    /// it, the procedure's `is_cancelled()` is true, whether or not anyone
-    /// still waits for the result.
+    /// Like [`SessionCore::submit`], with a deadline `deadline` from now:
+    /// past it, the procedure's `is_cancelled()` is true, whether or not
+    /// anyone still waits for the result.
     pub fn submit_within(
         &self,
         target: Target,
         proc: impl IntoProc,
         input: &[u8],
-        after: Duration,
+        deadline: Duration,
     ) -> Result<Session<'_>, CallError> {
-        let wait = self.settings.claim_timeout.min(after);
-        self.start_call(target, proc, input, Some(wait), Some(after))
+        let wait = self.settings.claim_timeout.min(deadline);
+        self.start_call(target, proc, input, Some(wait), Some(deadline))
     }
 
-    /// Calls `proc` on `target` with a deadline `after` from now, for the
-    /// whole call: waiting for a worker, running (the procedure sees
+    /// Calls `proc` on `target` with a deadline `deadline` from now, for
+    /// the whole call: waiting for a worker, running (the procedure sees
     /// `is_cancelled()` past it), and waiting for the result.
     pub fn call_within(
         &self,
         target: Target,
         proc: impl IntoProc,
         input: &[u8],
-        after: Duration,
+        deadline: Duration,
     ) -> Result<Vec<u8>, CallError> {
         let start = Instant::now();
-        let mut session = self.submit_within(target, proc, input, after)?;
-        let left = after.saturating_sub(start.elapsed());
+        let session = self.submit_within(target, proc, input, deadline)?;
+        self.finish_within(session, deadline.saturating_sub(start.elapsed()))
+    }
+
+    /// Like [`SessionCore::submit`], but fails with [`CallError::Busy`] at
+    /// once when no worker of `target` is idle.
+    pub fn try_submit(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+    ) -> Result<Session<'_>, CallError> {
+        self.start_call(target, proc, input, None, None)
+    }
+
+    /// Like [`SessionCore::submit_within`], but fails with
+    /// [`CallError::Busy`] at once when no worker of `target` is idle.
+    pub fn try_submit_within(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+        deadline: Duration,
+    ) -> Result<Session<'_>, CallError> {
+        self.start_call(target, proc, input, None, Some(deadline))
+    }
+
+    /// Like [`SessionCore::call_within`], but fails with
+    /// [`CallError::Busy`] at once when no worker of `target` is idle.
+    pub fn try_call_within(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+        deadline: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let start = Instant::now();
+        let session = self.try_submit_within(target, proc, input, deadline)?;
+        self.finish_within(session, deadline.saturating_sub(start.elapsed()))
+    }
+
+    fn finish_within(
+        &self,
+        mut session: Session<'_>,
+        left: Duration,
+    ) -> Result<Vec<u8>, CallError> {
         session.wait_timeout(left).map(<[u8]>::to_vec)
     }
 
@@ -584,7 +651,18 @@ impl SessionCore {
     /// Like [`SessionCore::call`], but fails with [`CallError::Busy`] at
     /// once when no worker is idle.
     pub fn try_call(&self, proc: impl IntoProc, input: &[u8]) -> Result<Vec<u8>, CallError> {
-        let session = self.start_call(Target::Any, proc, input, None, None)?;
+        self.try_call_on(Target::Any, proc, input)
+    }
+
+    /// Like [`SessionCore::call_on`], but fails with [`CallError::Busy`] at
+    /// once when no worker of `target` is idle.
+    pub fn try_call_on(
+        &self,
+        target: Target,
+        proc: impl IntoProc,
+        input: &[u8],
+    ) -> Result<Vec<u8>, CallError> {
+        let session = self.try_submit(target, proc, input)?;
         self.finish(session)
     }
 

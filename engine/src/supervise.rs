@@ -81,10 +81,12 @@ impl RestartPolicy {
     }
 }
 
-/// SOC life-cycle states.
+/// Where a SOC is in its life (see [`crate::Engine::socs`]).
 #[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SocState {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SocState {
     /// Started, not yet ready.
     Starting = 1,
     /// All workers pinned and serving.
@@ -101,6 +103,12 @@ pub(crate) enum SocState {
     GivenUp = 7,
 }
 
+impl std::fmt::Display for SocState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl SocState {
     fn from_u32(v: u32) -> Self {
         match v {
@@ -114,7 +122,8 @@ impl SocState {
         }
     }
 
-    /// Its name in [`crate::SocStatus`].
+    /// Its name: `starting`, `ready`, `dead`, `stopping`, `stopped`,
+    /// `restarting` or `given_up`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Starting => "starting",

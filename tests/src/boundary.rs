@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail, ensure};
-use numaproc::{CallError, Engine, EngineOptions, SocKind, StartError, Target};
+use numaproc::{CallError, Engine, EngineOptions, SocKind, SocState, StartError, Target};
 
 use crate::support::{
     LibDir, assert_no_children, assert_nothing_left, base_options, children, fixture, kill_9,
@@ -77,7 +77,7 @@ pub(crate) fn replaced(engine: &Engine, soc: usize, restarts: u32) -> Result<()>
             s.restarts <= restarts,
             "SOC {soc} restarted too often: {s:?}"
         );
-        if s.restarts == restarts && s.state == "ready" {
+        if s.restarts == restarts && s.state == SocState::Ready {
             return Ok(());
         }
         ensure!(
@@ -230,7 +230,7 @@ pub fn report_pipe_writes_and_closes_fake_no_death(kind: SocKind) -> Result<()> 
         }
         let after = &engine.socs()[0];
         ensure!(
-            after.pid == before.pid && after.restarts == 0 && after.state == "ready",
+            after.pid == before.pid && after.restarts == 0 && after.state == SocState::Ready,
             "before {before:?}, after {after:?}"
         );
         Ok(())
@@ -270,7 +270,7 @@ pub fn scribbling_on_shared_memory_fools_no_one(kind: SocKind) -> Result<()> {
             "{socs:?}"
         );
         ensure!(
-            socs[1].restarts == 0 && socs[1].state == "ready",
+            socs[1].restarts == 0 && socs[1].state == SocState::Ready,
             "{socs:?}"
         );
         for worker in 0..2 {
@@ -330,7 +330,7 @@ pub fn a_restarted_soc_serves_the_table_the_engine_started_with(kind: SocKind) -
             );
         }
         let s = &engine.socs()[0];
-        ensure!(s.state == "given_up", "{s:?}");
+        ensure!(s.state == SocState::GivenUp, "{s:?}");
         let why = s.last_error.clone().unwrap_or_default();
         ensure!(
             why.contains("library order (order 1.0.0) became library order (order 2.0.0)"),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, ensure};
 use numaproc::sys::ProcListing;
-use numaproc::{CallError, Engine, SocKind, Target};
+use numaproc::{CallError, Engine, SocKind, SocState, Target};
 
 use crate::procedures::{expected_reverse, options};
 use crate::support::{expect_err, info, shutdown_clean, total_calls};
@@ -31,7 +31,7 @@ pub fn calls_reach_every_worker(kind: SocKind) -> Result<()> {
             );
         }
     }
-    ensure!(engine.socs().iter().all(|s| s.state == "ready"));
+    ensure!(engine.socs().iter().all(|s| s.state == SocState::Ready));
     shutdown_clean(engine)
 }
 
@@ -260,7 +260,7 @@ pub fn absurd_timeouts_are_no_limit(kind: SocKind) -> Result<()> {
         let waiter = s.spawn(|| -> Result<Duration> {
             let start = Instant::now();
             // The only worker is busy: this waits for it, without a limit.
-            let claim = engine.claim_within(Target::Any, Duration::MAX)?;
+            let claim = engine.claim_with_timeout(Target::Any, Duration::MAX)?;
             let waited = start.elapsed();
             let mut session = claim.submit("sys_echo", 0)?;
             session.wait_timeout(Duration::MAX)?;

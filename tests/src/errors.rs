@@ -119,7 +119,7 @@ pub fn no_idle_worker_is_busy_or_a_claim_timeout(kind: SocKind) -> Result<()> {
         ensure!(e == CallError::Busy, "{e:?}");
         let start = Instant::now();
         let e = expect_err(
-            engine.claim_within(Target::Any, Duration::from_millis(50)),
+            engine.claim_with_timeout(Target::Any, Duration::from_millis(50)),
             "claim timeout",
         )?;
         ensure!(matches!(e, CallError::ClaimTimeout(_)), "{e:?}");
@@ -129,6 +129,64 @@ pub fn no_idle_worker_is_busy_or_a_claim_timeout(kind: SocKind) -> Result<()> {
         engine.try_call("sys_ping", b"").is_ok(),
         "dropping a claim frees the worker"
     );
+    shutdown_clean(engine)
+}
+
+/// Every `try_` form fails with `Busy` at once while the only worker is
+/// held, without waiting for it; each works once it is free.
+pub fn every_try_form_is_busy_while_no_worker_is_idle(kind: SocKind) -> Result<()> {
+    let engine = small_engine(kind, "err_try")?;
+    let long = Duration::from_secs(5);
+    {
+        let _held = engine.try_claim(ONE)?;
+        let start = Instant::now();
+        let busy = |name: &str, e: CallError| -> Result<()> {
+            ensure!(e == CallError::Busy, "{name}: {e:?}");
+            Ok(())
+        };
+        busy("try_claim", expect_err(engine.try_claim(ONE), "try_claim")?)?;
+        busy(
+            "try_call",
+            expect_err(engine.try_call("sys_ping", b""), "try_call")?,
+        )?;
+        busy(
+            "try_call_on",
+            expect_err(engine.try_call_on(ONE, "sys_ping", b""), "try_call_on")?,
+        )?;
+        busy(
+            "try_submit",
+            expect_err(engine.try_submit(ONE, "sys_ping", b""), "try_submit")?,
+        )?;
+        busy(
+            "try_submit_within",
+            expect_err(
+                engine.try_submit_within(ONE, "sys_ping", b"", long),
+                "try_submit_within",
+            )?,
+        )?;
+        busy(
+            "try_call_within",
+            expect_err(
+                engine.try_call_within(ONE, "sys_ping", b"", long),
+                "try_call_within",
+            )?,
+        )?;
+        // None of them waited for the worker (the claim timeout is 10 s).
+        ensure!(
+            start.elapsed() < long,
+            "the try_ forms took {:?}",
+            start.elapsed()
+        );
+    }
+    ensure!(engine.try_call_on(ONE, "sys_echo", b"a")? == b"a");
+    ensure!(engine.try_submit(ONE, "sys_echo", b"b")?.wait()? == b"b");
+    ensure!(
+        engine
+            .try_submit_within(ONE, "sys_echo", b"c", long)?
+            .wait()?
+            == b"c"
+    );
+    ensure!(engine.try_call_within(ONE, "sys_echo", b"d", long)? == b"d");
     shutdown_clean(engine)
 }
 

@@ -67,6 +67,7 @@ macro_rules! for_each_scenario {
                 errors::procedure_errors_carry_their_code_and_message,
                 errors::panics_are_typed_and_the_worker_serves_on,
                 errors::no_idle_worker_is_busy_or_a_claim_timeout,
+                errors::every_try_form_is_busy_while_no_worker_is_idle,
                 errors::a_call_timeout_leaves_the_call_to_its_session,
                 errors::unknown_targets_are_no_such_target,
                 errors::workers_count_failed_calls,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, ensure};
-use numaproc::{CallError, Engine, EngineOptions, SocKind, Target};
+use numaproc::{CallError, Engine, EngineOptions, SocKind, SocState, Target};
 
 use crate::support::{
     LibDir, assert_nothing_left, base_options, expect_err, fixture, kill_9, process_running,
@@ -40,7 +40,7 @@ fn wait_ready_again(engine: &Engine, soc: usize, restarts: u32) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let s = &engine.socs()[soc];
-        if s.restarts >= restarts && s.state == "ready" {
+        if s.restarts >= restarts && s.state == SocState::Ready {
             return Ok(());
         }
         ensure!(Instant::now() < deadline, "SOC {soc} not back: {s:?}");
@@ -244,7 +244,7 @@ pub fn a_given_up_soc_is_unavailable(kind: SocKind) -> Result<()> {
         expect_err(engine.call_on(soc0, "crash.abort", b""), "abort")? == CallError::SocDied(0)
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while engine.socs()[0].state != "given_up" {
+    while engine.socs()[0].state != SocState::GivenUp {
         ensure!(Instant::now() < deadline, "{:?}", engine.socs()[0]);
         std::thread::sleep(Duration::from_millis(1));
     }

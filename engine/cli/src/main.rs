@@ -440,12 +440,10 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
     let latency = Latency::of(samples);
     let floor = Latency::of(floor_samples);
     let library_procs: Vec<String> = engine
-        .registry()
-        .entries()
-        .iter()
-        .filter_map(|e| match &e.origin {
+        .procedures()
+        .filter_map(|p| match p.origin {
             numaproc::Origin::Library { name, version } => {
-                Some(format!("{} ({name} {version})", e.name))
+                Some(format!("{} ({name} {version})", p.name))
             }
             _ => None,
         })
