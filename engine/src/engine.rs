@@ -12,6 +12,7 @@ use numaproc_procs::{Origin, ProcId, Registry};
 use numaproc_soc::setup::SocSetup;
 
 use crate::error::{CallError, StartError};
+use crate::failpoint;
 use crate::launch::{self, SocFailure};
 use crate::memory::SharedMemory;
 use crate::options::{EngineOptions, SocKind};
@@ -117,6 +118,7 @@ impl Engine {
             policy: options.restart,
             hard_limit: timeouts.hard_limit,
             startup_timeout: timeouts.startup,
+            fail_to_start: failpoint::hit(failpoint::SUPERVISOR_THREAD, &options.name_prefix),
         };
         let supervisor = guard
             .hand_over(|socs| Supervisor::start(supervised, socs))

@@ -196,6 +196,8 @@ pub(crate) struct Supervised {
     pub policy: RestartPolicy,
     pub hard_limit: Option<Duration>,
     pub startup_timeout: Duration,
+    /// A test's injected failure: the thread "cannot be started".
+    pub fail_to_start: bool,
 }
 
 /// The running supervisor.
@@ -242,7 +244,7 @@ impl Supervisor {
         // The watch reaches the thread once it runs: a thread that cannot
         // be started leaves it here, to give the SOCs back.
         let (hand, take) = std::sync::mpsc::sync_channel::<Watch>(1);
-        let spawned = if crate::failpoint::hit(crate::failpoint::SUPERVISOR_THREAD) {
+        let spawned = if watch.s.fail_to_start {
             Err(std::io::Error::other("failure injected for a test"))
         } else {
             std::thread::Builder::new()

@@ -72,8 +72,10 @@ macro_rules! for_each_scenario {
                 errors::unknown_targets_are_no_such_target,
                 errors::workers_count_failed_calls,
             }
-            // Procedure libraries: every kind.
+            // Procedure libraries, and starts without Rust procedures:
+            // every kind.
             [Emulated, Forked, Spawned] {
+                start::a_supervisor_that_cannot_start_leaves_nothing,
                 libraries::example_libraries_serve_in_every_soc,
                 libraries::library_errors_come_back_typed,
                 libraries::sys_list_procs_names_each_procedures_origin,

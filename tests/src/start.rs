@@ -14,6 +14,25 @@ use crate::support::{
     assert_no_children, assert_nothing_left, base_options, info, shm_objects, shutdown_clean,
 };
 
+/// A supervisor whose thread cannot be started fails the start as the
+/// supervisor's (not as a SOC's), and the SOCs that had started are
+/// stopped and reaped first: no process, no shared memory left.
+pub fn a_supervisor_that_cannot_start_leaves_nothing(kind: SocKind) -> Result<()> {
+    let options = base_options(kind, "nosup").socs(2).workers_per_soc(1);
+    let prefix = options.name_prefix.clone();
+    numaproc::failpoint::arm(numaproc::failpoint::SUPERVISOR_THREAD, &prefix);
+    match Engine::start(options) {
+        Ok(_) => bail!("the start went through without its supervisor"),
+        Err(StartError::Supervisor(why)) => ensure!(
+            why.contains("supervisor thread"),
+            "the reason names the thread: {why}"
+        ),
+        Err(e) => bail!("not a supervisor failure: {e:?}"),
+    }
+    assert_nothing_left(&prefix, &[])?;
+    assert_no_children()
+}
+
 /// Each worker's OS-reported affinity is exactly its planned CPU.
 pub fn workers_are_pinned_to_their_planned_cpu(kind: SocKind) -> Result<()> {
     let engine = Engine::start(options(kind, "pin"))?;
