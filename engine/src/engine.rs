@@ -2,23 +2,21 @@
 //! [`SessionCore`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use numaproc_ipc::layout::NameRecord;
 use numaproc_ipc::stale;
 use numaproc_ipc::table::SlotTable;
 use numaproc_ipc::wait::saturating_deadline;
-use numaproc_procs::{Origin, ProcId, Registry};
+use numaproc_procs::{Origin, Registry};
 use numaproc_soc::setup::SocSetup;
 
-use crate::error::{CallError, StartError};
+use crate::error::StartError;
 use crate::failpoint;
 use crate::launch::{self, SocFailure};
 use crate::memory::SharedMemory;
 use crate::options::{EngineOptions, SocKind};
 use crate::plan::{Plan, PlanRequest, plan};
-use crate::session::{Claim, Session};
-use crate::session_core::{Availability, CallSettings, IntoProc, ProcInfo, SessionCore, Target};
+use crate::session_core::{Availability, CallSettings, SessionCore};
 use crate::socs::{Launcher, Socs, StartGuard};
 use crate::supervise::{SocRecord, SocState, Supervised, Supervisor};
 use crate::topology::Topology;
@@ -162,35 +160,10 @@ impl Engine {
         &self.options
     }
 
-    /// What callers use: every call method of the engine is the core's;
-    /// the core can be shared by reference on its own.
+    /// What callers use: every call method of the engine is the core's
+    /// (through `Deref`); the core can be shared by reference on its own.
     pub fn core(&self) -> &SessionCore {
         &self.core
-    }
-
-    /// The procedures every SOC serves, in id order.
-    pub fn procedures(&self) -> impl ExactSizeIterator<Item = ProcInfo<'_>> + '_ {
-        self.core.procedures()
-    }
-
-    /// Number of SOCs.
-    pub fn soc_count(&self) -> usize {
-        self.core.soc_count()
-    }
-
-    /// Number of workers of SOC `soc` (0 if there is no such SOC).
-    pub fn worker_count(&self, soc: usize) -> usize {
-        self.core.worker_count(soc)
-    }
-
-    /// Input buffer capacity of every worker.
-    pub fn input_capacity(&self) -> usize {
-        self.core.input_capacity()
-    }
-
-    /// Output buffer capacity of every worker.
-    pub fn output_capacity(&self) -> usize {
-        self.core.output_capacity()
     }
 
     /// Names of the shared-memory objects of this engine (in /dev/shm).
@@ -223,133 +196,6 @@ impl Engine {
             .collect()
     }
 
-    /// The id of a procedure name: resolve once, call many times.
-    pub fn proc_id(&self, name: &str) -> Result<ProcId, CallError> {
-        self.core.proc_id(name)
-    }
-
-    /// Claims an idle worker of `target`, waiting up to the claim timeout
-    /// (see [`SessionCore::claim`]).
-    #[inline]
-    pub fn claim(&self, target: Target) -> Result<Claim<'_>, CallError> {
-        self.core.claim(target)
-    }
-
-    /// Claims an idle worker, waiting at most `timeout` for one.
-    pub fn claim_with_timeout(
-        &self,
-        target: Target,
-        timeout: Duration,
-    ) -> Result<Claim<'_>, CallError> {
-        self.core.claim_with_timeout(target, timeout)
-    }
-
-    /// Claims an idle worker or fails with [`CallError::Busy`] at once.
-    pub fn try_claim(&self, target: Target) -> Result<Claim<'_>, CallError> {
-        self.core.try_claim(target)
-    }
-
-    /// Starts a call and returns its session (see [`SessionCore::submit`]).
-    pub fn submit(
-        &self,
-        target: Target,
-        proc: impl IntoProc,
-        input: &[u8],
-    ) -> Result<Session<'_>, CallError> {
-        self.core.submit(target, proc, input)
-    }
-
-    /// Starts a call with a deadline (see [`SessionCore::submit_within`]).
-    pub fn submit_within(
-        &self,
-        target: Target,
-        proc: impl IntoProc,
-        input: &[u8],
-        deadline: Duration,
-    ) -> Result<Session<'_>, CallError> {
-        self.core.submit_within(target, proc, input, deadline)
-    }
-
-    /// Calls with a deadline for the whole call (see
-    /// [`SessionCore::call_within`]).
-    pub fn call_within(
-        &self,
-        target: Target,
-        proc: impl IntoProc,
-        input: &[u8],
-        deadline: Duration,
-    ) -> Result<Vec<u8>, CallError> {
-        self.core.call_within(target, proc, input, deadline)
-    }
-
-    /// Calls `proc` on any idle worker and returns its output (see
-    /// [`SessionCore::call`]).
-    pub fn call(&self, proc: impl IntoProc, input: &[u8]) -> Result<Vec<u8>, CallError> {
-        self.core.call(proc, input)
-    }
-
-    /// Calls `proc` on an idle worker of `target`.
-    pub fn call_on(
-        &self,
-        target: Target,
-        proc: impl IntoProc,
-        input: &[u8],
-    ) -> Result<Vec<u8>, CallError> {
-        self.core.call_on(target, proc, input)
-    }
-
-    /// Like [`Engine::call`], but fails with [`CallError::Busy`] at once
-    /// when no worker is idle.
-    pub fn try_call(&self, proc: impl IntoProc, input: &[u8]) -> Result<Vec<u8>, CallError> {
-        self.core.try_call(proc, input)
-    }
-
-    /// Like [`Engine::call_on`], but fails with [`CallError::Busy`] at once
-    /// (see [`SessionCore::try_call_on`]).
-    pub fn try_call_on(
-        &self,
-        target: Target,
-        proc: impl IntoProc,
-        input: &[u8],
-    ) -> Result<Vec<u8>, CallError> {
-        self.core.try_call_on(target, proc, input)
-    }
-
-    /// Like [`Engine::submit`], but fails with [`CallError::Busy`] at once
-    /// (see [`SessionCore::try_submit`]).
-    pub fn try_submit(
-        &self,
-        target: Target,
-        proc: impl IntoProc,
-        input: &[u8],
-    ) -> Result<Session<'_>, CallError> {
-        self.core.try_submit(target, proc, input)
-    }
-
-    /// Like [`Engine::submit_within`], but fails with [`CallError::Busy`]
-    /// at once (see [`SessionCore::try_submit_within`]).
-    pub fn try_submit_within(
-        &self,
-        target: Target,
-        proc: impl IntoProc,
-        input: &[u8],
-        deadline: Duration,
-    ) -> Result<Session<'_>, CallError> {
-        self.core.try_submit_within(target, proc, input, deadline)
-    }
-
-    /// Like [`Engine::call_within`], but fails with [`CallError::Busy`] at
-    /// once (see [`SessionCore::try_call_within`]).
-    pub fn try_call_within(
-        &self,
-        target: Target,
-        proc: impl IntoProc,
-        input: &[u8],
-        deadline: Duration,
-    ) -> Result<Vec<u8>, CallError> {
-        self.core.try_call_within(target, proc, input, deadline)
-    }
-
     /// Stops accepting calls, lets running calls end (up to the shutdown
     /// timeout), stops and reaps every SOC and removes the shared memory.
     pub fn shutdown(mut self) -> Result<(), ShutdownError> {
@@ -374,6 +220,18 @@ impl Engine {
         } else {
             Err(ShutdownError { problems })
         }
+    }
+}
+
+/// The engine's call methods are its session core's: `engine.call(...)`
+/// is `engine.core().call(...)`. The engine owns the core, and the
+/// processes and memory behind it, as a smart pointer owns its value.
+impl std::ops::Deref for Engine {
+    type Target = SessionCore;
+
+    #[inline]
+    fn deref(&self) -> &SessionCore {
+        &self.core
     }
 }
 

@@ -1,7 +1,7 @@
 //! Failures injected by tests into steps that cannot be made to fail from
 //! outside (a thread that the system refuses to start). Compiled in only
 //! with the `failpoints` feature, which the integration tests turn on;
-//! without it, [`hit`] is `false` and costs nothing.
+//! without it, `hit` is `false` and costs nothing.
 //!
 //! A failure is armed for the engines of one name prefix, so that tests
 //! running side by side do not trip each other's.
@@ -12,7 +12,7 @@ pub const SUPERVISOR_THREAD: &str = "supervisor-thread";
 #[cfg(feature = "failpoints")]
 static ARMED: std::sync::Mutex<Vec<(&'static str, String)>> = std::sync::Mutex::new(Vec::new());
 
-/// Makes the next [`hit`] of `name` by an engine with name prefix `prefix`
+/// Makes the next `hit` of `name` by an engine with name prefix `prefix`
 /// (in this process) report a failure.
 #[cfg(feature = "failpoints")]
 pub fn arm(name: &'static str, prefix: &str) {

@@ -32,8 +32,11 @@
 //! Core concepts:
 //! - [`EngineOptions`]: how many SOCs and workers, buffer sizes, wait policy;
 //!   a builder or a TOML file; procedures are registered here.
-//! - [`Engine`]: started from options; `call`, `call_on`, `try_call`,
-//!   `submit` (asynchronous) and `claim` (write input in place).
+//! - [`Engine`]: started from options, it owns the SOCs and the shared
+//!   memory; its call methods are its [`SessionCore`]'s.
+//! - [`SessionCore`]: `call`, `call_on`, `call_within`, `submit`
+//!   (asynchronous) and `claim` (write input in place), each with a `try_`
+//!   form that does not wait for an idle worker.
 //! - [`Session`]: one submitted call; wait on it, read its output in place.
 //! - [`Plan`]: which core each worker of each SOC is pinned to.
 //! - Built-in procedures: `sys_ping`, `sys_echo`, `sys_info`,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use numaproc_ipc::layout::{
-    GlobalFill, GlobalLayout, GlobalView, NameRecord, SocFill, SocLayout, SocView, init_global,
+    GlobalFill, GlobalLayout, GlobalView, SocFill, SocLayout, SocView, init_global,
     write_soc_header,
 };
 use numaproc_ipc::{NameError, Region, RegionError, ShmName, stale};
@@ -126,15 +126,7 @@ impl SharedMemory {
                 region_size: size,
             })
             .collect();
-        let names: Vec<NameRecord> = registry
-            .entries()
-            .iter()
-            .map(|e| NameRecord {
-                name: e.name.clone(),
-                tag: e.origin.tag(),
-                label: e.origin.label(),
-            })
-            .collect();
+        let names = numaproc_soc::name_records(registry.entries());
         let worker_policy = options.wait.worker();
         // SAFETY: just created with global_layout.size() bytes, unpublished.
         unsafe {

@@ -120,7 +120,7 @@ const PENDING: usize = usize::MAX;
 /// reports the result, but a procedure that misbehaves (a thread it left
 /// running, memory corruption in its SOC) can still write it while the
 /// session reads it. Treat the bytes as input from the procedure, no more
-/// trusted than the procedure: copy them (`to_vec`, as [`crate::Engine::call`]
+/// trusted than the procedure: copy them (`to_vec`, as [`crate::SessionCore::call`]
 /// does) before validating them when a change between two reads would
 /// matter, and parse them defensively.
 #[derive(Debug)]

@@ -38,9 +38,9 @@ use crossbeam_channel::bounded;
 use numaproc_abi::HostServices;
 use numaproc_ipc::layout::{GlobalView, NameRecord, SocView};
 use numaproc_ipc::{Region, WaitPolicy};
-use numaproc_procs::Registry;
 use numaproc_procs::library::{self, LoadedLibrary};
 use numaproc_procs::stats::ProcCounters;
+use numaproc_procs::{ProcEntry, Registry};
 
 /// What a per-SOC init hook learns about its SOC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +76,19 @@ pub struct SocConfig<'a> {
     pub libraries: &'a [String],
     /// Optional init hook.
     pub init: Option<SocInitFn>,
+}
+
+/// The name-table records of procedures, as they are written into shared
+/// memory.
+pub fn name_records(entries: &[ProcEntry]) -> Vec<NameRecord> {
+    entries
+        .iter()
+        .map(|e| NameRecord {
+            name: e.name.clone(),
+            tag: e.origin.tag(),
+            label: e.origin.label(),
+        })
+        .collect()
 }
 
 /// Loads the SOC's libraries into `registry`, in order.
@@ -155,14 +168,7 @@ pub fn run(cfg: &SocConfig<'_>, report: impl FnOnce(Result<(), String>)) {
             return;
         }
     };
-    let names: Vec<NameRecord> = registry.entries()[base..]
-        .iter()
-        .map(|e| NameRecord {
-            name: e.name.clone(),
-            tag: e.origin.tag(),
-            label: e.origin.label(),
-        })
-        .collect();
+    let names = name_records(&registry.entries()[base..]);
     if let Err(e) = view.set_names(&names) {
         close_all(&view);
         report(Err(format!("too many library procedures: {e}")));

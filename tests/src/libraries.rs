@@ -20,12 +20,6 @@ fn u64s(words: &[u64]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
-fn fnv1a(input: &[u8]) -> u64 {
-    input.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 /// A directory with the Rust example library and the C one (mode 0755).
 fn example_libs(kind: SocKind, tag: &str) -> Result<LibDir> {
     let libs = LibDir::new(&format!("{tag}-{kind}"))?;
@@ -57,7 +51,10 @@ pub fn example_libraries_serve_in_every_soc(kind: SocKind) -> Result<()> {
     let me = std::process::id();
     for soc in 0..2 {
         let t = Target::Worker { soc, worker: 0 };
-        ensure!(engine.call_on(t, "example.fnv1a", b"abc")? == fnv1a(b"abc").to_le_bytes());
+        ensure!(
+            engine.call_on(t, "example.fnv1a", b"abc")?
+                == numaproc_abi::fnv1a(b"abc").to_le_bytes()
+        );
         ensure!(engine.call_on(t, "example.reverse", b"abc")? == b"cba");
         ensure!(engine.call_on(t, "example.sum", &u64s(&[1, 2, 39]))? == 42u64.to_le_bytes());
         ensure!(engine.call_on(t, "example.div", &u64s(&[7, 2]))? == 3u64.to_le_bytes());

@@ -3,6 +3,7 @@
 //! memory, processes), the built fixture libraries and temporary library
 //! directories, and small helpers for calls and their errors.
 
+use numaproc::stale::ProcStat;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,13 +56,7 @@ pub fn pid_exists(pid: u32) -> bool {
 /// Whether a process runs (a zombie does not: it waits for a parent, or
 /// init, to reap it).
 pub fn process_running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z"),
-        Err(_) => false,
-    }
+    ProcStat::read(&pid.to_string()).is_some_and(|s| s.state != 'Z')
 }
 
 /// Shuts the engine down and checks that it left nothing behind: no
@@ -113,15 +108,7 @@ pub fn children() -> Vec<u32> {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // Fields after the command name, which ends with the last ')'.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(me) {
+            if ProcStat::read(&pid.to_string()).is_some_and(|s| s.ppid == me) {
                 out.push(pid);
             }
         }
