@@ -82,6 +82,7 @@ pub struct WorkerPlan {
 
 /// Why no plan could be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlanError {
     /// Zero SOCs were requested.
     #[error("the number of SOCs must be at least 1, got 0")]

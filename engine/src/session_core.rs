@@ -162,6 +162,7 @@ pub struct SessionCore {
 
 /// Why [`SessionCore::attach`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AttachError {
     /// The regions do not describe a consistent engine.
     #[error(transparent)]

@@ -62,13 +62,14 @@ pub struct CoreInfo {
 
 /// Why a topology could not be obtained.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TopologyError {
     /// hwloc failed to read the topology of this machine.
-    #[error("hwloc could not read the topology of this machine: {0}")]
+    #[error("hwloc could not read the topology of this machine")]
     Detect(#[source] hwlocality::errors::RawHwlocError),
     /// hwloc rejected a synthetic topology description.
     #[error(
-        "invalid synthetic topology description {description:?}: {source} \
+        "invalid synthetic topology description {description:?} \
          (expected something like \"node:4 core:4 pu:1\")"
     )]
     InvalidSynthetic {
@@ -79,7 +80,7 @@ pub enum TopologyError {
         source: hwlocality::topology::builder::StringInputError,
     },
     /// hwloc accepted a synthetic description but failed to build it.
-    #[error("hwloc could not build the synthetic topology {description:?}: {source}")]
+    #[error("hwloc could not build the synthetic topology {description:?}")]
     SyntheticBuild {
         /// The description as given.
         description: String,

@@ -10,6 +10,7 @@ pub const NAME_ROOT: &str = "numaproc-";
 
 /// An error in a shared-object name prefix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NameError {
     /// The prefix is empty or longer than [`MAX_PREFIX_LEN`].
     #[error("name prefix must be 1 to {MAX_PREFIX_LEN} bytes long, got {0} bytes")]

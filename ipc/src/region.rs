@@ -87,11 +87,12 @@ pub struct Shape {
     pub extra_size: u32,
 }
 
-/// Errors creating a region.
+/// Errors creating a region (the OS error is the `source()`).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegionError {
     /// `shm_open` failed (for example, the name exists already).
-    #[error("cannot create shared-memory object {name}: {source}")]
+    #[error("cannot create shared-memory object {name}")]
     Create {
         /// Object name.
         name: String,
@@ -99,7 +100,7 @@ pub enum RegionError {
         source: nix::Error,
     },
     /// Sizing or mapping the object failed.
-    #[error("cannot size or map shared-memory object {name} ({size} bytes): {source}")]
+    #[error("cannot size or map shared-memory object {name} ({size} bytes)")]
     Map {
         /// Object name.
         name: String,
@@ -112,6 +113,7 @@ pub enum RegionError {
 
 /// Errors attaching to an existing region.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// The object does not exist or cannot be opened or mapped.
     #[error("cannot open shared-memory object {name}: {reason}")]

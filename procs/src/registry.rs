@@ -109,6 +109,7 @@ pub struct ProcEntry {
 
 /// Why a registration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegisterError {
     /// Empty or longer than [`MAX_NAME_LEN`] bytes.
     #[error("procedure name {name:?} must be 1 to {MAX_NAME_LEN} bytes long, it has {len}")]

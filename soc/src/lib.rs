@@ -105,13 +105,13 @@ fn load_libraries(
         .library_dir
         .ok_or_else(|| library::LoadError::NoLibraryDir.to_string())?;
     for entry in cfg.libraries {
-        let file = library::open(dir, entry, cfg.soc).map_err(|e| e.to_string())?;
+        let file = library::open(dir, entry, cfg.soc).map_err(|e| report::chain(&e))?;
         // SAFETY: the file passed the directory, owner and permission
         // checks and is loaded through the descriptor checked; the host
         // table outlives the library (both live until `run` returns, the
         // table declared first), and the library outlives every worker
         // (dropped after the worker scope).
-        let lib = unsafe { library::load(file, registry, host) }.map_err(|e| e.to_string())?;
+        let lib = unsafe { library::load(file, registry, host) }.map_err(|e| report::chain(&e))?;
         loaded.push(lib);
     }
     Ok(loaded)
@@ -147,7 +147,7 @@ pub fn run(cfg: &SocConfig<'_>, report: impl FnOnce(Result<(), String>)) {
     ) {
         (Ok(v), Ok(g)) => (v, g),
         (Err(e), _) | (_, Err(e)) => {
-            report(Err(e.to_string()));
+            report(Err(crate::report::chain(&e)));
             return;
         }
     };

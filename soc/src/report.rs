@@ -60,6 +60,19 @@ impl Report {
     }
 }
 
+/// An error and its causes as one line, `error: cause: cause`: how an
+/// error crosses to the master, which gets text and no `source()`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// Writes the report of `result`. A failure means the master is gone, and
 /// there is no one left to tell.
 pub fn write(fd: &OwnedFd, result: Result<(), String>) {
@@ -97,6 +110,24 @@ mod tests {
             Report::Failed(r) => assert_eq!(r, "é".repeat(MAX_REPORT / 2)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_chain_names_every_cause() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("cannot load")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::other("no such file"));
+        assert_eq!(chain(&e), "cannot load: no such file");
     }
 
     #[test]

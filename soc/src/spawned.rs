@@ -175,15 +175,15 @@ fn serve(engine: &str) -> Result<(), String> {
         let global_name = ShmName::parse(engine)
             .ok_or_else(|| format!("{ENV_ENGINE}={engine} is not a numaproc object name"))?;
         let timeout = Duration::from_secs(10);
-        let global =
-            Region::open(&global_name, GlobalLayout::SHAPE, timeout).map_err(|e| e.to_string())?;
+        let global = Region::open(&global_name, GlobalLayout::SHAPE, timeout)
+            .map_err(|e| report::chain(&e))?;
         let region = Region::open(
             &global_name.sibling(&format!("s{soc}")),
             SocLayout::SHAPE,
             timeout,
         )
-        .map_err(|e| e.to_string())?;
-        let view = GlobalView::from_header(&global).map_err(|e| e.to_string())?;
+        .map_err(|e| report::chain(&e))?;
+        let view = GlobalView::from_header(&global).map_err(|e| report::chain(&e))?;
         let settings = Settings::parse(view.settings())?;
         // SAFETY: this SOC never uses the owner lines (sessions' memory).
         unsafe { restrict_global(&global, &view.parts()) }?;

@@ -160,7 +160,8 @@ const _: () = {
 };
 
 /// Loads the checked `file`, registers its procedures into `registry` and
-/// runs its init with `host`.
+/// runs its init with `host`. A load that fails at any step leaves the
+/// registry as it was, and the library closed.
 ///
 /// # Safety
 /// Loading a library runs its code: the file must be trusted (the checks of
@@ -173,9 +174,51 @@ pub unsafe fn load(
     host: *const HostServices,
 ) -> Result<LoadedLibrary, LoadError> {
     let LibraryFile { path, file, .. } = file;
-    let p = || path.clone();
+    // SAFETY: the caller's contract.
+    let (shared, library) = unsafe { open_through_descriptor(&path, file) }?;
+    let descriptor = entry_descriptor(&path, &library)?;
+    // SAFETY: a non-null, aligned pointer from the library's entry point.
+    unsafe { check_layout(&path, descriptor) }?;
+    // SAFETY: the layout is checked; every field is valid for any bits
+    // (integers, raw pointers, nullable function pointers).
+    let d = unsafe { &*descriptor };
+    // SAFETY: a checked descriptor of a loaded library.
+    let (name, version) = unsafe { labels(&path, d) }?;
+    // SAFETY: as above.
+    let procedures = unsafe { procedure_table(&path, d) }?;
+    let origin = Origin::Library {
+        name: name.clone(),
+        version: version.clone(),
+    };
+    // Every name is checked on a copy before any is registered, so a
+    // refusal leaves the registry as it was.
+    // SAFETY: the table of a loaded library.
+    let with_library = unsafe { registered(&path, registry, procedures, &origin) }?;
+    // SAFETY: the host table is valid (contract).
+    unsafe { run_init(&path, d, host) }?;
+    *registry = with_library;
+    Ok(LoadedLibrary {
+        path,
+        name,
+        version,
+        descriptor,
+        host,
+        library: Some(library),
+        _file: shared,
+    })
+}
+
+/// Step 1: the library loaded through the checked descriptor (by its
+/// `/proc/self/fd/N` name), and that descriptor, kept while it is loaded.
+///
+/// # Safety
+/// As [`load`]: loading runs the library's code.
+unsafe fn open_through_descriptor(
+    path: &Path,
+    file: std::fs::File,
+) -> Result<(std::sync::Arc<std::fs::File>, libloading::os::unix::Library), LoadError> {
     let shared = shared_descriptor(file).map_err(|e| LoadError::Open {
-        path: p(),
+        path: path.to_owned(),
         reason: e.to_string(),
     })?;
     let through = format!("/proc/self/fd/{}", shared.as_raw_fd());
@@ -184,10 +227,19 @@ pub unsafe fn load(
     let library =
         unsafe { libloading::os::unix::Library::open(Some(&through), flags) }.map_err(|e| {
             LoadError::Open {
-                path: p(),
+                path: path.to_owned(),
                 reason: e.to_string().replace(&through, &path.display().to_string()),
             }
         })?;
+    Ok((shared, library))
+}
+
+/// Step 2: the descriptor the library's entry point returns, non-null and
+/// aligned.
+fn entry_descriptor(
+    path: &Path,
+    library: &libloading::os::unix::Library,
+) -> Result<*const LibraryDescriptor, LoadError> {
     // Read the symbol as a plain pointer: it may be NULL.
     // SAFETY: a pointer-sized read of the symbol's address.
     let func = match unsafe { library.get::<*const std::ffi::c_void>(LIBRARY_SYMBOL) } {
@@ -196,24 +248,38 @@ pub unsafe fn load(
             // type is the ABI's function type.
             unsafe { std::mem::transmute::<*const std::ffi::c_void, LibraryFn>(*f) }
         }
-        _ => return Err(LoadError::MissingSymbol { path: p() }),
+        _ => {
+            return Err(LoadError::MissingSymbol {
+                path: path.to_owned(),
+            });
+        }
     };
     // SAFETY: calling the ABI's entry point, which returns a static pointer.
     let descriptor = unsafe { func() };
     if descriptor.is_null() {
-        return Err(LoadError::NullDescriptor { path: p() });
+        return Err(LoadError::NullDescriptor {
+            path: path.to_owned(),
+        });
     }
     if !descriptor.is_aligned() {
         return Err(LoadError::BadDescriptor {
-            path: p(),
+            path: path.to_owned(),
             what: "the descriptor is misaligned".to_owned(),
         });
     }
-    // Read the fixed prefix field by field before trusting the layout.
-    // SAFETY: every ABI version starts with these 32 bytes; the pointer is
-    // aligned and non-null.
+    Ok(descriptor)
+}
+
+/// Step 3: the descriptor's magic, ABI version and structure sizes, read
+/// field by field from the prefix every ABI version shares, before its
+/// layout is trusted.
+///
+/// # Safety
+/// `d` is non-null, aligned, and points at a library's descriptor.
+unsafe fn check_layout(path: &Path, d: *const LibraryDescriptor) -> Result<(), LoadError> {
+    let p = || path.to_owned();
+    // SAFETY: every ABI version starts with these 32 bytes (contract).
     let (magic, major, minor, sizes) = unsafe {
-        let d = descriptor;
         (
             (&raw const (*d).magic).read(),
             (&raw const (*d).abi_major).read(),
@@ -273,11 +339,16 @@ pub unsafe fn load(
             });
         }
     }
-    // SAFETY: the layout is checked; every field is valid for any bits
-    // (integers, raw pointers, nullable function pointers).
-    let d = unsafe { &*descriptor };
+    Ok(())
+}
+
+/// Step 4: the library's name and version, read within bounds.
+///
+/// # Safety
+/// `d` is a checked descriptor of a loaded library.
+unsafe fn labels(path: &Path, d: &LibraryDescriptor) -> Result<(String, String), LoadError> {
     let bad = |what: &str| LoadError::BadString {
-        path: p(),
+        path: path.to_owned(),
         what: what.to_owned(),
     };
     // SAFETY: NUL-terminated static strings (ABI contract); read up to a bound.
@@ -290,80 +361,105 @@ pub unsafe fn load(
         || version.chars().any(char::is_control)
         || name.len() + 1 + version.len() > MAX_LABEL
     {
-        return Err(LoadError::BadString {
-            path: p(),
-            what: format!(
-                "the library name {name:?} with version {version:?} (a name without spaces, and at most {MAX_LABEL} bytes for both)"
-            ),
-        });
+        return Err(bad(&format!(
+            "the library name {name:?} with version {version:?} (a name without spaces, and at most {MAX_LABEL} bytes for both)"
+        )));
     }
+    Ok((name, version))
+}
+
+/// Step 5: the procedure table, within the allowed count.
+///
+/// # Safety
+/// `d` is a checked descriptor of a loaded library.
+unsafe fn procedure_table<'d>(
+    path: &Path,
+    d: &'d LibraryDescriptor,
+) -> Result<&'d [RawProcedure], LoadError> {
+    let bad = |what: String| LoadError::BadDescriptor {
+        path: path.to_owned(),
+        what,
+    };
     if d.procedure_count > MAX_PROCEDURES {
-        return Err(LoadError::BadDescriptor {
-            path: p(),
-            what: format!(
-                "lists {} procedures, at most {MAX_PROCEDURES} are allowed",
-                d.procedure_count
-            ),
-        });
+        return Err(bad(format!(
+            "lists {} procedures, at most {MAX_PROCEDURES} are allowed",
+            d.procedure_count
+        )));
     }
     let table = d.procedures.cast::<RawProcedure>();
-    let procedures: &[RawProcedure] = if d.procedure_count == 0 {
-        &[]
+    if d.procedure_count == 0 {
+        Ok(&[])
     } else if table.is_null() || !table.is_aligned() {
-        return Err(LoadError::BadDescriptor {
-            path: p(),
-            what: "the procedure table is null or misaligned".to_owned(),
-        });
+        Err(bad("the procedure table is null or misaligned".to_owned()))
     } else {
         // SAFETY: a static table of procedure_count entries (ABI contract),
         // read through the nullable mirror of ProcedureDesc.
-        unsafe { std::slice::from_raw_parts(table, d.procedure_count as usize) }
-    };
-    // Check every name before registering any, so a refusal leaves the
-    // registry as it was.
+        Ok(unsafe { std::slice::from_raw_parts(table, d.procedure_count as usize) })
+    }
+}
+
+/// Step 6: a copy of `registry` with every procedure of the table
+/// registered, or the first refusal.
+///
+/// # Safety
+/// `procedures` is the table of a loaded library.
+unsafe fn registered(
+    path: &Path,
+    registry: &Registry,
+    procedures: &[RawProcedure],
+    origin: &Origin,
+) -> Result<Registry, LoadError> {
     let mut trial = registry.clone();
-    let origin = Origin::Library {
-        name: name.clone(),
-        version: version.clone(),
-    };
     for (i, proc) in procedures.iter().enumerate() {
         // SAFETY: NUL-terminated static strings (ABI contract); read up to
         // one byte more than the longest valid name.
         let pname = unsafe { bounded_str(proc.name, crate::registry::MAX_NAME_LEN + 1) }
-            .ok_or_else(|| bad(&format!("procedure {i}'s name")))?;
+            .ok_or_else(|| LoadError::BadString {
+                path: path.to_owned(),
+                what: format!("procedure {i}'s name"),
+            })?;
         let Some(func) = proc.func else {
             return Err(LoadError::NullFunction {
-                path: p(),
+                path: path.to_owned(),
                 name: pname,
             });
         };
         trial
             .register_library(&pname, origin.clone(), func)
-            .map_err(|source| LoadError::Register { path: p(), source })?;
+            .map_err(|source| LoadError::Register {
+                path: path.to_owned(),
+                source,
+            })?;
     }
-    if let Some(init) = d.init {
-        let mut buf = [0u8; 512];
-        // SAFETY: host is valid (contract); the buffer holds 512 bytes.
-        let rc = unsafe { init(host, buf.as_mut_ptr().cast(), buf.len() - 1) };
-        if rc != 0 {
-            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-            let reason = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let reason = if reason.is_empty() {
-                format!("init returned {rc}")
-            } else {
-                reason
-            };
-            return Err(LoadError::InitFailed { path: p(), reason });
-        }
+    Ok(trial)
+}
+
+/// Step 7: the library's init, if it has one.
+///
+/// # Safety
+/// `host` is valid; `d` is a checked descriptor of a loaded library.
+unsafe fn run_init(
+    path: &Path,
+    d: &LibraryDescriptor,
+    host: *const HostServices,
+) -> Result<(), LoadError> {
+    let Some(init) = d.init else {
+        return Ok(());
+    };
+    let mut buf = [0u8; 512];
+    // SAFETY: host is valid (contract); the buffer holds 512 bytes.
+    let rc = unsafe { init(host, buf.as_mut_ptr().cast(), buf.len() - 1) };
+    if rc == 0 {
+        return Ok(());
     }
-    *registry = trial;
-    Ok(LoadedLibrary {
-        path,
-        name,
-        version,
-        descriptor,
-        host,
-        library: Some(library),
-        _file: shared,
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let reason = String::from_utf8_lossy(&buf[..end]).into_owned();
+    Err(LoadError::InitFailed {
+        path: path.to_owned(),
+        reason: if reason.is_empty() {
+            format!("init returned {rc}")
+        } else {
+            reason
+        },
     })
 }

@@ -47,6 +47,7 @@ pub(crate) const MAX_LABEL: usize = 63;
 
 /// Why a library could not be loaded. Every message names the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// Libraries were listed but no library directory is set.
     #[error("libraries are listed but no library_dir is set")]
@@ -220,7 +221,7 @@ pub enum LoadError {
         what: String,
     },
     /// A procedure name is refused (invalid, `sys_*`, or a duplicate).
-    #[error("library {path}: {source}")]
+    #[error("library {path} registers a refused procedure name")]
     Register {
         /// The path.
         path: PathBuf,
