@@ -59,6 +59,7 @@ mod session_core;
 mod socs;
 mod spawn;
 mod supervise;
+mod target;
 mod topology;
 mod zygote;
 
@@ -80,8 +81,7 @@ pub use numaproc_soc::{SocInfo, SocInitFn};
 pub use options::{DEFAULT_BUFFER, EngineOptions, MAX_BUFFER, SocKind, Timeouts, WaitOptions};
 pub use plan::{Plan, PlanError, PlanRequest, SocPlan, WorkerPlan, plan};
 pub use session::{Claim, Session};
-pub use session_core::{
-    AttachError, CallSettings, IntoProc, ProcInfo, SessionCore, Target, WorkerId,
-};
+pub use session_core::{AttachError, CallSettings, SessionCore};
 pub use supervise::{RestartPolicy, SocState};
+pub use target::{IntoProc, ProcInfo, Target, WorkerId};
 pub use topology::{CoreInfo, NodeInfo, Topology, TopologyError};

@@ -8,7 +8,8 @@ use numaproc_ipc::table::SlotPlace;
 use numaproc_procs::{CallStatus, ProcId};
 
 use crate::error::CallError;
-use crate::session_core::{IntoProc, SessionCore, WorkerId};
+use crate::session_core::SessionCore;
+use crate::target::{IntoProc, WorkerId};
 
 /// A claimed worker slot, before submission. Write the input straight into
 /// the slot with [`Claim::input_mut`], then [`Claim::submit`]. Dropping a

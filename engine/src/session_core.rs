@@ -20,6 +20,7 @@ use numaproc_procs::{Origin, ProcId, Registry};
 
 use crate::error::CallError;
 use crate::session::{Claim, Session};
+use crate::target::{IntoProc, ProcInfo, Target};
 
 /// Core ids, for the thread-local last slot.
 static CORE_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -29,86 +30,6 @@ thread_local! {
     /// last, per core: tried first on the next call, which keeps one worker
     /// hot for a thread making calls in a row.
     static LAST_SLOT: Cell<(u64, usize)> = const { Cell::new((u64::MAX, 0)) };
-}
-
-/// A procedure an engine serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcInfo<'a> {
-    /// Its id (what [`SessionCore::proc_id`] gives for its name).
-    pub id: ProcId,
-    /// Its name.
-    pub name: &'a str,
-    /// Where it comes from.
-    pub origin: &'a Origin,
-}
-
-/// One worker of an engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct WorkerId {
-    /// SOC index.
-    pub soc: usize,
-    /// Worker index within the SOC.
-    pub worker: usize,
-}
-
-impl From<WorkerId> for Target {
-    fn from(w: WorkerId) -> Self {
-        Target::Worker {
-            soc: w.soc,
-            worker: w.worker,
-        }
-    }
-}
-
-/// Where a call may run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Target {
-    /// Any idle worker of any SOC.
-    #[default]
-    Any,
-    /// Any idle worker of this SOC.
-    Soc(usize),
-    /// This worker of this SOC.
-    Worker {
-        /// SOC index.
-        soc: usize,
-        /// Worker index within the SOC.
-        worker: usize,
-    },
-}
-
-/// A procedure given by name or by id.
-pub trait IntoProc {
-    /// Resolves to an id of `core`.
-    fn resolve(self, core: &SessionCore) -> Result<ProcId, CallError>;
-}
-
-impl IntoProc for ProcId {
-    #[inline]
-    fn resolve(self, core: &SessionCore) -> Result<ProcId, CallError> {
-        if core.registry.get(self).is_some() {
-            Ok(self)
-        } else {
-            Err(unknown_id(self))
-        }
-    }
-}
-
-#[cold]
-fn unknown_id(id: ProcId) -> CallError {
-    CallError::ProcNotFound(format!("#{}", id.index()))
-}
-
-impl IntoProc for &str {
-    fn resolve(self, core: &SessionCore) -> Result<ProcId, CallError> {
-        core.proc_id(self)
-    }
-}
-
-impl IntoProc for &String {
-    fn resolve(self, core: &SessionCore) -> Result<ProcId, CallError> {
-        core.proc_id(self)
-    }
 }
 
 /// Whether a SOC can serve, now or later: the engine knows it from its
@@ -267,6 +188,12 @@ impl SessionCore {
     /// The slot table.
     pub fn table(&self) -> &SlotTable {
         &self.table
+    }
+
+    /// Whether `id` is a procedure of this core.
+    #[inline]
+    pub(crate) fn knows(&self, id: ProcId) -> bool {
+        self.registry.get(id).is_some()
     }
 
     /// The procedures every SOC serves, in id order.
