@@ -52,7 +52,7 @@ fn slot(c: &mut Criterion) {
     g.bench_function("claim_release", |b| {
         b.iter(|| {
             if let Some(c) = s.try_claim() {
-                black_box(s.unclaim(c.generation()));
+                black_box(s.unclaim(c));
             }
         })
     });
@@ -68,7 +68,7 @@ fn slot(c: &mut Criterion) {
                 control.finish(g);
             }
             black_box(s.wait_done(c.generation(), &HOT, None));
-            black_box(s.unclaim(c.generation()));
+            black_box(s.unclaim(c));
         })
     });
     g.finish();

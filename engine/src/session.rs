@@ -82,7 +82,7 @@ impl<'c> Claim<'c> {
         let session = Session {
             core: self.core,
             slot: self.slot,
-            generation: self.claimed.generation(),
+            claimed: self.claimed,
             proc: id,
             len: PENDING,
             error: None,
@@ -95,7 +95,7 @@ impl<'c> Claim<'c> {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        if self.slot.session().unclaim(self.claimed.generation()) {
+        if self.slot.session().unclaim(self.claimed) {
             self.core.signal_free();
         }
     }
@@ -128,7 +128,7 @@ const PENDING: usize = usize::MAX;
 pub struct Session<'c> {
     core: &'c SessionCore,
     slot: &'c SlotPlace,
-    generation: u32,
+    claimed: Claimed,
     proc: ProcId,
     /// The output length once the call succeeded; [`PENDING`] until the
     /// outcome is known (then `error` may hold it instead).
@@ -184,7 +184,7 @@ impl Session<'_> {
             let outcome = self
                 .slot
                 .session()
-                .wait_done(self.generation, policy, timeout);
+                .wait_done(self.claimed.generation(), policy, timeout);
             match outcome {
                 None => return Err(CallError::CallTimeout(timeout.unwrap_or_default())),
                 Some(Outcome::Done) => {
@@ -219,10 +219,12 @@ impl Session<'_> {
     #[cold]
     fn failure(&self) -> CallError {
         match self.core.settings().hard_limit {
-            Some(limit) if self.slot.session().killed(self.generation) => CallError::Killed {
-                proc: self.core.proc_name(self.proc),
-                limit,
-            },
+            Some(limit) if self.slot.session().killed(self.claimed.generation()) => {
+                CallError::Killed {
+                    proc: self.core.proc_name(self.proc),
+                    limit,
+                }
+            }
             _ => CallError::SocDied(self.slot.soc()),
         }
     }
@@ -271,9 +273,9 @@ impl Drop for Session<'_> {
         let session = self.slot.session();
         // With the outcome seen, the worker is done with the slot.
         let freed = if self.len != PENDING || self.error.is_some() {
-            session.unclaim(self.generation)
+            session.unclaim(self.claimed)
         } else {
-            session.release(self.generation)
+            session.release(self.claimed)
         };
         if freed {
             self.core.signal_free();

@@ -77,6 +77,9 @@ pub struct SessionCore {
     registry: Arc<Registry>,
     availability: Arc<dyn Availability>,
     settings: CallSettings,
+    /// Who this core's claims name in the owner words: 0 for the engine's
+    /// own process, the number the engine gave a client otherwise.
+    holder: u32,
     id: u64,
     next_start: CachePadded<AtomicUsize>,
 }
@@ -137,6 +140,7 @@ impl SessionCore {
             registry,
             availability,
             settings,
+            holder: 0,
             id: CORE_SEQ.fetch_add(1, Ordering::Relaxed),
             next_start: CachePadded::new(AtomicUsize::new(0)),
         }
@@ -151,6 +155,18 @@ impl SessionCore {
         global: Arc<Region>,
         regions: Vec<Arc<Region>>,
         settings: CallSettings,
+    ) -> Result<Self, AttachError> {
+        Self::attach_as(global, regions, settings, 0)
+    }
+
+    /// [`SessionCore::attach`] for a client the engine numbered `holder`:
+    /// its claims carry that number, so that the engine can give them up
+    /// if the client dies.
+    pub fn attach_as(
+        global: Arc<Region>,
+        regions: Vec<Arc<Region>>,
+        settings: CallSettings,
+        holder: u32,
     ) -> Result<Self, AttachError> {
         let table = SlotTable::attach(global, regions)?;
         let mut registry = Registry::new();
@@ -175,14 +191,16 @@ impl SessionCore {
             }
         }
         let slots = table.len();
-        Ok(Self::new(
+        let mut core = Self::new(
             table,
             vec![None; slots],
             false,
             Arc::new(registry),
             Arc::new(Always),
             settings,
-        ))
+        );
+        core.holder = holder;
+        Ok(core)
     }
 
     /// The slot table.
@@ -312,7 +330,9 @@ impl SessionCore {
                     continue;
                 }
                 let mut released = false;
-                let claimed = places[pos].session().try_claim_noting(&mut released);
+                let claimed = places[pos]
+                    .session()
+                    .try_claim_noting(self.holder, &mut released);
                 if released {
                     self.signal_free();
                 }
@@ -383,7 +403,7 @@ impl SessionCore {
         };
         let place = self.table.place(pos)?;
         let mut released = false;
-        let Some(claimed) = place.session().try_claim_noting(&mut released) else {
+        let Some(claimed) = place.session().try_claim_noting(self.holder, &mut released) else {
             if released {
                 self.signal_free();
             }

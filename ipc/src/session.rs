@@ -12,11 +12,14 @@
 //! ping-pong that is the floor.
 //!
 //! ```text
-//! owner word:  [ generation (26 bits) | 0 (4 bits) | ABANDONED | HELD ]
+//! owner word:  [ holder (32 bits) | generation (26 bits) | 0 (4 bits) | ABANDONED | HELD ]
 //! ```
 //!
-//! A session claims a free slot by CAS on the owner word, `Free(g) →
-//! Held(g+1)`: `g+1` is the call's generation. It writes the request and
+//! The holder is who claimed the slot: 0 for the engine's own process, a
+//! client's number for a client process (so that the engine can give up
+//! the claims of a client that died). A session claims a free slot by CAS
+//! on the owner word, `Free(g) → Held(g+1)` with its holder number: `g+1`
+//! is the call's generation. It writes the request and
 //! submits by CAS on the state word, from the value it saw right after the
 //! claim (`Idle` or `Done` of an earlier call) to `Submitted(g+1)`. The
 //! worker runs the call and moves the word to `Done(g+1)`; the session
@@ -42,7 +45,8 @@ use std::time::Duration;
 use crate::ShmSafe;
 use crate::slot::{
     ABANDONED, CAS_TRIES, GEN_MASK, HELD, OWNER_ABANDONED, Response, SESSION_SLEEPING,
-    SESSION_SLICE, SLEEPING, SlotControl, State, WORKER_SLEEPING, Word, owner, owner_generation,
+    SESSION_SLICE, SLEEPING, SlotControl, State, WORKER_SLEEPING, Word, owner_generation,
+    owner_holder, owner_low, owner_word,
 };
 use crate::wait::{WaitPolicy, wait_on_sliced};
 
@@ -53,13 +57,12 @@ use crate::wait::{WaitPolicy, wait_on_sliced};
 #[derive(Debug)]
 pub struct OwnerLine {
     /// The owner word (see the module docs).
-    pub(crate) word: AtomicU32,
+    pub(crate) word: AtomicU64,
     /// The generation of a call the supervisor killed for overrunning the
     /// hard limit, plus one; 0: none.
     pub(crate) killed: AtomicU32,
     /// The generation of the last call stamped for the hard limit.
     pub(crate) submitted_gen: AtomicU32,
-    _reserved: AtomicU32,
     /// CLOCK_MONOTONIC time (ns) of that call's submission; 0: none.
     pub(crate) submitted_ns: AtomicU64,
     _pad: [u64; 13],
@@ -71,6 +74,8 @@ unsafe impl ShmSafe for OwnerLine {}
 /// A session's claim on a slot, from [`SessionSlot::try_claim`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claimed {
+    /// Who claimed it (0: the engine's own process).
+    pub(crate) holder: u32,
     /// The call's generation.
     pub(crate) generation: u32,
     /// The state word seen right after the claim: the value
@@ -83,6 +88,12 @@ impl Claimed {
     #[inline]
     pub fn generation(&self) -> u32 {
         self.generation
+    }
+
+    /// The owner word while the claim holds the slot.
+    #[inline]
+    fn held(&self) -> u64 {
+        owner_word(self.holder, self.generation, HELD)
     }
 }
 
@@ -114,8 +125,16 @@ pub struct SessionSlot<'r> {
 impl SessionSlot<'_> {
     /// Whether a session holds the slot (a call it gave up on included).
     pub fn is_held(&self) -> bool {
-        let o = self.owner.word.load(Ordering::Acquire);
+        let o = owner_low(self.owner.word.load(Ordering::Acquire));
         o & HELD != 0 && !(o & OWNER_ABANDONED != 0 && self.abandoned_call_over(o))
+    }
+
+    /// Who holds the slot with a call it has not given up on (0: the
+    /// engine's own process); `None` when it is free or given up.
+    pub fn holder(&self) -> Option<u32> {
+        let w = self.owner.word.load(Ordering::Acquire);
+        let o = owner_low(w);
+        (o & HELD != 0 && o & OWNER_ABANDONED == 0).then_some(owner_holder(w))
     }
 
     /// For an owner word `Abandoned(g)`: whether call `g` is over.
@@ -125,39 +144,42 @@ impl SessionSlot<'_> {
         !(w.generation() == owner_generation(o) && w.state() == State::Submitted)
     }
 
-    /// Claims the slot if it is free and its SOC serves.
+    /// Claims the slot for the engine's own process (holder 0) if it is
+    /// free and its SOC serves.
     #[inline]
     pub fn try_claim(&self) -> Option<Claimed> {
-        self.try_claim_noting(&mut false)
+        self.try_claim_noting(0, &mut false)
     }
 
-    /// [`SessionSlot::try_claim`], which sets `released` when it claimed
-    /// the slot for a moment and gave it back (its SOC is dead or closing):
-    /// the caller then signals waiting sessions, as after any release.
+    /// Claims the slot for `holder` if it is free and its SOC serves; sets
+    /// `released` when it claimed the slot for a moment and gave it back
+    /// (its SOC is dead or closing): the caller then signals waiting
+    /// sessions, as after any release.
     #[inline]
-    pub fn try_claim_noting(&self, released: &mut bool) -> Option<Claimed> {
-        let o = self.owner.word.load(Ordering::Relaxed);
+    pub fn try_claim_noting(&self, holder: u32, released: &mut bool) -> Option<Claimed> {
+        let w = self.owner.word.load(Ordering::Relaxed);
+        let o = owner_low(w);
         if o & HELD != 0 && (o & OWNER_ABANDONED == 0 || !self.abandoned_call_over(o)) {
             return None;
         }
         let generation = (owner_generation(o) + 1) & GEN_MASK;
+        let claim = Claimed {
+            holder,
+            generation,
+            seen: 0,
+        };
         self.owner
             .word
-            .compare_exchange(
-                o,
-                owner(generation, HELD),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            )
+            .compare_exchange(w, claim.held(), Ordering::Acquire, Ordering::Relaxed)
             .ok()?;
         // Acquire: whoever ended the previous call had finished with the
         // state word before.
         let seen = self.control.state.load(Ordering::Acquire);
         if matches!(Word(seen).state(), State::Failed | State::Closed) {
-            *released = self.unclaim(generation);
+            *released = self.unclaim(claim);
             return None;
         }
-        Some(Claimed { generation, seen })
+        Some(Claimed { seen, ..claim })
     }
 
     /// Writes the request of the claimed call (before
@@ -206,7 +228,7 @@ impl SessionSlot<'_> {
     pub fn submit(&self, claim: Claimed) -> bool {
         // The owner word is in this core's cache: a cheap guard against a
         // claim that was already given back.
-        if self.owner.word.load(Ordering::Relaxed) != owner(claim.generation, HELD) {
+        if self.owner.word.load(Ordering::Relaxed) != claim.held() {
             return false;
         }
         let next = Word::new(State::Submitted, claim.generation, 0).0;
@@ -256,13 +278,13 @@ impl SessionSlot<'_> {
     /// it has seen (any [`Outcome`]). Returns true when the slot became free
     /// (the caller should signal waiting sessions).
     #[inline]
-    pub fn unclaim(&self, generation: u32) -> bool {
+    pub fn unclaim(&self, claim: Claimed) -> bool {
         // While a session holds the owner word, nobody else writes it:
-        // other sessions' claims fail on `HELD`, and no worker or master
-        // ever writes it. So a plain store frees it, with no locked
-        // compare; the load guards against a claim given back twice.
-        let held = owner(generation, HELD);
-        if self.owner.word.load(Ordering::Relaxed) != held {
+        // other sessions' claims fail on `HELD`, and no worker ever writes
+        // it (the master writes it only for a holder that died). So a
+        // plain store frees it, with no locked compare; the load guards
+        // against a claim given back twice.
+        if self.owner.word.load(Ordering::Relaxed) != claim.held() {
             return false;
         }
         // SeqCst: the caller's `FreeSignal::notify` then loads `waiters`;
@@ -270,7 +292,7 @@ impl SessionSlot<'_> {
         // session announcing itself meanwhile would miss this release.
         self.owner
             .word
-            .store(owner(generation, 0), Ordering::SeqCst);
+            .store(owner_word(0, claim.generation, 0), Ordering::SeqCst);
         true
     }
 
@@ -281,15 +303,25 @@ impl SessionSlot<'_> {
     /// cancellation and signals when it ends) or the claim was not (any
     /// more) held.
     #[inline(never)]
-    pub fn release(&self, generation: u32) -> bool {
-        if self.owner.word.load(Ordering::Relaxed) != owner(generation, HELD) {
-            return false;
-        }
+    pub fn release(&self, claim: Claimed) -> bool {
+        let generation = claim.generation;
+        // A compare-exchange, not a store: the master gives up the claims
+        // of a holder that died, and may race the holder's own release.
         // From here the slot is free for whoever sees call `generation`
         // over. SeqCst, as in `unclaim`: the call may be over already.
-        self.owner
+        if self
+            .owner
             .word
-            .store(owner(generation, HELD | OWNER_ABANDONED), Ordering::SeqCst);
+            .compare_exchange(
+                claim.held(),
+                owner_word(claim.holder, generation, HELD | OWNER_ABANDONED),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return false;
+        }
         let running = Word::new(State::Submitted, generation, 0).0;
         let mut cur = self.control.state.load(Ordering::Acquire);
         for _ in 0..CAS_TRIES {
@@ -337,7 +369,7 @@ impl SessionSlot<'_> {
     /// "over" into its state word cannot hide a running call from the
     /// hard limit.
     pub fn running_call(&self) -> Option<(u32, u64)> {
-        let o = self.owner.word.load(Ordering::Acquire);
+        let o = owner_low(self.owner.word.load(Ordering::Acquire));
         let g = owner_generation(o);
         if o & HELD == 0 || self.owner.submitted_gen.load(Ordering::Acquire) != g {
             return None;
@@ -353,6 +385,23 @@ impl SessionSlot<'_> {
                 State::Done | State::Failed | State::Closed | State::Idle
             );
         (!over).then_some((g, since))
+    }
+
+    /// Master: gives up the call of `holder` (a client that died) if it
+    /// holds this slot, as the client's own release would: the procedure
+    /// sees cancellation, and the slot is free once its call is over.
+    /// Returns true when the slot is free now (signal waiting sessions).
+    pub fn release_for(&self, holder: u32) -> bool {
+        let w = self.owner.word.load(Ordering::Acquire);
+        let o = owner_low(w);
+        if owner_holder(w) != holder || o & HELD == 0 || o & OWNER_ABANDONED != 0 {
+            return false;
+        }
+        self.release(Claimed {
+            holder,
+            generation: owner_generation(o),
+            seen: 0,
+        })
     }
 
     /// Master (supervisor): marks call `generation` as killed by the hard

@@ -208,7 +208,7 @@ mod tests {
                 }
                 f.withdraw();
                 if let Some(c) = claimed {
-                    assert!(s.unclaim(c.generation()));
+                    assert!(s.unclaim(c));
                 }
                 clean.store(r, Ordering::Release);
             }
@@ -222,7 +222,7 @@ mod tests {
             for _ in 0..(r.wrapping_mul(0x9e37_79b9) >> 7) % 32 {
                 std::hint::spin_loop();
             }
-            assert!(s.unclaim(c.generation()));
+            assert!(s.unclaim(c));
             let saw_waiter = f.notify();
             while waiter_looked.load(Ordering::Acquire) < r {
                 std::hint::spin_loop();

@@ -60,12 +60,29 @@ pub(crate) const HELD: u32 = 1;
 /// once the state word shows that call over.
 pub(crate) const OWNER_ABANDONED: u32 = 2;
 
+/// The low half of an owner word: the generation and the flags.
 pub(crate) const fn owner(generation: u32, flags: u32) -> u32 {
     ((generation & GEN_MASK) << GEN_SHIFT) | flags
 }
 
-pub(crate) const fn owner_generation(word: u32) -> u32 {
-    word >> GEN_SHIFT
+/// A whole owner word: who holds the slot (`holder`: 0 for the engine's
+/// own process, a client's number otherwise) in the high half.
+pub(crate) const fn owner_word(holder: u32, generation: u32, flags: u32) -> u64 {
+    ((holder as u64) << 32) | owner(generation, flags) as u64
+}
+
+/// The low half of an owner word.
+pub(crate) const fn owner_low(word: u64) -> u32 {
+    word as u32
+}
+
+/// The holder named in an owner word.
+pub(crate) const fn owner_holder(word: u64) -> u32 {
+    (word >> 32) as u32
+}
+
+pub(crate) const fn owner_generation(low: u32) -> u32 {
+    low >> GEN_SHIFT
 }
 
 /// A decoded state word.
@@ -570,6 +587,15 @@ impl<'r> SlotRef<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The claim of call `generation` by the engine's own process.
+    fn held(generation: u32) -> crate::session::Claimed {
+        crate::session::Claimed {
+            holder: 0,
+            generation,
+            seen: 0,
+        }
+    }
     use crate::session::*;
     use std::time::Instant;
 
@@ -626,7 +652,7 @@ mod tests {
         assert_eq!(s.control.wait_task(&HOT), Task::Submitted(1));
         assert!(!s.control.finish(1));
         assert_eq!(s.wait_done(1, &HOT, None), Some(Outcome::Done));
-        assert!(s.unclaim(1));
+        assert!(s.unclaim(held(1)));
         assert!(!s.is_held());
         let c2 = s.try_claim().unwrap();
         assert_eq!(c2.generation, 2);
@@ -643,10 +669,44 @@ mod tests {
         assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c.generation));
         s.control.finish(c.generation);
         let done = s.control.state.load(Ordering::Relaxed);
-        assert!(s.release(c.generation), "a finished call frees at once");
+        assert!(s.release(c), "a finished call frees at once");
         let c2 = s.try_claim().unwrap();
-        assert!(s.unclaim(c2.generation));
+        assert!(s.unclaim(c2));
         assert_eq!(s.control.state.load(Ordering::Relaxed), done);
+    }
+
+    #[test]
+    fn a_dead_holders_claims_are_given_up_and_no_one_elses() {
+        let s = zeroed();
+        // Claimed by client 7, not submitted: given up at once.
+        let c = s.try_claim_noting(7, &mut false).unwrap();
+        assert_eq!(s.holder(), Some(7));
+        assert!(!s.release_for(8), "client 8 holds nothing here");
+        assert!(!s.release_for(0), "nor does the engine's own process");
+        assert_eq!(s.holder(), Some(7));
+        assert!(s.release_for(7), "an unsubmitted claim frees at once");
+        assert_eq!(s.holder(), None);
+        assert!(!s.submit(c), "the dead client's claim is gone");
+        // Claimed by client 7 and running: the call is cancelled, the slot
+        // frees when it ends, and the late release of the holder itself
+        // (had it lived) changes nothing.
+        let c = s.try_claim_noting(7, &mut false).unwrap();
+        assert!(s.submit(c));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c.generation));
+        assert!(!s.release_for(7), "the worker still runs the call");
+        assert!(s.control.is_cancelled());
+        assert_eq!(s.holder(), None, "given up");
+        assert!(!s.release(c));
+        assert_eq!(s.try_claim(), None, "not while the call runs");
+        assert!(s.control.finish(c.generation));
+        let next = s.try_claim().expect("free once the call ended");
+        assert_eq!(next.generation, c.generation + 1);
+        assert_eq!(s.holder(), Some(0));
+        assert!(
+            !s.release_for(7),
+            "a new holder's claim is not the dead one's"
+        );
+        assert!(s.unclaim(next));
     }
 
     #[test]
@@ -655,7 +715,7 @@ mod tests {
         let c = s.try_claim().unwrap();
         assert!(s.submit(c));
         assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c.generation));
-        assert!(!s.release(c.generation), "the worker still runs the call");
+        assert!(!s.release(c), "the worker still runs the call");
         assert!(s.control.is_abandoned());
         assert!(s.control.is_cancelled());
         assert!(s.is_held());
@@ -680,7 +740,7 @@ mod tests {
         let s = zeroed();
         let c = s.try_claim().unwrap();
         assert!(s.submit(c));
-        assert!(!s.release(c.generation));
+        assert!(!s.release(c));
         assert_eq!(s.control.wait_task(&HOT), Task::Abandoned);
         assert!(!s.is_held());
         assert_eq!(s.control.word().state(), State::Idle);
@@ -691,21 +751,21 @@ mod tests {
     fn unsubmitted_claim_release_frees() {
         let s = zeroed();
         let c = s.try_claim().unwrap();
-        assert!(s.release(c.generation));
+        assert!(s.release(c));
         assert!(!s.is_held());
-        assert!(!s.release(c.generation), "a claim is given back once");
-        assert!(!s.unclaim(c.generation));
+        assert!(!s.release(c), "a claim is given back once");
+        assert!(!s.unclaim(c));
     }
 
     #[test]
     fn a_given_back_claim_cannot_submit() {
         let s = zeroed();
         let c1 = s.try_claim().unwrap();
-        assert!(s.unclaim(c1.generation));
+        assert!(s.unclaim(c1));
         let c2 = s.try_claim().unwrap();
         assert_ne!(c1.generation, c2.generation);
         assert!(!s.submit(c1));
-        assert!(!s.unclaim(c1.generation));
+        assert!(!s.unclaim(c1));
         assert!(s.is_held(), "the new holder keeps the slot");
         assert!(s.submit(c2));
     }
@@ -728,7 +788,7 @@ mod tests {
         assert_eq!(s.wait_done(g, &HOT, None), Some(Outcome::Failed));
         assert!(s.control.close());
         assert_eq!(s.control.wait_task(&HOT), Task::Closed);
-        assert!(s.unclaim(g));
+        assert!(s.unclaim(held(g)));
         assert_eq!(s.try_claim(), None, "a closed slot cannot be claimed");
         assert!(!s.is_held(), "a refused claim leaves the slot free");
     }
@@ -796,7 +856,10 @@ mod tests {
         s.control.reset();
         assert_eq!(s.control.word().state(), State::Idle);
         assert_eq!(s.wait_done(g, &HOT, None), Some(Outcome::Lost));
-        assert!(s.release(g), "the session frees its claim after the reset");
+        assert!(
+            s.release(held(g)),
+            "the session frees its claim after the reset"
+        );
         let c2 = s.try_claim().unwrap();
         assert_ne!(c2.generation, g);
         assert!(s.submit(c2));
@@ -809,7 +872,7 @@ mod tests {
         s.control.fail();
         s.control.reset();
         assert!(!s.submit(c), "the SOC behind the claim died");
-        assert!(s.unclaim(c.generation));
+        assert!(s.unclaim(c));
         let c2 = s.try_claim().unwrap();
         assert!(s.submit(c2));
     }
@@ -819,7 +882,7 @@ mod tests {
         let s = zeroed();
         let c = s.try_claim().unwrap();
         assert!(s.submit(c));
-        assert!(!s.release(c.generation));
+        assert!(!s.release(c));
         assert!(s.is_held(), "the call still runs");
         s.control.fail();
         assert!(!s.is_held(), "its SOC died: the call is over");
@@ -846,7 +909,7 @@ mod tests {
             s.control.state.store(garbage, Ordering::Relaxed);
             assert!(s.is_held() && s.try_claim().is_none(), "{garbage:#x}");
         }
-        assert!(s.unclaim(c.generation));
+        assert!(s.unclaim(c));
         s.control
             .state
             .store(State::Closed as u32, Ordering::Relaxed);
@@ -887,7 +950,7 @@ mod tests {
         s.mark_killed(c.generation);
         assert!(s.killed(c.generation));
         assert!(!s.killed(c.generation + 1));
-        assert!(s.unclaim(c.generation));
+        assert!(s.unclaim(c));
         // The next claim is not the killed call, until it is stamped.
         let c2 = s.try_claim().unwrap();
         assert_eq!(
@@ -955,7 +1018,9 @@ mod tests {
     #[test]
     fn generation_wraps() {
         let s = zeroed();
-        s.owner.word.store(owner(GEN_MASK, 0), Ordering::Relaxed);
+        s.owner
+            .word
+            .store(owner_word(0, GEN_MASK, 0), Ordering::Relaxed);
         let c = s.try_claim().unwrap();
         assert_eq!(c.generation, 0);
         assert!(s.submit(c));
@@ -1009,7 +1074,7 @@ mod tests {
                             assert_eq!(s.control.output_len.load(Ordering::Relaxed), input);
                             checked += 1;
                         }
-                        s.release(c.generation);
+                        s.release(c);
                     }
                     checked
                 })
