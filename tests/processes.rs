@@ -7,12 +7,22 @@
 //! so `main` starts with `run_if_spawned`; a helper master (for the
 //! supervision scenarios) is this executable too.
 //!
-//! Arguments that do not start with `-` select the scenarios whose
-//! `kind::name` contains one of them. Prints `test kind::name ... ok` (or
-//! `FAILED` and the error) for each, then `N passed, M failed`; exits
-//! nonzero if one failed.
+//! It takes the arguments of libtest that matter here, so that
+//! `cargo test -- ARGS` means the same to it as to the other test
+//! binaries: filters (a scenario runs when its `kind::name` contains one),
+//! `--skip PATTERN`, `--exact`, `--list`, `--ignored` (none is ignored:
+//! runs nothing) and `--include-ignored`; `--test-threads N`,
+//! `--nocapture`, `--show-output`, `--quiet` and `--color WHEN` are
+//! accepted and change nothing (scenarios run one at a time, their output
+//! is never captured). Any other option is refused with exit status 2.
+//!
+//! Prints what libtest prints: `running N tests`, `test kind::name ... ok`
+//! (or `FAILED` and the error) for each, then `test result: ok. N passed;
+//! M failed; 0 ignored; 0 measured; K filtered out; finished in S s`;
+//! exits nonzero if one failed.
 
 use std::process::ExitCode;
+use std::time::Instant;
 
 use numaproc::SocKind;
 use numaproc_integration as it;
@@ -24,28 +34,44 @@ fn main() -> ExitCode {
     if let Ok(spec) = std::env::var(it::HELPER_ENV) {
         it::helper_master(&spec);
     }
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let (mut passed, mut failed) = (0, 0);
-    let runs = [SocKind::Forked, SocKind::Spawned]
+    let args = match it::runner::Args::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("processes: {e}\n\n{}", it::runner::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    if args.help {
+        println!("{}", it::runner::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let all: Vec<(SocKind, &it::Scenario)> = [SocKind::Forked, SocKind::Spawned]
         .into_iter()
         .flat_map(|kind| {
             it::ALL
                 .iter()
                 .filter(move |s| s.runs_in(kind))
                 .map(move |s| (kind, s))
-        });
-    for (kind, scenario) in runs {
-        let full = format!("{kind}::{}", scenario.name);
-        if !filter.is_empty() && !filter.iter().any(|f| full.contains(f.as_str())) {
-            continue;
+        })
+        .collect();
+    let name = |(kind, s): &(SocKind, &it::Scenario)| format!("{kind}::{}", s.name);
+    let (runs, filtered): (Vec<_>, Vec<_>) = all.iter().partition(|r| args.selects(&name(r)));
+    if args.list {
+        for r in &runs {
+            println!("{}: test", name(r));
         }
+        println!("\n{} tests, 0 benchmarks", runs.len());
+        return ExitCode::SUCCESS;
+    }
+    println!("\nrunning {} tests", runs.len());
+    let started = Instant::now();
+    let (mut passed, mut failures) = (0, Vec::new());
+    for r @ (kind, scenario) in &runs {
+        let full = name(r);
         // SIGALRM's default action ends the process: a hung scenario fails
         // the run instead of stalling it.
         nix::unistd::alarm::set(LIMIT_SECS);
-        let result = scenario.run_in(kind);
+        let result = scenario.run_in(*kind);
         nix::unistd::alarm::cancel();
         match result {
             Ok(()) => {
@@ -54,12 +80,24 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 println!("test {full} ... FAILED\n  {e:#}");
-                failed += 1;
+                failures.push(full);
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
-    if failed == 0 {
+    if !failures.is_empty() {
+        println!("\nfailures:");
+        for f in &failures {
+            println!("    {f}");
+        }
+    }
+    println!(
+        "\ntest result: {}. {passed} passed; {} failed; 0 ignored; 0 measured; {} filtered out; finished in {:.2}s\n",
+        if failures.is_empty() { "ok" } else { "FAILED" },
+        failures.len(),
+        filtered.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if failures.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

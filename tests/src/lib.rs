@@ -21,6 +21,7 @@ pub mod errors;
 pub mod isolation;
 pub mod libraries;
 pub mod procedures;
+pub mod runner;
 pub mod start;
 pub mod supervision;
 pub mod support;
