@@ -19,7 +19,9 @@
 //! Prints what libtest prints: `running N tests`, `test kind::name ... ok`
 //! (or `FAILED` and the error) for each, then `test result: ok. N passed;
 //! M failed; 0 ignored; 0 measured; K filtered out; finished in S s`;
-//! exits nonzero if one failed.
+//! exits nonzero if one failed. After each scenario it checks that no
+//! process the scenario started is left (this process is the subreaper of
+//! everything it starts: see `support::no_process_left`).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -63,6 +65,12 @@ fn main() -> ExitCode {
         println!("\n{} tests, 0 benchmarks", runs.len());
         return ExitCode::SUCCESS;
     }
+    // Everything a scenario starts stays this process's descendant, also
+    // when its parent dies: the leak check after each scenario sees it.
+    if let Err(e) = it::support::become_subreaper() {
+        eprintln!("processes: {e:#}");
+        return ExitCode::FAILURE;
+    }
     println!("\nrunning {} tests", runs.len());
     let started = Instant::now();
     let (mut passed, mut failures) = (0, Vec::new());
@@ -71,7 +79,9 @@ fn main() -> ExitCode {
         // SIGALRM's default action ends the process: a hung scenario fails
         // the run instead of stalling it.
         nix::unistd::alarm::set(LIMIT_SECS);
-        let result = scenario.run_in(*kind);
+        let result = scenario
+            .run_in(*kind)
+            .and_then(|()| it::support::no_process_left());
         nix::unistd::alarm::cancel();
         match result {
             Ok(()) => {
@@ -80,6 +90,8 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 println!("test {full} ... FAILED\n  {e:#}");
+                // What it left must not fail the next scenarios too.
+                it::support::clean_up_processes();
                 failures.push(full);
             }
         }

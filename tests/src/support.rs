@@ -6,7 +6,7 @@
 use numaproc::stale::ProcStat;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use numaproc::sys::{SocStats, SysInfo};
@@ -94,12 +94,13 @@ pub fn assert_nothing_left(prefix: &str, pids: &[u32]) -> Result<()> {
 
 /// Checks that this process has no child left.
 pub fn assert_no_children() -> Result<()> {
-    let left = children();
-    ensure!(left.is_empty(), "children left: {left:?}");
+    let left: Vec<String> = children().into_iter().map(described).collect();
+    ensure!(left.is_empty(), "children left: {}", left.join(", "));
     Ok(())
 }
 
-/// Pids of the live children of this process.
+/// Pids of the children of this process (zombies included: they are
+/// children until reaped).
 pub fn children() -> Vec<u32> {
     let me = std::process::id();
     let mut out = Vec::new();
@@ -114,6 +115,101 @@ pub fn children() -> Vec<u32> {
         }
     }
     out
+}
+
+/// Makes this process the subreaper of everything it starts: a process
+/// whose parent dies is reparented to it (not to init), so that
+/// [`no_process_left`] sees, and reaps, what a scenario's engines and their
+/// children leave behind, however deep.
+pub fn become_subreaper() -> Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).context("prctl(PR_SET_CHILD_SUBREAPER)")
+}
+
+/// How long [`no_process_left`] gives what a scenario started to end: far
+/// more than a SOC's exit after its engine's shutdown or its master's
+/// death takes, far less than the scenario watchdog.
+pub const LEFT_BOUND: Duration = Duration::from_secs(2);
+
+/// Checks that this process has no child left, once what is still ending
+/// has had [`LEFT_BOUND`] to end. Children that ended are reaped here, each
+/// by its own pid (never `waitpid(-1)`, which would steal the status of a
+/// child someone still waits for): with this process a subreaper (see
+/// [`become_subreaper`]), the SOCs of a killed master and the orphans of a
+/// zygote end up here. Fails naming each child still running, with its
+/// command line. (A child that ended is not reported: it may be one of
+/// those orphans. Whether the engine reaps its own processes is for the
+/// scenarios to check, by the pids they saw: a zombie counts in
+/// [`pid_exists`].)
+pub fn no_process_left() -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let running: Vec<u32> = children().into_iter().filter(|&p| !reap(p)).collect();
+        if running.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() >= LEFT_BOUND {
+            let named: Vec<String> = running.into_iter().map(described).collect();
+            bail!(
+                "processes left running {LEFT_BOUND:?} after the scenario: {}",
+                named.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Kills every child of this process with SIGKILL and reaps it (waiting
+/// up to [`LEFT_BOUND`]), so that what one failing scenario left does not
+/// fail the next. What a child forks just before it is killed is
+/// reparented here and killed in the next round.
+pub fn clean_up_processes() {
+    let started = Instant::now();
+    loop {
+        let left: Vec<u32> = children().into_iter().filter(|&p| !reap(p)).collect();
+        if left.is_empty() || started.elapsed() >= LEFT_BOUND {
+            return;
+        }
+        for &p in &left {
+            let _ = kill_9(p);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reaps child `pid` if it ended; whether it is gone (reaped now, or by
+/// someone else before).
+fn reap(pid: u32) -> bool {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    !matches!(
+        waitpid(
+            nix::unistd::Pid::from_raw(pid as i32),
+            Some(WaitPidFlag::WNOHANG)
+        ),
+        Ok(WaitStatus::StillAlive)
+    )
+}
+
+/// `pid (command line)`, and `, ended` for a zombie, for messages.
+fn described(pid: u32) -> String {
+    let ended = if process_running(pid) { "" } else { ", ended" };
+    format!("{pid} ({}{ended})", command_line(pid))
+}
+
+/// Process `pid`'s command line (its name where it has none, as a kernel
+/// thread or a zombie), for messages.
+fn command_line(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    if !args.is_empty() {
+        return args.join(" ");
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| format!("[{}]", c.trim_end()))
+        .unwrap_or_else(|_| "gone".to_owned())
 }
 
 /// What `sys_info` says on `target`.
