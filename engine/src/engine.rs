@@ -23,7 +23,7 @@ use crate::topology::Topology;
 use crate::zygote::Zygote;
 
 /// The state of a SOC, as reported by [`Engine::socs`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SocStatus {
     /// SOC index.
     pub soc: usize,
@@ -164,6 +164,16 @@ impl Engine {
     /// (through `Deref`); the core can be shared by reference on its own.
     pub fn core(&self) -> &SessionCore {
         &self.core
+    }
+
+    /// New descriptors of the engine's shared-memory objects, the global
+    /// region's first (what a server hands a client; see
+    /// [`numaproc_ipc::Region::reopen`]).
+    pub(crate) fn memory_descriptors(&self) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
+        std::iter::once(&self.memory.global)
+            .chain(&self.memory.regions)
+            .filter_map(|r| r.reopen())
+            .collect()
     }
 
     /// Names of the shared-memory objects of this engine (in /dev/shm).

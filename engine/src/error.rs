@@ -162,4 +162,8 @@ pub enum CallError {
     /// No SOC of the target can serve: they died too often and were given up.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A client's server stopped or died: no call can be served any more
+    /// (connect again once a server runs under the name).
+    #[error("the engine is gone: {0}")]
+    EngineGone(String),
 }

@@ -43,6 +43,7 @@
 //!   `sys_list_procs`, `sys_stats`, `sys_sleep` (see [`sys`]).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod client;
 mod engine;
 mod error;
 #[cfg(feature = "failpoints")]
@@ -54,6 +55,7 @@ mod launch;
 mod memory;
 mod options;
 mod plan;
+pub mod server;
 mod session;
 mod session_core;
 mod socs;
@@ -68,6 +70,7 @@ pub mod soc {
     pub use numaproc_soc::spawned::run_if_spawned;
 }
 
+pub use client::{Client, ClientOptions, ConnectError};
 pub use engine::{Engine, ShutdownError, SocStatus};
 pub use error::{CallError, OptionsError, StartError};
 pub use memory::MemoryError;
@@ -80,6 +83,7 @@ pub use numaproc_procs::{
 pub use numaproc_soc::{SocInfo, SocInitFn};
 pub use options::{DEFAULT_BUFFER, EngineOptions, MAX_BUFFER, SocKind, Timeouts, WaitOptions};
 pub use plan::{Plan, PlanError, PlanRequest, SocPlan, WorkerPlan, plan};
+pub use server::{Server, ServerConfig, ServerOptions};
 pub use session::{Claim, Session};
 pub use session_core::{AttachError, CallSettings, SessionCore};
 pub use supervise::{RestartPolicy, SocState};

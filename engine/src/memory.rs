@@ -217,10 +217,18 @@ impl SharedMemory {
     /// Closes every SOC's slots: workers leave once idle; a slot still busy
     /// with an abandoned call is waited for until `deadline`.
     pub fn close(&self, deadline: Instant) {
+        // Every idle slot first, so that no call starts anywhere while
+        // the running ones end.
         for i in 0..self.regions.len() {
             let view = self.view(i);
             // A worker whose call outlives this wait leaves when it ends.
             view.header().closing.store(1, Ordering::SeqCst);
+            for w in 0..view.worker_count() {
+                view.slot(w).control.close();
+            }
+        }
+        for i in 0..self.regions.len() {
+            let view = self.view(i);
             for w in 0..view.worker_count() {
                 view.slot(w).control.close_by(deadline);
             }

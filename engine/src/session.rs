@@ -1,6 +1,6 @@
 //! Sessions: a caller's hold on one worker slot for one call.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use numaproc_ipc::session::{Claimed, Outcome};
 use numaproc_ipc::slot::{Response, monotonic_ns};
@@ -8,7 +8,7 @@ use numaproc_ipc::table::SlotPlace;
 use numaproc_procs::{CallStatus, ProcId};
 
 use crate::error::CallError;
-use crate::session_core::SessionCore;
+use crate::session_core::{GONE_CHECK, SessionCore};
 use crate::target::{IntoProc, WorkerId};
 
 /// A claimed worker slot, before submission. Write the input straight into
@@ -77,7 +77,13 @@ impl<'c> Claim<'c> {
         if !session.submit(self.claimed) {
             // Only the supervisor takes a claimed slot away: its SOC died.
             // Dropping the claim gives it back.
-            return Err(CallError::SocDied(self.slot.soc()));
+            return Err(self.core.engine_gone().unwrap_or_else(|| {
+                if session.is_closed() {
+                    crate::session_core::stopping()
+                } else {
+                    CallError::SocDied(self.slot.soc())
+                }
+            }));
         }
         let session = Session {
             core: self.core,
@@ -181,10 +187,13 @@ impl Session<'_> {
     fn wait_for(&mut self, timeout: Option<Duration>) -> Result<&[u8], CallError> {
         if self.len == PENDING && self.error.is_none() {
             let policy = &self.core.settings().session_policy;
-            let outcome = self
-                .slot
-                .session()
-                .wait_done(self.claimed.generation(), policy, timeout);
+            let outcome = if self.core.watched() {
+                self.wait_watched(timeout)?
+            } else {
+                self.slot
+                    .session()
+                    .wait_done(self.claimed.generation(), policy, timeout)
+            };
             match outcome {
                 None => return Err(CallError::CallTimeout(timeout.unwrap_or_default())),
                 Some(Outcome::Done) => {
@@ -213,6 +222,29 @@ impl Session<'_> {
         }
     }
 
+    /// The slot's `wait_done` for a client, whose server can go away
+    /// while it waits: in slices of [`GONE_CHECK`], looking between them
+    /// whether the server is gone ([`CallError::EngineGone`]).
+    #[cold]
+    fn wait_watched(&self, timeout: Option<Duration>) -> Result<Option<Outcome>, CallError> {
+        let policy = &self.core.settings().session_policy;
+        let deadline = timeout.map(numaproc_ipc::wait::saturating_deadline);
+        loop {
+            if let Some(e) = self.core.engine_gone() {
+                return Err(e);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let slice = left.map_or(GONE_CHECK, |l| l.min(GONE_CHECK));
+            let outcome =
+                self.slot
+                    .session()
+                    .wait_done(self.claimed.generation(), policy, Some(slice));
+            if outcome.is_some() || left.is_some_and(|l| l <= slice) {
+                return Ok(outcome);
+            }
+        }
+    }
+
     /// The error of a call that ended without a result: its SOC died, or
     /// the hard limit killed it (the supervisor says so in the owner line,
     /// which the SOC cannot write).
@@ -225,7 +257,10 @@ impl Session<'_> {
                     limit,
                 }
             }
-            _ => CallError::SocDied(self.slot.soc()),
+            _ => self
+                .core
+                .engine_gone()
+                .unwrap_or(CallError::SocDied(self.slot.soc())),
         }
     }
 

@@ -37,7 +37,25 @@ thread_local! {
 pub(crate) trait Availability: Send + Sync + std::fmt::Debug {
     /// Whether SOC `soc` may still serve (not given up, not stopping).
     fn may_serve(&self, soc: usize) -> bool;
+
+    /// Why no call can be served any more (a client's server is gone);
+    /// `None` while the engine lives. Asked only by cores that
+    /// [`Availability::watches_engine`].
+    fn gone(&self) -> Option<String> {
+        None
+    }
+
+    /// Whether the engine can go away under this core's callers (a
+    /// client's server): their waits then look at [`Availability::gone`]
+    /// every [`GONE_CHECK`].
+    fn watches_engine(&self) -> bool {
+        false
+    }
 }
+
+/// How often a waiting caller of a client looks whether its server is
+/// gone (its watcher also wakes waiters for a free worker at once).
+pub(crate) const GONE_CHECK: Duration = Duration::from_millis(20);
 
 #[derive(Debug)]
 struct Always;
@@ -80,6 +98,9 @@ pub struct SessionCore {
     /// Who this core's claims name in the owner words: 0 for the engine's
     /// own process, the number the engine gave a client otherwise.
     holder: u32,
+    /// Whether the engine can go away under this core (see
+    /// [`Availability::watches_engine`]).
+    watched: bool,
     id: u64,
     next_start: CachePadded<AtomicUsize>,
 }
@@ -141,6 +162,7 @@ impl SessionCore {
             availability,
             settings,
             holder: 0,
+            watched: false,
             id: CORE_SEQ.fetch_add(1, Ordering::Relaxed),
             next_start: CachePadded::new(AtomicUsize::new(0)),
         }
@@ -167,6 +189,18 @@ impl SessionCore {
         regions: Vec<Arc<Region>>,
         settings: CallSettings,
         holder: u32,
+    ) -> Result<Self, AttachError> {
+        Self::attach_watched(global, regions, settings, holder, Arc::new(Always))
+    }
+
+    /// [`SessionCore::attach_as`] with what says whether the engine is
+    /// still there (a client's watch on its server).
+    pub(crate) fn attach_watched(
+        global: Arc<Region>,
+        regions: Vec<Arc<Region>>,
+        settings: CallSettings,
+        holder: u32,
+        availability: Arc<dyn Availability>,
     ) -> Result<Self, AttachError> {
         let table = SlotTable::attach(global, regions)?;
         let mut registry = Registry::new();
@@ -196,10 +230,11 @@ impl SessionCore {
             vec![None; slots],
             false,
             Arc::new(registry),
-            Arc::new(Always),
+            availability,
             settings,
         );
         core.holder = holder;
+        core.watched = core.availability.watches_engine();
         Ok(core)
     }
 
@@ -361,8 +396,14 @@ impl SessionCore {
         target: Target,
         list: &[usize],
     ) -> Option<Result<(usize, Claimed), CallError>> {
+        if let Some(e) = self.engine_gone() {
+            return Some(Err(e));
+        }
         if let Some(c) = self.claim_once(target, list) {
             return Some(Ok(c));
+        }
+        if self.watched && self.all_closed(list) {
+            return Some(Err(stopping()));
         }
         (!self.target_alive(target)).then(|| {
             Err(CallError::Unavailable(match target {
@@ -614,9 +655,46 @@ impl SessionCore {
         self.finish(session)
     }
 
+    /// Whether the engine can go away under this core's callers (a
+    /// client's server).
+    #[inline]
+    pub(crate) fn watched(&self) -> bool {
+        self.watched
+    }
+
+    /// Whether every slot of `list` (empty: of the table) is closed: the
+    /// engine is stopping.
+    #[cold]
+    fn all_closed(&self, list: &[usize]) -> bool {
+        let places = self.table.places();
+        if list.is_empty() {
+            return !places.is_empty() && places.iter().all(|p| p.session().is_closed());
+        }
+        list.iter().all(|&p| {
+            places
+                .get(p)
+                .is_some_and(|place| place.session().is_closed())
+        })
+    }
+
+    /// [`CallError::EngineGone`] once a client's server is gone.
+    #[inline]
+    pub(crate) fn engine_gone(&self) -> Option<CallError> {
+        if !self.watched {
+            return None;
+        }
+        self.availability.gone().map(CallError::EngineGone)
+    }
+
     /// Wakes sessions waiting for a free slot (after a release).
     #[inline]
     pub(crate) fn signal_free(&self) {
         self.table.signals().notify();
     }
+}
+
+/// The error of a call that meets the engine stopping.
+#[cold]
+pub(crate) fn stopping() -> CallError {
+    CallError::EngineGone("the engine is stopping".to_owned())
 }

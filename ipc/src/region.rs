@@ -335,12 +335,29 @@ impl Region {
             Mode::empty(),
         )
         .map_err(|e| open_err(e.to_string()))?;
-        let file = File::from(fd);
+        Self::from_file(File::from(fd), &name.to_string(), shape, timeout)
+    }
+
+    /// Maps an object this process was handed as a descriptor (a client
+    /// gets the engine's objects from the engine, over its socket), waits
+    /// up to `timeout` for it to be ready, and checks its header against
+    /// `shape`; `name` names it in errors. The descriptor is closed once
+    /// mapped.
+    pub fn from_file(
+        file: File,
+        name: &str,
+        shape: Shape,
+        timeout: Duration,
+    ) -> Result<Self, OpenError> {
+        let open_err = |reason: String| OpenError::Open {
+            name: name.to_owned(),
+            reason,
+        };
         // SAFETY: see `create`; the header is validated before any other use.
         let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| open_err(e.to_string()))?;
         let base = map.as_mut_ptr();
         let region = Self {
-            name: name.to_string(),
+            name: name.to_owned(),
             map,
             base,
             owner: AtomicBool::new(false),
@@ -459,6 +476,25 @@ impl Region {
     /// The region's header.
     pub fn header(&self) -> &RegionHeader {
         self.get(0)
+    }
+
+    /// A new descriptor of an object this process created, to hand to
+    /// another process (a client); `None` for an object it opened. It is
+    /// a new open file description, which does not carry the creator's
+    /// lock: a client's mapping does not make a dead creator's object look
+    /// alive to the stale-object cleanup.
+    pub fn reopen(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = self._lock.as_ref()?;
+        Some(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(nix::libc::O_CLOEXEC)
+                .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                .map(std::os::fd::OwnedFd::from),
+        )
     }
 
     /// The object's name (without the leading `/`).

@@ -137,6 +137,12 @@ impl SessionSlot<'_> {
         (o & HELD != 0 && o & OWNER_ABANDONED == 0).then_some(owner_holder(w))
     }
 
+    /// Whether the slot is closed: its engine is stopping (a closed slot
+    /// never opens again).
+    pub fn is_closed(&self) -> bool {
+        self.control.word().state() == State::Closed
+    }
+
     /// For an owner word `Abandoned(g)`: whether call `g` is over.
     #[inline]
     fn abandoned_call_over(&self, o: u32) -> bool {

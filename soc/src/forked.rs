@@ -91,6 +91,7 @@ pub fn child_main(
     // Nothing of the master (or the zygote) but the report pipe: what a
     // procedure starts inherits none of it.
     process::close_all_but(&[report.as_raw_fd()]);
+    process::reset_signals();
     process::set_name(&format!("numaproc-soc{soc}"));
     // SAFETY: this process is SOC `soc`: it uses only its own region and
     // the global region's header and signals.

@@ -219,3 +219,18 @@ pub fn set_name(name: &str) {
         let _ = nix::sys::prctl::set_name(&name);
     }
 }
+
+/// Gives this process (a SOC or the zygote, just forked or exec'ed) the
+/// signal state of a fresh process: no signal blocked, and the signals a
+/// server catches back at their default action. A master that waits for
+/// SIGTERM blocks it in its threads; a SOC that inherited that mask would
+/// never die of a SIGTERM sent to it. Async-signal-safe (system calls
+/// only).
+pub fn reset_signals() {
+    use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: installing the default action runs no code of ours.
+        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+    }
+}

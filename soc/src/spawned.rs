@@ -139,6 +139,8 @@ fn env_number<T: std::str::FromStr>(name: &str) -> Result<T, String> {
 }
 
 fn serve(engine: &str) -> Result<(), String> {
+    // An exec keeps the blocked signals of the master's thread.
+    process::reset_signals();
     let fd: i32 = env_number(ENV_REPORT)?;
     let soc: u32 = env_number(ENV_INDEX)?;
     let master: i32 = env_number(ENV_MASTER)?;

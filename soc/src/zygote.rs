@@ -92,6 +92,7 @@ pub fn serve(sock: OwnedFd, setups: &[SocSetup], view: &ForkedView, master: Pid)
     // but this socket. Values of the master that own descriptors are never
     // dropped here: the zygote ends in `_exit`.
     process::close_all_but(&[sock.as_raw_fd()]);
+    process::reset_signals();
     // None of its shared memory but this engine's regions (another
     // engine's, the application's).
     let ours: Vec<std::ops::Range<usize>> = view

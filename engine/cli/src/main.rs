@@ -10,6 +10,7 @@ use serde::Serialize;
 mod demo;
 mod floor;
 mod libs;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +40,26 @@ enum Command {
     /// the lock of each of its objects while it lives). Objects of live
     /// masters, of other users and of other numaproc versions are kept.
     Cleanup(CleanupArgs),
+    /// Run an engine as a named server until SIGTERM or SIGINT: other
+    /// processes of this user call its procedures (`numaproc call`,
+    /// numaproc::Client). On a stop signal it takes no new call, lets
+    /// calls in flight end (up to drain_timeout_ms), stops its SOCs and
+    /// removes everything it created. Tells systemd when it is ready
+    /// (Type=notify) if NOTIFY_SOCKET is set.
+    Serve(serve::ServeArgs),
+    /// Call a procedure of a running server and write its output to
+    /// standard output.
+    ///
+    /// Exit status: 0 the call succeeded; 1 the procedure failed (or
+    /// does not exist, or its input or output does not fit); 2 bad
+    /// arguments; 3 no server could be reached (none runs under the name,
+    /// it refused this process, or it speaks another version); 4 no idle
+    /// worker or no result within --timeout-ms; 5 the engine could not
+    /// run the call (its SOC died, it stopped).
+    Call(serve::CallArgs),
+    /// Print what a running server says of itself: its SOCs, procedures
+    /// and clients. Exit status 3 when no server could be reached.
+    Status(serve::StatusArgs),
     /// Serve as a spawned SOC. An engine runs this executable with its
     /// NUMAPROC_SOC_* environment when `soc_executable` names it (or when it
     /// is the engine's own executable); it is not meant to be run by hand.
@@ -83,6 +104,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Topology(args) => topology(args),
         Command::Cleanup(args) => cleanup(args),
+        Command::Serve(args) => serve::serve(args),
+        Command::Call(args) => serve::call(args),
+        Command::Status(args) => serve::status(args),
         // A real spawned SOC never gets here: run_if_spawned served and exited.
         Command::Soc => Err(anyhow::anyhow!(
             "`numaproc soc` is started by an engine with NUMAPROC_SOC_ENGINE set (option soc_executable); it is not run by hand"

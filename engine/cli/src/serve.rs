@@ -1,0 +1,301 @@
+//! `numaproc serve`, `numaproc call` and `numaproc status`: an engine as a
+//! named service, and a shell's way to use one.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{SigSet, Signal};
+use numaproc::{
+    CallError, Client, ClientOptions, ConnectError, Engine, Server, ServerConfig, SocKind, Target,
+};
+
+/// Exit status of `numaproc call` when it cannot reach the server.
+pub(crate) const EXIT_CONNECT: u8 = 3;
+/// ... when no worker or no result came in time.
+pub(crate) const EXIT_TIMEOUT: u8 = 4;
+/// ... when the engine could not run the call (its SOC died, it stopped).
+pub(crate) const EXIT_ENGINE: u8 = 5;
+
+/// Where a server is: its name and runtime directory.
+#[derive(clap::Args)]
+pub(crate) struct Where {
+    /// The server's name.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    name: String,
+    /// The servers' runtime directory (default: $XDG_RUNTIME_DIR/numaproc,
+    /// or /run/numaproc for root).
+    #[arg(long, value_name = "DIR")]
+    runtime_dir: Option<PathBuf>,
+}
+
+impl Where {
+    fn options(&self) -> ClientOptions {
+        match &self.runtime_dir {
+            Some(d) => ClientOptions::new().dir(d),
+            None => ClientOptions::new(),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Read the engine's and the server's options from a TOML file: every
+    /// engine option (as for `numaproc demo --config`), plus `name`,
+    /// `runtime_dir` and `drain_timeout_ms`. SOCs are forked unless it
+    /// sets `soc_kind`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The server's name (overrides the file's; default "default").
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// The runtime directory of the socket (overrides the file's).
+    #[arg(long, value_name = "DIR")]
+    runtime_dir: Option<PathBuf>,
+    /// SOC kind (overrides the file's).
+    #[arg(long, value_name = "KIND")]
+    kind: Option<SocKind>,
+    /// Number of SOCs (overrides the file's).
+    #[arg(long, value_name = "N")]
+    socs: Option<usize>,
+    /// Workers per SOC (overrides the file's).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct CallArgs {
+    /// The procedure's name.
+    #[arg(value_name = "PROC")]
+    proc: String,
+    /// The input bytes, as text (default: none; see --input-file).
+    #[arg(value_name = "INPUT", conflicts_with = "input_file")]
+    input: Option<String>,
+    /// Read the input from a file (`-`: standard input).
+    #[arg(long, value_name = "FILE")]
+    input_file: Option<PathBuf>,
+    /// Call on a worker of this SOC.
+    #[arg(long, value_name = "SOC")]
+    soc: Option<usize>,
+    /// Call on this worker of --soc.
+    #[arg(long, value_name = "WORKER", requires = "soc")]
+    worker: Option<usize>,
+    /// How long to wait for an idle worker and then for the result, in
+    /// milliseconds (each).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    timeout_ms: u64,
+    #[command(flatten)]
+    server: Where,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: Where,
+}
+
+/// Signals that stop a server: blocked in every thread, taken by sigwait.
+fn stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    set
+}
+
+pub(crate) fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let mut config = match &args.config {
+        Some(path) => ServerConfig::from_toml_file(path)?,
+        None => ServerConfig::default(),
+    };
+    if let Some(n) = args.name {
+        config.server.name = n;
+    }
+    if let Some(d) = args.runtime_dir {
+        config.server.dir = Some(d);
+    }
+    if let Some(k) = args.kind {
+        config.engine.soc_kind = k;
+    }
+    if args.socs.is_some() {
+        config.engine.socs = args.socs;
+    }
+    if args.workers.is_some() {
+        config.engine.workers_per_soc = args.workers;
+    }
+    numaproc::server::check_name(&config.server.name)
+        .map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+    // Blocked before any thread starts, so that every thread inherits the
+    // mask and the signals wait for sigwait below (SOCs unblock them).
+    let signals = stop_signals();
+    signals
+        .thread_block()
+        .context("blocking the stop signals")?;
+    let name = config.server.name.clone();
+    let started = Instant::now();
+    // The name first: a second server under a live name starts no SOCs.
+    let reserved = Server::reserve(&config.server)?;
+    let engine = Engine::start(config.engine.clone()).context("starting the engine")?;
+    let server = reserved.serve(engine)?;
+    let e = server.engine();
+    let workers: usize = (0..e.soc_count()).map(|s| e.worker_count(s)).sum();
+    eprintln!(
+        "numaproc: serving {name} at {} (pid {}, {} {} SOC(s), {workers} worker(s), ready in {:.1} ms)",
+        server.socket_path().display(),
+        std::process::id(),
+        e.soc_count(),
+        config.engine.soc_kind,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    notify("READY=1");
+    let signal = signals.wait().context("waiting for a stop signal")?;
+    notify("STOPPING=1");
+    eprintln!("numaproc: {signal}: stopping {name}");
+    match server.shutdown() {
+        Ok(()) => {
+            eprintln!("numaproc: {name} stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("numaproc: {name} stopped: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Tells a service manager how the server is doing (`sd_notify`), when
+/// it set `NOTIFY_SOCKET`: a path, or an abstract name after `@`.
+fn notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let target = target.to_string_lossy().into_owned();
+    let sent = (|| -> std::io::Result<()> {
+        let addr = match target.strip_prefix('@') {
+            Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name)?,
+            None => SocketAddr::from_pathname(&target)?,
+        };
+        let sock = UnixDatagram::unbound()?;
+        sock.send_to_addr(state.as_bytes(), &addr)?;
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        eprintln!("numaproc: cannot notify {target} of {state}: {e}");
+    }
+}
+
+pub(crate) fn call(args: CallArgs) -> Result<ExitCode> {
+    let input = match (&args.input, &args.input_file) {
+        (Some(text), _) => text.as_bytes().to_vec(),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("reading the input from standard input")?;
+            buf
+        }
+        (None, Some(path)) => std::fs::read(path)
+            .with_context(|| format!("reading the input from {}", path.display()))?,
+        (None, None) => Vec::new(),
+    };
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let options = args
+        .server
+        .options()
+        .claim_timeout(timeout)
+        .call_timeout(timeout);
+    let client = match Client::connect_with(&args.server.name, &options) {
+        Ok(c) => c,
+        Err(e) => return Ok(connect_failed(&e)),
+    };
+    let target = match (args.soc, args.worker) {
+        (Some(soc), Some(worker)) => Target::Worker { soc, worker },
+        (Some(soc), None) => Target::Soc(soc),
+        _ => Target::Any,
+    };
+    match client.call_on(target, args.proc.as_str(), &input) {
+        Ok(output) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&output).context("writing the output")?;
+            out.flush().context("writing the output")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("numaproc: {}: {e}", args.proc);
+            Ok(ExitCode::from(call_exit(&e)))
+        }
+    }
+}
+
+/// The exit status of a failed call (see `numaproc call --help`).
+fn call_exit(e: &CallError) -> u8 {
+    match e {
+        CallError::Busy | CallError::ClaimTimeout(_) | CallError::CallTimeout(_) => EXIT_TIMEOUT,
+        CallError::SocDied(_)
+        | CallError::SocMisbehaved(_)
+        | CallError::Killed { .. }
+        | CallError::Unavailable(_)
+        | CallError::EngineGone(_) => EXIT_ENGINE,
+        _ => 1,
+    }
+}
+
+fn connect_failed(e: &ConnectError) -> ExitCode {
+    eprintln!("numaproc: {e}");
+    ExitCode::from(EXIT_CONNECT)
+}
+
+pub(crate) fn status(args: StatusArgs) -> Result<ExitCode> {
+    let client = match Client::connect_with(&args.server.name, &args.server.options()) {
+        Ok(c) => c,
+        Err(e) => return Ok(connect_failed(&e)),
+    };
+    let status = match client.status(Duration::from_secs(5)) {
+        Ok(s) => s,
+        Err(e) => return Ok(connect_failed(&e)),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "server {}: pid {}, up {:.1} s, {} SOCs",
+        status.name,
+        status.pid,
+        status.uptime_ms as f64 / 1e3,
+        status.soc_kind
+    );
+    for s in &status.socs {
+        println!(
+            "  SOC {} (node {}): {:?}, pid {}, {} worker(s), {} call(s), {} restart(s){}",
+            s.soc,
+            s.node,
+            s.state,
+            s.pid,
+            s.workers,
+            s.calls,
+            s.restarts,
+            s.last_error
+                .as_deref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    println!("  procedures: {}", status.procedures.len());
+    for (name, origin) in &status.procedures {
+        println!("    {name:<32} {origin}");
+    }
+    // This command is a client too: it is among them.
+    println!("  clients: {}", status.clients.len());
+    for c in &status.clients {
+        println!("    #{:<6} pid {:<8} uid {}", c.holder, c.pid, c.uid);
+    }
+    Ok(ExitCode::SUCCESS)
+}

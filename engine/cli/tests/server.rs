@@ -1,0 +1,885 @@
+//! `numaproc serve` with client processes: the test process and helper
+//! processes (this test executable, run again as a client) attach to a
+//! real server, which the tests stop, kill and start again. Every wait is
+//! bounded; every server and helper is killed if a test fails, and each
+//! test checks that the server left no process, socket or shared memory.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use numaproc::{CallError, Client, ClientOptions, ConnectError, Target};
+
+const BIN: &str = env!("CARGO_BIN_EXE_numaproc");
+/// Set in a helper client process: what it does (see `client_helper`).
+const HELPER_ENV: &str = "NUMAPROC_TEST_CLIENT";
+/// Far above anything a healthy server takes, far below a test's patience.
+const STEP: Duration = Duration::from_secs(20);
+
+/// Dies with the thread that started it, so a failed test leaks nothing.
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        })
+    }
+}
+
+fn wait_bounded(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // A zombie is gone for every purpose here but still in /proc.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// A `numaproc serve` process in its own runtime directory.
+struct Served {
+    child: Option<Child>,
+    root: PathBuf,
+    dir: PathBuf,
+    name: String,
+    prefix: String,
+    notify: UnixDatagram,
+}
+
+impl Served {
+    /// Starts `numaproc serve` with a configuration of `toml` lines (a
+    /// name prefix of its own added) and waits for its READY=1.
+    fn start(tag: &str, toml: &str) -> Served {
+        let root = std::env::temp_dir().join(format!("np-serve-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let prefix = format!("sv{}{}", std::process::id(), tag.replace('-', "_"));
+        let notify_path = root.join("notify");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        let mut served = Served {
+            child: None,
+            dir: root.join("run"),
+            root,
+            name: tag.to_owned(),
+            prefix,
+            notify,
+        };
+        served.spawn(toml);
+        served.expect_notify("READY=1");
+        served
+    }
+
+    fn spawn(&mut self, toml: &str) {
+        let config = self.root.join("server.toml");
+        std::fs::write(
+            &config,
+            format!("name_prefix = \"{}\"\n{toml}\n", self.prefix),
+        )
+        .unwrap();
+        let log = std::fs::File::create(self.root.join("server.log")).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(["--name", &self.name])
+            .arg("--runtime-dir")
+            .arg(&self.dir)
+            .env("NOTIFY_SOCKET", self.root.join("notify"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(
+            die_with_parent(&mut cmd)
+                .spawn()
+                .expect("start numaproc serve"),
+        );
+    }
+
+    /// Starts a server again under the same name and directory.
+    fn restart(&mut self, toml: &str) {
+        assert!(self.child.is_none(), "the previous server still runs");
+        self.spawn(toml);
+        self.expect_notify("READY=1");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("a running server").id()
+    }
+
+    /// Waits for the server to tell its service manager `what` (failing
+    /// at once if it exits first).
+    fn expect_notify(&mut self, what: &str) {
+        self.notify
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let deadline = Instant::now() + STEP;
+        let mut buf = [0u8; 256];
+        loop {
+            match self.notify.recv(&mut buf) {
+                Ok(n) => {
+                    assert_eq!(
+                        std::str::from_utf8(&buf[..n]).unwrap(),
+                        what,
+                        "log: {}",
+                        self.log()
+                    );
+                    return;
+                }
+                Err(e) if Instant::now() > deadline => {
+                    panic!("no {what} within {STEP:?}: {e}; log: {}", self.log())
+                }
+                Err(_) => {}
+            }
+            if what == "READY=1"
+                && let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+            {
+                panic!(
+                    "the server exited ({status}) before {what}; log: {}",
+                    self.log()
+                );
+            }
+        }
+    }
+
+    fn options(&self) -> ClientOptions {
+        ClientOptions::new()
+            .dir(&self.dir)
+            .claim_timeout(STEP)
+            .call_timeout(STEP)
+    }
+
+    fn client(&self) -> Client {
+        Client::connect_with(&self.name, &self.options())
+            .unwrap_or_else(|e| panic!("connect: {e}; log: {}", self.log()))
+    }
+
+    fn soc_pids(&self, client: &Client) -> Vec<u32> {
+        let status = client.status(STEP).expect("status");
+        status.socs.iter().map(|s| s.pid).collect()
+    }
+
+    /// SIGTERM, then the server's exit status.
+    fn stop(&mut self) -> ExitStatus {
+        let pid = self.pid();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        self.expect_notify("STOPPING=1");
+        let mut child = self.child.take().expect("a running server");
+        match wait_bounded(&mut child, STEP) {
+            Some(s) => s,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the server did not stop within {STEP:?}; log: {}",
+                    self.log()
+                );
+            }
+        }
+    }
+
+    /// kill -9, reaped.
+    fn kill(&mut self) {
+        let mut child = self.child.take().expect("a running server");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// What the server left: files in its runtime directory, shared-memory
+    /// objects, and which of `pids` still run (checked for a while: a
+    /// killed server's SOCs take a moment to see it).
+    fn assert_nothing_left(&self, pids: &[u32]) {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let files: Vec<_> = std::fs::read_dir(&self.dir)
+                .map(|d| d.filter_map(|e| Some(e.ok()?.file_name())).collect())
+                .unwrap_or_default();
+            let objects = objects_left(&self.prefix);
+            let running: Vec<_> = pids.iter().filter(|&&p| pid_alive(p)).collect();
+            if files.is_empty() && objects.is_empty() && running.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "left behind: files {files:?}, objects {objects:?}, processes {running:?}; log: {}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn objects_left(prefix: &str) -> Vec<String> {
+    let needle = format!("numaproc-{prefix}-");
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&needle))
+        .collect()
+}
+
+/// A helper client process: this executable, running `client_helper`.
+struct Helper {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Helper {
+    fn start(served: &Served, task: &str) -> Helper {
+        let spec = format!("{}\n{}\n{task}", served.dir.display(), served.name);
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "client_helper",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HELPER_ENV, spec)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        let mut child = die_with_parent(&mut cmd).spawn().expect("start a helper");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Helper { child, lines }
+    }
+
+    /// Waits for the helper to print `line`.
+    fn expect(&self, line: &str) {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                // libtest's "test client_helper ... " has no newline.
+                Ok(l) if l.ends_with(line) => return,
+                Ok(_) => {}
+                Err(e) => panic!("the helper did not print {line:?}: {e}"),
+            }
+        }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn finish(mut self) -> ExitStatus {
+        let status = wait_bounded(&mut self.child, STEP * 3);
+        status.unwrap_or_else(|| {
+            let _ = self.child.kill();
+            panic!("a helper client ran longer than {:?}", STEP * 3)
+        })
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Not a test: what a helper process does, when `HELPER_ENV` is set.
+/// `claim SOC WORKER`: claims that worker, prints "held", waits to be
+/// killed. `calls N SEED`: makes N sys_echo calls of distinct inputs,
+/// checks each output, exits 0 (1 on the first wrong one).
+#[test]
+fn client_helper() {
+    let Ok(spec) = std::env::var(HELPER_ENV) else {
+        return;
+    };
+    let mut parts = spec.splitn(3, '\n');
+    let (dir, name, task) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let client = Client::connect_with(
+        name,
+        &ClientOptions::new()
+            .dir(dir)
+            .claim_timeout(STEP)
+            .call_timeout(STEP),
+    )
+    .unwrap();
+    let words: Vec<&str> = task.split(' ').collect();
+    match words[..] {
+        ["claim", soc, worker] => {
+            let _claim = client
+                .claim(Target::Worker {
+                    soc: soc.parse().unwrap(),
+                    worker: worker.parse().unwrap(),
+                })
+                .unwrap();
+            println!("held");
+            std::thread::sleep(STEP * 3);
+            std::process::exit(1);
+        }
+        ["calls", n, seed] => {
+            let n: usize = n.parse().unwrap();
+            for i in 0..n {
+                let input = format!("{seed}-{i}");
+                match client.call("sys_echo", input.as_bytes()) {
+                    Ok(out) if out == input.as_bytes() => {}
+                    other => {
+                        eprintln!("call {i} of helper {seed}: {other:?}");
+                        std::process::exit(1);
+                    }
+                }
+            }
+            std::process::exit(0);
+        }
+        _ => panic!("unknown helper task {task:?}"),
+    }
+}
+
+/// Not a test: when `HELPER_ENV` is set, connects to the socket it names
+/// (no check of the directory, as a hostile client would), prints what the
+/// server sends and whether descriptors came with it.
+#[test]
+fn raw_client_helper() {
+    let Ok(path) = std::env::var(HELPER_ENV) else {
+        return;
+    };
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    use std::os::fd::AsRawFd;
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    if let Err(e) = connect(sock.as_raw_fd(), &UnixAddr::new(path.as_str()).unwrap()) {
+        println!("connect: {e}");
+        std::process::exit(0);
+    }
+    let mut buf = [0u8; 4096];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 8]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = nix::sys::socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    let fds = msg.cmsgs().map(|c| c.count()).unwrap_or(0);
+    let n = msg.bytes;
+    println!("fds {fds} message {}", String::from_utf8_lossy(&buf[..n]));
+    std::process::exit(0);
+}
+
+/// Runs `numaproc ARGS` against `served`, bounded.
+fn numaproc(served: &Served, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .args(["--name", &served.name])
+        .arg("--runtime-dir")
+        .arg(&served.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = die_with_parent(&mut cmd).spawn().unwrap();
+    let status = wait_bounded(&mut child, STEP).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("numaproc {args:?} ran longer than {STEP:?}")
+    });
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code(), out, err)
+}
+
+/// Waits until slot (`soc`, `worker`) is held by another process than
+/// `client`'s (a helper's claim, seen through the shared owner words).
+fn wait_held_by_other(client: &Client, soc: usize, worker: usize) -> u32 {
+    let pos = client.table().position(soc, worker).unwrap();
+    let place = client.table().place(pos).unwrap();
+    let deadline = Instant::now() + STEP;
+    loop {
+        if let Some(h) = place.session().holder()
+            && h != client.holder()
+        {
+            return h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker {soc}.{worker} never held"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn serve_call_status_stop(kind: &str) {
+    let mut served = Served::start(
+        &format!("basic-{kind}"),
+        &format!("soc_kind = \"{kind}\"\nsocs = 2\nworkers_per_soc = 1"),
+    );
+    let (code, out, err) = numaproc(&served, &["call", "sys_echo", "hello"]);
+    assert_eq!((code, out.as_str()), (Some(0), "hello"), "{err}");
+    let (code, out, err) = numaproc(&served, &["status", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["name"], served.name.as_str());
+    assert_eq!(status["pid"], served.pid());
+    assert_eq!(status["soc_kind"], kind);
+    assert_eq!(status["socs"].as_array().unwrap().len(), 2);
+    // The status command itself is the one client attached.
+    assert_eq!(status["clients"].as_array().unwrap().len(), 1);
+
+    let client = served.client();
+    assert_eq!(client.server_pid(), served.pid());
+    for soc in 0..2 {
+        let out = client
+            .call_on(Target::Soc(soc), "sys_echo", format!("to {soc}").as_bytes())
+            .unwrap();
+        assert_eq!(out, format!("to {soc}").as_bytes());
+    }
+    let pids = served.soc_pids(&client);
+    assert_eq!(pids.len(), 2);
+    let status = served.stop();
+    assert!(status.success(), "{status:?}; log: {}", served.log());
+    // The server is gone: this client's calls say so, at once.
+    let t = Instant::now();
+    let e = client.call("sys_echo", b"x").unwrap_err();
+    assert!(matches!(e, CallError::EngineGone(_)), "{e:?}");
+    assert!(t.elapsed() < STEP, "{:?}", t.elapsed());
+    served.assert_nothing_left(&pids);
+    let e = Client::connect_with(&served.name, &served.options()).unwrap_err();
+    assert!(matches!(e, ConnectError::NotRunning { .. }), "{e:?}");
+}
+
+#[test]
+fn a_forked_server_serves_clients_and_a_stop_leaves_nothing() {
+    serve_call_status_stop("forked");
+}
+
+#[test]
+fn a_spawned_server_serves_clients_and_a_stop_leaves_nothing() {
+    serve_call_status_stop("spawned");
+}
+
+#[test]
+fn eight_client_processes_share_the_workers() {
+    let mut served = Served::start("eight", "socs = 1\nworkers_per_soc = 2");
+    let client = served.client();
+    let calls_now =
+        |c: &Client| -> u64 { c.status(STEP).unwrap().socs.iter().map(|s| s.calls).sum() };
+    let before = calls_now(&client);
+    const EACH: usize = 300;
+    let helpers: Vec<Helper> = (0..8)
+        .map(|i| Helper::start(&served, &format!("calls {EACH} {i}")))
+        .collect();
+    // The server's other client calls meanwhile too.
+    for i in 0..EACH {
+        let input = format!("main-{i}");
+        assert_eq!(
+            client.call("sys_echo", input.as_bytes()).unwrap(),
+            input.as_bytes()
+        );
+    }
+    for (i, h) in helpers.into_iter().enumerate() {
+        let status = h.finish();
+        assert!(status.success(), "helper {i}: {status:?}");
+    }
+    assert_eq!(calls_now(&client) - before, 9 * EACH as u64);
+    assert!(served.stop().success(), "log: {}", served.log());
+}
+
+#[test]
+fn a_killed_clients_workers_are_given_back() {
+    let mut served = Served::start("reclaim", "socs = 1\nworkers_per_soc = 2");
+    let client = served.client();
+    // One client holds worker 0 without calling; another runs a long call
+    // on worker 1.
+    let holder = Helper::start(&served, "claim 0 0");
+    holder.expect("held");
+    let mut caller = Command::new(BIN);
+    caller
+        .args(["call", "--soc", "0", "--worker", "1", "sys_sleep", "60000"])
+        .args(["--name", &served.name])
+        .arg("--runtime-dir")
+        .arg(&served.dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut caller = die_with_parent(&mut caller).spawn().unwrap();
+    let h0 = wait_held_by_other(&client, 0, 0);
+    let h1 = wait_held_by_other(&client, 0, 1);
+    assert_ne!(h0, h1);
+    assert!(matches!(
+        client.try_claim(Target::Worker { soc: 0, worker: 0 }),
+        Err(CallError::Busy)
+    ));
+    holder.kill();
+    caller.kill().unwrap();
+    caller.wait().unwrap();
+    let killed = Instant::now();
+    // Both come back: the claim at once, the call once sys_sleep sees
+    // that it is cancelled (it would run a minute otherwise).
+    for worker in 0..2 {
+        let claim = client
+            .claim_with_timeout(Target::Worker { soc: 0, worker }, STEP)
+            .unwrap_or_else(|e| panic!("worker {worker}: {e}; log: {}", served.log()));
+        drop(claim);
+    }
+    let took = killed.elapsed();
+    eprintln!("both workers given back {took:?} after the kills");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let status = client.status(STEP).unwrap();
+    assert_eq!(
+        status.clients.iter().map(|c| c.holder).collect::<Vec<_>>(),
+        [client.holder()]
+    );
+    assert!(served.stop().success(), "log: {}", served.log());
+}
+
+#[test]
+fn a_killed_servers_waiting_calls_end_with_engine_gone() {
+    let mut served = Served::start("gone", "socs = 1\nworkers_per_soc = 2");
+    let client = served.client();
+    let pids = served.soc_pids(&client);
+    let killed_at = std::sync::Mutex::new(None::<Instant>);
+    std::thread::scope(|s| {
+        // Two calls run, a third waits for a worker.
+        let running: Vec<_> = (0..2)
+            .map(|w| {
+                let client = &client;
+                s.spawn(move || {
+                    let r =
+                        client.call_on(Target::Worker { soc: 0, worker: w }, "sys_sleep", b"60000");
+                    (r, Instant::now())
+                })
+            })
+            .collect();
+        for w in 0..2 {
+            let pos = client.table().position(0, w).unwrap();
+            let place = client.table().place(pos).unwrap();
+            let deadline = Instant::now() + STEP;
+            while place.session().holder() != Some(client.holder()) {
+                assert!(Instant::now() < deadline);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let waiting = s.spawn(|| (client.call("sys_echo", b"x"), Instant::now()));
+        std::thread::sleep(Duration::from_millis(50));
+        *killed_at.lock().unwrap() = Some(Instant::now());
+        served.kill();
+        let at = killed_at.lock().unwrap().unwrap();
+        for h in running.into_iter().chain([waiting]) {
+            let (r, ended) = h.join().unwrap();
+            let e = r.unwrap_err();
+            assert!(matches!(e, CallError::EngineGone(_)), "{e:?}");
+            let took = ended - at;
+            eprintln!("a waiting call ended {took:?} after the kill");
+            assert!(took < Duration::from_secs(5), "{took:?}");
+        }
+    });
+    let e = client.call("sys_echo", b"x").unwrap_err();
+    assert!(matches!(e, CallError::EngineGone(_)), "{e:?}");
+    let t = Instant::now();
+    let e = Client::connect_with(&served.name, &served.options()).unwrap_err();
+    assert!(matches!(e, ConnectError::NotRunning { .. }), "{e:?}");
+    assert!(t.elapsed() < STEP);
+    // The killed server's SOCs follow it.
+    let deadline = Instant::now() + STEP;
+    while pids.iter().any(|&p| pid_alive(p)) {
+        assert!(
+            Instant::now() < deadline,
+            "SOCs {pids:?} outlived their server"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Once every process of the dead server is gone (the kernel dropped
+    // its objects' locks; this client's mappings hold none), a new server
+    // takes the name over, removes what the dead one left, and serves a
+    // new client.
+    let deadline = Instant::now() + STEP;
+    loop {
+        let found = numaproc::stale::scan(Some(&served.prefix)).unwrap();
+        assert_eq!(found.len(), 2, "{found:?}");
+        if found
+            .iter()
+            .all(|f| f.verdict == numaproc::stale::Verdict::Dead)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still alive: {found:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    served.restart("socs = 1\nworkers_per_soc = 2");
+    let again = served.client();
+    assert_eq!(again.call("sys_echo", b"back").unwrap(), b"back");
+    let new_pids = served.soc_pids(&again);
+    drop(again);
+    drop(client);
+    assert!(served.stop().success(), "log: {}", served.log());
+    served.assert_nothing_left(&new_pids);
+}
+
+#[test]
+fn a_second_server_under_a_live_name_is_refused_naming_the_first() {
+    let mut served = Served::start("twice", "socs = 1\nworkers_per_soc = 1");
+    let (code, _, err) = numaproc(&served, &["serve"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "server twice is already running as pid {}",
+            served.pid()
+        )),
+        "{err}"
+    );
+    // The refused one took nothing away: the first still serves.
+    let (code, out, err) = numaproc(&served, &["call", "sys_echo", "still"]);
+    assert_eq!((code, out.as_str()), (Some(0), "still"), "{err}");
+    assert!(served.stop().success(), "log: {}", served.log());
+}
+
+#[test]
+fn a_stopping_server_lets_calls_in_flight_end() {
+    let mut served = Served::start(
+        "drain",
+        "socs = 1\nworkers_per_soc = 1\ndrain_timeout_ms = 10000",
+    );
+    let client = served.client();
+    std::thread::scope(|s| {
+        let call = s.spawn(|| client.call("sys_sleep", b"400"));
+        let pos = client.table().position(0, 0).unwrap();
+        let place = client.table().place(pos).unwrap();
+        let deadline = Instant::now() + STEP;
+        while place.session().holder() != Some(client.holder()) {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let status = served.stop();
+        assert!(status.success(), "{status:?}; log: {}", served.log());
+        assert_eq!(call.join().unwrap().unwrap(), b"");
+    });
+    let e = client.call("sys_echo", b"x").unwrap_err();
+    assert!(matches!(e, CallError::EngineGone(_)), "{e:?}");
+}
+
+#[test]
+fn call_exit_statuses_say_what_went_wrong() {
+    let mut served = Served::start("exits", "socs = 1\nworkers_per_soc = 1");
+    let input = served.root.join("input");
+    std::fs::write(&input, b"from a file").unwrap();
+    let input = input.to_str().unwrap();
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["call", "sys_echo", "--input-file", input],
+            0,
+            "from a file",
+        ),
+        (&["call", "sys_nope"], 1, ""),
+        (&["call", "sys_sleep", "soon"], 1, ""),
+        (&["call", "--soc", "7", "sys_ping"], 1, ""),
+        (&["call", "--timeout-ms", "50", "sys_sleep", "3000"], 4, ""),
+    ];
+    for (args, code, out) in cases {
+        let (got, stdout, err) = numaproc(&served, args);
+        assert_eq!(
+            (got, stdout.as_str()),
+            (Some(*code), *out),
+            "{args:?}: {err}"
+        );
+        if *code != 0 {
+            assert!(err.starts_with("numaproc: "), "{args:?}: {err}");
+        }
+    }
+    assert!(served.stop().success(), "log: {}", served.log());
+    let (code, _, err) = numaproc(&served, &["call", "sys_ping"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("no server exits is running"), "{err}");
+    let (code, _, err) = numaproc(&served, &["status"]);
+    assert_eq!(code, Some(3), "{err}");
+}
+
+#[test]
+fn bad_server_names_and_directories_are_refused() {
+    let root = std::env::temp_dir().join(format!("np-serve-{}-bad", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let open = root.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = die_with_parent(&mut cmd).spawn().unwrap();
+        let status = wait_bounded(&mut child, STEP).expect("bounded");
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status.code(), err)
+    };
+    let (code, err) = run(&["serve", "--name", "a/b"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("server name"), "{err}");
+    let (code, err) = run(&[
+        "serve",
+        "--name",
+        "x",
+        "--runtime-dir",
+        open.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("group or others"), "{err}");
+    let (code, err) = run(&[
+        "call",
+        "--name",
+        "x",
+        "--runtime-dir",
+        open.to_str().unwrap(),
+        "sys_ping",
+    ]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(!Path::new(&open).join("x.sock").exists());
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn another_user_is_refused_and_gets_no_memory() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "another_user_is_refused_and_gets_no_memory: needs root to act as another user; not run"
+        );
+        return;
+    }
+    let mut served = Served::start("foreign", "socs = 1\nworkers_per_soc = 1");
+    let socket = served.dir.join("foreign.sock");
+    let nobody = 65534;
+    let run_as_nobody = |args: &[&str], env: Option<&str>| {
+        let mut cmd = match env {
+            Some(_) => Command::new(std::env::current_exe().unwrap()),
+            None => Command::new(BIN),
+        };
+        cmd.args(args)
+            .uid(nobody)
+            .gid(nobody)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(path) = env {
+            cmd.env(HELPER_ENV, path);
+        }
+        let mut child = die_with_parent(&mut cmd).spawn().unwrap();
+        let status = wait_bounded(&mut child, STEP).expect("bounded");
+        let (mut out, mut err) = (String::new(), String::new());
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status.code(), out, err)
+    };
+    // The files keep another user out: the directory and the socket are
+    // this user's alone.
+    let dir = served.dir.to_str().unwrap().to_owned();
+    let (code, _, err) = run_as_nobody(
+        &[
+            "call",
+            "--name",
+            "foreign",
+            "--runtime-dir",
+            &dir,
+            "sys_ping",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(3), "{err}");
+    let (_, out, _) = run_as_nobody(
+        &["raw_client_helper", "--exact", "--nocapture"],
+        Some(socket.to_str().unwrap()),
+    );
+    assert!(out.contains("connect: EACCES"), "{out}");
+    // With the files opened up, the server's own check refuses it, and
+    // sends no descriptor.
+    for (path, mode) in [(&served.dir, 0o755), (&socket, 0o777)] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    let (_, out, _) = run_as_nobody(
+        &["raw_client_helper", "--exact", "--nocapture"],
+        Some(socket.to_str().unwrap()),
+    );
+    assert!(
+        out.contains(
+            "fds 0 message Ruid 65534 may not attach to server foreign (only its own user, uid 0)"
+        ),
+        "{out}"
+    );
+    assert!(
+        served.log().contains("refused a client: uid 65534"),
+        "{}",
+        served.log()
+    );
+    std::fs::set_permissions(
+        &served.dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    assert!(served.stop().success(), "log: {}", served.log());
+}

@@ -1,0 +1,252 @@
+//! Where a server can be found: its runtime directory, the socket clients
+//! connect to, and the lock that tells a live server from a dead one.
+//!
+//! The directory is `$XDG_RUNTIME_DIR/numaproc/` (or `/run/numaproc/` for
+//! root, `/tmp/numaproc-<uid>/` when neither exists), created mode 0700 and
+//! refused when another user owns it or others may write it: whoever can
+//! write it could put a socket of their own under a server's name. A
+//! server holds an exclusive `flock` on `<name>.lock` (which holds its pid)
+//! for its whole life; the kernel drops the lock when it dies, so a name
+//! whose lock can be taken has no live server, and its socket is stale.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// Longest server name.
+pub const MAX_NAME: usize = 64;
+
+/// The runtime directory of this user's servers (see the module docs).
+pub fn default_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/numaproc");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("numaproc"),
+        _ => PathBuf::from(format!("/tmp/numaproc-{}", nix::unistd::geteuid())),
+    }
+}
+
+/// Checks a server name: 1 to 64 of `[A-Za-z0-9_-]`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(format!(
+            "a server name is 1 to {MAX_NAME} bytes long, {name:?} is {}",
+            name.len()
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "a server name may only hold ASCII letters, digits, '_' and '-': {name:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// The paths of server `name` in `dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// The socket clients connect to.
+    pub socket: PathBuf,
+    /// The lock a live server holds.
+    pub lock: PathBuf,
+}
+
+impl Paths {
+    /// The paths of server `name` in `dir`.
+    pub fn new(dir: &Path, name: &str) -> Self {
+        Self {
+            socket: dir.join(format!("{name}.sock")),
+            lock: dir.join(format!("{name}.lock")),
+        }
+    }
+}
+
+/// Creates `dir` (mode 0700) if it is missing, and checks that this user
+/// owns it and that no one else may write it.
+pub fn prepare(dir: &Path) -> Result<(), String> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+    }
+    check_dir(dir)
+}
+
+/// Refuses a directory another user owns or others may write.
+pub fn check_dir(dir: &Path) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!(
+            "{} belongs to uid {}, not to this user (uid {me}): another user could put a socket there under a server's name",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} may be written by group or others (mode {:o}): they could put a socket there under a server's name",
+            dir.display(),
+            meta.permissions().mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// A server's hold on its name: the locked lock file, holding its pid.
+#[derive(Debug)]
+pub struct NameLock {
+    _lock: Flock<File>,
+    paths: Paths,
+}
+
+impl Drop for NameLock {
+    /// Removes the socket and the lock file, then gives the name up (in
+    /// that order: while the lock is held, no other server takes the name
+    /// and then loses its socket to this one).
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        // Only while the lock file is still ours: one removed by hand and
+        // made again is another server's, and so is the socket then.
+        let ours = match (
+            self._lock.metadata(),
+            std::fs::symlink_metadata(&self.paths.lock),
+        ) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if ours {
+            let _ = std::fs::remove_file(&self.paths.socket);
+            let _ = std::fs::remove_file(&self.paths.lock);
+        }
+    }
+}
+
+/// Why a name could not be taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TakeError {
+    /// A live server holds it (its pid, when it wrote one).
+    Held(Option<u32>),
+    /// The lock file could not be used.
+    Io(String),
+}
+
+impl NameLock {
+    /// Takes the name of `paths` (its lock file), or says which live
+    /// server holds it. Dropped, it removes the socket and the lock file.
+    pub fn take(paths: &Paths) -> Result<Self, TakeError> {
+        let path = paths.lock.as_path();
+        // A stopping server removes its lock file before it unlocks it: a
+        // lock taken on the removed file is no lock on the name, so look
+        // again (a few times: each retry means a server stopped meanwhile).
+        for _ in 0..8 {
+            if let Some(lock) = Self::take_once(path)? {
+                return Ok(Self {
+                    _lock: lock,
+                    paths: paths.clone(),
+                });
+            }
+        }
+        Err(TakeError::Io(format!(
+            "{}: replaced again and again while being locked",
+            path.display()
+        )))
+    }
+
+    /// One attempt: `None` when the file locked is no longer the one at
+    /// `path`.
+    fn take_once(path: &Path) -> Result<Option<Flock<File>>, TakeError> {
+        use std::os::unix::fs::MetadataExt;
+        let io = |e: std::io::Error| TakeError::Io(format!("{}: {e}", path.display()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(io)?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                return Err(TakeError::Held(text.trim().parse().ok()));
+            }
+            Err((_, e)) => return Err(TakeError::Io(format!("{}: {e}", path.display()))),
+        };
+        let locked = lock.metadata().map_err(io)?;
+        match std::fs::symlink_metadata(path) {
+            Ok(now) if now.dev() == locked.dev() && now.ino() == locked.ino() => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        }
+        lock.set_len(0).map_err(io)?;
+        lock.rewind().map_err(io)?;
+        write!(lock, "{}", std::process::id()).map_err(io)?;
+        Ok(Some(lock))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("default").is_ok());
+        assert!(check_name("a-b_9").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name("..").is_err());
+        assert!(check_name(&"x".repeat(MAX_NAME + 1)).is_err());
+    }
+
+    #[test]
+    fn a_held_name_names_its_holder() {
+        let dir = std::env::temp_dir().join(format!("numaproc-dir-{}", std::process::id()));
+        prepare(&dir).unwrap();
+        let paths = Paths::new(&dir, "held");
+        let held = NameLock::take(&paths).unwrap();
+        assert_eq!(
+            NameLock::take(&paths).unwrap_err(),
+            TakeError::Held(Some(std::process::id()))
+        );
+        drop(held);
+        assert!(!paths.lock.exists(), "a name given up leaves no lock file");
+        let again = NameLock::take(&paths).expect("free once its holder is gone");
+        // A lock file replaced under its holder (removed by a server that
+        // stopped, made again by another) is no longer its lock.
+        std::fs::remove_file(&paths.lock).unwrap();
+        let other = NameLock::take(&paths).expect("a new lock file is a new lock");
+        drop(again);
+        assert_eq!(
+            NameLock::take(&paths).unwrap_err(),
+            TakeError::Held(Some(std::process::id()))
+        );
+        drop(other);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_directory_others_may_write_is_refused() {
+        let dir = std::env::temp_dir().join(format!("numaproc-dir-w-{}", std::process::id()));
+        prepare(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = prepare(&dir).unwrap_err();
+        assert!(e.contains("group or others"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,596 @@
+//! Server mode: an engine reachable under a name by other processes of its
+//! user. A client connects to the server's Unix socket; the server checks
+//! its credentials, numbers it, and hands it descriptors of the engine's
+//! shared memory; from then on the client calls through the same slots
+//! and the same session code as the server's own threads (see
+//! [`crate::Client`]). The socket carries only the attach, control
+//! requests and liveness.
+//!
+//! The server watches each client through a pidfd (taken from the socket,
+//! `SO_PEERPIDFD`, so it names the process that connected and no other)
+//! and the socket's hang-up: when a client dies, every slot it held is
+//! given up as its own release would (a running call sees cancellation,
+//! the slot is free once the call ends) and waiting callers are woken.
+//! One thread does all of it, polling; it never blocks on a client.
+
+mod config;
+mod dir;
+mod wire;
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, UnixAddr, accept4, bind, getsockopt, listen,
+    socket, sockopt,
+};
+use numaproc_ipc::LAYOUT_VERSION;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Engine, ShutdownError, SocStatus};
+use crate::options::SocKind;
+
+pub use config::ServerConfig;
+#[cfg(test)]
+pub(crate) use dir::prepare as dir_prepare;
+pub(crate) use dir::{Paths, check_dir};
+pub use dir::{check_name, default_dir};
+pub(crate) use wire::{Hello, PROTOCOL, REFUSED, STATUS, receive, send};
+
+/// Connections waiting to be accepted.
+const CLIENT_BACKLOG: usize = 128;
+
+/// Where a server is found and who may attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// The server's name (1 to 64 of `[A-Za-z0-9_-]`).
+    pub name: String,
+    /// Its runtime directory (default: [`default_dir`]).
+    pub dir: Option<PathBuf>,
+}
+
+impl ServerOptions {
+    /// A server named `name` in the default directory.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            dir: None,
+        }
+    }
+
+    /// Its runtime directory.
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    fn resolved_dir(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(default_dir)
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The name or directory is not usable.
+    #[error("server {name}: {reason}")]
+    Invalid {
+        /// The server's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A live server holds the name.
+    #[error("server {name} is already running{}", .pid.map(|p| format!(" as pid {p}")).unwrap_or_default())]
+    Running {
+        /// The server's name.
+        name: String,
+        /// Its pid, when it could be read.
+        pid: Option<u32>,
+    },
+    /// The socket could not be set up.
+    #[error("server {name}: cannot listen on {path}: {reason}")]
+    Socket {
+        /// The server's name.
+        name: String,
+        /// The socket's path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A client as `numaproc status` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientStatus {
+    /// The number its claims carry.
+    pub holder: u32,
+    /// Its process id.
+    pub pid: u32,
+    /// Its user id.
+    pub uid: u32,
+}
+
+/// What a server says of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// The server's name.
+    pub name: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Milliseconds since it started serving.
+    pub uptime_ms: u64,
+    /// How its SOCs run.
+    pub soc_kind: SocKind,
+    /// Its SOCs.
+    pub socs: Vec<SocStatus>,
+    /// The procedures it serves: name and origin, in id order.
+    pub procedures: Vec<(String, String)>,
+    /// The clients attached now.
+    pub clients: Vec<ClientStatus>,
+}
+
+/// A running server: an engine and the thread that attaches clients.
+#[derive(Debug)]
+pub struct Server {
+    engine: Option<Arc<Engine>>,
+    name: String,
+    paths: Paths,
+    /// Returns the clients attached when it stopped.
+    thread: Option<JoinHandle<Vec<Attached>>>,
+    /// Closing it stops the thread.
+    stop: Option<OwnedFd>,
+    name_lock: Option<dir::NameLock>,
+}
+
+/// A server's name and socket, taken before its engine starts (so that a
+/// second server under a live name is refused before it starts SOCs):
+/// [`Reserved::serve`] then serves an engine there.
+#[derive(Debug)]
+pub struct Reserved {
+    name: String,
+    paths: Paths,
+    listener: OwnedFd,
+    name_lock: dir::NameLock,
+}
+
+impl Reserved {
+    /// Serves `engine` under the reserved name (see [`Server::start`]).
+    pub fn serve(self, engine: Engine) -> Result<Server, ServeError> {
+        let Reserved {
+            name,
+            paths,
+            listener,
+            name_lock,
+        } = self;
+        let socket_err = |reason: String| ServeError::Socket {
+            name: name.clone(),
+            path: paths.socket.clone(),
+            reason,
+        };
+        let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| socket_err(format!("pipe: {e}")))?;
+        let engine = Arc::new(engine);
+        let watch = Watch {
+            engine: Arc::clone(&engine),
+            name: name.clone(),
+            listener,
+            stop: stop_read,
+            clients: Vec::new(),
+            next_holder: 1,
+            started: SystemTime::now(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("np-server".to_owned())
+            .spawn(move || watch.run())
+            .map_err(|e| socket_err(format!("cannot start the server thread: {e}")))?;
+        Ok(Server {
+            engine: Some(engine),
+            name,
+            paths,
+            thread: Some(thread),
+            stop: Some(stop_write),
+            name_lock: Some(name_lock),
+        })
+    }
+
+    /// The socket clients will connect to.
+    pub fn socket_path(&self) -> &std::path::Path {
+        &self.paths.socket
+    }
+}
+
+impl Server {
+    /// Takes `options.name` (refused while a live server holds it; a dead
+    /// one's socket is replaced) and listens on its socket, before any
+    /// engine starts; serve an engine there with [`Reserved::serve`].
+    pub fn reserve(options: &ServerOptions) -> Result<Reserved, ServeError> {
+        let name = options.name.clone();
+        let invalid = |reason: String| ServeError::Invalid {
+            name: name.clone(),
+            reason,
+        };
+        check_name(&name).map_err(invalid)?;
+        let dir = options.resolved_dir();
+        dir::prepare(&dir).map_err(invalid)?;
+        let paths = Paths::new(&dir, &name);
+        let name_lock = dir::NameLock::take(&paths).map_err(|e| match e {
+            dir::TakeError::Held(pid) => ServeError::Running {
+                name: name.clone(),
+                pid,
+            },
+            dir::TakeError::Io(reason) => invalid(reason),
+        })?;
+        let socket_err = |reason: String| ServeError::Socket {
+            name: name.clone(),
+            path: paths.socket.clone(),
+            reason,
+        };
+        // Ours now: a socket left there is a dead server's.
+        let listener = std::fs::remove_file(&paths.socket)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e.to_string()),
+            })
+            .and_then(|()| listen_on(&paths.socket));
+        // On failure the lock's drop removes what was made.
+        let listener = listener.map_err(socket_err)?;
+        Ok(Reserved {
+            name,
+            paths,
+            listener,
+            name_lock,
+        })
+    }
+
+    /// Makes `engine` reachable as `options.name` ([`Server::reserve`],
+    /// then [`Reserved::serve`]); the engine is shut down if this fails.
+    pub fn start(engine: Engine, options: &ServerOptions) -> Result<Server, ServeError> {
+        Self::reserve(options)?.serve(engine)
+    }
+
+    /// The engine served (its own threads call through it).
+    pub fn engine(&self) -> &Engine {
+        self.engine
+            .as_deref()
+            .expect("a server has its engine until it stops")
+    }
+
+    /// The server's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The socket clients connect to.
+    pub fn socket_path(&self) -> &std::path::Path {
+        &self.paths.socket
+    }
+
+    /// Stops the server: takes no new client (the socket goes), lets the
+    /// calls in flight end (up to the engine's shutdown timeout; every new
+    /// call, of a client or not, fails with
+    /// [`crate::CallError::EngineGone`]), stops the SOCs, then hangs up
+    /// on the clients (their waiting calls end with `EngineGone`) and
+    /// gives the name up: nothing it created is left.
+    pub fn shutdown(mut self) -> Result<(), ShutdownError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<(), ShutdownError> {
+        self.stop.take();
+        let clients = self
+            .thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        let _ = std::fs::remove_file(&self.paths.socket);
+        let result = match self.engine.take().map(Arc::try_unwrap) {
+            Some(Ok(engine)) => engine.shutdown(),
+            // The thread is joined: nobody else holds the engine. Were it
+            // held, its last holder's drop would shut it down.
+            Some(Err(_)) | None => Ok(()),
+        };
+        drop(clients);
+        // Removes the lock file, then gives the name up.
+        self.name_lock.take();
+        result
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// A listening `SOCK_SEQPACKET` socket at `path`, mode 0600.
+fn listen_on(path: &std::path::Path) -> Result<OwnedFd, String> {
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    let addr = UnixAddr::new(path).map_err(|e| format!("address: {e}"))?;
+    bind(sock.as_raw_fd(), &addr).map_err(|e| format!("bind: {e}"))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| format!("chmod: {e}"))?;
+    listen(
+        &sock,
+        Backlog::new(CLIENT_BACKLOG as i32).unwrap_or(Backlog::MAXCONN),
+    )
+    .map_err(|e| format!("listen: {e}"))?;
+    Ok(sock)
+}
+
+/// An attached client, as the server watches it.
+#[derive(Debug)]
+struct Attached {
+    status: ClientStatus,
+    sock: OwnedFd,
+    /// The client's process: readable once it ended.
+    pidfd: OwnedFd,
+}
+
+/// The server thread's state.
+struct Watch {
+    engine: Arc<Engine>,
+    name: String,
+    listener: OwnedFd,
+    stop: OwnedFd,
+    clients: Vec<Attached>,
+    next_holder: u32,
+    started: SystemTime,
+}
+
+fn log(message: &str) {
+    if numaproc_procs::library::log_enabled(numaproc_abi::LOG_INFO) {
+        eprintln!("numaproc: {message}");
+    }
+}
+
+impl Watch {
+    /// Attaches and watches clients until stopped; returns the clients
+    /// attached then (their sockets stay open until the engine stopped).
+    fn run(mut self) -> Vec<Attached> {
+        loop {
+            let (stop, accept, fired) = self.poll_once();
+            if stop {
+                return std::mem::take(&mut self.clients);
+            }
+            // Ends first: a client that died gives its slots up before
+            // anything else happens.
+            let mut gone = Vec::new();
+            for (i, (ended, request)) in fired.into_iter().enumerate() {
+                if ended || (request && !self.answer(i)) {
+                    gone.push(i);
+                }
+            }
+            for i in gone.into_iter().rev() {
+                let client = self.clients.remove(i);
+                self.reclaim(&client);
+            }
+            if accept {
+                self.accept();
+            }
+        }
+    }
+
+    /// One poll of the stop pipe, the listener and every client.
+    fn poll_once(&self) -> (bool, bool, Vec<(bool, bool)>) {
+        let mut fds = vec![
+            PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+        ];
+        for c in &self.clients {
+            fds.push(PollFd::new(c.pidfd.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(c.sock.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => {
+                log(&format!("server {}: poll failed: {e}", self.name));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let hit =
+            |fd: &PollFd<'_>, what: PollFlags| fd.revents().is_some_and(|r| r.intersects(what));
+        let gone = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
+        let fired = (0..self.clients.len())
+            .map(|i| {
+                let pidfd = &fds[2 + 2 * i];
+                let sock = &fds[3 + 2 * i];
+                (
+                    hit(pidfd, PollFlags::POLLIN | gone) || hit(sock, gone),
+                    hit(sock, PollFlags::POLLIN),
+                )
+            })
+            .collect();
+        (
+            hit(&fds[0], PollFlags::POLLIN | PollFlags::POLLHUP),
+            hit(&fds[1], PollFlags::POLLIN),
+            fired,
+        )
+    }
+
+    /// Accepts every pending connection: checks who it is, numbers it and
+    /// hands it the engine's memory, or refuses it saying why.
+    fn accept(&mut self) {
+        loop {
+            let raw = match accept4(
+                self.listener.as_raw_fd(),
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            ) {
+                Ok(fd) => fd,
+                Err(Errno::EINTR) => continue,
+                Err(_) => return,
+            };
+            // SAFETY: accept4 just returned this descriptor.
+            let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+            match self.attach(&sock) {
+                Ok((status, pidfd)) => {
+                    log(&format!(
+                        "server {}: client {} (pid {}) attached",
+                        self.name, status.holder, status.pid
+                    ));
+                    self.clients.push(Attached {
+                        status,
+                        sock,
+                        pidfd,
+                    });
+                }
+                Err(reason) => {
+                    let mut refusal = vec![REFUSED];
+                    refusal.extend_from_slice(reason.as_bytes());
+                    let _ = wire::send(sock.as_fd(), &refusal, &[]);
+                    log(&format!("server {}: refused a client: {reason}", self.name));
+                }
+            }
+        }
+    }
+
+    /// Checks a new connection and sends it the hello and the descriptors;
+    /// returns what the server keeps of it.
+    fn attach(&mut self, sock: &OwnedFd) -> Result<(ClientStatus, OwnedFd), String> {
+        let cred = getsockopt(sock, sockopt::PeerCredentials)
+            .map_err(|e| format!("cannot read the client's credentials: {e}"))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if cred.uid() != me {
+            return Err(format!(
+                "uid {} may not attach to server {} (only its own user, uid {me})",
+                cred.uid(),
+                self.name
+            ));
+        }
+        let pidfd = peer_pidfd(sock.as_fd(), cred.pid())?;
+        let memory = self
+            .engine
+            .memory_descriptors()
+            .map_err(|e| format!("cannot open the engine's shared memory again: {e}"))?;
+        if memory.len() > wire::MAX_FDS {
+            return Err(format!(
+                "the engine has {} shared-memory objects, more than one message carries ({})",
+                memory.len(),
+                wire::MAX_FDS
+            ));
+        }
+        let holder = self.next_holder;
+        self.next_holder = self.next_holder.checked_add(1).unwrap_or(1);
+        let hello = Hello {
+            protocol: PROTOCOL,
+            layout_version: LAYOUT_VERSION,
+            holder,
+            regions: memory.len() as u32,
+            pid: std::process::id(),
+        };
+        let fds: Vec<RawFd> = memory.iter().map(|f| f.as_raw_fd()).collect();
+        wire::send(sock.as_fd(), &hello.encode(), &fds)
+            .map_err(|e| format!("cannot send the hello: {e}"))?;
+        let status = ClientStatus {
+            holder,
+            pid: cred.pid() as u32,
+            uid: cred.uid(),
+        };
+        Ok((status, pidfd))
+    }
+
+    /// Answers client `i`'s request; false when the client must go (it
+    /// closed, sent garbage, or does not read its answers).
+    fn answer(&self, i: usize) -> bool {
+        let client = &self.clients[i];
+        let mut buf = [0u8; 16];
+        let n = match nix::sys::socket::recv(
+            client.sock.as_raw_fd(),
+            &mut buf,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(n) => n,
+            Err(Errno::EAGAIN | Errno::EINTR) => return true,
+            Err(_) => return false,
+        };
+        match (n, buf[0]) {
+            (0, _) => false,
+            (1, STATUS) => {
+                let status = self.status();
+                let json = serde_json::to_vec(&status).unwrap_or_default();
+                wire::send(client.sock.as_fd(), &json, &[]).is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    fn status(&self) -> ServerStatus {
+        ServerStatus {
+            name: self.name.clone(),
+            pid: std::process::id(),
+            uptime_ms: self
+                .started
+                .elapsed()
+                .map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64),
+            soc_kind: self.engine.options().soc_kind,
+            socs: self.engine.socs(),
+            procedures: self
+                .engine
+                .procedures()
+                .map(|p| (p.name.to_owned(), p.origin.label()))
+                .collect(),
+            clients: self.clients.iter().map(|c| c.status.clone()).collect(),
+        }
+    }
+
+    /// Gives up every slot a client that went away held.
+    fn reclaim(&self, client: &Attached) {
+        let table = self.engine.core().table();
+        let mut freed = 0;
+        let mut cancelled = 0;
+        for place in table.places() {
+            let session = place.session();
+            if session.holder() != Some(client.status.holder) {
+                continue;
+            }
+            if session.release_for(client.status.holder) {
+                freed += 1;
+            } else {
+                cancelled += 1;
+            }
+        }
+        if freed + cancelled > 0 {
+            self.engine.core().signal_free();
+        }
+        log(&format!(
+            "server {}: client {} (pid {}) went away; {freed} slot(s) freed, {cancelled} call(s) cancelled",
+            self.name, client.status.holder, client.status.pid
+        ));
+    }
+}
+
+/// A pidfd of the process at the other end of `sock`: `SO_PEERPIDFD`
+/// (the process that connected, whatever happened to its pid since), or
+/// on kernels without it, a pidfd of `pid` checked to be still alive.
+fn peer_pidfd(sock: BorrowedFd<'_>, pid: i32) -> Result<OwnedFd, String> {
+    let mut fd: nix::libc::c_int = -1;
+    let mut len = size_of::<nix::libc::c_int>() as nix::libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `fd`.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            sock.as_raw_fd(),
+            nix::libc::SOL_SOCKET,
+            nix::libc::SO_PEERPIDFD,
+            (&raw mut fd).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 && fd >= 0 {
+        // SAFETY: the kernel just gave this process the descriptor.
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    numaproc_soc::process::pidfd_open(nix::unistd::Pid::from_raw(pid))
+        .map_err(|e| format!("cannot watch the client's process {pid}: {e}"))
+}

@@ -1,0 +1,172 @@
+//! The server's socket protocol. The socket carries the attach, control
+//! requests and liveness, never a call: calls go through the shared
+//! memory. Messages are `SOCK_SEQPACKET` datagrams:
+//!
+//! - server → client, right after the accept: either a refusal (`R` and a
+//!   reason) or the [`Hello`], with a descriptor of the global region and of
+//!   each SOC region attached (`SCM_RIGHTS`), in that order;
+//! - client → server: a request, one byte ([`STATUS`]); server → client:
+//!   its answer, JSON.
+//!
+//! Every wait on the other side has a deadline, on both sides.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, poll};
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use numaproc_soc::process::poll_timeout;
+
+/// The first bytes of a hello.
+pub const MAGIC: [u8; 8] = *b"NPSERVE\0";
+/// This build's protocol version.
+pub const PROTOCOL: u32 = 1;
+/// A refusal's first byte.
+pub const REFUSED: u8 = b'R';
+/// Request: the server's status, as JSON.
+pub const STATUS: u8 = b'S';
+/// Most descriptors one message carries (the kernel's limit is 253).
+pub const MAX_FDS: usize = 250;
+/// Longest message received.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// What a client learns when it attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    /// The server's protocol version.
+    pub protocol: u32,
+    /// The server's shared-memory layout version.
+    pub layout_version: u32,
+    /// The number the client's claims carry.
+    pub holder: u32,
+    /// Descriptors attached: the global region, then each SOC's.
+    pub regions: u32,
+    /// The server's pid.
+    pub pid: u32,
+}
+
+const HELLO_LEN: usize = 8 + 5 * 4;
+
+impl Hello {
+    /// The hello's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(HELLO_LEN);
+        b.extend_from_slice(&MAGIC);
+        for v in [
+            self.protocol,
+            self.layout_version,
+            self.holder,
+            self.regions,
+            self.pid,
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    /// A hello from its bytes (the protocol version is the caller's to
+    /// check); `None` when they are no hello.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < HELLO_LEN || b[..8] != MAGIC {
+            return None;
+        }
+        let at =
+            |i: usize| u32::from_le_bytes(b[8 + 4 * i..12 + 4 * i].try_into().unwrap_or([0; 4]));
+        Some(Self {
+            protocol: at(0),
+            layout_version: at(1),
+            holder: at(2),
+            regions: at(3),
+            pid: at(4),
+        })
+    }
+}
+
+/// Sends one message with descriptors, without blocking.
+pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(bytes)],
+        cmsgs,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map(drop)
+}
+
+/// A message received: its bytes and the descriptors it carried.
+pub type Message = (Vec<u8>, Vec<OwnedFd>);
+
+/// Receives one message (and the descriptors it carries), waiting until
+/// `deadline`; `Ok(None)`: the other side closed the socket.
+pub fn receive(sock: BorrowedFd<'_>, deadline: Instant) -> Result<Option<Message>, String> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    loop {
+        let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
+        match poll(&mut fds, poll_timeout(deadline)) {
+            Ok(0) => return Err("no answer in time".to_owned()),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(m) => m,
+            Err(Errno::EAGAIN | Errno::EINTR) => {
+                if Instant::now() >= deadline {
+                    return Err("no answer in time".to_owned());
+                }
+                continue;
+            }
+            Err(e) => return Err(format!("recvmsg: {e}")),
+        };
+        if msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+            return Err("a message was cut short (too long, or too many descriptors)".to_owned());
+        }
+        let mut received = Vec::new();
+        for c in msg.cmsgs().map_err(|e| format!("control message: {e}"))? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                for raw in fds {
+                    // SAFETY: the kernel just gave this process the descriptor.
+                    received.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                }
+            }
+        }
+        let n = msg.bytes;
+        if n == 0 && received.is_empty() {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        return Ok(Some((buf, received)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hello_round_trips_and_nothing_else_is_one() {
+        let h = Hello {
+            protocol: PROTOCOL,
+            layout_version: 5,
+            holder: 7,
+            regions: 3,
+            pid: 4242,
+        };
+        assert_eq!(Hello::decode(&h.encode()), Some(h));
+        assert_eq!(Hello::decode(b"NPSERVE\0"), None);
+        let mut other = h.encode();
+        other[0] = b'X';
+        assert_eq!(Hello::decode(&other), None);
+    }
+}
