@@ -270,8 +270,18 @@ impl Client {
             name: name.to_owned(),
             path: paths.socket.clone(),
         };
-        if !paths.socket.exists() {
-            return Err(not_running());
+        match std::fs::symlink_metadata(&paths.socket) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(ConnectError::Refused {
+                    name: name.to_owned(),
+                    reason: format!(
+                        "this user may not enter {} (a server lets in only its own user and the members of its allowed group)",
+                        dir.display()
+                    ),
+                });
+            }
+            Err(_) => return Err(not_running()),
         }
         // A socket in a directory others may write could be anyone's.
         check_dir(&dir).map_err(invalid)?;
@@ -286,6 +296,15 @@ impl Client {
         match connect(sock.as_raw_fd(), &addr) {
             Ok(()) => {}
             Err(Errno::ECONNREFUSED | Errno::ENOENT) => return Err(not_running()),
+            Err(Errno::EACCES) => {
+                return Err(ConnectError::Refused {
+                    name: name.to_owned(),
+                    reason: format!(
+                        "this user may not connect to {} (a server lets in only its own user and the members of its allowed group)",
+                        paths.socket.display()
+                    ),
+                });
+            }
             Err(e) => return Err(invalid(format!("connect: {e}"))),
         }
         let deadline = Instant::now() + options.connect_timeout;
@@ -440,7 +459,7 @@ mod tests {
     fn fake_server(tag: &str, message: Vec<u8>) -> (PathBuf, std::thread::JoinHandle<()>) {
         let dir = std::env::temp_dir().join(format!("np-fake-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        crate::server::dir_prepare(&dir).unwrap();
+        crate::server::dir_prepare(&dir, None).unwrap();
         let path = Paths::new(&dir, "fake").socket;
         let sock = socket(
             AddressFamily::Unix,
@@ -572,7 +591,7 @@ mod tests {
     fn no_server_is_not_running_at_once() {
         let dir = std::env::temp_dir().join(format!("np-fake-{}-none", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        crate::server::dir_prepare(&dir).unwrap();
+        crate::server::dir_prepare(&dir, None).unwrap();
         let t = Instant::now();
         let e = connect_to(&dir).unwrap_err();
         assert!(matches!(e, ConnectError::NotRunning { .. }), "{e:?}");

@@ -883,3 +883,128 @@ fn another_user_is_refused_and_gets_no_memory() {
     .unwrap();
     assert!(served.stop().success(), "log: {}", served.log());
 }
+
+/// Runs `cmd` as `uid`, with primary group `gid` and supplementary
+/// `groups` (call before `die_with_parent`: a change of credentials clears
+/// the parent-death signal).
+fn as_user<'c>(cmd: &'c mut Command, uid: u32, gid: u32, groups: &[u32]) -> &'c mut Command {
+    let groups: Vec<nix::unistd::Gid> = groups
+        .iter()
+        .map(|&g| nix::unistd::Gid::from_raw(g))
+        .collect();
+    // SAFETY: setgroups, setgid and setuid are async-signal-safe system
+    // calls; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
+            Ok(())
+        })
+    }
+}
+
+#[test]
+fn members_of_the_allowed_group_may_attach_and_no_one_else() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "members_of_the_allowed_group_may_attach_and_no_one_else: needs root to act as other users; not run"
+        );
+        return;
+    }
+    const GROUP: u32 = 65534;
+    const OTHER_GROUP: u32 = 1;
+    let user = 65533;
+    let mut served = Served::start(
+        "group",
+        &format!("socs = 1\nworkers_per_soc = 1\nallowed_group = {GROUP}"),
+    );
+    let socket = served.dir.join("group.sock");
+    use std::os::unix::fs::MetadataExt;
+    let dir_meta = std::fs::metadata(&served.dir).unwrap();
+    assert_eq!((dir_meta.mode() & 0o7777, dir_meta.gid()), (0o710, GROUP));
+    let sock_meta = std::fs::symlink_metadata(&socket).unwrap();
+    assert_eq!((sock_meta.mode() & 0o7777, sock_meta.gid()), (0o660, GROUP));
+    let run = |program: &str, args: &[&str], gid: u32, groups: &[u32], env: Option<&str>| {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(v) = env {
+            cmd.env(HELPER_ENV, v);
+        }
+        as_user(&mut cmd, user, gid, groups);
+        let mut child = die_with_parent(&mut cmd).spawn().unwrap();
+        let status = wait_bounded(&mut child, STEP).expect("bounded");
+        let (mut out, mut err) = (String::new(), String::new());
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status.code(), out, err)
+    };
+    let dir = served.dir.to_str().unwrap().to_owned();
+    let call = [
+        "call",
+        "--name",
+        "group",
+        "--runtime-dir",
+        &dir,
+        "sys_echo",
+        "member",
+    ];
+    // A member by its primary group, and by a supplementary one.
+    for (gid, groups) in [(GROUP, &[][..]), (OTHER_GROUP, &[GROUP][..])] {
+        let (code, out, err) = run(BIN, &call, gid, groups, None);
+        assert_eq!(
+            (code, out.as_str()),
+            (Some(0), "member"),
+            "gid {gid} groups {groups:?}: {err}"
+        );
+    }
+    // Anyone else: the directory keeps it out...
+    let (code, _, err) = run(BIN, &call, OTHER_GROUP, &[], None);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("refused this process: this user may not enter"),
+        "{err}"
+    );
+    // ... and with the files opened up, the server refuses it itself.
+    for (path, mode) in [(&served.dir, 0o755), (&socket, 0o777)] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let (_, out, _) = run(
+        exe.to_str().unwrap(),
+        &["raw_client_helper", "--exact", "--nocapture"],
+        OTHER_GROUP,
+        &[],
+        Some(socket.to_str().unwrap()),
+    );
+    assert!(
+        out.contains(&format!("fds 0 message Ruid {user} may not attach to server group (its own user, uid 0, and members of group {GROUP})")),
+        "{out}"
+    );
+    std::fs::set_permissions(
+        &served.dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o710),
+    )
+    .unwrap();
+    // The shared memory stays the server user's alone.
+    let objects = objects_left(&served.prefix);
+    assert_eq!(objects.len(), 2, "{objects:?}");
+    for name in objects {
+        let meta = std::fs::metadata(format!("/dev/shm/{name}")).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600, "{name}");
+    }
+    assert!(served.stop().success(), "log: {}", served.log());
+}

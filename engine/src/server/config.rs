@@ -4,6 +4,7 @@
 //! ```toml
 //! name = "orders"               # default "default"
 //! runtime_dir = "/run/numaproc" # default: see numaproc::server::default_dir
+//! allowed_group = "orders"      # its members may attach too (default: none)
 //! drain_timeout_ms = 5000       # how long a stop lets calls in flight end
 //! soc_kind = "forked"           # every engine option, as for Engine::start
 //! ```
@@ -16,7 +17,7 @@ use crate::options::{EngineOptions, SocKind};
 use crate::server::ServerOptions;
 
 /// The keys of a server's file that are not the engine's.
-const SERVER_KEYS: &[&str] = &["name", "runtime_dir", "drain_timeout_ms"];
+const SERVER_KEYS: &[&str] = &["name", "runtime_dir", "allowed_group", "drain_timeout_ms"];
 
 /// What `numaproc serve` runs: an engine and where it is served.
 #[derive(Debug, Clone)]
@@ -38,7 +39,7 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// Reads a configuration from TOML text: the server's keys (`name`,
-    /// `runtime_dir`, `drain_timeout_ms`, the same as the engine's
+    /// `runtime_dir`, `allowed_group`, `drain_timeout_ms`, the same as the engine's
     /// `shutdown_timeout_ms`) and every engine option; any other key is
     /// refused, naming it.
     pub fn from_toml(text: &str) -> Result<Self, OptionsError> {
@@ -56,6 +57,17 @@ impl ServerConfig {
                 .as_str()
                 .ok_or_else(|| bad(format!("runtime_dir must be a string, not {v}")))?;
             server.dir = Some(PathBuf::from(dir));
+        }
+        if let Some(v) = table.remove("allowed_group") {
+            server.allowed_group = Some(match &v {
+                toml::Value::String(name) => name.clone(),
+                toml::Value::Integer(gid) if u32::try_from(*gid).is_ok() => gid.to_string(),
+                _ => {
+                    return Err(bad(format!(
+                        "allowed_group must be a group name or gid, not {v}"
+                    )));
+                }
+            });
         }
         let drain = match table.remove("drain_timeout_ms") {
             Some(v) => Some(
@@ -107,12 +119,13 @@ mod tests {
     #[test]
     fn server_keys_are_taken_out_and_the_rest_is_the_engines() {
         let c = ServerConfig::from_toml(
-            "name = \"orders\"\nruntime_dir = \"/tmp/x\"\ndrain_timeout_ms = 1500\nsocs = 2\n",
+            "name = \"orders\"\nruntime_dir = \"/tmp/x\"\ndrain_timeout_ms = 1500\nsocs = 2\nallowed_group = 42\n",
         )
         .unwrap();
         assert_eq!(c.server.name, "orders");
         assert_eq!(c.server.dir.as_deref(), Some(Path::new("/tmp/x")));
         assert_eq!(c.engine.socs, Some(2));
+        assert_eq!(c.server.allowed_group.as_deref(), Some("42"));
         assert_eq!(c.engine.soc_kind, SocKind::Forked);
         assert_eq!(c.engine.timeouts().shutdown, Duration::from_millis(1500));
         let spawned = ServerConfig::from_toml("soc_kind = \"spawned\"").unwrap();
@@ -126,6 +139,7 @@ mod tests {
             ("nmae = \"x\"", "nmae"),
             ("name = 3", "name must be a string"),
             ("runtime_dir = false", "runtime_dir must be a string"),
+            ("allowed_group = -3", "allowed_group must be"),
             ("drain_timeout_ms = -1", "drain_timeout_ms"),
             (
                 "drain_timeout_ms = 1\nshutdown_timeout_ms = 2",

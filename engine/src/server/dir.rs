@@ -68,23 +68,54 @@ impl Paths {
     }
 }
 
+/// The gid of `group`: a group name, or a numeric gid of an existing
+/// group.
+pub fn resolve_group(group: &str) -> Result<u32, String> {
+    let found = match group.parse::<u32>() {
+        Ok(gid) => nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)),
+        Err(_) => nix::unistd::Group::from_name(group),
+    };
+    match found {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("allowed_group {group:?}: no such group")),
+        Err(e) => Err(format!("allowed_group {group:?}: {e}")),
+    }
+}
+
 /// Creates `dir` (mode 0700) if it is missing, and checks that this user
-/// owns it and that no one else may write it.
-pub fn prepare(dir: &Path) -> Result<(), String> {
+/// owns it and that no one else may write it. With `group`, the directory
+/// becomes that group's to enter (mode 0710); a directory another group
+/// may already enter is refused (give each group's servers their own).
+pub fn prepare(dir: &Path, group: Option<u32>) -> Result<(), String> {
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
     }
-    check_dir(dir)
+    check_owned(dir)?;
+    let Some(gid) = group else {
+        return Ok(());
+    };
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o070 != 0 && meta.gid() != gid {
+        return Err(format!(
+            "{} may already be entered by group {} (mode {mode:o}); a server for group {gid} needs a runtime directory of its own",
+            dir.display(),
+            meta.gid()
+        ));
+    }
+    std::os::unix::fs::chown(dir, None, Some(gid))
+        .map_err(|e| format!("cannot give {} to group {gid}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o010))
+        .map_err(|e| format!("cannot let group {gid} enter {}: {e}", dir.display()))
 }
 
-/// Refuses a directory another user owns or others may write.
-pub fn check_dir(dir: &Path) -> Result<(), String> {
+/// A server's check of its runtime directory: this user owns it and no
+/// one else may write it.
+fn check_owned(dir: &Path) -> Result<(), String> {
+    check_dir(dir)?;
     let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if !meta.is_dir() {
-        return Err(format!("{} is not a directory", dir.display()));
-    }
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {
         return Err(format!(
@@ -92,6 +123,19 @@ pub fn check_dir(dir: &Path) -> Result<(), String> {
             dir.display(),
             meta.uid()
         ));
+    }
+    Ok(())
+}
+
+/// A client's (and a server's) check of a runtime directory: no one but
+/// its owner may write it, so no other user can put a socket there under
+/// a server's name. Its owner may be another user: a server that lets a
+/// group in owns its directory, and a client trusts the server whose
+/// directory it names.
+pub fn check_dir(dir: &Path) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
     }
     if meta.permissions().mode() & 0o022 != 0 {
         return Err(format!(
@@ -217,7 +261,7 @@ mod tests {
     #[test]
     fn a_held_name_names_its_holder() {
         let dir = std::env::temp_dir().join(format!("numaproc-dir-{}", std::process::id()));
-        prepare(&dir).unwrap();
+        prepare(&dir, None).unwrap();
         let paths = Paths::new(&dir, "held");
         let held = NameLock::take(&paths).unwrap();
         assert_eq!(
@@ -243,9 +287,9 @@ mod tests {
     #[test]
     fn a_directory_others_may_write_is_refused() {
         let dir = std::env::temp_dir().join(format!("numaproc-dir-w-{}", std::process::id()));
-        prepare(&dir).unwrap();
+        prepare(&dir, None).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = prepare(&dir).unwrap_err();
+        let e = prepare(&dir, None).unwrap_err();
         assert!(e.contains("group or others"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -52,20 +52,34 @@ pub struct ServerOptions {
     pub name: String,
     /// Its runtime directory (default: [`default_dir`]).
     pub dir: Option<PathBuf>,
+    /// A group whose members may attach too (a name or a numeric gid);
+    /// `None`: only the server's own user.
+    pub allowed_group: Option<String>,
 }
 
 impl ServerOptions {
-    /// A server named `name` in the default directory.
+    /// A server named `name` in the default directory, for its own user.
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             dir: None,
+            allowed_group: None,
         }
     }
 
     /// Its runtime directory.
     pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dir = Some(dir.into());
+        self
+    }
+
+    /// Lets members of `group` (a name or a numeric gid) attach too: the
+    /// runtime directory becomes that group's to enter (mode 0710), the
+    /// socket its to connect to (0660), and the server accepts a peer
+    /// whose primary or supplementary groups include it. The shared memory
+    /// stays 0600: clients get it as descriptors over the socket.
+    pub fn allowed_group(mut self, group: impl Into<String>) -> Self {
+        self.allowed_group = Some(group.into());
         self
     }
 
@@ -158,6 +172,8 @@ pub struct Reserved {
     paths: Paths,
     listener: OwnedFd,
     name_lock: dir::NameLock,
+    /// The group whose members may attach too.
+    group: Option<u32>,
 }
 
 impl Reserved {
@@ -168,6 +184,7 @@ impl Reserved {
             paths,
             listener,
             name_lock,
+            group,
         } = self;
         let socket_err = |reason: String| ServeError::Socket {
             name: name.clone(),
@@ -183,6 +200,7 @@ impl Reserved {
             listener,
             stop: stop_read,
             clients: Vec::new(),
+            group,
             next_holder: 1,
             started: SystemTime::now(),
         };
@@ -217,8 +235,12 @@ impl Server {
             reason,
         };
         check_name(&name).map_err(invalid)?;
+        let group = match &options.allowed_group {
+            Some(g) => Some(dir::resolve_group(g).map_err(invalid)?),
+            None => None,
+        };
         let dir = options.resolved_dir();
-        dir::prepare(&dir).map_err(invalid)?;
+        dir::prepare(&dir, group).map_err(invalid)?;
         let paths = Paths::new(&dir, &name);
         let name_lock = dir::NameLock::take(&paths).map_err(|e| match e {
             dir::TakeError::Held(pid) => ServeError::Running {
@@ -238,7 +260,7 @@ impl Server {
                 std::io::ErrorKind::NotFound => Ok(()),
                 _ => Err(e.to_string()),
             })
-            .and_then(|()| listen_on(&paths.socket));
+            .and_then(|()| listen_on(&paths.socket, group));
         // On failure the lock's drop removes what was made.
         let listener = listener.map_err(socket_err)?;
         Ok(Reserved {
@@ -246,6 +268,7 @@ impl Server {
             paths,
             listener,
             name_lock,
+            group,
         })
     }
 
@@ -309,8 +332,9 @@ impl Drop for Server {
     }
 }
 
-/// A listening `SOCK_SEQPACKET` socket at `path`, mode 0600.
-fn listen_on(path: &std::path::Path) -> Result<OwnedFd, String> {
+/// A listening `SOCK_SEQPACKET` socket at `path`, mode 0600 (0660 and
+/// owned by `group` when one may attach).
+fn listen_on(path: &std::path::Path, group: Option<u32>) -> Result<OwnedFd, String> {
     let sock = socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -320,7 +344,12 @@ fn listen_on(path: &std::path::Path) -> Result<OwnedFd, String> {
     .map_err(|e| format!("socket: {e}"))?;
     let addr = UnixAddr::new(path).map_err(|e| format!("address: {e}"))?;
     bind(sock.as_raw_fd(), &addr).map_err(|e| format!("bind: {e}"))?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| format!("chown to group {gid}: {e}"))?;
+    }
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
         .map_err(|e| format!("chmod: {e}"))?;
     listen(
         &sock,
@@ -346,6 +375,8 @@ struct Watch {
     listener: OwnedFd,
     stop: OwnedFd,
     clients: Vec<Attached>,
+    /// The group whose members may attach too.
+    group: Option<u32>,
     next_holder: u32,
     started: SystemTime,
 }
@@ -463,11 +494,26 @@ impl Watch {
             .map_err(|e| format!("cannot read the client's credentials: {e}"))?;
         let me = nix::unistd::geteuid().as_raw();
         if cred.uid() != me {
-            return Err(format!(
-                "uid {} may not attach to server {} (only its own user, uid {me})",
-                cred.uid(),
-                self.name
-            ));
+            let member = match self.group {
+                Some(gid) => {
+                    cred.gid() == gid
+                        || peer_groups(sock.as_fd())
+                            .map_err(|e| format!("cannot read the client's groups: {e}"))?
+                            .contains(&gid)
+                }
+                None => false,
+            };
+            if !member {
+                let who = match self.group {
+                    Some(gid) => format!("its own user, uid {me}, and members of group {gid}"),
+                    None => format!("only its own user, uid {me}"),
+                };
+                return Err(format!(
+                    "uid {} may not attach to server {} ({who})",
+                    cred.uid(),
+                    self.name
+                ));
+            }
         }
         let pidfd = peer_pidfd(sock.as_fd(), cred.pid())?;
         let memory = self
@@ -568,6 +614,35 @@ impl Watch {
             "server {}: client {} (pid {}) went away; {freed} slot(s) freed, {cancelled} call(s) cancelled",
             self.name, client.status.holder, client.status.pid
         ));
+    }
+}
+
+/// The supplementary groups of the process at the other end of `sock`
+/// (`SO_PEERGROUPS`, as they were when it connected).
+fn peer_groups(sock: BorrowedFd<'_>) -> Result<Vec<u32>, Errno> {
+    let mut groups: Vec<nix::libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * size_of::<nix::libc::gid_t>()) as nix::libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `groups`.
+        let rc = unsafe {
+            nix::libc::getsockopt(
+                sock.as_raw_fd(),
+                nix::libc::SOL_SOCKET,
+                nix::libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / size_of::<nix::libc::gid_t>();
+        match rc {
+            0 => {
+                groups.truncate(n);
+                return Ok(groups);
+            }
+            // `len` says how much it needs.
+            _ if Errno::last() == Errno::ERANGE && n > groups.len() => groups.resize(n, 0),
+            _ => return Err(Errno::last()),
+        }
     }
 }
 
