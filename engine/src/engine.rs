@@ -2,6 +2,7 @@
 //! [`SessionCore`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use numaproc_ipc::layout::NameRecord;
 use numaproc_ipc::stale;
@@ -71,13 +72,21 @@ pub struct Engine {
     plan: Plan,
     options: EngineOptions,
     stopped: bool,
+    /// Set when the engine starts to stop (see [`Records`]).
+    stopping: Arc<AtomicBool>,
 }
 
-/// The supervisor's records as the session core asks them.
+/// The supervisor's records as the session core asks them, and whether
+/// the engine stops (in the master's memory: the stopping word in shared
+/// memory is only a hint for the master's own sessions).
 #[derive(Debug)]
-struct Records(Arc<[SocRecord]>);
+struct Records(Arc<[SocRecord]>, Arc<AtomicBool>);
 
 impl Availability for Records {
+    fn stopping(&self) -> bool {
+        self.1.load(Ordering::SeqCst)
+    }
+
     fn may_serve(&self, soc: usize) -> bool {
         self.0.get(soc).is_some_and(|r| {
             !matches!(
@@ -121,6 +130,7 @@ impl Engine {
         let supervisor = guard
             .hand_over(|socs| Supervisor::start(supervised, socs))
             .map_err(StartError::Supervisor)?;
+        let stopping = Arc::new(AtomicBool::new(false));
         let core = SessionCore::new(
             SlotTable::new(
                 Arc::clone(&memory.global),
@@ -131,7 +141,7 @@ impl Engine {
             memory.cpus(),
             plan.binding,
             Arc::new(registry),
-            Arc::new(Records(Arc::clone(&records))),
+            Arc::new(Records(Arc::clone(&records), Arc::clone(&stopping))),
             CallSettings {
                 session_policy: options.wait.session(),
                 claim_timeout: timeouts.claim,
@@ -147,6 +157,7 @@ impl Engine {
             plan,
             options,
             stopped: false,
+            stopping,
         })
     }
 
@@ -220,6 +231,7 @@ impl Engine {
         // A supervisor that panicked dropped its SOCs: their processes were
         // killed and reaped; the memory still goes.
         let socs = self.supervisor.stop().unwrap_or_else(Socs::none);
+        self.drain();
         let problems = socs.stop(
             &self.memory,
             &self.records,
@@ -229,6 +241,31 @@ impl Engine {
             Ok(())
         } else {
             Err(ShutdownError { problems })
+        }
+    }
+}
+
+impl Engine {
+    /// Closes every slot so that no call starts, while the calls in flight
+    /// end and their sessions read their results (other threads, or a
+    /// server's clients, may still wait), up to the shutdown timeout; the
+    /// SOCs' stop then forces what is left.
+    fn drain(&self) {
+        let deadline = saturating_deadline(self.options.timeouts().shutdown);
+        // No call starts from here on: sessions look at the stopping word
+        // before they submit (the master's own check it against this
+        // flag), and a slot is closed once idle.
+        self.stopping.store(true, Ordering::SeqCst);
+        self.core.table().stopping_word().store(1, Ordering::SeqCst);
+        // Ordered before every look at the slots below: a session either
+        // sees the word, or its submit is seen here.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let places = self.core.table().places();
+        for place in places {
+            place.session().close_if_idle();
+        }
+        for place in places {
+            place.session().close_by(deadline);
         }
     }
 }

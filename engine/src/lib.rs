@@ -52,6 +52,7 @@ pub mod failpoint;
 #[cfg(not(feature = "failpoints"))]
 mod failpoint;
 mod launch;
+mod log;
 mod memory;
 mod options;
 mod plan;

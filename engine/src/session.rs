@@ -66,6 +66,10 @@ impl<'c> Claim<'c> {
         if len > capacity {
             return Err(CallError::InputTooLarge { len, capacity });
         }
+        if self.core.refuses_new_calls() {
+            // Dropping the claim gives the slot back.
+            return Err(crate::session_core::stopping());
+        }
         let session = self.slot.session();
         session.write_request(id.index(), len as u64, self.deadline_ns);
         if self.core.settings().hard_limit.is_some() {
@@ -250,6 +254,10 @@ impl Session<'_> {
     /// which the SOC cannot write).
     #[cold]
     fn failure(&self) -> CallError {
+        if self.slot.session().is_closed() {
+            // Closed at shutdown before this call ended (the drain ran out).
+            return crate::session_core::stopping();
+        }
         match self.core.settings().hard_limit {
             Some(limit) if self.slot.session().killed(self.claimed.generation()) => {
                 CallError::Killed {

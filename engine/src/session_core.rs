@@ -38,6 +38,12 @@ pub(crate) trait Availability: Send + Sync + std::fmt::Debug {
     /// Whether SOC `soc` may still serve (not given up, not stopping).
     fn may_serve(&self, soc: usize) -> bool;
 
+    /// Whether the engine stops (no new call may start). Asked only when
+    /// the engine's stopping word in shared memory is set.
+    fn stopping(&self) -> bool {
+        true
+    }
+
     /// Why no call can be served any more (a client's server is gone);
     /// `None` while the engine lives. Asked only by cores that
     /// [`Availability::watches_engine`].
@@ -653,6 +659,14 @@ impl SessionCore {
     ) -> Result<Vec<u8>, CallError> {
         let session = self.try_submit(target, proc, input)?;
         self.finish(session)
+    }
+
+    /// Whether a new call must not start: the engine stops. The stopping
+    /// word in shared memory says so; the master's own sessions check it
+    /// against the master's memory (a client could have written it).
+    #[inline]
+    pub(crate) fn refuses_new_calls(&self) -> bool {
+        self.table.stopping() && self.availability.stopping()
     }
 
     /// Whether the engine can go away under this core's callers (a

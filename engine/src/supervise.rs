@@ -218,11 +218,7 @@ struct Watch {
     restart_at: Vec<Option<Instant>>,
 }
 
-fn log(message: &str) {
-    if numaproc_procs::library::log_enabled(numaproc_abi::LOG_WARN) {
-        eprintln!("numaproc: {message}");
-    }
-}
+use crate::log::event;
 
 impl Supervisor {
     /// Starts watching `socs` (all ready). When the thread cannot start,
@@ -384,7 +380,7 @@ impl Watch {
         if let Err(e) = poll(&mut fds, timeout)
             && e != nix::errno::Errno::EINTR
         {
-            log(&format!("supervisor: poll failed: {e}"));
+            event!(warn, {}, "supervisor: poll failed: {e}");
             std::thread::sleep(Duration::from_millis(10));
         }
         let hit = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
@@ -406,7 +402,7 @@ impl Watch {
         let Some(h) = self.socs.handles[i].as_mut() else {
             return;
         };
-        log(&format!("SOC {i} {why}: killing it"));
+        event!(warn, { soc = i }, "SOC {i} {why}: killing it");
         self.s.records[i].set_last_error(&why);
         h.close_report();
         h.kill();
@@ -518,14 +514,20 @@ impl Watch {
         if count > self.s.policy.max_restarts as usize {
             self.s.records[i].set_state(SocState::GivenUp);
             self.signal();
-            log(&format!(
+            event!(
+                warn,
+                { soc = i },
                 "SOC {i}: {reason}; it died {count} times within {window:?}: not restarting it, its workers are unavailable"
-            ));
+            );
             return;
         }
         let backoff = self.s.policy.backoff(count);
         self.s.records[i].set_state(SocState::Restarting);
-        log(&format!("SOC {i}: {reason}; restarting it in {backoff:?}"));
+        event!(
+            warn,
+            { soc = i },
+            "SOC {i}: {reason}; restarting it in {backoff:?}"
+        );
         self.restart_at[i] = Some(numaproc_ipc::wait::saturating_deadline(backoff));
     }
 
@@ -575,7 +577,7 @@ impl Watch {
         }
         self.s.records[i].set_state(SocState::Ready);
         self.signal();
-        log(&format!("SOC {i} is serving again"));
+        event!(warn, { soc = i }, "SOC {i} is serving again");
     }
 }
 

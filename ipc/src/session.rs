@@ -143,6 +143,78 @@ impl SessionSlot<'_> {
         self.control.word().state() == State::Closed
     }
 
+    /// Master, at shutdown: closes the slot unless a call runs in it or
+    /// its session has yet to read the result (closing would take the
+    /// result away). Returns whether it is closed.
+    pub fn close_if_idle(&self) -> bool {
+        let w = self.control.word();
+        match w.state() {
+            State::Submitted => false,
+            State::Closed => true,
+            State::Done if self.result_unread(w.generation()) => false,
+            State::Idle | State::Done => {
+                // Hold the owner word while closing, so that no session
+                // claims and submits between this look and the close.
+                let mut released = false;
+                match self.try_claim_noting(0, &mut released) {
+                    Some(claim) => {
+                        let closed = self.control.close();
+                        self.unclaim(claim);
+                        closed
+                    }
+                    // A session holds it without a call (one with a call
+                    // was seen above): its submit will fail.
+                    None => self.control.close(),
+                }
+            }
+            State::Failed => self.control.close(),
+        }
+    }
+
+    /// Whether the session of call `generation` still holds the slot (it
+    /// has not read the result, or not given the slot back yet).
+    fn result_unread(&self, generation: u32) -> bool {
+        let o = owner_low(self.owner.word.load(Ordering::Acquire));
+        o & HELD != 0 && o & OWNER_ABANDONED == 0 && owner_generation(o) == generation
+    }
+
+    /// Master, at shutdown: [`SessionSlot::close_if_idle`], waiting until
+    /// `deadline` for the running call to end and its session to read the
+    /// result. Returns whether it is closed (the caller may then force it
+    /// with [`SlotControl::close_by`]).
+    pub fn close_by(&self, deadline: std::time::Instant) -> bool {
+        const NO_SPIN: WaitPolicy = WaitPolicy {
+            spin: Duration::ZERO,
+            yield_after: Duration::ZERO,
+        };
+        loop {
+            if self.close_if_idle() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let before = self.control.state.load(Ordering::Acquire);
+            if Word(before).state() == State::Submitted {
+                // Until the call ends (the SOC writes the word: in slices).
+                let before = before & !SESSION_SLEEPING;
+                wait_on_sliced(
+                    &self.control.state,
+                    &NO_SPIN,
+                    Some(left),
+                    Some(SESSION_SLICE),
+                    SESSION_SLEEPING,
+                    |v| v & !SESSION_SLEEPING != before,
+                );
+            } else {
+                // A session reads its result: giving the slot back wakes
+                // no one, so look again shortly.
+                std::thread::sleep(left.min(Duration::from_millis(1)));
+            }
+        }
+    }
+
     /// For an owner word `Abandoned(g)`: whether call `g` is over.
     #[inline]
     fn abandoned_call_over(&self, o: u32) -> bool {

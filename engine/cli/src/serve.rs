@@ -68,6 +68,44 @@ pub(crate) struct ServeArgs {
     /// Workers per SOC (overrides the file's).
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// How the log on standard error looks: `text` (one line per event)
+    /// or `json` (one object per line, with the event's fields). The
+    /// level comes from NUMAPROC_LOG (error, warn, info, debug, off;
+    /// default info).
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Sends the engine's events to standard error as `format` says, at the
+/// level NUMAPROC_LOG names.
+fn init_log(format: LogFormat) -> Result<()> {
+    use tracing::level_filters::LevelFilter;
+    let level = match std::env::var("NUMAPROC_LOG").as_deref() {
+        Ok("error") => LevelFilter::ERROR,
+        Ok("warn") => LevelFilter::WARN,
+        Ok("debug") => LevelFilter::DEBUG,
+        Ok("off") => LevelFilter::OFF,
+        Ok("info") | Err(_) => LevelFilter::INFO,
+        Ok(other) => anyhow::bail!("NUMAPROC_LOG={other:?}: use error, warn, info, debug or off"),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false);
+    let set = match format {
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    set.map_err(|e| anyhow::anyhow!("cannot set up the log: {e}"))
 }
 
 #[derive(clap::Args)]
@@ -114,6 +152,7 @@ fn stop_signals() -> SigSet {
 }
 
 pub(crate) fn serve(args: ServeArgs) -> Result<ExitCode> {
+    init_log(args.log_format)?;
     let mut config = match &args.config {
         Some(path) => ServerConfig::from_toml_file(path)?,
         None => ServerConfig::default(),
@@ -152,25 +191,32 @@ pub(crate) fn serve(args: ServeArgs) -> Result<ExitCode> {
     let server = reserved.serve(engine)?;
     let e = server.engine();
     let workers: usize = (0..e.soc_count()).map(|s| e.worker_count(s)).sum();
-    eprintln!(
-        "numaproc: serving {name} at {} (pid {}, {} {} SOC(s), {workers} worker(s), ready in {:.1} ms)",
-        server.socket_path().display(),
+    let socket = server.socket_path().display().to_string();
+    let ready_ms = started.elapsed().as_secs_f64() * 1e3;
+    tracing::info!(
+        server = %name,
+        socket = %socket,
+        pid = std::process::id(),
+        socs = e.soc_count(),
+        soc_kind = %config.engine.soc_kind,
+        workers,
+        ready_ms,
+        "serving {name} at {socket} (pid {}, {} {} SOC(s), {workers} worker(s), ready in {ready_ms:.1} ms)",
         std::process::id(),
         e.soc_count(),
         config.engine.soc_kind,
-        started.elapsed().as_secs_f64() * 1e3
     );
     notify("READY=1");
     let signal = signals.wait().context("waiting for a stop signal")?;
     notify("STOPPING=1");
-    eprintln!("numaproc: {signal}: stopping {name}");
+    tracing::info!(server = %name, signal = %signal, "{signal}: stopping {name}");
     match server.shutdown() {
         Ok(()) => {
-            eprintln!("numaproc: {name} stopped");
+            tracing::info!(server = %name, "{name} stopped");
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("numaproc: {name} stopped: {e}");
+            tracing::error!(server = %name, error = %e, "{name} stopped: {e}");
             Ok(ExitCode::FAILURE)
         }
     }

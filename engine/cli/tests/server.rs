@@ -57,6 +57,8 @@ fn pid_alive(pid: u32) -> bool {
 /// A `numaproc serve` process in its own runtime directory.
 struct Served {
     child: Option<Child>,
+    /// Arguments of `numaproc serve` besides the configuration's.
+    args: Vec<String>,
     root: PathBuf,
     dir: PathBuf,
     name: String,
@@ -68,6 +70,11 @@ impl Served {
     /// Starts `numaproc serve` with a configuration of `toml` lines (a
     /// name prefix of its own added) and waits for its READY=1.
     fn start(tag: &str, toml: &str) -> Served {
+        Self::start_with(tag, toml, &[])
+    }
+
+    /// [`Served::start`] with more arguments for `numaproc serve`.
+    fn start_with(tag: &str, toml: &str, args: &[&str]) -> Served {
         let root = std::env::temp_dir().join(format!("np-serve-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
@@ -76,6 +83,7 @@ impl Served {
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         let mut served = Served {
             child: None,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             dir: root.join("run"),
             root,
             name: tag.to_owned(),
@@ -102,6 +110,7 @@ impl Served {
             .args(["--name", &self.name])
             .arg("--runtime-dir")
             .arg(&self.dir)
+            .args(&self.args)
             .env("NOTIFY_SOCKET", self.root.join("notify"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -182,6 +191,12 @@ impl Served {
 
     /// SIGTERM, then the server's exit status.
     fn stop(&mut self) -> ExitStatus {
+        self.signal_stop();
+        self.wait_exit()
+    }
+
+    /// SIGTERM, and the server says it is stopping.
+    fn signal_stop(&mut self) {
         let pid = self.pid();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
@@ -189,6 +204,17 @@ impl Served {
         )
         .unwrap();
         self.expect_notify("STOPPING=1");
+    }
+
+    /// Whether the server process still runs.
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// The exit status of a stopping server.
+    fn wait_exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("a running server");
         match wait_bounded(&mut child, STEP) {
             Some(s) => s,
@@ -692,21 +718,55 @@ fn a_second_server_under_a_live_name_is_refused_naming_the_first() {
 fn a_stopping_server_lets_calls_in_flight_end() {
     let mut served = Served::start(
         "drain",
-        "socs = 1\nworkers_per_soc = 1\ndrain_timeout_ms = 10000",
+        "socs = 1\nworkers_per_soc = 2\ndrain_timeout_ms = 10000",
     );
     let client = served.client();
-    std::thread::scope(|s| {
-        let call = s.spawn(|| client.call("sys_sleep", b"400"));
-        let pos = client.table().position(0, 0).unwrap();
-        let place = client.table().place(pos).unwrap();
+    let place = |w| {
+        client
+            .table()
+            .place(client.table().position(0, w).unwrap())
+            .unwrap()
+    };
+    let until = |what: &str, cond: &dyn Fn() -> bool| {
         let deadline = Instant::now() + STEP;
-        while place.session().holder() != Some(client.holder()) {
-            assert!(Instant::now() < deadline);
+        while !cond() {
+            assert!(Instant::now() < deadline, "{what}");
             std::thread::sleep(Duration::from_millis(2));
         }
-        let status = served.stop();
+    };
+    std::thread::scope(|s| {
+        // Worker 0 runs a call; worker 1 finished one whose session has
+        // not read the result yet.
+        let running =
+            s.spawn(|| client.call_on(Target::Worker { soc: 0, worker: 0 }, "sys_sleep", b"300"));
+        let mut claim = client.claim(Target::Worker { soc: 0, worker: 1 }).unwrap();
+        claim.input_mut()[..4].copy_from_slice(b"kept");
+        let mut unread = claim.submit("sys_echo", 4).unwrap();
+        until("the echo never ended", &|| {
+            place(1).session().control.word().state() == numaproc_ipc::slot::State::Done
+        });
+        until("the sleep never started", &|| {
+            place(0).session().holder() == Some(client.holder())
+        });
+        served.signal_stop();
+        // The running call ends with its result...
+        assert_eq!(running.join().unwrap().unwrap(), b"");
+        // ... its worker takes no new call ...
+        let e = client
+            .call_on(Target::Worker { soc: 0, worker: 0 }, "sys_echo", b"late")
+            .map(|o| panic!("{o:?} log: {}", served.log()))
+            .unwrap_err();
+        assert!(
+            matches!(&e, CallError::EngineGone(m) if m.contains("stopping")),
+            "{e:?}"
+        );
+        // ... and the server waits for the unread result to be read.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(served.running(), "the server stopped with a result unread");
+        assert_eq!(unread.wait().unwrap(), b"kept");
+        drop(unread);
+        let status = served.wait_exit();
         assert!(status.success(), "{status:?}; log: {}", served.log());
-        assert_eq!(call.join().unwrap().unwrap(), b"");
     });
     let e = client.call("sys_echo", b"x").unwrap_err();
     assert!(matches!(e, CallError::EngineGone(_)), "{e:?}");
@@ -1007,4 +1067,46 @@ fn members_of_the_allowed_group_may_attach_and_no_one_else() {
         assert_eq!(meta.mode() & 0o777, 0o600, "{name}");
     }
     assert!(served.stop().success(), "log: {}", served.log());
+}
+
+#[test]
+fn a_json_log_has_one_object_per_event_with_its_fields() {
+    let mut served = Served::start_with(
+        "json",
+        "socs = 1\nworkers_per_soc = 1",
+        &["--log-format", "json"],
+    );
+    let client = served.client();
+    let holder = client.holder();
+    assert_eq!(client.call("sys_echo", b"x").unwrap(), b"x");
+    drop(client);
+    assert!(served.stop().success(), "log: {}", served.log());
+    let events: Vec<serde_json::Value> = served
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let find = |needle: &str| {
+        events
+            .iter()
+            .find(|e| e["message"].as_str().is_some_and(|m| m.contains(needle)))
+            .unwrap_or_else(|| panic!("no event {needle:?} in {events:?}"))
+    };
+    let serving = find("serving json at");
+    assert_eq!(serving["level"], "INFO");
+    assert_eq!(serving["server"], "json");
+    assert_eq!(serving["socs"], 1);
+    assert_eq!(serving["workers"], 1);
+    assert!(serving["ready_ms"].as_f64().unwrap() > 0.0);
+    let attached = find("attached");
+    assert_eq!(attached["client"], holder.to_string());
+    assert_eq!(attached["pid"], std::process::id().to_string());
+    let gone = find("went away");
+    assert_eq!(gone["client"], holder.to_string());
+    assert_eq!(
+        (gone["freed"].as_str(), gone["cancelled"].as_str()),
+        (Some("0"), Some("0"))
+    );
+    find("SIGTERM: stopping json");
+    assert_eq!(find("json stopped")["level"], "INFO");
 }

@@ -381,11 +381,7 @@ struct Watch {
     started: SystemTime,
 }
 
-fn log(message: &str) {
-    if numaproc_procs::library::log_enabled(numaproc_abi::LOG_INFO) {
-        eprintln!("numaproc: {message}");
-    }
-}
+use crate::log::event;
 
 impl Watch {
     /// Attaches and watches clients until stopped; returns the clients
@@ -427,7 +423,12 @@ impl Watch {
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
-                log(&format!("server {}: poll failed: {e}", self.name));
+                event!(
+                    warn,
+                    { server = self.name },
+                    "server {}: poll failed: {e}",
+                    self.name
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
@@ -467,10 +468,14 @@ impl Watch {
             let sock = unsafe { OwnedFd::from_raw_fd(raw) };
             match self.attach(&sock) {
                 Ok((status, pidfd)) => {
-                    log(&format!(
+                    event!(
+                        info,
+                        { server = self.name, client = status.holder, pid = status.pid, uid = status.uid },
                         "server {}: client {} (pid {}) attached",
-                        self.name, status.holder, status.pid
-                    ));
+                        self.name,
+                        status.holder,
+                        status.pid
+                    );
                     self.clients.push(Attached {
                         status,
                         sock,
@@ -481,7 +486,12 @@ impl Watch {
                     let mut refusal = vec![REFUSED];
                     refusal.extend_from_slice(reason.as_bytes());
                     let _ = wire::send(sock.as_fd(), &refusal, &[]);
-                    log(&format!("server {}: refused a client: {reason}", self.name));
+                    event!(
+                        warn,
+                        { server = self.name },
+                        "server {}: refused a client: {reason}",
+                        self.name
+                    );
                 }
             }
         }
@@ -610,10 +620,14 @@ impl Watch {
         if freed + cancelled > 0 {
             self.engine.core().signal_free();
         }
-        log(&format!(
+        event!(
+            info,
+            { server = self.name, client = client.status.holder, pid = client.status.pid, freed = freed, cancelled = cancelled },
             "server {}: client {} (pid {}) went away; {freed} slot(s) freed, {cancelled} call(s) cancelled",
-            self.name, client.status.holder, client.status.pid
-        ));
+            self.name,
+            client.status.holder,
+            client.status.pid
+        );
     }
 }
 
