@@ -52,6 +52,9 @@ pub const TARGET_FLOOR: f64 = 1.5;
 pub const TARGET_IOX: f64 = 5.0;
 /// Target: the sleeping-worker path at most this many times raw futex.
 pub const TARGET_FUTEX: f64 = 1.1;
+/// Target: a client process's hot round trip at most this many times the
+/// engine's own session's.
+pub const TARGET_CLIENT: f64 = 1.1;
 
 fn find(r: &LatencyResult, c: Contender, size: usize) -> Option<&ContenderResult> {
     r.results
@@ -166,6 +169,13 @@ fn targets(report: &Report, md: &mut String) {
                     Contender::Iceoryx2,
                     TARGET_IOX,
                     false,
+                    true,
+                );
+                row(
+                    "client process ≤ 1.1× in-process (ratio: client ÷ in-process)",
+                    Contender::Client,
+                    TARGET_CLIENT,
+                    true,
                     true,
                 );
             }
@@ -476,6 +486,7 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(md, "## Contenders\n");
     for c in [
         Contender::Numaproc,
+        Contender::Client,
         Contender::ShmSpin,
         Contender::ShmYield,
         Contender::Futex,

@@ -35,6 +35,9 @@ pub enum Contender {
     FnCall,
     /// iceoryx2 request-response between two processes, both polling.
     Iceoryx2,
+    /// numaproc's round trip made by a client process attached to the
+    /// engine's server (`numaproc::Client`), pinned where the session runs.
+    Client,
 }
 
 impl Contender {
@@ -51,6 +54,7 @@ impl Contender {
             Self::Crossbeam => "crossbeam",
             Self::FnCall => "fn-call",
             Self::Iceoryx2 => "iceoryx2",
+            Self::Client => "numaproc-client",
         }
     }
 
@@ -67,6 +71,7 @@ impl Contender {
             Self::Crossbeam => "bounded crossbeam channels between two threads",
             Self::FnCall => "plain function call, same copies",
             Self::Iceoryx2 => "iceoryx2 0.7 request-response between two processes, polling",
+            Self::Client => "the numaproc call from a client process of the engine's server",
         }
     }
 }

@@ -21,6 +21,7 @@ use numaproc_benches::spec::{
 };
 use numaproc_benches::sys::{allowed_cpus, cpu_model, memory_nodes};
 
+mod client;
 mod run;
 
 #[derive(Parser)]
@@ -53,6 +54,20 @@ enum Cmd {
         /// Where to write the result, as JSON.
         #[arg(long)]
         result: PathBuf,
+    },
+    /// A client process of a job's server (used by jobs; not meant to be
+    /// typed).
+    #[command(hide = true)]
+    ClientPeer {
+        /// The server's name.
+        #[arg(long)]
+        name: String,
+        /// Its runtime directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The CPU to pin to.
+        #[arg(long)]
+        cpu: Option<u32>,
     },
 }
 
@@ -113,6 +128,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Cmd::Job { spec, result }) => job(&spec, &result),
+        Some(Cmd::ClientPeer { name, dir, cpu }) => client::serve(&name, &dir, cpu),
         None => drive(cli.args),
     };
     match result {
@@ -257,15 +273,17 @@ fn plan_jobs(args: &RunArgs, scale: &Scale) -> (Vec<Job>, Vec<String>) {
                     let (contenders, reference) = match (placement, wait) {
                         (Placement::Cross, WaitCase::Hot) => (
                             vec![
-                                Numaproc, ShmSpin, ShmYield, Futex, Uds, Pipe, Crossbeam, FnCall,
-                                Iceoryx2,
+                                Numaproc, Client, ShmSpin, ShmYield, Futex, Uds, Pipe, Crossbeam,
+                                FnCall, Iceoryx2,
                             ],
                             ShmSpin,
                         ),
                         // Pure spinning on one core would wait out whole
                         // time slices: the floor there yields.
                         (Placement::Same, WaitCase::Hot) => (
-                            vec![Numaproc, ShmYield, Futex, Uds, Pipe, Crossbeam, FnCall],
+                            vec![
+                                Numaproc, Client, ShmYield, Futex, Uds, Pipe, Crossbeam, FnCall,
+                            ],
                             ShmYield,
                         ),
                         (_, WaitCase::Sleeping) => (vec![Numaproc, FutexSpin, Futex], FutexSpin),

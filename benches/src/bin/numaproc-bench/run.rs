@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use numaproc::{Engine, EngineOptions, ProcId, Target, WaitOptions};
+use numaproc::{Engine, EngineOptions, ProcId, Server, ServerOptions, Target, WaitOptions};
 use numaproc_benches::numa::{self, MemRequest, MemResult};
 use numaproc_benches::peers::{
     FnPeer, IoxPeer, MAX_PAYLOAD, ShmPeer, StreamKind, StreamPeer, ThreadPeer, WaitMode,
@@ -16,6 +16,8 @@ use numaproc_benches::spec::{
 };
 use numaproc_benches::stats::Recorder;
 use numaproc_benches::sys::{allowed_cpus, current_cpu, memory_nodes, pin_to};
+
+use crate::client::{ClientPeer, round_trip};
 
 /// Longest wait for one iceoryx2 response before the contender is dropped.
 const IOX_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,6 +31,7 @@ struct Peers {
     thread: Option<ThreadPeer>,
     iox: Option<IoxPeer>,
     func: Option<FnPeer>,
+    client: Option<ClientPeer>,
 }
 
 impl Peers {
@@ -53,6 +56,9 @@ impl Peers {
         }
         if let Some(p) = self.iox {
             note("iceoryx2", p.stop());
+        }
+        if let Some(p) = self.client {
+            note("client", p.stop());
         }
         problems
     }
@@ -96,21 +102,34 @@ fn timer_cost() -> f64 {
     t.elapsed().as_nanos() as f64 / n as f64
 }
 
-/// One numaproc round trip through a claimed slot.
-fn numaproc_echo(
-    engine: &Engine,
-    target: Target,
-    proc: ProcId,
-    src: &[u8],
-    dst: &mut [u8],
-) -> Result<()> {
-    let mut claim = engine.claim(target)?;
-    claim.input_mut()[..src.len()].copy_from_slice(src);
-    let mut session = claim.submit(proc, src.len())?;
-    let out = session.wait()?;
-    let n = out.len().min(dst.len());
-    dst[..n].copy_from_slice(&out[..n]);
-    Ok(())
+/// An engine, served when a client process calls it too.
+enum Served {
+    Plain(Box<Engine>),
+    Server(Server, std::path::PathBuf),
+}
+
+impl Served {
+    fn engine(&self) -> &Engine {
+        match self {
+            Self::Plain(e) => e,
+            Self::Server(s, _) => s.engine(),
+        }
+    }
+
+    fn shutdown(self) -> Result<()> {
+        match self {
+            Self::Plain(e) => e
+                .shutdown()
+                .map_err(|e| anyhow::anyhow!("engine shutdown: {e}")),
+            Self::Server(s, dir) => {
+                let r = s
+                    .shutdown()
+                    .map_err(|e| anyhow::anyhow!("server shutdown: {e}"));
+                let _ = std::fs::remove_dir_all(dir);
+                r
+            }
+        }
+    }
 }
 
 /// Runs a latency job.
@@ -154,6 +173,20 @@ pub fn latency(job: LatencyJob) -> Result<JobResult> {
         .wait(wait_options(job.wait));
     let engine = Engine::start(options).context("starting the engine")?;
     // Threads only now: a forked engine needs a single-threaded start.
+    let served = if has(Contender::Client) {
+        let name = format!("{}{}", job.prefix, std::process::id());
+        let dir = std::env::temp_dir().join(format!("numaproc-bench-{}", std::process::id()));
+        let server = Server::start(engine, &ServerOptions::new(&name).dir(&dir))
+            .context("serving the engine")?;
+        match ClientPeer::start(&name, &dir, job.session_cpu) {
+            Ok(p) => peers.client = Some(p),
+            Err(e) => notes.push(format!("numaproc-client skipped: {e:#}")),
+        }
+        Served::Server(server, dir)
+    } else {
+        Served::Plain(Box::new(engine))
+    };
+    let engine = served.engine();
     if has(Contender::Crossbeam) {
         peers.thread = Some(ThreadPeer::start(cpu)?);
     }
@@ -204,7 +237,7 @@ pub fn latency(job: LatencyJob) -> Result<JobResult> {
                 let r = run_block(
                     c,
                     &job,
-                    &engine,
+                    engine,
                     target,
                     if size == 0 { ping } else { echo },
                     &mut peers,
@@ -234,9 +267,7 @@ pub fn latency(job: LatencyJob) -> Result<JobResult> {
     }
     let session_cpu = current_cpu();
     notes.extend(peers.stop());
-    engine
-        .shutdown()
-        .map_err(|e| anyhow::anyhow!("engine shutdown: {e}"))?;
+    served.shutdown()?;
     Ok(JobResult::Latency(LatencyResult {
         job,
         worker: (soc, worker),
@@ -298,7 +329,19 @@ fn run_block(
         Ok(())
     };
     match c {
-        Contender::Numaproc => timed(&mut || numaproc_echo(engine, target, proc, src, dst)),
+        Contender::Numaproc => timed(&mut || round_trip(engine, target, proc, src, dst)),
+        Contender::Client => {
+            let peer = peers.client.as_mut().context("no client peer")?;
+            let name = if src.is_empty() {
+                "sys_ping"
+            } else {
+                "sys_echo"
+            };
+            for ns in peer.block(warm, calls, budget, src.len(), target, name)? {
+                rec.record(ns);
+            }
+            Ok(())
+        }
         Contender::ShmSpin | Contender::ShmYield | Contender::Futex | Contender::FutexSpin => {
             let peer = peers.shm.as_mut().context("no shm peer")?;
             let (p, q) = shm_modes(c);
