@@ -209,7 +209,7 @@ numaproc_claim *numaproc_client_claim(numaproc_client *client, int32_t soc, int3
 
 /* The claimed worker's input buffer, writable until the claim is
  * submitted or released, and its capacity in *capacity (when not NULL).
- * NULL when `claim` is NULL or already submitted. */
+ * NULL, and a capacity of 0, when `claim` is NULL or already submitted. */
 void *numaproc_client_claim_input(numaproc_claim *claim, size_t *capacity);
 
 /* Hands the first `in_len` bytes of the input buffer to the worker as the
