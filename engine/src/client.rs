@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+use nix::sys::socket::{
+    AddressFamily, SockFlag, SockType, UnixAddr, connect, getsockopt, socket, sockopt,
+};
 use numaproc_ipc::layout::{GlobalLayout, SocLayout};
 use numaproc_ipc::{LAYOUT_VERSION, OpenError, Region, WaitPolicy};
 
@@ -165,9 +167,11 @@ pub enum ConnectError {
 ///
 /// The server watches this process: if it dies, every worker it held is
 /// given back (a running call sees `is_cancelled()`). The client watches
-/// the server through the attach socket: when the server stops or dies,
-/// every waiting call ends with [`crate::CallError::EngineGone`] within
-/// a few tens of milliseconds, and so does every later call.
+/// the server through the attach socket and a pidfd of its process: when
+/// the server dies, every waiting call ends with
+/// [`crate::CallError::EngineGone`] within milliseconds, and so does every
+/// later call; when it stops, calls in flight end with their results (up
+/// to its drain timeout) and every later call fails with `EngineGone`.
 ///
 /// A client belongs to the process that connected: a child forked from it
 /// must connect on its own.
@@ -211,11 +215,19 @@ impl Availability for ServerWatch {
     }
 }
 
+/// How long after the server hung up its process may take to end (the
+/// kernel closes a dying process's descriptors just before it ends).
+const SERVER_EXIT_GRACE: Duration = Duration::from_secs(1);
+
 /// Waits for the server's hang-up on `sock` (or for `stop` to close), then
-/// marks the server gone and wakes every caller waiting for a worker.
+/// marks the server gone. If the server's process ended (`server`, its
+/// pidfd, says so), every slot is dead: each is marked failed, which ends
+/// every call waiting for a result, and callers waiting for a worker are
+/// woken; all of them then see the server gone.
 fn watch_server(
     sock: Arc<OwnedFd>,
     stop: OwnedFd,
+    server: OwnedFd,
     watch: Arc<ServerWatch>,
     core: Arc<SessionCore>,
 ) {
@@ -240,6 +252,16 @@ fn watch_server(
         }
         if fds[0].revents().is_some_and(|r| !r.is_empty()) {
             watch.gone.store(true, Ordering::Release);
+            let mut ended = [PollFd::new(server.as_fd(), PollFlags::POLLIN)];
+            let grace = PollTimeout::try_from(SERVER_EXIT_GRACE).unwrap_or(PollTimeout::MAX);
+            if matches!(poll(&mut ended, grace), Ok(n) if n > 0) {
+                // Its SOCs die with it: no worker will ever answer. (A server
+                // that stopped cleanly closed every slot before hanging up;
+                // one that only hung up on this client serves on.)
+                for place in core.table().places() {
+                    place.session().control.fail();
+                }
+            }
             core.signal_free();
             return;
         }
@@ -342,6 +364,13 @@ impl Client {
                 fds.len()
             )));
         }
+        // The server's process, to tell its death from a hang-up.
+        let server = getsockopt(&sock, sockopt::PeerCredentials)
+            .map_err(|e| protocol(format!("the server's credentials: {e}")))
+            .and_then(|cred| {
+                crate::server::peer_pidfd(sock.as_fd(), cred.pid())
+                    .map_err(|e| protocol(format!("cannot watch the server: {e}")))
+            })?;
         let timeout = options.connect_timeout;
         let open = |fd: OwnedFd, what: String, layout| {
             Region::from_file(File::from(fd), &what, layout, timeout).map_err(|source| {
@@ -383,7 +412,7 @@ impl Client {
             .name("np-client-watch".to_owned())
             .spawn({
                 let (sock, core) = (Arc::clone(&sock), Arc::clone(&core));
-                move || watch_server(sock, stop_read, watch, core)
+                move || watch_server(sock, stop_read, server, watch, core)
             })
             .map_err(|e| invalid(format!("cannot start the watcher thread: {e}")))?;
         Ok(Client {

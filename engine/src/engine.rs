@@ -2,7 +2,6 @@
 //! [`SessionCore`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use numaproc_ipc::layout::NameRecord;
 use numaproc_ipc::stale;
@@ -72,21 +71,13 @@ pub struct Engine {
     plan: Plan,
     options: EngineOptions,
     stopped: bool,
-    /// Set when the engine starts to stop (see [`Records`]).
-    stopping: Arc<AtomicBool>,
 }
 
-/// The supervisor's records as the session core asks them, and whether
-/// the engine stops (in the master's memory: the stopping word in shared
-/// memory is only a hint for the master's own sessions).
+/// The supervisor's records as the session core asks them.
 #[derive(Debug)]
-struct Records(Arc<[SocRecord]>, Arc<AtomicBool>);
+struct Records(Arc<[SocRecord]>);
 
 impl Availability for Records {
-    fn stopping(&self) -> bool {
-        self.1.load(Ordering::SeqCst)
-    }
-
     fn may_serve(&self, soc: usize) -> bool {
         self.0.get(soc).is_some_and(|r| {
             !matches!(
@@ -130,7 +121,6 @@ impl Engine {
         let supervisor = guard
             .hand_over(|socs| Supervisor::start(supervised, socs))
             .map_err(StartError::Supervisor)?;
-        let stopping = Arc::new(AtomicBool::new(false));
         let core = SessionCore::new(
             SlotTable::new(
                 Arc::clone(&memory.global),
@@ -141,7 +131,7 @@ impl Engine {
             memory.cpus(),
             plan.binding,
             Arc::new(registry),
-            Arc::new(Records(Arc::clone(&records), Arc::clone(&stopping))),
+            Arc::new(Records(Arc::clone(&records))),
             CallSettings {
                 session_policy: options.wait.session(),
                 claim_timeout: timeouts.claim,
@@ -157,7 +147,6 @@ impl Engine {
             plan,
             options,
             stopped: false,
-            stopping,
         })
     }
 
@@ -252,14 +241,9 @@ impl Engine {
     /// SOCs' stop then forces what is left.
     fn drain(&self) {
         let deadline = saturating_deadline(self.options.timeouts().shutdown);
-        // No call starts from here on: sessions look at the stopping word
-        // before they submit (the master's own check it against this
-        // flag), and a slot is closed once idle.
-        self.stopping.store(true, Ordering::SeqCst);
-        self.core.table().stopping_word().store(1, Ordering::SeqCst);
-        // Ordered before every look at the slots below: a session either
-        // sees the word, or its submit is seen here.
-        std::sync::atomic::fence(Ordering::SeqCst);
+        // Every slot is closed to new claims on the first pass; each is
+        // closed for its worker once its call ended and its session gave
+        // it back.
         let places = self.core.table().places();
         for place in places {
             place.session().close_if_idle();

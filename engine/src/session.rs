@@ -1,6 +1,6 @@
 //! Sessions: a caller's hold on one worker slot for one call.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use numaproc_ipc::session::{Claimed, Outcome};
 use numaproc_ipc::slot::{Response, monotonic_ns};
@@ -8,7 +8,7 @@ use numaproc_ipc::table::SlotPlace;
 use numaproc_procs::{CallStatus, ProcId};
 
 use crate::error::CallError;
-use crate::session_core::{GONE_CHECK, SessionCore};
+use crate::session_core::SessionCore;
 use crate::target::{IntoProc, WorkerId};
 
 /// A claimed worker slot, before submission. Write the input straight into
@@ -65,10 +65,6 @@ impl<'c> Claim<'c> {
         let capacity = self.core.input_capacity();
         if len > capacity {
             return Err(CallError::InputTooLarge { len, capacity });
-        }
-        if self.core.refuses_new_calls() {
-            // Dropping the claim gives the slot back.
-            return Err(crate::session_core::stopping());
         }
         let session = self.slot.session();
         session.write_request(id.index(), len as u64, self.deadline_ns);
@@ -191,13 +187,10 @@ impl Session<'_> {
     fn wait_for(&mut self, timeout: Option<Duration>) -> Result<&[u8], CallError> {
         if self.len == PENDING && self.error.is_none() {
             let policy = &self.core.settings().session_policy;
-            let outcome = if self.core.watched() {
-                self.wait_watched(timeout)?
-            } else {
-                self.slot
-                    .session()
-                    .wait_done(self.claimed.generation(), policy, timeout)
-            };
+            let outcome = self
+                .slot
+                .session()
+                .wait_done(self.claimed.generation(), policy, timeout);
             match outcome {
                 None => return Err(CallError::CallTimeout(timeout.unwrap_or_default())),
                 Some(Outcome::Done) => {
@@ -223,29 +216,6 @@ impl Session<'_> {
         match &self.error {
             None => Ok(self.output_slice()),
             Some(e) => Err((**e).clone()),
-        }
-    }
-
-    /// The slot's `wait_done` for a client, whose server can go away
-    /// while it waits: in slices of [`GONE_CHECK`], looking between them
-    /// whether the server is gone ([`CallError::EngineGone`]).
-    #[cold]
-    fn wait_watched(&self, timeout: Option<Duration>) -> Result<Option<Outcome>, CallError> {
-        let policy = &self.core.settings().session_policy;
-        let deadline = timeout.map(numaproc_ipc::wait::saturating_deadline);
-        loop {
-            if let Some(e) = self.core.engine_gone() {
-                return Err(e);
-            }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let slice = left.map_or(GONE_CHECK, |l| l.min(GONE_CHECK));
-            let outcome =
-                self.slot
-                    .session()
-                    .wait_done(self.claimed.generation(), policy, Some(slice));
-            if outcome.is_some() || left.is_some_and(|l| l <= slice) {
-                return Ok(outcome);
-            }
         }
     }
 

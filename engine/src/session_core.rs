@@ -38,12 +38,6 @@ pub(crate) trait Availability: Send + Sync + std::fmt::Debug {
     /// Whether SOC `soc` may still serve (not given up, not stopping).
     fn may_serve(&self, soc: usize) -> bool;
 
-    /// Whether the engine stops (no new call may start). Asked only when
-    /// the engine's stopping word in shared memory is set.
-    fn stopping(&self) -> bool {
-        true
-    }
-
     /// Why no call can be served any more (a client's server is gone);
     /// `None` while the engine lives. Asked only by cores that
     /// [`Availability::watches_engine`].
@@ -52,16 +46,13 @@ pub(crate) trait Availability: Send + Sync + std::fmt::Debug {
     }
 
     /// Whether the engine can go away under this core's callers (a
-    /// client's server): their waits then look at [`Availability::gone`]
-    /// every [`GONE_CHECK`].
+    /// client's server): a call that fails then asks [`Availability::gone`]
+    /// (the client's watcher fails every slot of a server that died, and
+    /// wakes callers waiting for a worker).
     fn watches_engine(&self) -> bool {
         false
     }
 }
-
-/// How often a waiting caller of a client looks whether its server is
-/// gone (its watcher also wakes waiters for a free worker at once).
-pub(crate) const GONE_CHECK: Duration = Duration::from_millis(20);
 
 #[derive(Debug)]
 struct Always;
@@ -659,21 +650,6 @@ impl SessionCore {
     ) -> Result<Vec<u8>, CallError> {
         let session = self.try_submit(target, proc, input)?;
         self.finish(session)
-    }
-
-    /// Whether a new call must not start: the engine stops. The stopping
-    /// word in shared memory says so; the master's own sessions check it
-    /// against the master's memory (a client could have written it).
-    #[inline]
-    pub(crate) fn refuses_new_calls(&self) -> bool {
-        self.table.stopping() && self.availability.stopping()
-    }
-
-    /// Whether the engine can go away under this core's callers (a
-    /// client's server).
-    #[inline]
-    pub(crate) fn watched(&self) -> bool {
-        self.watched
     }
 
     /// Whether every slot of `list` (empty: of the table) is closed: the

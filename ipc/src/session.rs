@@ -44,9 +44,9 @@ use std::time::Duration;
 
 use crate::ShmSafe;
 use crate::slot::{
-    ABANDONED, CAS_TRIES, GEN_MASK, HELD, OWNER_ABANDONED, Response, SESSION_SLEEPING,
-    SESSION_SLICE, SLEEPING, SlotControl, State, WORKER_SLEEPING, Word, owner_generation,
-    owner_holder, owner_low, owner_word,
+    ABANDONED, CAS_TRIES, CLOSED_HOLDER, GEN_MASK, HELD, OWNER_ABANDONED, OWNER_CLOSING, Response,
+    SESSION_SLEEPING, SESSION_SLICE, SLEEPING, SlotControl, State, WORKER_SLEEPING, Word,
+    owner_generation, owner_holder, owner_low, owner_word,
 };
 use crate::wait::{WaitPolicy, wait_on_sliced};
 
@@ -74,26 +74,40 @@ unsafe impl ShmSafe for OwnerLine {}
 /// A session's claim on a slot, from [`SessionSlot::try_claim`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claimed {
-    /// Who claimed it (0: the engine's own process).
-    pub(crate) holder: u32,
-    /// The call's generation.
-    pub(crate) generation: u32,
+    /// The owner word while the claim holds the slot: who claimed it (0:
+    /// the engine's own process), the call's generation, `HELD` (kept
+    /// whole: the hot path compares it as it is).
+    pub(crate) held: u64,
     /// The state word seen right after the claim: the value
     /// [`SessionSlot::submit`] replaces.
     pub(crate) seen: u32,
 }
 
 impl Claimed {
+    /// The claim of call `generation` by `holder`.
+    pub(crate) const fn new(holder: u32, generation: u32, seen: u32) -> Self {
+        Self {
+            held: owner_word(holder, generation, HELD),
+            seen,
+        }
+    }
+
     /// The call's generation.
     #[inline]
     pub fn generation(&self) -> u32 {
-        self.generation
+        owner_generation(owner_low(self.held))
+    }
+
+    /// Who claimed it (0: the engine's own process).
+    #[inline]
+    pub fn holder(&self) -> u32 {
+        owner_holder(self.held)
     }
 
     /// The owner word while the claim holds the slot.
     #[inline]
     fn held(&self) -> u64 {
-        owner_word(self.holder, self.generation, HELD)
+        self.held
     }
 }
 
@@ -134,54 +148,78 @@ impl SessionSlot<'_> {
     pub fn holder(&self) -> Option<u32> {
         let w = self.owner.word.load(Ordering::Acquire);
         let o = owner_low(w);
-        (o & HELD != 0 && o & OWNER_ABANDONED == 0).then_some(owner_holder(w))
+        (o & HELD != 0 && o & OWNER_ABANDONED == 0 && owner_holder(w) != CLOSED_HOLDER)
+            .then_some(owner_holder(w))
     }
 
-    /// Whether the slot is closed: its engine is stopping (a closed slot
-    /// never opens again).
+    /// Whether the slot is closed or closing: its engine stops (a closed
+    /// slot never opens again).
     pub fn is_closed(&self) -> bool {
-        self.control.word().state() == State::Closed
+        owner_low(self.owner.word.load(Ordering::Acquire)) & OWNER_CLOSING != 0
+            || self.control.word().state() == State::Closed
     }
 
-    /// Master, at shutdown: closes the slot unless a call runs in it or
-    /// its session has yet to read the result (closing would take the
-    /// result away). Returns whether it is closed.
+    /// Master, at shutdown: closes the slot to new claims at once, and
+    /// closes it for its worker once no call runs in it and no session
+    /// holds it (a session that holds it reads its result and gives the
+    /// slot back closed; one that had not submitted cannot submit any
+    /// more). Returns whether it is closed for its worker. Costs nothing
+    /// on the call path: a claim sees the slot held, a submit and a
+    /// release see the owner word changed (their cold paths).
     pub fn close_if_idle(&self) -> bool {
-        let w = self.control.word();
-        match w.state() {
-            State::Submitted => false,
-            State::Closed => true,
-            State::Done if self.result_unread(w.generation()) => false,
-            State::Idle | State::Done => {
-                // Hold the owner word while closing, so that no session
-                // claims and submits between this look and the close.
-                let mut released = false;
-                match self.try_claim_noting(0, &mut released) {
-                    Some(claim) => {
-                        let closed = self.control.close();
-                        self.unclaim(claim);
-                        closed
-                    }
-                    // A session holds it without a call (one with a call
-                    // was seen above): its submit will fail.
-                    None => self.control.close(),
-                }
+        let mut w = self.owner.word.load(Ordering::Acquire);
+        // Sessions claim and give back without end; the bound keeps a
+        // client that does so on purpose from holding the stop here (the
+        // next look tries again).
+        for _ in 0..CAS_TRIES {
+            if owner_low(w) & OWNER_CLOSING != 0 {
+                break;
             }
-            State::Failed => self.control.close(),
+            let o = owner_low(w);
+            let next = if o & HELD != 0 && o & OWNER_ABANDONED == 0 {
+                // A session's claim: it gives the slot back closed.
+                w | OWNER_CLOSING as u64
+            } else {
+                // Free, or given up by its session (a running call was
+                // told so in the state word).
+                owner_word(CLOSED_HOLDER, owner_generation(o), HELD | OWNER_CLOSING)
+            };
+            match self
+                .owner
+                .word
+                .compare_exchange(w, next, Ordering::SeqCst, Ordering::Acquire)
+            {
+                Ok(_) => w = next,
+                Err(actual) => w = actual,
+            }
         }
+        if owner_low(w) & OWNER_CLOSING == 0 {
+            return false;
+        }
+        let o = owner_low(w);
+        let sessionless = owner_holder(w) == CLOSED_HOLDER || o & OWNER_ABANDONED != 0;
+        // `close` refuses a slot whose call runs.
+        sessionless && self.control.close()
     }
 
-    /// Whether the session of call `generation` still holds the slot (it
-    /// has not read the result, or not given the slot back yet).
-    fn result_unread(&self, generation: u32) -> bool {
-        let o = owner_low(self.owner.word.load(Ordering::Acquire));
-        o & HELD != 0 && o & OWNER_ABANDONED == 0 && owner_generation(o) == generation
+    /// A session's claim met the engine closing the slot: gives the slot
+    /// back closed (no one may claim it any more). Returns false (the slot
+    /// did not become free).
+    #[cold]
+    fn give_back_closing(&self, claim: Claimed) -> bool {
+        let _ = self.owner.word.compare_exchange(
+            claim.held() | OWNER_CLOSING as u64,
+            owner_word(CLOSED_HOLDER, claim.generation(), HELD | OWNER_CLOSING),
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+        );
+        false
     }
 
     /// Master, at shutdown: [`SessionSlot::close_if_idle`], waiting until
-    /// `deadline` for the running call to end and its session to read the
-    /// result. Returns whether it is closed (the caller may then force it
-    /// with [`SlotControl::close_by`]).
+    /// `deadline` for the running call to end and the session holding the
+    /// slot to give it back. Returns whether it is closed (the caller may
+    /// then force it with [`SlotControl::close_by`]).
     pub fn close_by(&self, deadline: std::time::Instant) -> bool {
         const NO_SPIN: WaitPolicy = WaitPolicy {
             spin: Duration::ZERO,
@@ -208,8 +246,9 @@ impl SessionSlot<'_> {
                     |v| v & !SESSION_SLEEPING != before,
                 );
             } else {
-                // A session reads its result: giving the slot back wakes
-                // no one, so look again shortly.
+                // A session holds it (reads its result, or has not
+                // submitted): giving it back wakes no one, so look again
+                // shortly.
                 std::thread::sleep(left.min(Duration::from_millis(1)));
             }
         }
@@ -237,15 +276,13 @@ impl SessionSlot<'_> {
     pub fn try_claim_noting(&self, holder: u32, released: &mut bool) -> Option<Claimed> {
         let w = self.owner.word.load(Ordering::Relaxed);
         let o = owner_low(w);
-        if o & HELD != 0 && (o & OWNER_ABANDONED == 0 || !self.abandoned_call_over(o)) {
+        if o & HELD != 0
+            && (o & OWNER_ABANDONED == 0 || o & OWNER_CLOSING != 0 || !self.abandoned_call_over(o))
+        {
             return None;
         }
         let generation = (owner_generation(o) + 1) & GEN_MASK;
-        let claim = Claimed {
-            holder,
-            generation,
-            seen: 0,
-        };
+        let claim = Claimed::new(holder, generation, 0);
         self.owner
             .word
             .compare_exchange(w, claim.held(), Ordering::Acquire, Ordering::Relaxed)
@@ -309,7 +346,7 @@ impl SessionSlot<'_> {
         if self.owner.word.load(Ordering::Relaxed) != claim.held() {
             return false;
         }
-        let next = Word::new(State::Submitted, claim.generation, 0).0;
+        let next = Word::new(State::Submitted, claim.generation(), 0).0;
         self.control
             .replace(claim.seen, next, WORKER_SLEEPING)
             .is_ok()
@@ -359,18 +396,20 @@ impl SessionSlot<'_> {
     pub fn unclaim(&self, claim: Claimed) -> bool {
         // While a session holds the owner word, nobody else writes it:
         // other sessions' claims fail on `HELD`, and no worker ever writes
-        // it (the master writes it only for a holder that died). So a
-        // plain store frees it, with no locked compare; the load guards
-        // against a claim given back twice.
+        // it (the master writes it only for a holder that died, and when it
+        // stops). So a plain store frees it, with no locked compare; the
+        // load guards against a claim given back twice. (Should the stop's
+        // mark land between the load and the store, the store undoes it
+        // and the stop marks the slot again on its next look.)
         if self.owner.word.load(Ordering::Relaxed) != claim.held() {
-            return false;
+            return self.give_back_closing(claim);
         }
         // SeqCst: the caller's `FreeSignal::notify` then loads `waiters`;
         // a Release store could pass that load (store buffering) and a
         // session announcing itself meanwhile would miss this release.
         self.owner
             .word
-            .store(owner_word(0, claim.generation, 0), Ordering::SeqCst);
+            .store(owner_word(0, claim.generation(), 0), Ordering::SeqCst);
         true
     }
 
@@ -382,30 +421,30 @@ impl SessionSlot<'_> {
     /// more) held.
     #[inline(never)]
     pub fn release(&self, claim: Claimed) -> bool {
-        let generation = claim.generation;
+        let generation = claim.generation();
         // A compare-exchange, not a store: the master gives up the claims
         // of a holder that died, and may race the holder's own release.
         // From here the slot is free for whoever sees call `generation`
-        // over. SeqCst, as in `unclaim`: the call may be over already.
-        if self
-            .owner
-            .word
-            .compare_exchange(
-                claim.held(),
-                owner_word(claim.holder, generation, HELD | OWNER_ABANDONED),
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            )
-            .is_err()
-        {
+        // over (closed, if the engine stops). SeqCst, as in `unclaim`: the
+        // call may be over already.
+        let given_up = owner_word(claim.holder(), generation, HELD | OWNER_ABANDONED);
+        let cas = |from: u64, to: u64| {
+            self.owner
+                .word
+                .compare_exchange(from, to, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+        };
+        let closing = OWNER_CLOSING as u64;
+        let open = cas(claim.held(), given_up);
+        if !open && !cas(claim.held() | closing, given_up | closing) {
             return false;
         }
         let running = Word::new(State::Submitted, generation, 0).0;
         let mut cur = self.control.state.load(Ordering::Acquire);
         for _ in 0..CAS_TRIES {
             if cur & !SLEEPING != running {
-                // The call is over: the slot is free now.
-                return true;
+                // The call is over: the slot is free now (unless closing).
+                return open;
             }
             match self.control.state.compare_exchange(
                 cur,
@@ -475,11 +514,7 @@ impl SessionSlot<'_> {
         if owner_holder(w) != holder || o & HELD == 0 || o & OWNER_ABANDONED != 0 {
             return false;
         }
-        self.release(Claimed {
-            holder,
-            generation: owner_generation(o),
-            seen: 0,
-        })
+        self.release(Claimed::new(holder, owner_generation(o), 0))
     }
 
     /// Master (supervisor): marks call `generation` as killed by the hard

@@ -59,6 +59,12 @@ pub(crate) const HELD: u32 = 1;
 /// Owner word: the session gave up on its running call; the slot is free
 /// once the state word shows that call over.
 pub(crate) const OWNER_ABANDONED: u32 = 2;
+/// Owner word: the engine stops and closes the slot. With the holder
+/// [`CLOSED_HOLDER`], no session holds it any more; with another holder,
+/// that session's claim is still out (it gives the slot back closed).
+pub(crate) const OWNER_CLOSING: u32 = 4;
+/// The holder of a closed slot's owner word: no session.
+pub(crate) const CLOSED_HOLDER: u32 = u32::MAX;
 
 /// The low half of an owner word: the generation and the flags.
 pub(crate) const fn owner(generation: u32, flags: u32) -> u32 {
@@ -590,11 +596,7 @@ mod tests {
 
     /// The claim of call `generation` by the engine's own process.
     fn held(generation: u32) -> crate::session::Claimed {
-        crate::session::Claimed {
-            holder: 0,
-            generation,
-            seen: 0,
-        }
+        crate::session::Claimed::new(0, generation, 0)
     }
     use crate::session::*;
     use std::time::Instant;
@@ -646,7 +648,7 @@ mod tests {
     fn full_cycle_bumps_generation() {
         let s = zeroed();
         let c = s.try_claim().unwrap();
-        assert_eq!(c.generation, 1);
+        assert_eq!(c.generation(), 1);
         assert_eq!(s.try_claim(), None, "claimed slot cannot be claimed twice");
         assert!(s.submit(c));
         assert_eq!(s.control.wait_task(&HOT), Task::Submitted(1));
@@ -655,7 +657,7 @@ mod tests {
         assert!(s.unclaim(held(1)));
         assert!(!s.is_held());
         let c2 = s.try_claim().unwrap();
-        assert_eq!(c2.generation, 2);
+        assert_eq!(c2.generation(), 2);
         assert_eq!(Word(c2.seen), Word::new(State::Done, 1, 0));
         assert!(s.submit(c2));
         assert_eq!(s.control.wait_task(&HOT), Task::Submitted(2));
@@ -666,8 +668,8 @@ mod tests {
         let s = zeroed();
         let c = s.try_claim().unwrap();
         assert!(s.submit(c));
-        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c.generation));
-        s.control.finish(c.generation);
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c.generation()));
+        s.control.finish(c.generation());
         let done = s.control.state.load(Ordering::Relaxed);
         assert!(s.release(c), "a finished call frees at once");
         let c2 = s.try_claim().unwrap();
@@ -692,15 +694,15 @@ mod tests {
         // (had it lived) changes nothing.
         let c = s.try_claim_noting(7, &mut false).unwrap();
         assert!(s.submit(c));
-        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c.generation));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c.generation()));
         assert!(!s.release_for(7), "the worker still runs the call");
         assert!(s.control.is_cancelled());
         assert_eq!(s.holder(), None, "given up");
         assert!(!s.release(c));
         assert_eq!(s.try_claim(), None, "not while the call runs");
-        assert!(s.control.finish(c.generation));
+        assert!(s.control.finish(c.generation()));
         let next = s.try_claim().expect("free once the call ended");
-        assert_eq!(next.generation, c.generation + 1);
+        assert_eq!(next.generation(), c.generation() + 1);
         assert_eq!(s.holder(), Some(0));
         assert!(
             !s.release_for(7),
@@ -710,25 +712,90 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_closes_a_free_slot_at_once() {
+        let s = zeroed();
+        assert!(s.close_if_idle());
+        assert!(s.is_closed());
+        assert_eq!(s.holder(), None, "closed: no session holds it");
+        assert_eq!(s.try_claim(), None);
+        assert_eq!(s.control.wait_task(&HOT), Task::Closed);
+        assert!(s.close_if_idle(), "closing again changes nothing");
+    }
+
+    #[test]
+    fn a_stop_waits_for_the_session_that_holds_the_slot() {
+        // Claimed, not submitted: the submit fails, the claim's return
+        // closes the slot.
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        assert!(!s.close_if_idle(), "a session holds it");
+        assert!(s.is_closed(), "but it is closing");
+        assert!(!s.submit(c), "no call starts on a closing slot");
+        assert!(!s.unclaim(c), "given back closed, not free");
+        assert_eq!(s.try_claim(), None);
+        assert!(s.close_if_idle());
+        assert_eq!(s.control.wait_task(&HOT), Task::Closed);
+
+        // Done, result unread: the stop waits until the session read it.
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        assert!(s.submit(c));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c.generation()));
+        assert!(!s.close_if_idle(), "the call runs");
+        assert!(!s.control.finish(c.generation()));
+        assert!(!s.close_if_idle(), "its session has not read the result");
+        assert_eq!(s.wait_done(c.generation(), &HOT, None), Some(Outcome::Done));
+        assert!(!s.unclaim(c));
+        assert_eq!(s.try_claim(), None, "nothing claims it once given back");
+        assert!(s.close_if_idle());
+    }
+
+    #[test]
+    fn a_stop_cancels_nothing_but_closes_after_a_given_up_call() {
+        // The session gives up on its running call while the slot closes:
+        // the call is cancelled, and the slot closes once it ends.
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        assert!(s.submit(c));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c.generation()));
+        assert!(!s.close_if_idle());
+        assert!(!s.control.is_cancelled(), "a stop cancels no call");
+        assert!(!s.release(c), "not free: closing");
+        assert!(s.control.is_cancelled(), "its session gave up on it");
+        assert!(!s.close_if_idle(), "the call still runs");
+        assert!(s.control.finish(c.generation()));
+        assert_eq!(s.try_claim(), None);
+        assert!(s.close_if_idle());
+
+        // A dead client's claim is given up the same way.
+        let s = zeroed();
+        let _c = s.try_claim_noting(7, &mut false).unwrap();
+        assert!(!s.close_if_idle());
+        assert!(!s.release_for(7), "given up, closing: not free");
+        assert_eq!(s.try_claim(), None);
+        assert!(s.close_if_idle());
+    }
+
+    #[test]
     fn an_abandoned_running_call_frees_the_slot_when_it_ends() {
         let s = zeroed();
         let c = s.try_claim().unwrap();
         assert!(s.submit(c));
-        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c.generation));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c.generation()));
         assert!(!s.release(c), "the worker still runs the call");
         assert!(s.control.is_abandoned());
         assert!(s.control.is_cancelled());
         assert!(s.is_held());
         assert_eq!(s.try_claim(), None, "not while the call runs");
         assert!(
-            s.control.finish(c.generation),
+            s.control.finish(c.generation()),
             "the call's end frees the slot"
         );
         assert!(!s.is_held());
         let c2 = s.try_claim().unwrap();
-        assert_eq!(c2.generation, c.generation + 1);
+        assert_eq!(c2.generation(), c.generation() + 1);
         assert!(s.submit(c2));
-        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c2.generation));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c2.generation()));
         assert!(
             !s.control.is_abandoned(),
             "a new call starts without the mark"
@@ -763,7 +830,7 @@ mod tests {
         let c1 = s.try_claim().unwrap();
         assert!(s.unclaim(c1));
         let c2 = s.try_claim().unwrap();
-        assert_ne!(c1.generation, c2.generation);
+        assert_ne!(c1.generation(), c2.generation());
         assert!(!s.submit(c1));
         assert!(!s.unclaim(c1));
         assert!(s.is_held(), "the new holder keeps the slot");
@@ -775,7 +842,7 @@ mod tests {
         let s = zeroed();
         let c = s.try_claim().unwrap();
         assert!(s.submit(c));
-        let g = c.generation;
+        let g = c.generation();
         let start = Instant::now();
         assert_eq!(s.wait_done(g, &HOT, Some(Duration::from_millis(5))), None);
         let took = start.elapsed();
@@ -810,7 +877,7 @@ mod tests {
         let submitted = Instant::now();
         assert!(s.submit(c));
         let (task, woke) = t.join().unwrap();
-        assert_eq!(task, Task::Submitted(c.generation));
+        assert_eq!(task, Task::Submitted(c.generation()));
         let late = woke.saturating_duration_since(submitted);
         assert!(late < Duration::from_millis(500), "woken after {late:?}");
     }
@@ -820,7 +887,7 @@ mod tests {
         let s = zeroed();
         let c = s.try_claim().unwrap();
         assert!(s.submit(c));
-        let g = c.generation;
+        let g = c.generation();
         let t = std::thread::spawn(move || (s.wait_done(g, &ZERO, None), Instant::now()));
         assert_eq!(s.control.wait_task(&HOT), Task::Submitted(g));
         soon("the session's sleep", || {
@@ -849,7 +916,7 @@ mod tests {
     fn reset_after_failure_starts_a_new_generation() {
         let s = zeroed();
         let c = s.try_claim().unwrap();
-        let g = c.generation;
+        let g = c.generation();
         assert!(s.submit(c));
         s.control.fail();
         assert_eq!(s.try_claim(), None);
@@ -861,7 +928,7 @@ mod tests {
             "the session frees its claim after the reset"
         );
         let c2 = s.try_claim().unwrap();
-        assert_ne!(c2.generation, g);
+        assert_ne!(c2.generation(), g);
         assert!(s.submit(c2));
     }
 
@@ -935,21 +1002,25 @@ mod tests {
         let s = zeroed();
         let c = s.try_claim().unwrap();
         assert_eq!(s.running_call(), None, "claimed, not stamped");
-        s.stamp(c.generation, 42);
+        s.stamp(c.generation(), 42);
         assert!(s.submit(c));
-        assert_eq!(s.running_call(), Some((c.generation, 42)));
+        assert_eq!(s.running_call(), Some((c.generation(), 42)));
         // A SOC that writes garbage, or another generation, into its state
         // word does not hide the call; only "over" (here: Idle of the call)
         // does, and the waiting session then ends with Broken.
         s.control.state.store(u32::MAX, Ordering::Relaxed);
-        assert_eq!(s.running_call(), Some((c.generation, 42)));
-        s.control
-            .state
-            .store(Word::new(State::Idle, c.generation, 0).0, Ordering::Relaxed);
-        assert_eq!(s.wait_done(c.generation, &HOT, None), Some(Outcome::Broken));
-        s.mark_killed(c.generation);
-        assert!(s.killed(c.generation));
-        assert!(!s.killed(c.generation + 1));
+        assert_eq!(s.running_call(), Some((c.generation(), 42)));
+        s.control.state.store(
+            Word::new(State::Idle, c.generation(), 0).0,
+            Ordering::Relaxed,
+        );
+        assert_eq!(
+            s.wait_done(c.generation(), &HOT, None),
+            Some(Outcome::Broken)
+        );
+        s.mark_killed(c.generation());
+        assert!(s.killed(c.generation()));
+        assert!(!s.killed(c.generation() + 1));
         assert!(s.unclaim(c));
         // The next claim is not the killed call, until it is stamped.
         let c2 = s.try_claim().unwrap();
@@ -958,9 +1029,9 @@ mod tests {
             None,
             "a claim of a finished slot does not run"
         );
-        s.stamp(c2.generation, 43);
+        s.stamp(c2.generation(), 43);
         assert!(
-            !s.killed(c2.generation) && !s.killed(c.generation),
+            !s.killed(c2.generation()) && !s.killed(c.generation()),
             "the mark is cleared"
         );
     }
@@ -972,7 +1043,7 @@ mod tests {
         let s = zeroed();
         let c = s.try_claim().unwrap();
         assert!(s.submit(c));
-        let g = c.generation;
+        let g = c.generation();
         let t = std::thread::spawn(move || (s.wait_done(g, &ZERO, None), Instant::now()));
         soon("the session's sleep", || {
             s.control.word().has(SESSION_SLEEPING)
@@ -1000,7 +1071,7 @@ mod tests {
         let s = zeroed();
         let c = s.try_claim().unwrap();
         assert!(s.submit(c));
-        let g = c.generation;
+        let g = c.generation();
         let t = std::thread::spawn(move || (s.wait_done(g, &ZERO, None), Instant::now()));
         soon("the session's sleep", || {
             s.control.word().has(SESSION_SLEEPING)
@@ -1022,7 +1093,7 @@ mod tests {
             .word
             .store(owner_word(0, GEN_MASK, 0), Ordering::Relaxed);
         let c = s.try_claim().unwrap();
-        assert_eq!(c.generation, 0);
+        assert_eq!(c.generation(), 0);
         assert!(s.submit(c));
         assert_eq!(s.control.wait_task(&HOT), Task::Submitted(0));
     }
@@ -1070,7 +1141,10 @@ mod tests {
                         s.control.input_len.store(input, Ordering::Relaxed);
                         assert!(s.submit(c));
                         if i % 2 == 0 {
-                            assert_eq!(s.wait_done(c.generation, &HOT, None), Some(Outcome::Done));
+                            assert_eq!(
+                                s.wait_done(c.generation(), &HOT, None),
+                                Some(Outcome::Done)
+                            );
                             assert_eq!(s.control.output_len.load(Ordering::Relaxed), input);
                             checked += 1;
                         }

@@ -9,7 +9,6 @@
 //! slots it lends live exactly as long as the borrow of the table.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
 
 use crate::Region;
 use crate::layout::{
@@ -97,8 +96,6 @@ pub struct SlotTable {
     positions: Vec<Vec<usize>>,
     places: Vec<SlotPlace>,
     signals: *const FreeSignal,
-    /// The engine header's stopping word.
-    stopping: *const AtomicU32,
     input_capacity: usize,
     output_capacity: usize,
 }
@@ -196,7 +193,7 @@ impl SlotTable {
     ) -> Self {
         let mut places = Vec::with_capacity(global_layout.slot_count);
         let mut positions = Vec::with_capacity(regions.len());
-        let (signals, stopping, input_capacity, output_capacity) = {
+        let (signals, input_capacity, output_capacity) = {
             let gv = GlobalView::with_layout(&global, &global_layout);
             for (soc, (region, layout)) in regions.iter().zip(&layouts).enumerate() {
                 let view = SocView::with_layout(region, layout);
@@ -222,12 +219,7 @@ impl SlotTable {
             let capacities = layouts
                 .first()
                 .map_or((0, 0), |l| (l.input_capacity, l.output_capacity));
-            (
-                std::ptr::from_ref(gv.signals()),
-                std::ptr::from_ref(&gv.header().stopping),
-                capacities.0,
-                capacities.1,
-            )
+            (std::ptr::from_ref(gv.signals()), capacities.0, capacities.1)
         };
         Self {
             global,
@@ -237,7 +229,6 @@ impl SlotTable {
             positions,
             places,
             signals,
-            stopping,
             input_capacity,
             output_capacity,
         }
@@ -309,23 +300,6 @@ impl SlotTable {
                 *p = at[*p];
             }
         }
-    }
-
-    /// The engine header's stopping word (the master sets it when it
-    /// stops).
-    #[inline]
-    pub fn stopping_word(&self) -> &AtomicU32 {
-        // SAFETY: points into the global region this table holds.
-        unsafe { &*self.stopping }
-    }
-
-    /// Whether the engine's stopping word is set (see
-    /// [`crate::layout::GlobalHeader::stopping`]).
-    #[inline]
-    pub fn stopping(&self) -> bool {
-        self.stopping_word()
-            .load(std::sync::atomic::Ordering::SeqCst)
-            != 0
     }
 
     /// The free-slot signal.

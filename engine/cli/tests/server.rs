@@ -765,6 +765,16 @@ fn a_stopping_server_lets_calls_in_flight_end() {
         assert!(served.running(), "the server stopped with a result unread");
         assert_eq!(unread.wait().unwrap(), b"kept");
         drop(unread);
+        // Given back, the worker takes no new call either, even one made
+        // at once.
+        let e = client
+            .call_on(Target::Worker { soc: 0, worker: 1 }, "sys_echo", b"after")
+            .map(|o| panic!("{o:?} log: {}", served.log()))
+            .unwrap_err();
+        assert!(
+            matches!(&e, CallError::EngineGone(m) if m.contains("stopping")),
+            "{e:?}"
+        );
         let status = served.wait_exit();
         assert!(status.success(), "{status:?}; log: {}", served.log());
     });

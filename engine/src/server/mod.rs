@@ -40,7 +40,7 @@ pub use config::ServerConfig;
 pub(crate) use dir::prepare as dir_prepare;
 pub(crate) use dir::{Paths, check_dir};
 pub use dir::{check_name, default_dir};
-pub(crate) use wire::{Hello, PROTOCOL, REFUSED, STATUS, receive, send};
+pub(crate) use wire::{Hello, PROTOCOL, REFUSED, STATUS, peer_pidfd, receive, send};
 
 /// Connections waiting to be accepted.
 const CLIENT_BACKLOG: usize = 128;
@@ -658,28 +658,4 @@ fn peer_groups(sock: BorrowedFd<'_>) -> Result<Vec<u32>, Errno> {
             _ => return Err(Errno::last()),
         }
     }
-}
-
-/// A pidfd of the process at the other end of `sock`: `SO_PEERPIDFD`
-/// (the process that connected, whatever happened to its pid since), or
-/// on kernels without it, a pidfd of `pid` checked to be still alive.
-fn peer_pidfd(sock: BorrowedFd<'_>, pid: i32) -> Result<OwnedFd, String> {
-    let mut fd: nix::libc::c_int = -1;
-    let mut len = size_of::<nix::libc::c_int>() as nix::libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `fd`.
-    let rc = unsafe {
-        nix::libc::getsockopt(
-            sock.as_raw_fd(),
-            nix::libc::SOL_SOCKET,
-            nix::libc::SO_PEERPIDFD,
-            (&raw mut fd).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 && fd >= 0 {
-        // SAFETY: the kernel just gave this process the descriptor.
-        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-    }
-    numaproc_soc::process::pidfd_open(nix::unistd::Pid::from_raw(pid))
-        .map_err(|e| format!("cannot watch the client's process {pid}: {e}"))
 }

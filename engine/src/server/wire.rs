@@ -150,6 +150,38 @@ pub fn receive(sock: BorrowedFd<'_>, deadline: Instant) -> Result<Option<Message
     }
 }
 
+/// A pidfd of the process at the other end of `sock`: `SO_PEERPIDFD`
+/// (the process that connected or listened, whatever happened to its pid
+/// since), or on kernels without it, a pidfd of `pid` (its pid as
+/// `SO_PEERCRED` gave it), taken while the socket shows the peer still
+/// there (so the pid was not reused).
+pub fn peer_pidfd(sock: BorrowedFd<'_>, pid: i32) -> Result<OwnedFd, String> {
+    let mut fd: nix::libc::c_int = -1;
+    let mut len = size_of::<nix::libc::c_int>() as nix::libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `fd`.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            sock.as_raw_fd(),
+            nix::libc::SOL_SOCKET,
+            nix::libc::SO_PEERPIDFD,
+            (&raw mut fd).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 && fd >= 0 {
+        // SAFETY: the kernel just gave this process the descriptor.
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    let pidfd = numaproc_soc::process::pidfd_open(nix::unistd::Pid::from_raw(pid))
+        .map_err(|e| format!("cannot watch the peer process {pid}: {e}"))?;
+    let mut fds = [PollFd::new(sock, PollFlags::empty())];
+    match poll(&mut fds, nix::poll::PollTimeout::ZERO) {
+        Ok(0) => Ok(pidfd),
+        Ok(_) => Err(format!("the peer process {pid} went away")),
+        Err(e) => Err(format!("cannot watch the peer process {pid}: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,6 @@
 //! settings (the master's, read-only for SOCs), the free-slot signal's
 //! page and the sessions' owner lines.
 
-use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use super::{LayoutError, NameEntry, NameRecord, PAGE, header_offset, round_up};
@@ -36,11 +35,7 @@ pub struct GlobalHeader {
     pub owners_offset: u64,
     /// Number of slots (of owner lines).
     pub slot_count: u32,
-    /// Non-zero once the engine stops: no new call may start (sessions
-    /// look before they submit). Written by the master only; clients, who
-    /// map this page writable, trust their server anyway, and the master's
-    /// own sessions check a non-zero word against the master's own state.
-    pub stopping: AtomicU32,
+    _reserved: u32,
     /// Input buffer capacity of every slot.
     pub input_capacity: u64,
     /// Output buffer capacity of every slot.
@@ -320,7 +315,7 @@ pub unsafe fn init_global(region: &Region, layout: &GlobalLayout, fill: GlobalFi
         signals_offset: layout.signals() as u64,
         owners_offset: layout.owners() as u64,
         slot_count: layout.slot_count as u32,
-        stopping: AtomicU32::new(0),
+        _reserved: 0,
         input_capacity: fill.input_capacity as u64,
         output_capacity: fill.output_capacity as u64,
         worker_spin_ns: fill.worker_spin.as_nanos() as u64,
