@@ -114,8 +114,11 @@ pub(crate) struct CallArgs {
     #[arg(value_name = "PROC")]
     proc: String,
     /// The input bytes, as text (default: none; see --input-file).
-    #[arg(value_name = "INPUT", conflicts_with = "input_file")]
+    #[arg(value_name = "INPUT", conflicts_with_all = ["input_file", "input_flag"])]
     input: Option<String>,
+    /// The input bytes, as text (the same as INPUT).
+    #[arg(long = "input", value_name = "TEXT", conflicts_with = "input_file")]
+    input_flag: Option<String>,
     /// Read the input from a file (`-`: standard input).
     #[arg(long, value_name = "FILE")]
     input_file: Option<PathBuf>,
@@ -246,7 +249,10 @@ fn notify(state: &str) {
 }
 
 pub(crate) fn call(args: CallArgs) -> Result<ExitCode> {
-    let input = match (&args.input, &args.input_file) {
+    let input = match (
+        args.input.as_ref().or(args.input_flag.as_ref()),
+        &args.input_file,
+    ) {
         (Some(text), _) => text.as_bytes().to_vec(),
         (None, Some(path)) if path.as_os_str() == "-" => {
             let mut buf = Vec::new();
