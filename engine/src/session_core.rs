@@ -345,20 +345,40 @@ impl SessionCore {
         } else {
             self.next_start.fetch_add(1, Ordering::Relaxed) % n
         };
-        // With bound workers, first avoid the worker on this thread's CPU:
-        // it could only run when this thread stops spinning.
+        // With bound workers, first avoid the worker on this thread's CPU
+        // (it could only run when this thread stops spinning), and prefer
+        // the SOC of the worker on this CPU if there is one (this CPU's
+        // node): first that SOC's other workers, then any other, then the
+        // one on this CPU.
         let here = if self.binding && n > 1 {
-            // SAFETY: sched_getcpu has no preconditions.
-            let cpu = unsafe { nix::libc::sched_getcpu() };
-            u32::try_from(cpu).ok()
+            current_cpu()
         } else {
             None
         };
-        let passes = if here.is_some() { 2 } else { 1 };
+        let near = here.and_then(|cpu| {
+            let pos = self.cpus.iter().position(|&c| c == Some(cpu))?;
+            Some(self.table.place(pos)?.soc())
+        });
+        let passes = match (here, near) {
+            (None, _) => 1,
+            (Some(_), None) => 2,
+            (Some(_), Some(_)) => 3,
+        };
         for pass in 0..passes {
             for k in 0..n {
                 let pos = at((start + k) % n);
-                if pass == 0 && here.is_some() && self.cpus[pos] == here {
+                let on_here = here.is_some() && self.cpus[pos] == here;
+                let skip = match (passes, pass) {
+                    (1, _) => false,
+                    // Two passes: not on this CPU, then any.
+                    (2, 0) => on_here,
+                    (2, _) => false,
+                    // Three: this node's others, any other, then any.
+                    (_, 0) => on_here || Some(places[pos].soc()) != near,
+                    (_, 1) => on_here,
+                    _ => false,
+                };
+                if skip {
                     continue;
                 }
                 let mut released = false;
@@ -434,6 +454,11 @@ impl SessionCore {
                 if let Target::Soc(soc) = target
                     && self.table.place(last)?.soc() != soc
                 {
+                    return None;
+                }
+                // A worker pinned to this thread's CPU could only run once
+                // this thread stops waiting: let the scan find another.
+                if self.binding && self.cpus.get(last).copied().flatten() == current_cpu() {
                     return None;
                 }
                 last
@@ -687,4 +712,12 @@ impl SessionCore {
 #[cold]
 pub(crate) fn stopping() -> CallError {
     CallError::EngineGone("the engine is stopping".to_owned())
+}
+
+/// The CPU this thread runs on (`sched_getcpu`: read from the kernel's
+/// restartable-sequence area or the vDSO, no system call).
+#[inline]
+fn current_cpu() -> Option<u32> {
+    // SAFETY: sched_getcpu has no preconditions.
+    u32::try_from(unsafe { nix::libc::sched_getcpu() }).ok()
 }
