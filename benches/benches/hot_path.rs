@@ -61,7 +61,7 @@ fn slot(c: &mut Criterion) {
         // the worker's wait and finish, the session's wait and release.
         b.iter(|| {
             let Some(c) = s.try_claim() else { return };
-            s.write_request(0, 0, 0);
+            s.write_request(0, 0, 0, false);
             s.submit(c);
             if let Task::Submitted(g) = control.wait_task(&HOT) {
                 control.write_response(&Response::default());

@@ -194,6 +194,8 @@ pub struct Client {
 struct ServerWatch {
     name: String,
     gone: AtomicBool,
+    /// The server's process: readable once it ended.
+    server: OwnedFd,
 }
 
 impl Availability for ServerWatch {
@@ -208,6 +210,14 @@ impl Availability for ServerWatch {
                 self.name
             )
         })
+    }
+
+    fn gone_now(&self) -> Option<String> {
+        let mut fds = [PollFd::new(self.server.as_fd(), PollFlags::POLLIN)];
+        if matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+            self.gone.store(true, Ordering::Release);
+        }
+        self.gone()
     }
 
     fn watches_engine(&self) -> bool {
@@ -227,7 +237,6 @@ const SERVER_EXIT_GRACE: Duration = Duration::from_secs(1);
 fn watch_server(
     sock: Arc<OwnedFd>,
     stop: OwnedFd,
-    server: OwnedFd,
     watch: Arc<ServerWatch>,
     core: Arc<SessionCore>,
 ) {
@@ -252,7 +261,7 @@ fn watch_server(
         }
         if fds[0].revents().is_some_and(|r| !r.is_empty()) {
             watch.gone.store(true, Ordering::Release);
-            let mut ended = [PollFd::new(server.as_fd(), PollFlags::POLLIN)];
+            let mut ended = [PollFd::new(watch.server.as_fd(), PollFlags::POLLIN)];
             let grace = PollTimeout::try_from(SERVER_EXIT_GRACE).unwrap_or(PollTimeout::MAX);
             if matches!(poll(&mut ended, grace), Ok(n) if n > 0) {
                 // Its SOCs die with it: no worker will ever answer. (A server
@@ -392,6 +401,7 @@ impl Client {
         let watch = Arc::new(ServerWatch {
             name: name.to_owned(),
             gone: AtomicBool::new(false),
+            server,
         });
         let core = SessionCore::attach_watched(
             global,
@@ -412,7 +422,7 @@ impl Client {
             .name("np-client-watch".to_owned())
             .spawn({
                 let (sock, core) = (Arc::clone(&sock), Arc::clone(&core));
-                move || watch_server(sock, stop_read, server, watch, core)
+                move || watch_server(sock, stop_read, watch, core)
             })
             .map_err(|e| invalid(format!("cannot start the watcher thread: {e}")))?;
         Ok(Client {

@@ -20,16 +20,25 @@ pub struct Claim<'c> {
     slot: &'c SlotPlace,
     claimed: Claimed,
     deadline_ns: u64,
+    /// Whether this thread runs on the worker's CPU: the call hands the
+    /// CPU over (see [`Session`]'s wait).
+    same_cpu: bool,
 }
 
 impl<'c> Claim<'c> {
     #[inline]
-    pub(crate) fn new(core: &'c SessionCore, slot: &'c SlotPlace, claimed: Claimed) -> Self {
+    pub(crate) fn new(
+        core: &'c SessionCore,
+        slot: &'c SlotPlace,
+        claimed: Claimed,
+        same_cpu: bool,
+    ) -> Self {
         Self {
             core,
             slot,
             claimed,
             deadline_ns: 0,
+            same_cpu,
         }
     }
 
@@ -67,7 +76,7 @@ impl<'c> Claim<'c> {
             return Err(CallError::InputTooLarge { len, capacity });
         }
         let session = self.slot.session();
-        session.write_request(id.index(), len as u64, self.deadline_ns);
+        session.write_request(id.index(), len as u64, self.deadline_ns, self.same_cpu);
         if self.core.settings().hard_limit.is_some() {
             // The supervisor reads it (with the owner word) to tell an
             // overrun, in the sessions' own memory, where the SOC cannot
@@ -77,7 +86,7 @@ impl<'c> Claim<'c> {
         if !session.submit(self.claimed) {
             // Only the supervisor takes a claimed slot away: its SOC died.
             // Dropping the claim gives it back.
-            return Err(self.core.engine_gone().unwrap_or_else(|| {
+            return Err(self.core.engine_gone_now().unwrap_or_else(|| {
                 if session.is_closed() {
                     crate::session_core::stopping()
                 } else {
@@ -92,6 +101,7 @@ impl<'c> Claim<'c> {
             proc: id,
             len: PENDING,
             error: None,
+            same_cpu: self.same_cpu,
         };
         // The slot is the session's now: the claim must not give it back.
         std::mem::forget(self);
@@ -141,7 +151,16 @@ pub struct Session<'c> {
     len: usize,
     /// The call's error, once known.
     error: Option<Box<CallError>>,
+    /// Whether this thread runs on the worker's CPU: then it sleeps at once
+    /// (spinning would only keep the worker from running).
+    same_cpu: bool,
 }
+
+/// A session's wait on the worker's own CPU: sleep at once.
+const HAND_OFF: numaproc_ipc::WaitPolicy = numaproc_ipc::WaitPolicy {
+    spin: Duration::ZERO,
+    yield_after: Duration::ZERO,
+};
 
 impl Session<'_> {
     /// The worker running the call.
@@ -186,7 +205,11 @@ impl Session<'_> {
     #[inline]
     fn wait_for(&mut self, timeout: Option<Duration>) -> Result<&[u8], CallError> {
         if self.len == PENDING && self.error.is_none() {
-            let policy = &self.core.settings().session_policy;
+            let policy = if self.same_cpu {
+                &HAND_OFF
+            } else {
+                &self.core.settings().session_policy
+            };
             let outcome = self
                 .slot
                 .session()
@@ -237,7 +260,7 @@ impl Session<'_> {
             }
             _ => self
                 .core
-                .engine_gone()
+                .engine_gone_now()
                 .unwrap_or(CallError::SocDied(self.slot.soc())),
         }
     }

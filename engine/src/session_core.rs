@@ -45,6 +45,13 @@ pub(crate) trait Availability: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// [`Availability::gone`], asking the kernel when the watch has not
+    /// seen it yet (a call's cold path: another watcher may have acted on
+    /// the engine's end first).
+    fn gone_now(&self) -> Option<String> {
+        self.gone()
+    }
+
     /// Whether the engine can go away under this core's callers (a
     /// client's server): a call that fails then asks [`Availability::gone`]
     /// (the client's watcher fails every slot of a server that died, and
@@ -221,11 +228,18 @@ impl SessionCore {
                 }
             }
         }
-        let slots = table.len();
+        // Where each worker is pinned, as its SOC wrote it: used only to
+        // choose how this process waits (a wrong value costs time, no more).
+        let cpus: Vec<Option<u32>> = table
+            .places()
+            .iter()
+            .map(|p| p.session().control.planned_cpu())
+            .collect();
+        let binding = cpus.iter().all(Option::is_some);
         let mut core = Self::new(
             table,
-            vec![None; slots],
-            false,
+            cpus,
+            binding,
             Arc::new(registry),
             availability,
             settings,
@@ -444,8 +458,11 @@ impl SessionCore {
     /// this thread used last when it is a candidate, if it is free.
     #[inline]
     fn claim_preferred(&self, target: Target) -> Option<Claim<'_>> {
-        let pos = match target {
-            Target::Worker { soc, worker } => *self.by_soc.get(soc)?.get(worker)?,
+        let (pos, same_cpu) = match target {
+            Target::Worker { soc, worker } => {
+                let pos = *self.by_soc.get(soc)?.get(worker)?;
+                (pos, self.binding && self.cpus[pos] == current_cpu())
+            }
             Target::Any | Target::Soc(_) => {
                 let (core, last) = LAST_SLOT.with(Cell::get);
                 if core != self.id {
@@ -461,7 +478,7 @@ impl SessionCore {
                 if self.binding && self.cpus.get(last).copied().flatten() == current_cpu() {
                     return None;
                 }
-                last
+                (last, false)
             }
         };
         let place = self.table.place(pos)?;
@@ -472,7 +489,7 @@ impl SessionCore {
             }
             return None;
         };
-        Some(Claim::new(self, place, claimed))
+        Some(Claim::new(self, place, claimed, same_cpu))
     }
 
     /// The scan over every candidate, then the wait for a free one.
@@ -496,7 +513,8 @@ impl SessionCore {
             .table
             .place(pos)
             .ok_or_else(|| CallError::NoSuchTarget(format!("slot {pos}")))?;
-        Ok(Claim::new(self, place, claimed))
+        let same_cpu = self.binding && self.cpus[pos] == current_cpu();
+        Ok(Claim::new(self, place, claimed, same_cpu))
     }
 
     /// Claims an idle worker of `target`, waiting up to the claim timeout
@@ -692,13 +710,25 @@ impl SessionCore {
         })
     }
 
-    /// [`CallError::EngineGone`] once a client's server is gone.
+    /// [`CallError::EngineGone`] once a client's server is gone (as its
+    /// watcher saw it).
     #[inline]
     pub(crate) fn engine_gone(&self) -> Option<CallError> {
         if !self.watched {
             return None;
         }
         self.availability.gone().map(CallError::EngineGone)
+    }
+
+    /// [`SessionCore::engine_gone`], asking the kernel too: for a call that
+    /// failed, whose slot another client's watcher may have failed before
+    /// this client's watcher saw the server end.
+    #[cold]
+    pub(crate) fn engine_gone_now(&self) -> Option<CallError> {
+        if !self.watched {
+            return None;
+        }
+        self.availability.gone_now().map(CallError::EngineGone)
     }
 
     /// Wakes sessions waiting for a free slot (after a release).

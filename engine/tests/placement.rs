@@ -131,3 +131,58 @@ fn the_worker_on_the_callers_cpu_serves_when_no_other_is_idle() {
     });
     engine.shutdown().unwrap();
 }
+
+#[test]
+fn a_caller_on_the_workers_cpu_hands_it_over_and_never_stalls() {
+    let Some(engine) = start(1, 1, "placehand") else {
+        return;
+    };
+    let (worker, cpu) = workers(&engine)[0];
+    let other = numaproc::allowed_cpus()
+        .unwrap()
+        .into_iter()
+        .find(|&c| c != cpu)
+        .expect("a second CPU");
+    let target = Target::Worker {
+        soc: worker.soc,
+        worker: worker.worker,
+    };
+    let place = engine
+        .table()
+        .place(engine.table().position(worker.soc, worker.worker).unwrap())
+        .unwrap();
+    // A watchdog far above the few milliseconds this takes: a hand-over
+    // that stalls (both sides waiting for the CPU the other holds) fails
+    // the test instead of hanging it.
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if watch
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .is_err()
+        {
+            eprintln!("the same-CPU calls stalled");
+            std::process::abort();
+        }
+    });
+    let per_call = pinned(cpu, || {
+        let t = std::time::Instant::now();
+        for i in 0..2000u32 {
+            let input = i.to_le_bytes();
+            assert_eq!(engine.call_on(target, "sys_echo", &input).unwrap(), input);
+            assert!(
+                place.session().control.hand_off(),
+                "call {i} did not hand over"
+            );
+        }
+        t.elapsed() / 2000
+    });
+    eprintln!("a call on the caller's own CPU: {per_call:?}");
+    // From another CPU, no hand-over.
+    pinned(other, || {
+        engine.call_on(target, "sys_ping", b"").unwrap();
+        assert!(!place.session().control.hand_off());
+    });
+    done.send(()).unwrap();
+    watchdog.join().unwrap();
+    engine.shutdown().unwrap();
+}

@@ -298,17 +298,21 @@ impl SessionSlot<'_> {
     }
 
     /// Writes the request of the claimed call (before
-    /// [`SessionSlot::submit`]): procedure, input length, and the
-    /// cancellation deadline (CLOCK_MONOTONIC ns; 0: none), the last only
-    /// when it differs from the slot's (every store costs on the worker's
-    /// side of the hand-over).
+    /// [`SessionSlot::submit`]): procedure, input length, the cancellation
+    /// deadline (CLOCK_MONOTONIC ns; 0: none) and whether the session runs
+    /// on the worker's CPU (see [`SlotControl::hand_off`]), the last two
+    /// only when they differ from the slot's (every store costs on the
+    /// worker's side of the hand-over).
     #[inline]
-    pub fn write_request(&self, proc_id: u32, input_len: u64, deadline_ns: u64) {
+    pub fn write_request(&self, proc_id: u32, input_len: u64, deadline_ns: u64, hand_off: bool) {
         let c = self.control;
         c.proc_id.store(proc_id, Ordering::Relaxed);
         c.input_len.store(input_len, Ordering::Relaxed);
         if c.deadline_ns.load(Ordering::Relaxed) != deadline_ns {
             c.deadline_ns.store(deadline_ns, Ordering::Relaxed);
+        }
+        if (c.hand_off.load(Ordering::Relaxed) != 0) != hand_off {
+            c.hand_off.store(u32::from(hand_off), Ordering::Relaxed);
         }
     }
 

@@ -189,7 +189,11 @@ pub struct SlotControl {
     pub(crate) output_len: AtomicU64,
     /// Response: bytes used in the message buffer.
     pub(crate) message_len: AtomicU32,
-    _reserved_request: AtomicU32,
+    /// Request: non-zero when the session runs on the worker's CPU. It
+    /// then sleeps at once after submitting, and the worker sleeps at once
+    /// after answering: each hands the CPU straight to the other, as a
+    /// futex ping-pong does, instead of spinning where the other would run.
+    pub(crate) hand_off: AtomicU32,
     /// Request: CLOCK_MONOTONIC time (ns) after which the call counts as
     /// cancelled; 0: none.
     pub(crate) deadline_ns: AtomicU64,
@@ -363,6 +367,14 @@ impl SlotControl {
             }
         }
         Err(cur)
+    }
+
+    /// Worker: whether the session of the call just taken runs on this
+    /// worker's CPU (see [`SlotControl::hand_off`]): wait for the next call
+    /// without spinning.
+    #[inline]
+    pub fn hand_off(&self) -> bool {
+        self.hand_off.load(Ordering::Relaxed) != 0
     }
 
     /// Worker: whether the session gave up on the running call.

@@ -159,14 +159,26 @@ pub(crate) fn run(
         slot_cancelled,
         std::ptr::from_ref(control).cast::<c_void>(),
     );
+    // After a call whose session runs on this CPU, the next wait does not
+    // spin: the session needs the CPU to go on (see SlotControl::hand_off).
+    const HAND_OFF: WaitPolicy = WaitPolicy {
+        spin: std::time::Duration::ZERO,
+        yield_after: std::time::Duration::ZERO,
+    };
+    let mut wait = &policy;
     loop {
-        let generation = match control.wait_task(&policy) {
+        let generation = match control.wait_task(wait) {
             Task::Closed => return,
             Task::Abandoned => {
                 free.notify();
                 continue;
             }
             Task::Submitted(g) => g,
+        };
+        wait = if control.hand_off() {
+            &HAND_OFF
+        } else {
+            &policy
         };
         serve(&ctx, &c_host, slot, mine);
         if control.finish(generation) {

@@ -634,7 +634,13 @@ fn c_calls_report_every_outcome() {
     assert_eq!(r.status, Status::InvalidArgument, "{r:?}");
     let t = Instant::now();
     let r = c.call_to((0, 0), "sys_sleep", b"3000", 0, Some(50));
-    assert_eq!(r.status, Status::CallTimeout, "{r:?}");
+    // The deadline is the procedure's too: sys_sleep may see itself
+    // cancelled and answer before the wait sees the time is up.
+    assert!(
+        r.status == Status::CallTimeout
+            || (r.status == Status::Failed && r.err.message().ends_with(": cancelled")),
+        "{r:?}"
+    );
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     let r = c.call_to((0, 1), "sys_echo", b"in time", 64, Some(5000));
     assert_eq!(

@@ -1168,6 +1168,12 @@ fn a_json_log_has_one_object_per_event_with_its_fields() {
     let holder = client.holder();
     assert_eq!(client.call("sys_echo", b"x").unwrap(), b"x");
     drop(client);
+    // The server notices the hang-up on its own time: wait for it.
+    let deadline = Instant::now() + STEP;
+    while !served.log().contains("went away") {
+        assert!(Instant::now() < deadline, "log: {}", served.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert!(served.stop().success(), "log: {}", served.log());
     let events: Vec<serde_json::Value> = served
         .log()
