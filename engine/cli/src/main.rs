@@ -48,14 +48,20 @@ enum Command {
     /// (Type=notify) if NOTIFY_SOCKET is set.
     Serve(serve::ServeArgs),
     /// Call a procedure of a running server and write its output to
-    /// standard output.
+    /// standard output (with --json: a JSON object; with --repeat N: the
+    /// latencies of N calls).
     ///
-    /// Exit status: 0 the call succeeded; 1 the procedure failed (or
-    /// does not exist, or its input or output does not fit); 2 bad
+    /// The input is INPUT, --input or --input-file; without them, standard
+    /// input when it is not a terminal, else nothing.
+    ///
+    /// Exit status: 0 the call succeeded (every call, with --repeat); 1
+    /// the procedure failed (or does not exist, or its input or output
+    /// does not fit, or the target SOC or worker does not exist); 2 bad
     /// arguments; 3 no server could be reached (none runs under the name,
     /// it refused this process, or it speaks another version); 4 no idle
-    /// worker or no result within --timeout-ms; 5 the engine could not
-    /// run the call (its SOC died, it stopped).
+    /// worker or no result within --timeout; 5 the engine could not run
+    /// the call (its SOC died, it stopped). With --repeat, the status of
+    /// the first failed call.
     Call(serve::CallArgs),
     /// Print what a running server says of itself: its SOCs, procedures
     /// and clients. Exit status 3 when no server could be reached.
