@@ -1,6 +1,7 @@
-//! `numaproc call` against a real `numaproc serve`: durations, standard
-//! input, `--json`, `--repeat`, and what the commands say when no server
-//! runs. Every wait is bounded; every server
+//! `numaproc call`, `status` and `list` against a real `numaproc serve`:
+//! durations, standard input, `--json`, `--repeat`, per-procedure
+//! statistics, SOCs that cannot answer, the procedure list, and what each
+//! command says when no server runs. Every wait is bounded; every server
 //! and command is killed if a test fails, and each test checks that its
 //! server left no process, socket or shared memory.
 
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use numaproc::{Client, ClientOptions};
+use numaproc::{Client, ClientOptions, Target};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_numaproc");
@@ -61,6 +62,24 @@ fn objects_left(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// The Rust example library, built by cargo as a dev-dependency.
+fn example_library() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let mut dir = exe.parent();
+    while let Some(d) = dir {
+        for c in [
+            d.join("libnumaproc_example.so"),
+            d.join("deps/libnumaproc_example.so"),
+        ] {
+            if c.is_file() {
+                return c;
+            }
+        }
+        dir = d.parent();
+    }
+    panic!("libnumaproc_example.so not found near {}", exe.display());
+}
+
 /// A `numaproc serve` process in its own runtime directory.
 struct Served {
     child: Option<Child>,
@@ -73,13 +92,27 @@ struct Served {
 
 impl Served {
     /// Starts `numaproc serve` with a configuration of `toml` lines (a
-    /// name prefix of its own added) and waits for its READY=1.
-    fn start(tag: &str, toml: &str) -> Served {
+    /// name prefix of its own added; with `library`, the example library
+    /// too) and waits for its READY=1.
+    fn start(tag: &str, toml: &str, library: bool) -> Served {
         let root = std::env::temp_dir().join(format!("np-cmd-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let prefix = format!("cm{}{}", std::process::id(), tag.replace('-', "_"));
-        let config = format!("name_prefix = \"{prefix}\"\n{toml}");
+        let mut config = format!("name_prefix = \"{prefix}\"\n");
+        if library {
+            use std::os::unix::fs::PermissionsExt;
+            let lib_dir = root.join("lib");
+            std::fs::create_dir(&lib_dir).unwrap();
+            let lib = lib_dir.join("libnumaproc_example.so");
+            std::fs::copy(example_library(), &lib).unwrap();
+            std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
+            config += &format!(
+                "library_dir = \"{}\"\nlibraries = [\"numaproc_example\"]\n",
+                lib_dir.display()
+            );
+        }
+        config += toml;
         let notify_path = root.join("notify");
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         let mut served = Served {
@@ -346,7 +379,7 @@ fn base64_decode(text: &str) -> Vec<u8> {
 
 #[test]
 fn call_timeout_takes_a_duration_and_refuses_a_bad_one() {
-    let mut served = Served::start("timeout", "socs = 1\nworkers_per_soc = 1\n");
+    let mut served = Served::start("timeout", "socs = 1\nworkers_per_soc = 1\n", false);
     let pids = served.soc_pids();
     let t = Instant::now();
     let ran = run(
@@ -408,7 +441,7 @@ fn call_timeout_takes_a_duration_and_refuses_a_bad_one() {
 
 #[test]
 fn call_reads_standard_input_when_given_no_input() {
-    let mut served = Served::start("stdin", "socs = 1\nworkers_per_soc = 1\n");
+    let mut served = Served::start("stdin", "socs = 1\nworkers_per_soc = 1\n", false);
     let pids = served.soc_pids();
     let ran = run(Some(&served), &["call", "sys_echo"], Some(b"data"));
     assert_eq!((ran.code, ran.stdout()), (Some(0), "data"), "{}", ran.err);
@@ -435,7 +468,7 @@ fn call_reads_standard_input_when_given_no_input() {
 
 #[test]
 fn call_json_gives_the_output_the_worker_and_the_error() {
-    let mut served = Served::start("json", "socs = 2\nworkers_per_soc = 1\n");
+    let mut served = Served::start("json", "socs = 2\nworkers_per_soc = 1\n", false);
     let pids = served.soc_pids();
 
     // UTF-8 output: as text, with the worker that ran it.
@@ -557,10 +590,11 @@ fn call_json_gives_the_output_the_worker_and_the_error() {
 
 #[test]
 fn repeat_makes_exactly_n_calls_and_prints_percentiles() {
-    let mut served = Served::start("repeat", "socs = 2\nworkers_per_soc = 1\n");
+    let mut served = Served::start("repeat", "socs = 2\nworkers_per_soc = 1\n", false);
     let pids = served.soc_pids();
-    // `status` itself makes no call.
-    const STATUS_CALLS: u64 = 0;
+    // Each `status` calls sys_stats once on each of the 2 SOCs, after it
+    // read the SOCs' counts: the next `status` counts those 2 too.
+    const STATUS_CALLS: u64 = 2;
     let before = soc_calls(&status_json(&served));
 
     let ran = run(
@@ -644,14 +678,276 @@ fn repeat_makes_exactly_n_calls_and_prints_percentiles() {
 }
 
 #[test]
+fn status_counts_each_procedure_over_the_socs() {
+    let mut served = Served::start("stats", "socs = 2\nworkers_per_soc = 1\n", true);
+    let pids = served.soc_pids();
+    for (soc, n) in [("0", 3), ("1", 2)] {
+        for i in 0..n {
+            let input = format!("{soc}-{i}");
+            let ran = run(
+                Some(&served),
+                &["call", "--soc", soc, "sys_echo", &input],
+                None,
+            );
+            assert_eq!(
+                (ran.code, ran.stdout()),
+                (Some(0), input.as_str()),
+                "{}",
+                ran.err
+            );
+        }
+    }
+    let ran = run(
+        Some(&served),
+        &["call", "--soc", "1", "sys_sleep", "soon"],
+        None,
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.err);
+    let ran = run(Some(&served), &["call", "example.reverse", "abc"], None);
+    assert_eq!((ran.code, ran.stdout()), (Some(0), "cba"), "{}", ran.err);
+
+    let v = status_json(&served);
+    assert_eq!(v["name"], "stats");
+    assert_eq!(v["pid"], served.pid());
+    assert_eq!(v["socs_answered"], 2, "{v:#}");
+    let socs = v["socs"].as_array().unwrap();
+    assert_eq!(socs.len(), 2);
+    for (i, s) in socs.iter().enumerate() {
+        assert_eq!(s["soc"], i);
+        assert_eq!(s["state"], "ready");
+        assert_eq!(s["pid"], pids[i]);
+        assert_eq!(s["workers"], 1);
+        assert_eq!(s["cpus"].as_array().unwrap().len(), 1, "{s}");
+        assert!(s["stats"].is_object(), "{s}");
+        assert!(s.get("stats_error").is_none(), "{s}");
+        let echo = s["stats"]["procs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "sys_echo")
+            .unwrap_or_else(|| panic!("{s}"));
+        assert_eq!(echo["calls"], [3, 2][i], "{s}");
+    }
+    let libs = v["libraries"].as_array().unwrap();
+    assert_eq!(
+        libs,
+        &[serde_json::json!({
+            "name": "numaproc_example",
+            "version": env!("CARGO_PKG_VERSION"),
+            "procedures": 5,
+        })]
+    );
+    let procs = v["procedures"].as_array().unwrap();
+    let proc = |name: &str| {
+        procs
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name}: {v:#}"))
+    };
+    let echo = proc("sys_echo");
+    assert_eq!(
+        (echo["calls"].as_u64(), echo["errors"].as_u64()),
+        (Some(5), Some(0))
+    );
+    assert_eq!(echo["origin"], "built-in");
+    let (p50, p99) = (
+        echo["p50_ns"].as_u64().unwrap(),
+        echo["p99_ns"].as_u64().unwrap(),
+    );
+    assert!(0 < p50 && p50 <= p99, "{echo}");
+    let sleep = proc("sys_sleep");
+    assert_eq!(
+        (sleep["calls"].as_u64(), sleep["errors"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let reverse = proc("example.reverse");
+    assert_eq!(reverse["calls"], 1);
+    assert_eq!(reverse["origin"], "library");
+    assert_eq!(reverse["library"]["name"], "numaproc_example");
+    let ping = proc("sys_ping");
+    assert_eq!(
+        (ping["calls"].as_u64(), ping["p50_ns"].as_u64()),
+        (Some(0), Some(0))
+    );
+    // This command was the one client attached.
+    assert_eq!(v["clients"].as_array().unwrap().len(), 1);
+
+    let ran = run(Some(&served), &["status"], None);
+    assert_eq!(ran.code, Some(0), "{}", ran.err);
+    let text = ran.stdout();
+    for line in [
+        "server stats: pid ",
+        "  SOC 0 (node ",
+        "    worker 0: ",
+        "  libraries:\n    numaproc_example ",
+        "the sum over 2 of 2 SOC(s); p50 and p99: the largest of theirs",
+        "  clients: 1",
+    ] {
+        assert!(text.contains(line), "{line:?}: {text}");
+    }
+    let echo_line = text
+        .lines()
+        .find(|l| l.contains(" sys_echo "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(echo_line.contains(" built-in "), "{echo_line}");
+    let numbers: Vec<&str> = echo_line.split_whitespace().collect();
+    assert_eq!(numbers[3..5], ["5", "0"], "{echo_line}");
+    served.stop_clean(&pids);
+}
+
+#[test]
+fn status_shows_a_soc_that_cannot_answer() {
+    let mut served = Served::start(
+        "quiet",
+        "socs = 2\nworkers_per_soc = 1\n[restart]\nmax_restarts = 0\n",
+        false,
+    );
+    let pids = served.soc_pids();
+    // SOC 1's only worker is held: its sys_stats finds no idle worker.
+    {
+        let client = served.client();
+        let _held = client.claim(Target::Worker { soc: 1, worker: 0 }).unwrap();
+        let t = Instant::now();
+        let ran = run(
+            Some(&served),
+            &["status", "--json", "--timeout", "100ms"],
+            None,
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(ran.code, Some(0), "{}", ran.err);
+        let v = ran.json();
+        assert_eq!(v["socs_answered"], 1, "{v:#}");
+        assert!(v["socs"][0]["stats"].is_object(), "{v:#}");
+        assert!(v["socs"][1]["stats"].is_null(), "{v:#}");
+        let why = v["socs"][1]["stats_error"].as_str().unwrap();
+        assert!(why.contains("no worker became idle"), "{why}");
+        let ran = run(Some(&served), &["status", "--timeout", "100ms"], None);
+        assert_eq!(ran.code, Some(0), "{}", ran.err);
+        assert!(
+            ran.stdout().contains("the sum over 1 of 2 SOC(s)"),
+            "{}",
+            ran.stdout()
+        );
+        assert!(
+            ran.stdout()
+                .contains("    no statistics: no worker became idle"),
+            "{}",
+            ran.stdout()
+        );
+    }
+    // SOC 1 dies and is not restarted.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[1] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let client = served.client();
+    let deadline = Instant::now() + STEP;
+    let state = loop {
+        let status = client.status(STEP).unwrap();
+        let state = status.socs[1].state;
+        if state != numaproc::SocState::Ready {
+            break state;
+        }
+        assert!(Instant::now() < deadline, "SOC 1 still ready");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    drop(client);
+    let ran = run(Some(&served), &["status", "--json"], None);
+    assert_eq!(ran.code, Some(0), "{}", ran.err);
+    let v = ran.json();
+    assert!(v["socs"][1]["stats"].is_null(), "{v:#}");
+    assert_ne!(v["socs"][1]["state"], "ready", "{v:#}");
+    assert!(
+        v["socs"][1]["stats_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("the SOC is "),
+        "{state:?}: {v:#}"
+    );
+    assert!(v["socs"][0]["stats"].is_object(), "{v:#}");
+    served.stop_clean(&pids);
+}
+
+#[test]
+fn list_gives_the_procedures_in_id_order_with_their_origins() {
+    let mut served = Served::start("list", "socs = 1\nworkers_per_soc = 1\n", true);
+    let pids = served.soc_pids();
+    let ran = run(Some(&served), &["list", "--json"], None);
+    assert_eq!(ran.code, Some(0), "{}", ran.err);
+    let v = ran.json();
+    assert_eq!(v["name"], "list");
+    let procs = v["procedures"].as_array().unwrap();
+    let builtins = [
+        "sys_ping",
+        "sys_echo",
+        "sys_info",
+        "sys_list_procs",
+        "sys_stats",
+        "sys_sleep",
+    ];
+    for (i, p) in procs.iter().enumerate() {
+        assert_eq!(p["id"], i, "{p}");
+    }
+    for (p, name) in procs.iter().zip(builtins) {
+        assert_eq!(
+            p,
+            &serde_json::json!({"id": p["id"], "name": name, "origin": "built-in"})
+        );
+    }
+    let library: Vec<&str> = procs[builtins.len()..]
+        .iter()
+        .map(|p| {
+            assert_eq!(p["origin"], "library", "{p}");
+            assert_eq!(
+                p["library"],
+                serde_json::json!({"name": "numaproc_example", "version": env!("CARGO_PKG_VERSION")})
+            );
+            p["name"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        library,
+        [
+            "example.fnv1a",
+            "example.reverse",
+            "example.sum",
+            "example.div",
+            "example.where"
+        ]
+    );
+    let ran = run(Some(&served), &["list"], None);
+    assert_eq!(ran.code, Some(0), "{}", ran.err);
+    let lines: Vec<&str> = ran.stdout().lines().collect();
+    assert_eq!(lines.len(), 1 + procs.len(), "{}", ran.stdout());
+    assert!(
+        lines[1].trim_start().starts_with("0  sys_ping"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[1].ends_with(" built-in"), "{}", lines[1]);
+    assert!(
+        lines[7].ends_with(&format!(
+            " library numaproc_example {}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{}",
+        lines[7]
+    );
+    served.stop_clean(&pids);
+}
+
+#[test]
 fn every_command_names_the_server_it_cannot_reach() {
-    let mut served = Served::start("gone", "socs = 1\nworkers_per_soc = 1\n");
+    let mut served = Served::start("gone", "socs = 1\nworkers_per_soc = 1\n", false);
     let pids = served.soc_pids();
     served.stop_clean(&pids);
     for args in [
         &["call", "sys_ping"][..],
         &["status"],
         &["status", "--json"],
+        &["list"],
+        &["list", "--json"],
     ] {
         let ran = run(Some(&served), args, None);
         assert_eq!(ran.code, Some(3), "{args:?}: {}", ran.err);
@@ -685,5 +981,19 @@ fn help_documents_options_and_exit_statuses() {
         "5 the engine could not run",
     ] {
         assert!(call.contains(word), "{word:?}: {call}");
+    }
+    let status = help("status");
+    for word in [
+        "--json",
+        "--timeout <DURATION>",
+        "p50",
+        "libraries",
+        "Exit status: 0",
+    ] {
+        assert!(status.contains(word), "{word:?}: {status}");
+    }
+    let list = help("list");
+    for word in ["--json", "built-in", "library", "Exit status: 0"] {
+        assert!(list.contains(word), "{word:?}: {list}");
     }
 }
