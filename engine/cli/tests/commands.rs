@@ -254,10 +254,18 @@ impl Served {
 }
 
 impl Drop for Served {
+    /// A failed test's server: SIGTERM, so that it removes its shared
+    /// memory as it stops; SIGKILL if it does not within [`STEP`].
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            if wait_bounded(&mut c, STEP).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
