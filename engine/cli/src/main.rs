@@ -48,18 +48,42 @@ enum Command {
     /// (Type=notify) if NOTIFY_SOCKET is set.
     Serve(serve::ServeArgs),
     /// Call a procedure of a running server and write its output to
-    /// standard output.
+    /// standard output (with --json: a JSON object; with --repeat N: the
+    /// latencies of N calls).
     ///
-    /// Exit status: 0 the call succeeded; 1 the procedure failed (or
-    /// does not exist, or its input or output does not fit); 2 bad
+    /// The input is INPUT, --input or --input-file; without them, standard
+    /// input when it is not a terminal, else nothing.
+    ///
+    /// Exit status: 0 the call succeeded (every call, with --repeat); 1
+    /// the procedure failed (or does not exist, or its input or output
+    /// does not fit, or the target SOC or worker does not exist); 2 bad
     /// arguments; 3 no server could be reached (none runs under the name,
     /// it refused this process, or it speaks another version); 4 no idle
-    /// worker or no result within --timeout-ms; 5 the engine could not
-    /// run the call (its SOC died, it stopped).
+    /// worker or no result within --timeout; 5 the engine could not run
+    /// the call (its SOC died, it stopped). With --repeat, the status of
+    /// the first failed call.
     Call(serve::CallArgs),
-    /// Print what a running server says of itself: its SOCs, procedures
-    /// and clients. Exit status 3 when no server could be reached.
+    /// Print what a running server says of itself: its pid, uptime and SOC
+    /// kind; each SOC's pid, state, restarts, workers and their CPUs; the
+    /// libraries and their versions; each procedure's calls, errors, p50
+    /// and p99 (from each SOC's sys_stats: calls and errors summed over
+    /// the SOCs, p50 and p99 the largest of theirs); the clients attached.
+    ///
+    /// A SOC that cannot answer (dead, restarting, all its workers busy
+    /// past --timeout) is shown as such; its calls are not counted.
+    ///
+    /// Exit status: 0 the server answered; 2 bad arguments; 3 no server
+    /// could be reached (none runs under the name, it refused this
+    /// process, or it speaks another version).
     Status(serve::StatusArgs),
+    /// List the procedures of a running server, in id order, and where
+    /// each comes from: built-in, registered, or a library (its name and
+    /// version).
+    ///
+    /// Exit status: 0 listed; 2 bad arguments; 3 no server could be
+    /// reached (none runs under the name, it refused this process, or it
+    /// speaks another version).
+    List(serve::ListArgs),
     /// Serve as a spawned SOC. An engine runs this executable with its
     /// NUMAPROC_SOC_* environment when `soc_executable` names it (or when it
     /// is the engine's own executable); it is not meant to be run by hand.
@@ -107,6 +131,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(args),
         Command::Call(args) => serve::call(args),
         Command::Status(args) => serve::status(args),
+        Command::List(args) => serve::list(args),
         // A real spawned SOC never gets here: run_if_spawned served and exited.
         Command::Soc => Err(anyhow::anyhow!(
             "`numaproc soc` is started by an engine with NUMAPROC_SOC_ENGINE set (option soc_executable); it is not run by hand"
