@@ -7,8 +7,10 @@ use clap::{Parser, Subcommand};
 use numaproc::{Plan, Topology};
 use serde::Serialize;
 
+mod call;
 mod demo;
 mod floor;
+mod inspect;
 mod libs;
 mod serve;
 
@@ -62,7 +64,7 @@ enum Command {
     /// worker or no result within --timeout; 5 the engine could not run
     /// the call (its SOC died, it stopped). With --repeat, the status of
     /// the first failed call.
-    Call(serve::CallArgs),
+    Call(call::CallArgs),
     /// Print what a running server says of itself: its pid, uptime and SOC
     /// kind; each SOC's pid, state, restarts, workers and their CPUs; the
     /// libraries and their versions; each procedure's calls, errors, p50
@@ -75,7 +77,7 @@ enum Command {
     /// Exit status: 0 the server answered; 2 bad arguments; 3 no server
     /// could be reached (none runs under the name, it refused this
     /// process, or it speaks another version).
-    Status(serve::StatusArgs),
+    Status(inspect::StatusArgs),
     /// List the procedures of a running server, in id order, and where
     /// each comes from: built-in, registered, or a library (its name and
     /// version).
@@ -83,7 +85,7 @@ enum Command {
     /// Exit status: 0 listed; 2 bad arguments; 3 no server could be
     /// reached (none runs under the name, it refused this process, or it
     /// speaks another version).
-    List(serve::ListArgs),
+    List(inspect::ListArgs),
     /// Serve as a spawned SOC. An engine runs this executable with its
     /// NUMAPROC_SOC_* environment when `soc_executable` names it (or when it
     /// is the engine's own executable); it is not meant to be run by hand.
@@ -129,9 +131,9 @@ fn main() -> ExitCode {
         Command::Topology(args) => topology(args),
         Command::Cleanup(args) => cleanup(args),
         Command::Serve(args) => serve::serve(args),
-        Command::Call(args) => serve::call(args),
-        Command::Status(args) => serve::status(args),
-        Command::List(args) => serve::list(args),
+        Command::Call(args) => call::call(args),
+        Command::Status(args) => inspect::status(args),
+        Command::List(args) => inspect::list(args),
         // A real spawned SOC never gets here: run_if_spawned served and exited.
         Command::Soc => Err(anyhow::anyhow!(
             "`numaproc soc` is started by an engine with NUMAPROC_SOC_ENGINE set (option soc_executable); it is not run by hand"
