@@ -164,6 +164,7 @@ struct StatusJson<'a> {
     pid: u32,
     uptime_ms: u64,
     soc_kind: SocKind,
+    state_dir: &'a std::path::Path,
     socs: Vec<SocJson<'a>>,
     /// SOCs whose statistics the procedures' counts sum.
     socs_answered: usize,
@@ -271,6 +272,7 @@ pub(crate) fn status(args: StatusArgs) -> Result<ExitCode> {
         pid: status.pid,
         uptime_ms: status.uptime_ms,
         soc_kind: status.soc_kind,
+        state_dir: &status.state_dir,
         socs_answered: answered.len(),
         socs,
         libraries,
@@ -287,11 +289,12 @@ pub(crate) fn status(args: StatusArgs) -> Result<ExitCode> {
 
 fn print_status(status: &StatusJson<'_>) {
     println!(
-        "server {}: pid {}, up {:.1} s, {} SOCs",
+        "server {}: pid {}, up {:.1} s, {} SOCs, state in {}",
         status.name,
         status.pid,
         status.uptime_ms as f64 / 1e3,
-        status.soc_kind
+        status.soc_kind,
+        status.state_dir.display()
     );
     for s in &status.socs {
         let st = s.status;

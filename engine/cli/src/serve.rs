@@ -34,8 +34,8 @@ impl Where {
 pub(crate) struct ServeArgs {
     /// Read the engine's and the server's options from a TOML file: every
     /// engine option (as for `numaproc demo --config`), plus `name`,
-    /// `runtime_dir`, `allowed_group` and `drain_timeout_ms`. SOCs are
-    /// forked unless it sets `soc_kind`.
+    /// `runtime_dir`, `state_dir`, `allowed_group` and `drain_timeout_ms`.
+    /// SOCs are forked unless it sets `soc_kind`.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The server's name (overrides the file's; default "default").
@@ -44,6 +44,11 @@ pub(crate) struct ServeArgs {
     /// The runtime directory of the socket (overrides the file's).
     #[arg(long, value_name = "DIR")]
     runtime_dir: Option<PathBuf>,
+    /// Where the server keeps what outlives it (overrides the file's;
+    /// default /var/lib/numaproc/NAME for root, else
+    /// $XDG_STATE_HOME/numaproc/NAME).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Let members of this group (a name or a gid) attach too (overrides
     /// the file's): the runtime directory becomes theirs to enter, the
     /// socket theirs to connect to. Without it, only this user may attach.
@@ -118,6 +123,9 @@ pub(crate) fn serve(args: ServeArgs) -> Result<ExitCode> {
     }
     if let Some(d) = args.runtime_dir {
         config.server.dir = Some(d);
+    }
+    if let Some(d) = args.state_dir {
+        config.server.state_dir = Some(d);
     }
     if let Some(g) = args.allowed_group {
         config.server.allowed_group = Some(g);

@@ -99,7 +99,11 @@ impl Served {
         let config = self.root.join("server.toml");
         std::fs::write(
             &config,
-            format!("name_prefix = \"{}\"\n{toml}\n", self.prefix),
+            format!(
+                "name_prefix = \"{}\"\nstate_dir = \"{}\"\n{toml}\n",
+                self.prefix,
+                self.root.join("state").display()
+            ),
         )
         .unwrap();
         let log = std::fs::File::create(self.root.join("server.log")).unwrap();
@@ -523,6 +527,11 @@ fn serve_call_status_stop(kind: &str) {
     assert_eq!(status["name"], served.name.as_str());
     assert_eq!(status["pid"], served.pid());
     assert_eq!(status["soc_kind"], kind);
+    assert_eq!(
+        status["state_dir"],
+        served.root.join("state").to_str().unwrap(),
+        "the configured state directory"
+    );
     assert_eq!(status["socs"].as_array().unwrap().len(), 2);
     // The status command itself is the one client attached.
     assert_eq!(status["clients"].as_array().unwrap().len(), 1);
@@ -930,6 +939,22 @@ fn bad_server_names_and_directories_are_refused() {
     ]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("group or others"), "{err}");
+    let private = root.join("private");
+    let (code, err) = run(&[
+        "serve",
+        "--name",
+        "x",
+        "--runtime-dir",
+        private.to_str().unwrap(),
+        "--state-dir",
+        open.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("state directory") && err.contains("group or others"),
+        "{err}"
+    );
+    assert!(!private.join("x.sock").exists() && !private.join("x.lock").exists());
     let (code, err) = run(&[
         "call",
         "--name",

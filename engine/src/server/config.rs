@@ -4,6 +4,7 @@
 //! ```toml
 //! name = "orders"               # default "default"
 //! runtime_dir = "/run/numaproc" # default: see numaproc::server::default_dir
+//! state_dir = "/var/lib/numaproc/orders" # what outlives it (default: see default_state_dir)
 //! allowed_group = "orders"      # its members may attach too (default: none)
 //! drain_timeout_ms = 5000       # how long a stop lets calls in flight end
 //! soc_kind = "forked"           # every engine option, as for Engine::start
@@ -17,7 +18,13 @@ use crate::options::{EngineOptions, SocKind};
 use crate::server::ServerOptions;
 
 /// The keys of a server's file that are not the engine's.
-const SERVER_KEYS: &[&str] = &["name", "runtime_dir", "allowed_group", "drain_timeout_ms"];
+const SERVER_KEYS: &[&str] = &[
+    "name",
+    "runtime_dir",
+    "state_dir",
+    "allowed_group",
+    "drain_timeout_ms",
+];
 
 /// What `numaproc serve` runs: an engine and where it is served.
 #[derive(Debug, Clone)]
@@ -39,7 +46,7 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// Reads a configuration from TOML text: the server's keys (`name`,
-    /// `runtime_dir`, `allowed_group`, `drain_timeout_ms`, the same as the engine's
+    /// `runtime_dir`, `state_dir`, `allowed_group`, `drain_timeout_ms`, the same as the engine's
     /// `shutdown_timeout_ms`) and every engine option; any other key is
     /// refused, naming it.
     pub fn from_toml(text: &str) -> Result<Self, OptionsError> {
@@ -57,6 +64,12 @@ impl ServerConfig {
                 .as_str()
                 .ok_or_else(|| bad(format!("runtime_dir must be a string, not {v}")))?;
             server.dir = Some(PathBuf::from(dir));
+        }
+        if let Some(v) = table.remove("state_dir") {
+            let dir = v
+                .as_str()
+                .ok_or_else(|| bad(format!("state_dir must be a string, not {v}")))?;
+            server.state_dir = Some(PathBuf::from(dir));
         }
         if let Some(v) = table.remove("allowed_group") {
             server.allowed_group = Some(match &v {
@@ -119,13 +132,14 @@ mod tests {
     #[test]
     fn server_keys_are_taken_out_and_the_rest_is_the_engines() {
         let c = ServerConfig::from_toml(
-            "name = \"orders\"\nruntime_dir = \"/tmp/x\"\ndrain_timeout_ms = 1500\nsocs = 2\nallowed_group = 42\n",
+            "name = \"orders\"\nruntime_dir = \"/tmp/x\"\ndrain_timeout_ms = 1500\nsocs = 2\nallowed_group = 42\nstate_dir = \"/tmp/s\"\n",
         )
         .unwrap();
         assert_eq!(c.server.name, "orders");
         assert_eq!(c.server.dir.as_deref(), Some(Path::new("/tmp/x")));
         assert_eq!(c.engine.socs, Some(2));
         assert_eq!(c.server.allowed_group.as_deref(), Some("42"));
+        assert_eq!(c.server.state_dir.as_deref(), Some(Path::new("/tmp/s")));
         assert_eq!(c.engine.soc_kind, SocKind::Forked);
         assert_eq!(c.engine.timeouts().shutdown, Duration::from_millis(1500));
         let spawned = ServerConfig::from_toml("soc_kind = \"spawned\"").unwrap();
@@ -140,6 +154,7 @@ mod tests {
             ("name = 3", "name must be a string"),
             ("runtime_dir = false", "runtime_dir must be a string"),
             ("allowed_group = -3", "allowed_group must be"),
+            ("state_dir = 1", "state_dir must be a string"),
             ("drain_timeout_ms = -1", "drain_timeout_ms"),
             (
                 "drain_timeout_ms = 1\nshutdown_timeout_ms = 2",

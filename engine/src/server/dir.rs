@@ -30,6 +30,35 @@ pub fn default_dir() -> PathBuf {
     }
 }
 
+/// The default state directory of server `name`: `/var/lib/numaproc/NAME`
+/// for root, else `$XDG_STATE_HOME/numaproc/NAME` (or
+/// `~/.local/state/numaproc/NAME`).
+pub fn default_state_dir(name: &str) -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/numaproc").join(name);
+    }
+    let base = match std::env::var_os("XDG_STATE_HOME") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => match std::env::var_os("HOME") {
+            Some(h) if !h.is_empty() => PathBuf::from(h).join(".local/state"),
+            _ => PathBuf::from(format!("/tmp/numaproc-state-{}", nix::unistd::geteuid())),
+        },
+    };
+    base.join("numaproc").join(name)
+}
+
+/// Checks a state directory that exists: a directory of this user that no
+/// one else may write (what a server reads back from it at its next start
+/// must be its own). One that does not exist yet is made when first
+/// written.
+pub fn check_state_dir(dir: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("state directory {}: {e}", dir.display())),
+        Ok(_) => check_owned(dir).map_err(|e| format!("state directory {e}")),
+    }
+}
+
 /// Checks a server name: 1 to 64 of `[A-Za-z0-9_-]`.
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_NAME {
@@ -282,6 +311,31 @@ mod tests {
         );
         drop(other);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_directory_is_checked_when_it_exists() {
+        let root = std::env::temp_dir().join(format!("numaproc-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let missing = root.join("missing");
+        assert_eq!(check_state_dir(&missing), Ok(()), "made when first written");
+        assert!(!missing.exists(), "a check makes nothing");
+        let open = root.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = check_state_dir(&open).unwrap_err();
+        assert!(
+            e.starts_with("state directory ") && e.contains("group or others"),
+            "{e}"
+        );
+        let file = root.join("file");
+        std::fs::write(&file, b"").unwrap();
+        let e = check_state_dir(&file).unwrap_err();
+        assert!(e.contains("is not a directory"), "{e}");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(check_state_dir(&open), Ok(()));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

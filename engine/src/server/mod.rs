@@ -39,7 +39,7 @@ pub use config::ServerConfig;
 #[cfg(test)]
 pub(crate) use dir::prepare as dir_prepare;
 pub(crate) use dir::{Paths, check_dir};
-pub use dir::{check_name, default_dir};
+pub use dir::{check_name, default_dir, default_state_dir};
 pub(crate) use wire::{Hello, PROTOCOL, REFUSED, STATUS, peer_pidfd, receive, send};
 
 /// Connections waiting to be accepted.
@@ -55,6 +55,11 @@ pub struct ServerOptions {
     /// A group whose members may attach too (a name or a numeric gid);
     /// `None`: only the server's own user.
     pub allowed_group: Option<String>,
+    /// Where the server keeps what outlives it (the catalog of libraries
+    /// loaded at run time); default: [`default_state_dir`]. Checked at the
+    /// start when it exists (this user's, no one else may write it); made
+    /// when first written.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -64,6 +69,7 @@ impl ServerOptions {
             name: name.into(),
             dir: None,
             allowed_group: None,
+            state_dir: None,
         }
     }
 
@@ -81,6 +87,19 @@ impl ServerOptions {
     pub fn allowed_group(mut self, group: impl Into<String>) -> Self {
         self.allowed_group = Some(group.into());
         self
+    }
+
+    /// Its state directory.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// The state directory this server uses.
+    pub fn resolved_state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| default_state_dir(&self.name))
     }
 
     fn resolved_dir(&self) -> PathBuf {
@@ -148,6 +167,9 @@ pub struct ServerStatus {
     pub procedures: Vec<(String, String)>,
     /// The clients attached now.
     pub clients: Vec<ClientStatus>,
+    /// Its state directory.
+    #[serde(default)]
+    pub state_dir: PathBuf,
 }
 
 /// A running server: an engine and the thread that attaches clients.
@@ -174,6 +196,7 @@ pub struct Reserved {
     name_lock: dir::NameLock,
     /// The group whose members may attach too.
     group: Option<u32>,
+    state_dir: PathBuf,
 }
 
 impl Reserved {
@@ -185,6 +208,7 @@ impl Reserved {
             listener,
             name_lock,
             group,
+            state_dir,
         } = self;
         let socket_err = |reason: String| ServeError::Socket {
             name: name.clone(),
@@ -201,6 +225,7 @@ impl Reserved {
             stop: stop_read,
             clients: Vec::new(),
             group,
+            state_dir,
             next_holder: 1,
             started: SystemTime::now(),
         };
@@ -241,6 +266,8 @@ impl Server {
         };
         let dir = options.resolved_dir();
         dir::prepare(&dir, group).map_err(invalid)?;
+        let state_dir = options.resolved_state_dir();
+        dir::check_state_dir(&state_dir).map_err(invalid)?;
         let paths = Paths::new(&dir, &name);
         let name_lock = dir::NameLock::take(&paths).map_err(|e| match e {
             dir::TakeError::Held(pid) => ServeError::Running {
@@ -269,6 +296,7 @@ impl Server {
             listener,
             name_lock,
             group,
+            state_dir,
         })
     }
 
@@ -377,6 +405,7 @@ struct Watch {
     clients: Vec<Attached>,
     /// The group whose members may attach too.
     group: Option<u32>,
+    state_dir: PathBuf,
     next_holder: u32,
     started: SystemTime,
 }
@@ -598,6 +627,7 @@ impl Watch {
                 .map(|p| (p.name.to_owned(), p.origin.label()))
                 .collect(),
             clients: self.clients.iter().map(|c| c.status.clone()).collect(),
+            state_dir: self.state_dir.clone(),
         }
     }
 
