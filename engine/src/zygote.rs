@@ -7,19 +7,14 @@
 //! within [`LAUNCH_TIMEOUT`] is killed and counts as gone; a status it does
 //! not give within [`STATUS_TIMEOUT`] is reported as unknown.
 
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::signal::Signal;
-use nix::sys::socket::{
-    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair,
-};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::unistd::{ForkResult, Pid, fork, getpid};
 use numaproc_soc::forked::ForkedView;
-use numaproc_soc::process::{self, Exit, KILL_GRACE, poll_timeout};
+use numaproc_soc::process::{self, Exit, KILL_GRACE};
 use numaproc_soc::setup::SocSetup;
 use numaproc_soc::zygote::{KILL, LAUNCH, STATUS, message, parse};
 
@@ -88,16 +83,8 @@ impl Zygote {
     }
 
     fn send(&self, kind: u8, arg: i32) -> Result<(), String> {
-        let request = message(kind, arg);
-        sendmsg::<()>(
-            self.sock()?.as_raw_fd(),
-            &[IoSlice::new(&request)],
-            &[],
-            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .map(drop)
-        .map_err(|e| format!("the zygote is gone: {e}"))
+        process::send_fds(self.sock()?.as_fd(), &message(kind, arg), &[], false)
+            .map_err(|e| format!("the zygote is gone: {e}"))
     }
 
     /// The next message from the zygote of kind `kind` about `arg` (any
@@ -108,47 +95,20 @@ impl Zygote {
         kind: u8,
         arg: Option<i32>,
         deadline: Instant,
-    ) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
+    ) -> Result<process::FdMessage, String> {
         let sock = self.sock()?;
         loop {
-            let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, poll_timeout(deadline)) {
-                Ok(0) => return Err("the zygote did not answer in time".to_owned()),
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => return Err(format!("poll: {e}")),
-            }
-            let mut buf = [0u8; 1024];
-            let mut cmsg = nix::cmsg_space!([RawFd; 2]);
-            let (n, received) = {
-                let mut iov = [IoSliceMut::new(&mut buf)];
-                let msg = match recvmsg::<()>(
-                    sock.as_raw_fd(),
-                    &mut iov,
-                    Some(&mut cmsg),
-                    MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-                ) {
-                    Ok(m) => m,
-                    Err(Errno::EAGAIN | Errno::EINTR) => continue,
-                    Err(e) => return Err(format!("the zygote is gone: {e}")),
-                };
-                let mut received = Vec::new();
-                // Descriptors cut off (MSG_CTRUNC) arrive as fewer than sent.
-                for c in msg.cmsgs().map_err(|e| format!("zygote answer: {e}"))? {
-                    if let ControlMessageOwned::ScmRights(fds) = c {
-                        for raw in fds {
-                            // SAFETY: the kernel just gave us this descriptor.
-                            received.push(unsafe { OwnedFd::from_raw_fd(raw) });
-                        }
-                    }
+            let message = match process::receive_fds(sock.as_fd(), deadline, 1024) {
+                Ok(Some(m)) => m,
+                Ok(None) => return Err("the zygote is gone".to_owned()),
+                Err(process::ReceiveError::TimedOut) => {
+                    return Err("the zygote did not answer in time".to_owned());
                 }
-                (msg.bytes, received)
+                Err(e) => return Err(format!("the zygote is gone: {e}")),
             };
-            if n == 0 {
-                return Err("the zygote is gone".to_owned());
-            }
-            let head = parse(&buf[..n]);
+            let head = parse(&message.0);
             if head.is_some_and(|(k, about)| k == kind && arg.is_none_or(|a| a == about)) {
-                return Ok((buf[..n].to_vec(), received));
+                return Ok(message);
             }
             if Instant::now() >= deadline {
                 return Err("the zygote did not answer in time".to_owned());

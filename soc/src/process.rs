@@ -14,6 +14,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::libc;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
@@ -144,6 +145,124 @@ pub fn poll_timeout(deadline: Instant) -> PollTimeout {
     let left = deadline.saturating_duration_since(Instant::now());
     let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
     PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+}
+
+/// A message of a Unix socket: its bytes and the descriptors it carried.
+pub type FdMessage = (Vec<u8>, Vec<OwnedFd>);
+
+/// Why [`receive_fds`] got no message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiveError {
+    /// Nothing came before the deadline.
+    TimedOut,
+    /// A message was longer than the buffer, or carried more descriptors
+    /// than a message may.
+    Truncated,
+    /// The socket failed.
+    Failed(Errno),
+}
+
+impl std::fmt::Display for ReceiveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TimedOut => f.write_str("no answer in time"),
+            Self::Truncated => {
+                f.write_str("a message was cut short (too long, or too many descriptors)")
+            }
+            Self::Failed(e) => write!(f, "recvmsg: {e}"),
+        }
+    }
+}
+
+/// Most descriptors one message carries (the kernel's limit is 253).
+pub const MAX_FDS: usize = 250;
+
+/// Sends one message with `fds` attached (`SCM_RIGHTS`), waiting for room
+/// only when `wait` (never raising SIGPIPE).
+pub fn send_fds(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[RawFd],
+    wait: bool,
+) -> Result<(), Errno> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    let flags = if wait {
+        MsgFlags::MSG_NOSIGNAL
+    } else {
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL
+    };
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[std::io::IoSlice::new(bytes)],
+        cmsgs,
+        flags,
+        None,
+    )
+    .map(drop)
+}
+
+/// Receives one message of at most `capacity` bytes and the descriptors
+/// it carries (close-on-exec), waiting until `deadline`; `Ok(None)`: the
+/// other side closed the socket.
+pub fn receive_fds(
+    sock: BorrowedFd<'_>,
+    deadline: Instant,
+    capacity: usize,
+) -> Result<Option<FdMessage>, ReceiveError> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut buf = vec![0u8; capacity];
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    loop {
+        let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
+        match poll(&mut fds, poll_timeout(deadline)) {
+            Ok(0) => return Err(ReceiveError::TimedOut),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(ReceiveError::Failed(e)),
+        }
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(m) => m,
+            Err(Errno::EAGAIN | Errno::EINTR) => {
+                if Instant::now() >= deadline {
+                    return Err(ReceiveError::TimedOut);
+                }
+                continue;
+            }
+            Err(e) => return Err(ReceiveError::Failed(e)),
+        };
+        // Descriptors received are ours to close, whatever comes next.
+        let mut received = Vec::new();
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::ScmRights(fds) = c {
+                    for raw in fds {
+                        // SAFETY: the kernel just gave this process the
+                        // descriptor.
+                        received.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                    }
+                }
+            }
+        }
+        if msg
+            .flags
+            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC)
+        {
+            return Err(ReceiveError::Truncated);
+        }
+        let n = msg.bytes;
+        if n == 0 && received.is_empty() {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        return Ok(Some((buf, received)));
+    }
 }
 
 /// Closes every descriptor from 3 up except `keep`. Async-signal-safe (only

@@ -32,14 +32,14 @@
 //! deadlines, is the engine's `zygote.rs`.
 
 use std::collections::VecDeque;
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
-use nix::sys::socket::{ControlMessage, MsgFlags, recvmsg, sendmsg};
+use nix::sys::socket::{MsgFlags, recvmsg};
 use nix::unistd::{ForkResult, Pid, fork, getpid};
 
 use crate::forked::{ForkedView, child_main};
@@ -292,16 +292,7 @@ unsafe fn discard_shared_mappings_but(keep: &[std::ops::Range<usize>]) {
 }
 
 fn send(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
-    let rights = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
-    sendmsg::<()>(
-        sock.as_raw_fd(),
-        &[IoSlice::new(bytes)],
-        cmsgs,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map(drop)
+    crate::process::send_fds(sock.as_fd(), bytes, fds, true)
 }
 
 /// Forks SOC `soc` from the zygote (whose pid is `zygote`).

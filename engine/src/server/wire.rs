@@ -10,14 +10,12 @@
 //!
 //! Every wait on the other side has a deadline, on both sides.
 
-use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, poll};
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
-use numaproc_soc::process::poll_timeout;
+use numaproc_soc::process::{FdMessage, receive_fds, send_fds};
 
 /// The first bytes of a hello.
 pub const MAGIC: [u8; 8] = *b"NPSERVE\0";
@@ -27,8 +25,7 @@ pub const PROTOCOL: u32 = 1;
 pub const REFUSED: u8 = b'R';
 /// Request: the server's status, as JSON.
 pub const STATUS: u8 = b'S';
-/// Most descriptors one message carries (the kernel's limit is 253).
-pub const MAX_FDS: usize = 250;
+pub use numaproc_soc::process::MAX_FDS;
 /// Longest message received.
 pub const MAX_MESSAGE: usize = 1 << 20;
 
@@ -86,68 +83,16 @@ impl Hello {
 
 /// Sends one message with descriptors, without blocking.
 pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
-    let rights = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
-    sendmsg::<()>(
-        sock.as_raw_fd(),
-        &[IoSlice::new(bytes)],
-        cmsgs,
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map(drop)
+    send_fds(sock, bytes, fds, false)
 }
 
 /// A message received: its bytes and the descriptors it carried.
-pub type Message = (Vec<u8>, Vec<OwnedFd>);
+pub type Message = FdMessage;
 
 /// Receives one message (and the descriptors it carries), waiting until
 /// `deadline`; `Ok(None)`: the other side closed the socket.
 pub fn receive(sock: BorrowedFd<'_>, deadline: Instant) -> Result<Option<Message>, String> {
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-    loop {
-        let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
-        match poll(&mut fds, poll_timeout(deadline)) {
-            Ok(0) => return Err("no answer in time".to_owned()),
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(format!("poll: {e}")),
-        }
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-        ) {
-            Ok(m) => m,
-            Err(Errno::EAGAIN | Errno::EINTR) => {
-                if Instant::now() >= deadline {
-                    return Err("no answer in time".to_owned());
-                }
-                continue;
-            }
-            Err(e) => return Err(format!("recvmsg: {e}")),
-        };
-        if msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-            return Err("a message was cut short (too long, or too many descriptors)".to_owned());
-        }
-        let mut received = Vec::new();
-        for c in msg.cmsgs().map_err(|e| format!("control message: {e}"))? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                for raw in fds {
-                    // SAFETY: the kernel just gave this process the descriptor.
-                    received.push(unsafe { OwnedFd::from_raw_fd(raw) });
-                }
-            }
-        }
-        let n = msg.bytes;
-        if n == 0 && received.is_empty() {
-            return Ok(None);
-        }
-        buf.truncate(n);
-        return Ok(Some((buf, received)));
-    }
+    receive_fds(sock, deadline, MAX_MESSAGE).map_err(|e| e.to_string())
 }
 
 /// A pidfd of the process at the other end of `sock`: `SO_PEERPIDFD`
