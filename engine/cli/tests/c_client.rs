@@ -5,18 +5,16 @@
 //! library's rlib). Every wait is bounded; every server is stopped or
 //! killed and its leftovers checked.
 
+mod common;
+
 use std::ffi::{CString, c_char, c_void};
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::Command;
 use std::ptr::{null, null_mut};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use numaproc::{Client, ClientOptions};
 use numaproc_client::{
     ClaimHandle, ClientHandle, ErrorBuf, Status, numaproc_client_call, numaproc_client_call_on,
     numaproc_client_call_within, numaproc_client_claim, numaproc_client_claim_input,
@@ -25,9 +23,8 @@ use numaproc_client::{
     numaproc_client_wait,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_numaproc");
-/// Far above anything a healthy server takes, far below a test's patience.
-const STEP: Duration = Duration::from_secs(20);
+use common::{STEP, Served, cargo_built, pid_alive, run_bounded, wait_held_by_other};
+
 /// How soon a waiting call must see a dead SOC or server (far below the
 /// 10 s a call waits for a worker by default).
 const PROMPT: Duration = Duration::from_secs(5);
@@ -39,282 +36,15 @@ fn workspace() -> PathBuf {
 /// Where cargo put `libnumaproc_client.so` (a dev-dependency, built
 /// before this test).
 fn library_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let mut dir = exe.parent();
-    while let Some(d) = dir {
-        for c in [d.to_owned(), d.join("deps")] {
-            if c.join("libnumaproc_client.so").is_file() {
-                return c;
-            }
-        }
-        dir = d.parent();
-    }
-    panic!("libnumaproc_client.so not found near {}", exe.display());
-}
-
-/// Dies with the thread that started it, so a failed test leaks nothing.
-fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        })
-    }
-}
-
-fn wait_bounded(child: &mut Child, within: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Runs `cmd` to its end, bounded, with its output.
-fn run_bounded(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = die_with_parent(cmd).spawn().expect("start");
-    // Read while it runs: a full pipe would stall it.
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        out.read_to_end(&mut bytes).map(|_| bytes)
-    });
-    let mut stderr = Vec::new();
-    err.read_to_end(&mut stderr).unwrap();
-    let status = wait_bounded(&mut child, STEP).unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{cmd:?} ran longer than {STEP:?}")
-    });
-    Output {
-        status,
-        stdout: reader.join().unwrap().unwrap(),
-        stderr,
-    }
-}
-
-fn pid_alive(pid: u32) -> bool {
-    // A zombie is gone for every purpose here but still in /proc.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-fn objects_left(prefix: &str) -> Vec<String> {
-    let needle = format!("numaproc-{prefix}-");
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&needle))
-        .collect()
-}
-
-/// A `numaproc serve` process in its own runtime directory (as in
-/// `server.rs`).
-struct Served {
-    child: Option<Child>,
-    root: PathBuf,
-    dir: PathBuf,
-    name: String,
-    prefix: String,
-    notify: UnixDatagram,
-    toml: String,
+    let lib = cargo_built("libnumaproc_client.so");
+    lib.parent().unwrap().to_owned()
 }
 
 impl Served {
-    /// Starts `numaproc serve` with a configuration of `toml` lines (a
-    /// name prefix of its own added) and waits for its READY=1.
-    fn start(tag: &str, toml: &str) -> Served {
-        let root = std::env::temp_dir().join(format!("np-capi-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        let notify = UnixDatagram::bind(root.join("notify")).unwrap();
-        let mut served = Served {
-            child: None,
-            dir: root.join("run"),
-            root,
-            name: tag.to_owned(),
-            prefix: format!("cc{}{}", std::process::id(), tag.replace('-', "_")),
-            notify,
-            toml: toml.to_owned(),
-        };
-        served.spawn();
-        served
-    }
-
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "the previous server still runs");
-        let config = self.root.join("server.toml");
-        std::fs::write(
-            &config,
-            format!("name_prefix = \"{}\"\n{}\n", self.prefix, self.toml),
-        )
-        .unwrap();
-        let log = std::fs::File::create(self.root.join("server.log")).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .args(["--name", &self.name])
-            .arg("--runtime-dir")
-            .arg(&self.dir)
-            .env("NOTIFY_SOCKET", self.root.join("notify"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        self.child = Some(
-            die_with_parent(&mut cmd)
-                .spawn()
-                .expect("start numaproc serve"),
-        );
-        self.expect_notify("READY=1");
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default()
-    }
-
-    /// Waits for the server to tell its service manager `what`.
-    fn expect_notify(&mut self, what: &str) {
-        self.notify
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let deadline = Instant::now() + STEP;
-        let mut buf = [0u8; 256];
-        loop {
-            match self.notify.recv(&mut buf) {
-                Ok(n) => {
-                    assert_eq!(&buf[..n], what.as_bytes(), "log: {}", self.log());
-                    return;
-                }
-                Err(e) if Instant::now() > deadline => {
-                    panic!("no {what} within {STEP:?}: {e}; log: {}", self.log())
-                }
-                Err(_) => {}
-            }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!(
-                    "the server exited ({status}) before {what}; log: {}",
-                    self.log()
-                );
-            }
-        }
-    }
-
-    /// A Rust client, to look at the server (SOC pids, slot holders).
-    fn observer(&self) -> Client {
-        Client::connect_with(
-            &self.name,
-            &ClientOptions::new()
-                .dir(&self.dir)
-                .claim_timeout(STEP)
-                .call_timeout(STEP),
-        )
-        .unwrap_or_else(|e| panic!("connect: {e}; log: {}", self.log()))
-    }
-
-    fn soc_pids(&self) -> Vec<u32> {
-        let status = self.observer().status(STEP).expect("status");
-        status.socs.iter().map(|s| s.pid).collect()
-    }
-
     /// A C client.
     fn c_client(&self) -> CClient {
         CClient::connect(&self.name, &self.dir)
             .unwrap_or_else(|e| panic!("connect: {}; log: {}", e.message(), self.log()))
-    }
-
-    /// SIGTERM; asserts a clean exit and that nothing of the server is
-    /// left (its SOCs `pids` included).
-    fn stop(&mut self, pids: &[u32]) {
-        let child = self.child.as_ref().expect("a running server");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        self.expect_notify("STOPPING=1");
-        let mut child = self.child.take().unwrap();
-        let status = wait_bounded(&mut child, STEP).unwrap_or_else(|| {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the server did not stop within {STEP:?}; log: {}",
-                self.log()
-            )
-        });
-        assert!(status.success(), "{status:?}; log: {}", self.log());
-        self.assert_nothing_left(pids);
-    }
-
-    /// kill -9, reaped.
-    fn kill(&mut self) {
-        let mut child = self.child.take().expect("a running server");
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    /// No file in the runtime directory, no shared-memory object, none of
-    /// `pids` running (checked for a while: SOCs take a moment to go).
-    fn assert_nothing_left(&self, pids: &[u32]) {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let files: Vec<_> = std::fs::read_dir(&self.dir)
-                .map(|d| d.filter_map(|e| Some(e.ok()?.file_name())).collect())
-                .unwrap_or_default();
-            let objects = objects_left(&self.prefix);
-            let running: Vec<_> = pids.iter().filter(|&&p| pid_alive(p)).collect();
-            if files.is_empty() && objects.is_empty() && running.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "left behind: files {files:?}, objects {objects:?}, processes {running:?}; log: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-/// Waits until worker (`soc`, `worker`) is held by another client than
-/// `observer` (a C client's claim, seen through the shared owner words).
-fn wait_held_by_other(observer: &Client, soc: usize, worker: usize) {
-    let pos = observer.table().position(soc, worker).unwrap();
-    let place = observer.table().place(pos).unwrap();
-    let deadline = Instant::now() + STEP;
-    while place
-        .session()
-        .holder()
-        .is_none_or(|h| h == observer.holder())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "worker {soc}.{worker} never held"
-        );
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -541,10 +271,11 @@ fn the_c_example_prints_what_it_should() {
             .arg(&lib)
             .arg(format!("-Wl,-rpath,{}", lib.display()))
             .arg("-lnumaproc_client"),
+        None,
     );
     assert!(out.status.success(), "{cc}: {out:?}");
     let (name, dir) = (served.name.clone(), served.dir.clone());
-    let run = || run_bounded(Command::new(&exe).arg(&name).arg(&dir));
+    let run = || run_bounded(Command::new(&exe).arg(&name).arg(&dir), None);
     let out = run();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -556,7 +287,7 @@ fn the_c_example_prints_what_it_should() {
         "{out:?}"
     );
     assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
-    served.stop(&pids);
+    served.stop_clean(&pids);
     // With no server, it says so and fails.
     let out = run();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -580,6 +311,7 @@ fn the_python_example_calls_through_the_library() {
                 "NUMAPROC_CLIENT_LIB",
                 library_dir().join("libnumaproc_client.so"),
             ),
+        None,
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -587,7 +319,7 @@ fn the_python_example_calls_through_the_library() {
         "{out:?}"
     );
     assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
-    served.stop(&pids);
+    served.stop_clean(&pids);
 }
 
 #[test]
@@ -681,7 +413,7 @@ fn c_calls_report_every_outcome() {
     let claim = c.claim(0, 0, 2000).unwrap();
     assert!(t.elapsed() < Duration::from_secs(2));
     // A claim may outlive its client's disconnect.
-    let observer = served.observer();
+    let observer = served.client();
     let mut claim2 = c.claim(0, 1, 5000).unwrap();
     drop(c);
     claim2.input().unwrap()[..2].copy_from_slice(b"ok");
@@ -704,7 +436,7 @@ fn c_calls_report_every_outcome() {
     assert!(e.message().contains("no server c-nobody is running"));
     let e = CClient::connect("a/b", &served.dir).unwrap_err();
     assert_eq!(e.status(), Some(Status::BadServer), "{}", e.message());
-    served.stop(&pids);
+    served.stop_clean(&pids);
 }
 
 #[test]
@@ -833,7 +565,7 @@ fn null_and_malformed_arguments_are_invalid_not_fatal() {
     // The client still serves.
     assert_eq!(c.call("sys_echo", b"fine").output, b"fine");
     drop(c);
-    served.stop(&pids);
+    served.stop_clean(&pids);
 }
 
 #[test]
@@ -866,7 +598,7 @@ fn threads_share_one_c_client() {
         }
     });
     let calls: u64 = served
-        .observer()
+        .client()
         .status(STEP)
         .unwrap()
         .socs
@@ -875,7 +607,7 @@ fn threads_share_one_c_client() {
         .sum();
     assert!(calls >= 8 * EACH as u64, "{calls}");
     drop(c);
-    served.stop(&pids);
+    served.stop_clean(&pids);
 }
 
 /// What a background thread does with the C client: a status and a
@@ -888,7 +620,7 @@ type Ended = mpsc::Receiver<((Status, String), Instant)>;
 fn dead_socs_and_a_dead_server_end_waiting_c_calls() {
     let toml = "socs = 1\nworkers_per_soc = 2";
     let mut served = Served::start("c-gone", toml);
-    let observer = served.observer();
+    let observer = served.client();
     let c = Arc::new(served.c_client());
     let background = |f: Job| {
         let (tx, rx) = mpsc::channel();
@@ -980,10 +712,10 @@ fn dead_socs_and_a_dead_server_end_waiting_c_calls() {
         assert!(Instant::now() < deadline, "still alive: {found:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
-    served.spawn();
+    served.restart();
     let pids = served.soc_pids();
     let again = served.c_client();
     assert_eq!(again.call("sys_echo", b"back").output, b"back");
     drop(again);
-    served.stop(&pids);
+    served.stop_clean(&pids);
 }

@@ -1,10 +1,11 @@
 //! The `numaproc` command, run as a user would.
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_numaproc");
+use std::process::Command;
+use std::time::Duration;
+
+use common::{BIN, example_library, objects_left, run_within};
 
 struct Output {
     code: Option<i32>,
@@ -23,49 +24,17 @@ fn run_in(cwd: Option<&std::path::Path>, args: &[&str], env: &[(&str, &str)]) ->
     if let Some(cwd) = cwd {
         cmd.current_dir(cwd);
     }
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("start numaproc");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            kill(&mut child);
-            panic!("numaproc {args:?} ran longer than 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let out = run_within(&mut cmd, None, Duration::from_secs(120));
+    let text = |bytes| String::from_utf8(bytes).expect("UTF-8 output");
     Output {
-        code: status.code(),
-        stdout,
-        stderr,
+        code: out.status.code(),
+        stdout: text(out.stdout),
+        stderr: text(out.stderr),
     }
-}
-
-fn kill(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn json(out: &Output) -> serde_json::Value {
@@ -77,16 +46,6 @@ fn json(out: &Output) -> serde_json::Value {
         out.stdout
     );
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-}
-
-/// Shared-memory objects left with this name prefix.
-fn objects_left(prefix: &str) -> Vec<String> {
-    let needle = format!("numaproc-{prefix}-");
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&needle))
-        .collect()
 }
 
 #[test]
@@ -247,24 +206,6 @@ fn bad_arguments_are_clear_errors() {
         "{}",
         out.stderr
     );
-}
-
-/// The Rust example library, built by cargo as a dev-dependency.
-fn example_library() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let mut dir = exe.parent();
-    while let Some(d) = dir {
-        for c in [
-            d.join("libnumaproc_example.so"),
-            d.join("deps/libnumaproc_example.so"),
-        ] {
-            if c.is_file() {
-                return c;
-            }
-        }
-        dir = d.parent();
-    }
-    panic!("libnumaproc_example.so not found near {}", exe.display());
 }
 
 #[test]

@@ -5,271 +5,15 @@
 //! and command is killed if a test fails, and each test checks that its
 //! server left no process, socket or shared memory.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use numaproc::{Client, ClientOptions, Target};
+use numaproc::Target;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_numaproc");
-/// Far above anything a healthy server takes, far below a test's patience.
-const STEP: Duration = Duration::from_secs(20);
-
-/// Dies with the thread that started it, so a failed test leaks nothing.
-fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        })
-    }
-}
-
-fn wait_bounded(child: &mut Child, within: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn pid_alive(pid: u32) -> bool {
-    // A zombie is gone for every purpose here but still in /proc.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-fn objects_left(prefix: &str) -> Vec<String> {
-    let needle = format!("numaproc-{prefix}-");
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&needle))
-        .collect()
-}
-
-/// The Rust example library, built by cargo as a dev-dependency.
-fn example_library() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let mut dir = exe.parent();
-    while let Some(d) = dir {
-        for c in [
-            d.join("libnumaproc_example.so"),
-            d.join("deps/libnumaproc_example.so"),
-        ] {
-            if c.is_file() {
-                return c;
-            }
-        }
-        dir = d.parent();
-    }
-    panic!("libnumaproc_example.so not found near {}", exe.display());
-}
-
-/// A `numaproc serve` process in its own runtime directory.
-struct Served {
-    child: Option<Child>,
-    root: PathBuf,
-    dir: PathBuf,
-    name: String,
-    prefix: String,
-    notify: UnixDatagram,
-}
-
-impl Served {
-    /// Starts `numaproc serve` with a configuration of `toml` lines (a
-    /// name prefix of its own added; with `library`, the example library
-    /// too) and waits for its READY=1.
-    fn start(tag: &str, toml: &str, library: bool) -> Served {
-        let root = std::env::temp_dir().join(format!("np-cmd-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        let prefix = format!("cm{}{}", std::process::id(), tag.replace('-', "_"));
-        let mut config = format!("name_prefix = \"{prefix}\"\n");
-        if library {
-            use std::os::unix::fs::PermissionsExt;
-            let lib_dir = root.join("lib");
-            std::fs::create_dir(&lib_dir).unwrap();
-            let lib = lib_dir.join("libnumaproc_example.so");
-            std::fs::copy(example_library(), &lib).unwrap();
-            std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
-            config += &format!(
-                "library_dir = \"{}\"\nlibraries = [\"numaproc_example\"]\n",
-                lib_dir.display()
-            );
-        }
-        config += toml;
-        let notify_path = root.join("notify");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        let mut served = Served {
-            child: None,
-            dir: root.join("run"),
-            root,
-            name: tag.to_owned(),
-            prefix,
-            notify,
-        };
-        let config_path = served.root.join("server.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(served.root.join("server.log")).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--name", &served.name])
-            .arg("--runtime-dir")
-            .arg(&served.dir)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        served.child = Some(
-            die_with_parent(&mut cmd)
-                .spawn()
-                .expect("start numaproc serve"),
-        );
-        served.expect_notify("READY=1");
-        served
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("a running server").id()
-    }
-
-    /// Waits for the server to tell its service manager `what` (failing
-    /// at once if it exits before it is ready).
-    fn expect_notify(&mut self, what: &str) {
-        self.notify
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let deadline = Instant::now() + STEP;
-        let mut buf = [0u8; 256];
-        loop {
-            match self.notify.recv(&mut buf) {
-                Ok(n) => {
-                    assert_eq!(
-                        std::str::from_utf8(&buf[..n]).unwrap(),
-                        what,
-                        "log: {}",
-                        self.log()
-                    );
-                    return;
-                }
-                Err(e) if Instant::now() > deadline => {
-                    panic!("no {what} within {STEP:?}: {e}; log: {}", self.log())
-                }
-                Err(_) => {}
-            }
-            if what == "READY=1"
-                && let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap())
-            {
-                panic!(
-                    "the server exited ({status}) before {what}; log: {}",
-                    self.log()
-                );
-            }
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect_with(
-            &self.name,
-            &ClientOptions::new()
-                .dir(&self.dir)
-                .claim_timeout(STEP)
-                .call_timeout(STEP),
-        )
-        .unwrap_or_else(|e| panic!("connect: {e}; log: {}", self.log()))
-    }
-
-    fn soc_pids(&self) -> Vec<u32> {
-        let status = self.client().status(STEP).expect("status");
-        status.socs.iter().map(|s| s.pid).collect()
-    }
-
-    /// SIGTERM, then the server's exit status.
-    fn stop(&mut self) -> ExitStatus {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        self.expect_notify("STOPPING=1");
-        let mut child = self.child.take().expect("a running server");
-        match wait_bounded(&mut child, STEP) {
-            Some(s) => s,
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the server did not stop within {STEP:?}; log: {}",
-                    self.log()
-                );
-            }
-        }
-    }
-
-    /// Stops the server (exit 0) and checks that it left no file in its
-    /// runtime directory, no shared-memory object, and none of `pids`.
-    fn stop_clean(&mut self, pids: &[u32]) {
-        let status = self.stop();
-        assert!(status.success(), "{status:?}; log: {}", self.log());
-        let deadline = Instant::now() + STEP;
-        loop {
-            let files: Vec<_> = std::fs::read_dir(&self.dir)
-                .map(|d| d.filter_map(|e| Some(e.ok()?.file_name())).collect())
-                .unwrap_or_default();
-            let objects = objects_left(&self.prefix);
-            let running: Vec<_> = pids.iter().filter(|&&p| pid_alive(p)).collect();
-            if files.is_empty() && objects.is_empty() && running.is_empty() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "left behind: files {files:?}, objects {objects:?}, processes {running:?}; log: {}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Served {
-    /// A failed test's server: SIGTERM, so that it removes its shared
-    /// memory as it stops; SIGKILL if it does not within [`STEP`].
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            if wait_bounded(&mut c, STEP).is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
+use common::{BIN, STEP, Served, run_bounded};
 
 /// What a `numaproc` command did: exit code, standard output, standard
 /// error.
@@ -294,52 +38,19 @@ impl Ran {
 /// after them, when `served` is given), `stdin` piped into it (or
 /// /dev/null), at most [`STEP`].
 fn run(served: Option<&Served>, args: &[&str], stdin: Option<&[u8]>) -> Ran {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args);
-    if let Some(s) = served {
-        cmd.args(["--name", &s.name])
-            .arg("--runtime-dir")
-            .arg(&s.dir);
-    }
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = die_with_parent(&mut cmd).spawn().unwrap();
-    // Written and read by threads: a full pipe must not stall the test.
-    let writer = stdin.map(|bytes| {
-        let mut pipe = child.stdin.take().unwrap();
-        let bytes = bytes.to_vec();
-        std::thread::spawn(move || {
-            // The command may exit without reading it all.
-            let _ = pipe.write_all(&bytes);
-        })
-    });
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        stdout.read_to_end(&mut out).map(|_| out)
-    });
-    let mut stderr = child.stderr.take().unwrap();
-    let err_reader = std::thread::spawn(move || {
-        let mut err = String::new();
-        stderr.read_to_string(&mut err).map(|_| err)
-    });
-    let status = wait_bounded(&mut child, STEP).unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("numaproc {args:?} ran longer than {STEP:?}")
-    });
-    if let Some(w) = writer {
-        w.join().unwrap();
-    }
+    let mut cmd = match served {
+        Some(s) => s.command(args),
+        None => {
+            let mut cmd = Command::new(BIN);
+            cmd.args(args);
+            cmd
+        }
+    };
+    let out = run_bounded(&mut cmd, stdin);
     Ran {
-        code: status.code(),
-        out: reader.join().unwrap().unwrap(),
-        err: err_reader.join().unwrap().unwrap(),
+        code: out.status.code(),
+        out: out.stdout,
+        err: String::from_utf8(out.stderr).expect("UTF-8 standard error"),
     }
 }
 
@@ -387,7 +98,7 @@ fn base64_decode(text: &str) -> Vec<u8> {
 
 #[test]
 fn call_timeout_takes_a_duration_and_refuses_a_bad_one() {
-    let mut served = Served::start("timeout", "socs = 1\nworkers_per_soc = 1\n", false);
+    let mut served = Served::start("timeout", "socs = 1\nworkers_per_soc = 1\n");
     let pids = served.soc_pids();
     let t = Instant::now();
     let ran = run(
@@ -449,7 +160,7 @@ fn call_timeout_takes_a_duration_and_refuses_a_bad_one() {
 
 #[test]
 fn call_reads_standard_input_when_given_no_input() {
-    let mut served = Served::start("stdin", "socs = 1\nworkers_per_soc = 1\n", false);
+    let mut served = Served::start("stdin", "socs = 1\nworkers_per_soc = 1\n");
     let pids = served.soc_pids();
     let ran = run(Some(&served), &["call", "sys_echo"], Some(b"data"));
     assert_eq!((ran.code, ran.stdout()), (Some(0), "data"), "{}", ran.err);
@@ -476,7 +187,7 @@ fn call_reads_standard_input_when_given_no_input() {
 
 #[test]
 fn call_json_gives_the_output_the_worker_and_the_error() {
-    let mut served = Served::start("json", "socs = 2\nworkers_per_soc = 1\n", false);
+    let mut served = Served::start("json", "socs = 2\nworkers_per_soc = 1\n");
     let pids = served.soc_pids();
 
     // UTF-8 output: as text, with the worker that ran it.
@@ -598,7 +309,7 @@ fn call_json_gives_the_output_the_worker_and_the_error() {
 
 #[test]
 fn repeat_makes_exactly_n_calls_and_prints_percentiles() {
-    let mut served = Served::start("repeat", "socs = 2\nworkers_per_soc = 1\n", false);
+    let mut served = Served::start("repeat", "socs = 2\nworkers_per_soc = 1\n");
     let pids = served.soc_pids();
     // Each `status` calls sys_stats once on each of the 2 SOCs, after it
     // read the SOCs' counts: the next `status` counts those 2 too.
@@ -687,7 +398,7 @@ fn repeat_makes_exactly_n_calls_and_prints_percentiles() {
 
 #[test]
 fn status_counts_each_procedure_over_the_socs() {
-    let mut served = Served::start("stats", "socs = 2\nworkers_per_soc = 1\n", true);
+    let mut served = Served::start_with_example_library("stats", "socs = 2\nworkers_per_soc = 1\n");
     let pids = served.soc_pids();
     for (soc, n) in [("0", 3), ("1", 2)] {
         for i in 0..n {
@@ -808,7 +519,6 @@ fn status_shows_a_soc_that_cannot_answer() {
     let mut served = Served::start(
         "quiet",
         "socs = 2\nworkers_per_soc = 1\n[restart]\nmax_restarts = 0\n",
-        false,
     );
     let pids = served.soc_pids();
     // SOC 1's only worker is held: its sys_stats finds no idle worker.
@@ -879,7 +589,7 @@ fn status_shows_a_soc_that_cannot_answer() {
 
 #[test]
 fn list_gives_the_procedures_in_id_order_with_their_origins() {
-    let mut served = Served::start("list", "socs = 1\nworkers_per_soc = 1\n", true);
+    let mut served = Served::start_with_example_library("list", "socs = 1\nworkers_per_soc = 1\n");
     let pids = served.soc_pids();
     let ran = run(Some(&served), &["list", "--json"], None);
     assert_eq!(ran.code, Some(0), "{}", ran.err);
@@ -947,7 +657,7 @@ fn list_gives_the_procedures_in_id_order_with_their_origins() {
 
 #[test]
 fn every_command_names_the_server_it_cannot_reach() {
-    let mut served = Served::start("gone", "socs = 1\nworkers_per_soc = 1\n", false);
+    let mut served = Served::start("gone", "socs = 1\nworkers_per_soc = 1\n");
     let pids = served.soc_pids();
     served.stop_clean(&pids);
     for args in [

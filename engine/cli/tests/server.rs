@@ -4,285 +4,24 @@
 //! bounded; every server and helper is killed if a test fails, and each
 //! test checks that the server left no process, socket or shared memory.
 
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::net::UnixDatagram;
+mod common;
+
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use numaproc::{CallError, Client, ClientOptions, ConnectError, Target};
 
-const BIN: &str = env!("CARGO_BIN_EXE_numaproc");
+use common::{
+    BIN, STEP, Served, die_with_parent, objects_left, pid_alive, run_bounded, soc_pids,
+    wait_bounded, wait_held_by_other,
+};
+
 /// Set in a helper client process: what it does (see `client_helper`).
 const HELPER_ENV: &str = "NUMAPROC_TEST_CLIENT";
-/// Far above anything a healthy server takes, far below a test's patience.
-const STEP: Duration = Duration::from_secs(20);
-
-/// Dies with the thread that started it, so a failed test leaks nothing.
-fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        })
-    }
-}
-
-fn wait_bounded(child: &mut Child, within: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn pid_alive(pid: u32) -> bool {
-    // A zombie is gone for every purpose here but still in /proc.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-/// A `numaproc serve` process in its own runtime directory.
-struct Served {
-    child: Option<Child>,
-    /// Arguments of `numaproc serve` besides the configuration's.
-    args: Vec<String>,
-    root: PathBuf,
-    dir: PathBuf,
-    name: String,
-    prefix: String,
-    notify: UnixDatagram,
-}
-
-impl Served {
-    /// Starts `numaproc serve` with a configuration of `toml` lines (a
-    /// name prefix of its own added) and waits for its READY=1.
-    fn start(tag: &str, toml: &str) -> Served {
-        Self::start_with(tag, toml, &[])
-    }
-
-    /// [`Served::start`] with more arguments for `numaproc serve`.
-    fn start_with(tag: &str, toml: &str, args: &[&str]) -> Served {
-        let root = std::env::temp_dir().join(format!("np-serve-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        let prefix = format!("sv{}{}", std::process::id(), tag.replace('-', "_"));
-        let notify_path = root.join("notify");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        let mut served = Served {
-            child: None,
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-            dir: root.join("run"),
-            root,
-            name: tag.to_owned(),
-            prefix,
-            notify,
-        };
-        served.spawn(toml);
-        served.expect_notify("READY=1");
-        served
-    }
-
-    fn spawn(&mut self, toml: &str) {
-        let config = self.root.join("server.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "name_prefix = \"{}\"\nstate_dir = \"{}\"\n{toml}\n",
-                self.prefix,
-                self.root.join("state").display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(self.root.join("server.log")).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .args(["--name", &self.name])
-            .arg("--runtime-dir")
-            .arg(&self.dir)
-            .args(&self.args)
-            .env("NOTIFY_SOCKET", self.root.join("notify"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        self.child = Some(
-            die_with_parent(&mut cmd)
-                .spawn()
-                .expect("start numaproc serve"),
-        );
-    }
-
-    /// Starts a server again under the same name and directory.
-    fn restart(&mut self, toml: &str) {
-        assert!(self.child.is_none(), "the previous server still runs");
-        self.spawn(toml);
-        self.expect_notify("READY=1");
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("a running server").id()
-    }
-
-    /// Waits for the server to tell its service manager `what` (failing
-    /// at once if it exits first).
-    fn expect_notify(&mut self, what: &str) {
-        self.notify
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let deadline = Instant::now() + STEP;
-        let mut buf = [0u8; 256];
-        loop {
-            match self.notify.recv(&mut buf) {
-                Ok(n) => {
-                    assert_eq!(
-                        std::str::from_utf8(&buf[..n]).unwrap(),
-                        what,
-                        "log: {}",
-                        self.log()
-                    );
-                    return;
-                }
-                Err(e) if Instant::now() > deadline => {
-                    panic!("no {what} within {STEP:?}: {e}; log: {}", self.log())
-                }
-                Err(_) => {}
-            }
-            if what == "READY=1"
-                && let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap())
-            {
-                panic!(
-                    "the server exited ({status}) before {what}; log: {}",
-                    self.log()
-                );
-            }
-        }
-    }
-
-    fn options(&self) -> ClientOptions {
-        ClientOptions::new()
-            .dir(&self.dir)
-            .claim_timeout(STEP)
-            .call_timeout(STEP)
-    }
-
-    fn client(&self) -> Client {
-        Client::connect_with(&self.name, &self.options())
-            .unwrap_or_else(|e| panic!("connect: {e}; log: {}", self.log()))
-    }
-
-    fn soc_pids(&self, client: &Client) -> Vec<u32> {
-        let status = client.status(STEP).expect("status");
-        status.socs.iter().map(|s| s.pid).collect()
-    }
-
-    /// SIGTERM, then the server's exit status.
-    fn stop(&mut self) -> ExitStatus {
-        self.signal_stop();
-        self.wait_exit()
-    }
-
-    /// SIGTERM, and the server says it is stopping.
-    fn signal_stop(&mut self) {
-        let pid = self.pid();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        self.expect_notify("STOPPING=1");
-    }
-
-    /// Whether the server process still runs.
-    fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
-
-    /// The exit status of a stopping server.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("a running server");
-        match wait_bounded(&mut child, STEP) {
-            Some(s) => s,
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the server did not stop within {STEP:?}; log: {}",
-                    self.log()
-                );
-            }
-        }
-    }
-
-    /// kill -9, reaped.
-    fn kill(&mut self) {
-        let mut child = self.child.take().expect("a running server");
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    /// What the server left: files in its runtime directory, shared-memory
-    /// objects, and which of `pids` still run (checked for a while: a
-    /// killed server's SOCs take a moment to see it).
-    fn assert_nothing_left(&self, pids: &[u32]) {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let files: Vec<_> = std::fs::read_dir(&self.dir)
-                .map(|d| d.filter_map(|e| Some(e.ok()?.file_name())).collect())
-                .unwrap_or_default();
-            let objects = objects_left(&self.prefix);
-            let running: Vec<_> = pids.iter().filter(|&&p| pid_alive(p)).collect();
-            if files.is_empty() && objects.is_empty() && running.is_empty() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "left behind: files {files:?}, objects {objects:?}, processes {running:?}; log: {}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-fn objects_left(prefix: &str) -> Vec<String> {
-    let needle = format!("numaproc-{prefix}-");
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&needle))
-        .collect()
-}
 
 /// A helper client process: this executable, running `client_helper`.
 struct Helper {
@@ -463,53 +202,21 @@ fn raw_client_helper() {
 
 /// Runs `numaproc ARGS` against `served`, bounded.
 fn numaproc(served: &Served, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .args(["--name", &served.name])
-        .arg("--runtime-dir")
-        .arg(&served.dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = die_with_parent(&mut cmd).spawn().unwrap();
-    let status = wait_bounded(&mut child, STEP).unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("numaproc {args:?} ran longer than {STEP:?}")
-    });
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status.code(), out, err)
+    texts(run_bounded(&mut served.command(args), None))
 }
 
-/// Waits until slot (`soc`, `worker`) is held by another process than
-/// `client`'s (a helper's claim, seen through the shared owner words).
-fn wait_held_by_other(client: &Client, soc: usize, worker: usize) -> u32 {
-    let pos = client.table().position(soc, worker).unwrap();
-    let place = client.table().place(pos).unwrap();
-    let deadline = Instant::now() + STEP;
-    loop {
-        if let Some(h) = place.session().holder()
-            && h != client.holder()
-        {
-            return h;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "worker {soc}.{worker} never held"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+/// A command's exit code, standard output and standard error.
+fn texts(out: Output) -> (Option<i32>, String, String) {
+    let text = |bytes| String::from_utf8(bytes).expect("UTF-8 output");
+    (out.status.code(), text(out.stdout), text(out.stderr))
+}
+
+/// `numaproc call` of a one-minute sys_sleep on worker (0, 1) of `served`,
+/// left running.
+fn sleeping_caller(served: &Served) -> Child {
+    let mut caller = served.command(&["call", "--soc", "0", "--worker", "1", "sys_sleep", "60000"]);
+    caller.stdout(Stdio::null()).stderr(Stdio::null());
+    die_with_parent(&mut caller).spawn().unwrap()
 }
 
 fn serve_call_status_stop(kind: &str) {
@@ -544,7 +251,7 @@ fn serve_call_status_stop(kind: &str) {
             .unwrap();
         assert_eq!(out, format!("to {soc}").as_bytes());
     }
-    let pids = served.soc_pids(&client);
+    let pids = soc_pids(&client);
     assert_eq!(pids.len(), 2);
     let status = served.stop();
     assert!(status.success(), "{status:?}; log: {}", served.log());
@@ -603,15 +310,7 @@ fn a_killed_clients_workers_are_given_back() {
     // on worker 1.
     let holder = Helper::start(&served, "claim 0 0");
     holder.expect("held");
-    let mut caller = Command::new(BIN);
-    caller
-        .args(["call", "--soc", "0", "--worker", "1", "sys_sleep", "60000"])
-        .args(["--name", &served.name])
-        .arg("--runtime-dir")
-        .arg(&served.dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut caller = die_with_parent(&mut caller).spawn().unwrap();
+    let mut caller = sleeping_caller(&served);
     let h0 = wait_held_by_other(&client, 0, 0);
     let h1 = wait_held_by_other(&client, 0, 1);
     assert_ne!(h0, h1);
@@ -656,15 +355,7 @@ fn clients_killed_twenty_times_give_their_workers_back_while_others_call() {
         // long call on worker 1.
         let holder = Helper::start(&served, "claim 0 0");
         holder.expect("held");
-        let mut caller = Command::new(BIN);
-        caller
-            .args(["call", "--soc", "0", "--worker", "1", "sys_sleep", "60000"])
-            .args(["--name", &served.name])
-            .arg("--runtime-dir")
-            .arg(&served.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut caller = die_with_parent(&mut caller).spawn().unwrap();
+        let mut caller = sleeping_caller(&served);
         wait_held_by_other(&client, 0, 0);
         wait_held_by_other(&client, 0, 1);
         holder.kill();
@@ -702,7 +393,7 @@ fn clients_killed_twenty_times_give_their_workers_back_while_others_call() {
 fn a_killed_servers_waiting_calls_end_with_engine_gone() {
     let mut served = Served::start("gone", "socs = 1\nworkers_per_soc = 2");
     let client = served.client();
-    let pids = served.soc_pids(&client);
+    let pids = soc_pids(&client);
     let killed_at = std::sync::Mutex::new(None::<Instant>);
     std::thread::scope(|s| {
         // Two calls run, a third waits for a worker.
@@ -771,10 +462,10 @@ fn a_killed_servers_waiting_calls_end_with_engine_gone() {
         assert!(Instant::now() < deadline, "still alive: {found:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
-    served.restart("socs = 1\nworkers_per_soc = 2");
+    served.restart();
     let again = served.client();
     assert_eq!(again.call("sys_echo", b"back").unwrap(), b"back");
-    let new_pids = served.soc_pids(&again);
+    let new_pids = soc_pids(&again);
     drop(again);
     drop(client);
     assert!(served.stop().success(), "log: {}", served.log());
@@ -806,7 +497,7 @@ fn a_stopping_server_lets_calls_in_flight_end() {
         "socs = 1\nworkers_per_soc = 2\ndrain_timeout_ms = 10000",
     );
     let client = served.client();
-    let pids = served.soc_pids(&client);
+    let pids = soc_pids(&client);
     let place = |w| {
         client
             .table()
@@ -914,18 +605,8 @@ fn bad_server_names_and_directories_are_refused() {
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let run = |args: &[&str]| {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = die_with_parent(&mut cmd).spawn().unwrap();
-        let status = wait_bounded(&mut child, STEP).expect("bounded");
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        (status.code(), err)
+        let (code, _, err) = texts(run_bounded(Command::new(BIN).args(args), None));
+        (code, err)
     };
     let (code, err) = run(&["serve", "--name", "a/b"]);
     assert_eq!(code, Some(1), "{err}");
@@ -984,30 +665,11 @@ fn another_user_is_refused_and_gets_no_memory() {
             Some(_) => Command::new(std::env::current_exe().unwrap()),
             None => Command::new(BIN),
         };
-        cmd.args(args)
-            .uid(nobody)
-            .gid(nobody)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).uid(nobody).gid(nobody);
         if let Some(path) = env {
             cmd.env(HELPER_ENV, path);
         }
-        let mut child = die_with_parent(&mut cmd).spawn().unwrap();
-        let status = wait_bounded(&mut child, STEP).expect("bounded");
-        let (mut out, mut err) = (String::new(), String::new());
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        (status.code(), out, err)
+        texts(run_bounded(&mut cmd, None))
     };
     // The files keep another user out: the directory and the socket are
     // this user's alone.
@@ -1100,30 +762,13 @@ fn members_of_the_allowed_group_may_attach_and_no_one_else() {
     assert_eq!((sock_meta.mode() & 0o7777, sock_meta.gid()), (0o660, GROUP));
     let run = |program: &str, args: &[&str], gid: u32, groups: &[u32], env: Option<&str>| {
         let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args);
         if let Some(v) = env {
             cmd.env(HELPER_ENV, v);
         }
+        // Before the die_with_parent of run_bounded (see as_user).
         as_user(&mut cmd, user, gid, groups);
-        let mut child = die_with_parent(&mut cmd).spawn().unwrap();
-        let status = wait_bounded(&mut child, STEP).expect("bounded");
-        let (mut out, mut err) = (String::new(), String::new());
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        (status.code(), out, err)
+        texts(run_bounded(&mut cmd, None))
     };
     let dir = served.dir.to_str().unwrap().to_owned();
     let call = [
