@@ -1146,38 +1146,99 @@ mod tests {
         assert_eq!(s.control.wait_task(&HOT), Task::Submitted(0));
     }
 
-    /// Four sessions claim one slot, half of their calls given up at once
-    /// or while running, against a worker that answers each call with its
-    /// input; every call that is waited for sees its own answer, and the
-    /// slot ends free.
+    /// Four sessions claim one slot and call a worker that answers each
+    /// call through the slot's buffers (the input's 8 bytes, inverted) and
+    /// its response (the input's length). Half of the calls are waited
+    /// for: each sees its own answer and frees the slot at once. A quarter
+    /// are given up while they run, for certain (the worker says it
+    /// started, and ends the call only once it sees it given up): each is
+    /// left to the worker, which frees the slot when it ends it. A quarter
+    /// are given up at once, wherever the race puts them: each freed the
+    /// slot at once (it was over) or was left to the worker, which skipped
+    /// it (not started) or freed the slot when it ended it. Every call was
+    /// run or skipped, the worker always read the input its session wrote,
+    /// and the slot ends free.
     #[test]
     fn racing_sessions_see_only_their_own_results() {
+        const SESSIONS: u64 = 4;
+        const CALLS: u64 = 2000;
         let s = zeroed();
+        let buffer = |len: usize| Box::leak(vec![0u8; len].into_boxed_slice()).as_mut_ptr();
+        // SAFETY: three leaked buffers of the given sizes, apart.
+        let slot = unsafe {
+            SlotRef::from_parts(
+                s.control,
+                buffer(MESSAGE_CAPACITY),
+                (buffer(8), 8),
+                (buffer(8), 8),
+            )
+        };
+        /// What the worker counted.
+        #[derive(Debug, Default)]
+        struct WorkerCounts {
+            served: u64,
+            skipped: u64,
+            freed_at_finish: u64,
+            wrong_input: u64,
+        }
+        /// Whether a session gives call `tag` up once it runs.
+        fn given_up_running(tag: u64) -> bool {
+            tag % 4 == 1
+        }
+        // The tag of the call the worker started last, plus one.
+        let started: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
         let worker = std::thread::spawn(move || {
             let c = s.control;
-            let mut served = 0u64;
+            let mut w = WorkerCounts::default();
             loop {
                 match c.wait_task(&HOT) {
-                    Task::Closed => return served,
-                    Task::Abandoned => {}
+                    Task::Closed => return w,
+                    Task::Abandoned => w.skipped += 1,
                     Task::Submitted(g) => {
-                        let input = c.input_len.load(Ordering::Relaxed);
-                        if input.is_multiple_of(3) {
+                        let tag = c.input_len.load(Ordering::Relaxed);
+                        // SAFETY: the worker runs the call: the input is
+                        // its to read, the output its to write.
+                        let input = unsafe { slot.input(8) };
+                        if input != tag.to_le_bytes() {
+                            w.wrong_input += 1;
+                        }
+                        started.store(tag + 1, Ordering::SeqCst);
+                        if given_up_running(tag) {
+                            let give_up = Instant::now() + Duration::from_secs(20);
+                            while !c.is_abandoned() {
+                                assert!(Instant::now() < give_up, "call {tag:#x} never given up");
+                                std::thread::yield_now();
+                            }
+                        } else if tag.is_multiple_of(3) {
                             std::thread::yield_now();
                         }
-                        c.output_len.store(input, Ordering::Relaxed);
-                        c.finish(g);
-                        served += 1;
+                        // SAFETY: as above.
+                        unsafe { slot.output_mut() }.copy_from_slice(&(!tag).to_le_bytes());
+                        c.output_len.store(tag, Ordering::Relaxed);
+                        if c.finish(g) {
+                            w.freed_at_finish += 1;
+                        }
+                        w.served += 1;
                     }
                 }
             }
         });
-        let sessions: Vec<_> = (0..4u64)
+        /// What a session counted.
+        #[derive(Debug, Default)]
+        struct SessionCounts {
+            checked: u64,
+            given_up_running: u64,
+            given_up_free: u64,
+            left_to_worker: u64,
+        }
+        let sessions: Vec<_> = (0..SESSIONS)
             .map(|t| {
                 std::thread::spawn(move || {
-                    let give_up = Instant::now() + Duration::from_secs(20);
-                    let mut checked = 0;
-                    for i in 0..2000u64 {
+                    let mut n = SessionCounts::default();
+                    for i in 0..CALLS {
+                        // The slot is free again within microseconds, or
+                        // milliseconds on a loaded machine.
+                        let give_up = Instant::now() + Duration::from_secs(20);
                         let c = loop {
                             if let Some(c) = s.try_claim() {
                                 break c;
@@ -1185,32 +1246,73 @@ mod tests {
                             assert!(Instant::now() < give_up, "the slot was never freed");
                             std::thread::yield_now();
                         };
-                        let input = t << 32 | i;
-                        s.control.input_len.store(input, Ordering::Relaxed);
+                        let tag = t << 32 | i;
+                        // SAFETY: this session holds the claim, not
+                        // submitted yet.
+                        unsafe { slot.input_mut() }.copy_from_slice(&tag.to_le_bytes());
+                        s.control.input_len.store(tag, Ordering::Relaxed);
                         assert!(s.submit(c));
                         if i % 2 == 0 {
                             assert_eq!(
                                 s.wait_done(c.generation(), &HOT, None),
                                 Some(Outcome::Done)
                             );
-                            assert_eq!(s.control.output_len.load(Ordering::Relaxed), input);
-                            checked += 1;
+                            assert_eq!(s.control.output_len.load(Ordering::Relaxed), tag);
+                            // SAFETY: the call is done and the claim held.
+                            let out = unsafe { slot.output(8) };
+                            assert_eq!(out, (!tag).to_le_bytes(), "session {t} call {i}");
+                            assert!(s.release(c), "a finished call frees its slot at once");
+                            n.checked += 1;
+                        } else if given_up_running(tag) {
+                            let give_up = Instant::now() + Duration::from_secs(20);
+                            while started.load(Ordering::SeqCst) != tag + 1 {
+                                assert!(Instant::now() < give_up, "call {tag:#x} never started");
+                                std::thread::yield_now();
+                            }
+                            assert!(!s.release(c), "a running call is left to its worker");
+                            n.given_up_running += 1;
+                            n.left_to_worker += 1;
+                        } else if s.release(c) {
+                            n.given_up_free += 1;
+                        } else {
+                            n.left_to_worker += 1;
                         }
-                        s.release(c);
                     }
-                    checked
+                    n
                 })
             })
             .collect();
-        let checked: u64 = sessions.into_iter().map(|t| t.join().unwrap()).sum();
-        assert_eq!(checked, 4 * 1000);
+        let mut total = SessionCounts::default();
+        for t in sessions {
+            let n = t.join().unwrap();
+            total.checked += n.checked;
+            total.given_up_running += n.given_up_running;
+            total.given_up_free += n.given_up_free;
+            total.left_to_worker += n.left_to_worker;
+        }
+        assert_eq!(total.checked, SESSIONS * CALLS / 2);
+        assert_eq!(total.given_up_running, SESSIONS * CALLS / 4);
+        assert_eq!(
+            total.given_up_free + total.left_to_worker,
+            SESSIONS * CALLS / 2
+        );
         let give_up = Instant::now() + Duration::from_secs(20);
         while !s.control.close() {
             assert!(Instant::now() < give_up, "the last call never ended");
             std::thread::yield_now();
         }
-        let served = worker.join().unwrap();
-        assert!(served >= checked);
+        let w = worker.join().unwrap();
+        assert_eq!(w.wrong_input, 0, "{w:?}");
+        assert_eq!(w.served + w.skipped, SESSIONS * CALLS, "{w:?}");
+        assert!(
+            w.freed_at_finish >= total.given_up_running,
+            "each call given up while it ran freed the slot at its end: {w:?} {total:?}"
+        );
+        assert_eq!(
+            w.skipped + w.freed_at_finish,
+            total.left_to_worker,
+            "every call left to the worker was skipped or freed at its end: {w:?} {total:?}"
+        );
         assert!(!s.is_held(), "every claim was given back");
     }
 }
