@@ -97,6 +97,7 @@ macro_rules! for_each_scenario {
                 supervision::crashing_procedures_end_in_soc_died,
                 supervision::calls_on_a_killed_soc_end_in_their_output_or_soc_died,
                 supervision::other_socs_serve_while_one_is_killed,
+                supervision::dropped_claims_and_sessions_across_a_soc_death_leak_no_worker,
                 supervision::a_given_up_soc_is_unavailable,
                 supervision::hard_limit_kills_an_overrunning_soc,
                 supervision::a_killed_masters_socs_are_gone_within_a_second,

@@ -223,6 +223,114 @@ pub fn other_socs_serve_while_one_is_killed(kind: SocKind) -> Result<()> {
     shutdown_clean(engine)
 }
 
+/// The user CPU time, in clock ticks, thread `tid` of process `pid` has
+/// used.
+fn user_ticks(pid: u32, tid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))?;
+    // After the name (in parentheses, which may hold anything): state is
+    // the 3rd field of the line, utime the 14th.
+    let rest = stat
+        .rsplit_once(')')
+        .ok_or_else(|| anyhow!("odd stat: {stat}"))?
+        .1;
+    Ok(rest
+        .split_whitespace()
+        .nth(11)
+        .ok_or_else(|| anyhow!("odd stat: {stat}"))?
+        .parse()?)
+}
+
+/// Waits until worker `worker` of SOC `soc` (process `pid`) runs its call
+/// for certain: its thread (named `np{soc}w{worker}`) has used 3 clock
+/// ticks (30 ms or more) of user time since, which a worker waiting for a
+/// call (spinning 200 µs at most, then asleep) never does.
+fn until_spinning(pid: u32, soc: usize, worker: usize) -> Result<()> {
+    let name = format!("np{soc}w{worker}");
+    let tid = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()))
+        .find(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim_end() == name)
+        })
+        .ok_or_else(|| anyhow!("no thread {name} in SOC process {pid}"))?;
+    let before = user_ticks(pid, tid)?;
+    let start = Instant::now();
+    while user_ticks(pid, tid)? < before + 3 {
+        ensure!(
+            start.elapsed() < Duration::from_secs(5),
+            "{name} does not run its call"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Claims and sessions held across a SOC's death, each in its own state
+/// on its own worker of SOC 0: a claim not yet submitted cannot submit
+/// after the death (`SocDied`, and its worker is free); a session waiting
+/// for a call that never ends by itself gets `SocDied` at the death; a
+/// session dropped while its call runs (which ignores cancellation) leaves
+/// its worker busy until the death, and free once the SOC serves again; a
+/// session whose call ended, its result unread, frees its worker when
+/// dropped after the death. SOC 1 is untouched.
+pub fn dropped_claims_and_sessions_across_a_soc_death_leak_no_worker(kind: SocKind) -> Result<()> {
+    use crate::calls::{slot_of, until_state};
+    use numaproc_ipc::slot::State;
+    let libs = crash_libs(kind, "dropdeath")?;
+    let engine = Engine::start(crash_options(kind, "dropdeath", &libs).workers_per_soc(4))?;
+    let w = |worker| Target::Worker { soc: 0, worker };
+    let prompt = Duration::from_secs(2);
+
+    let claim = engine.claim(w(0))?;
+    let mut waiting = engine.submit(w(1), "crash.spin", b"")?;
+    let spinning = engine.submit(w(2), "crash.spin", b"")?;
+    until_spinning(engine.socs()[0].pid, 0, 2)?;
+    drop(spinning);
+    let unread = engine.submit(w(3), "crash.echo", b"unread")?;
+    until_state(slot_of(&engine, 0, 3)?, State::Done, prompt)?;
+    let e = expect_err(engine.try_call_on(w(2), "crash.echo", b""), "abandoned")?;
+    ensure!(
+        e == CallError::Busy,
+        "a dropped spinning call still runs: {e:?}"
+    );
+    ensure!(slot_of(&engine, 0, 2)?.session().is_held());
+
+    kill_9(engine.socs()[0].pid)?;
+    let killed = Instant::now();
+    let e = expect_err(waiting.wait().map(<[u8]>::to_vec), "waiting")?;
+    ensure!(e == CallError::SocDied(0), "{e:?}");
+    ensure!(
+        killed.elapsed() < prompt,
+        "the waiting session learnt of the death after {:?}",
+        killed.elapsed()
+    );
+    drop(waiting);
+    wait_ready_again(&engine, 0, 1)?;
+
+    let e = expect_err(
+        claim.submit("crash.echo", 0).map(|s| s.worker()),
+        "a claim across the death",
+    )?;
+    ensure!(e == CallError::SocDied(0), "{e:?}");
+    drop(unread);
+    for worker in 0..4 {
+        ensure!(
+            !slot_of(&engine, 0, worker)?.session().is_held(),
+            "worker {worker} is still held"
+        );
+        let out = engine.try_call_on(w(worker), "crash.echo", b"free");
+        ensure!(
+            matches!(&out, Ok(o) if o == b"free"),
+            "worker {worker} is not free after the death: {out:?}"
+        );
+    }
+    ensure!(engine.call_on(Target::Soc(1), "crash.echo", b"other")? == b"other");
+    let socs = engine.socs();
+    ensure!(socs[0].restarts == 1 && socs[1].restarts == 0, "{socs:?}");
+    shutdown_clean(engine)
+}
+
 /// A SOC that dies more often than the policy allows is given up: calls
 /// to it fail at once with `Unavailable`, calls to any SOC go elsewhere.
 pub fn a_given_up_soc_is_unavailable(kind: SocKind) -> Result<()> {
