@@ -72,19 +72,79 @@ pub fn wake_all(word: &AtomicU32) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    //! Also what the wake-up tests of the other modules share: a sleeper's
+    //! thread id, and a look at whether that thread sleeps in the kernel on
+    //! a given word (so that a test wakes a sleeper, not a thread that is
+    //! about to sleep), and the bound on a wake-up.
     use super::*;
-    use std::sync::Arc;
     use std::sync::atomic::Ordering;
+    use std::sync::mpsc;
     use std::time::Instant;
+
+    /// How long a woken sleeper may take to run again: generous on a
+    /// loaded machine, far below every fallback the sleepers here have
+    /// (their own timeouts are a minute or none).
+    pub(crate) const WAKE_BOUND: Duration = Duration::from_secs(2);
+
+    /// The calling thread's kernel id.
+    pub(crate) fn tid() -> i32 {
+        nix::unistd::gettid().as_raw()
+    }
+
+    /// Whether thread `tid` of this process sleeps in `FUTEX_WAIT` on
+    /// `word` now, as `/proc/self/task/TID/syscall` shows it (the
+    /// system call's number, then its arguments in hex; "running" when
+    /// the thread is not in a system call).
+    pub(crate) fn sleeps_on(tid: i32, word: &AtomicU32) -> bool {
+        let Ok(line) = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")) else {
+            return false;
+        };
+        let mut fields = line.split_whitespace();
+        let number = fields.next().and_then(|n| n.parse::<i64>().ok());
+        let mut arg = || {
+            fields
+                .next()
+                .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+        };
+        let (address, op) = (arg(), arg());
+        number == Some(libc::SYS_futex)
+            && address == Some(word.as_ptr() as u64)
+            && op == Some(libc::FUTEX_WAIT as u64)
+    }
+
+    /// Waits until thread `tid` sleeps on `word` (panics after 5 s: the
+    /// thread never went to sleep there).
+    pub(crate) fn until_asleep(tid: i32, word: &AtomicU32) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sleeps_on(tid, word) {
+            assert!(
+                Instant::now() < deadline,
+                "thread {tid} did not go to sleep on the word within 5 s"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// What a sleeper thread sends once its wait ended: `T`, and when.
+    pub(crate) fn ended<T>(rx: &mpsc::Receiver<(T, Instant)>, since: Instant, what: &str) -> T {
+        let (value, at) = rx
+            .recv_timeout(WAKE_BOUND)
+            .unwrap_or_else(|_| panic!("{what}: no wake-up within {WAKE_BOUND:?}"));
+        let late = at.saturating_duration_since(since);
+        assert!(late < WAKE_BOUND, "{what}: woken after {late:?}");
+        value
+    }
 
     #[test]
     fn wait_returns_at_once_when_value_differs() {
         let w = AtomicU32::new(1);
+        let t = Instant::now();
         assert_eq!(
             wait(&w, 0, Some(Duration::from_secs(5))),
             WaitOutcome::Woken
         );
+        assert!(t.elapsed() < WAKE_BOUND, "{:?}", t.elapsed());
     }
 
     #[test]
@@ -95,21 +155,35 @@ mod tests {
             wait(&w, 0, Some(Duration::from_millis(20))),
             WaitOutcome::TimedOut
         );
-        assert!(t.elapsed() >= Duration::from_millis(19));
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(19) && took < WAKE_BOUND,
+            "{took:?}"
+        );
     }
 
+    /// A thread asleep on the word (seen in the kernel, with a minute's
+    /// timeout) is woken by `wake_all`, which says it woke one, at once.
     #[test]
     fn wake_releases_a_sleeper() {
-        let w = Arc::new(AtomicU32::new(0));
-        let w2 = Arc::clone(&w);
-        let t = std::thread::spawn(move || {
-            while w2.load(Ordering::Acquire) == 0 {
-                wait(&w2, 0, Some(Duration::from_secs(10)));
-            }
+        let w: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+        let (tid_tx, tid_rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tid_tx.send(tid());
+            let outcome = wait(w, 0, Some(Duration::from_secs(60)));
+            let _ = tx.send(((outcome, w.load(Ordering::Acquire)), Instant::now()));
         });
-        std::thread::sleep(Duration::from_millis(10));
+        let sleeper = tid_rx
+            .recv_timeout(WAKE_BOUND)
+            .expect("the sleeper started");
+        until_asleep(sleeper, w);
         w.store(1, Ordering::Release);
-        wake_all(&w);
-        t.join().unwrap();
+        let woken = Instant::now();
+        assert_eq!(wake_all(w), 1, "one sleeper to wake");
+        let (outcome, seen) = ended(&rx, woken, "the sleeper");
+        assert_eq!(outcome, WaitOutcome::Woken);
+        assert_eq!(seen, 1);
+        assert_eq!(wake_all(w), 0, "nobody sleeps any more");
     }
 }

@@ -204,7 +204,6 @@ pub fn update_and_wake(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     const SLEEP: u32 = 1 << 31;
 
@@ -219,17 +218,18 @@ mod tests {
     fn times_out_after_spinning_and_sleeping() {
         let w = AtomicU32::new(0);
         let start = Instant::now();
+        // Long enough that the 50 µs of spinning end before it, also for
+        // a thread that a loaded machine leaves waiting for a core.
+        let timeout = Duration::from_millis(200);
         assert_eq!(
-            wait_on(
-                &w,
-                &policy(50),
-                Some(Duration::from_millis(30)),
-                SLEEP,
-                |v| v & !SLEEP == 1
-            ),
+            wait_on(&w, &policy(50), Some(timeout), SLEEP, |v| v & !SLEEP == 1),
             None
         );
-        assert!(start.elapsed() >= Duration::from_millis(29));
+        let took = start.elapsed();
+        assert!(
+            took >= timeout - Duration::from_millis(1) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
         assert_eq!(
             w.load(Ordering::Relaxed),
             SLEEP,
@@ -237,21 +237,28 @@ mod tests {
         );
     }
 
+    /// A waiter asleep on the word (seen in the kernel; it has no
+    /// timeout) is woken by `update_and_wake` at once, after spinning or
+    /// not.
     #[test]
     fn sleeper_is_woken_by_update_and_wake() {
+        use crate::futex::tests::{ended, tid, until_asleep};
+        use std::sync::mpsc;
         for spin in [0, 20] {
-            let w = Arc::new(AtomicU32::new(0));
-            let w2 = Arc::clone(&w);
-            let t = std::thread::spawn(move || {
-                wait_on(&w2, &policy(spin), None, SLEEP, |v| v & !SLEEP == 7)
+            let w: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+            let (tid_tx, tid_rx) = mpsc::channel();
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tid_tx.send(tid());
+                let seen = wait_on(w, &policy(spin), None, SLEEP, |v| v & !SLEEP == 7);
+                let _ = tx.send((seen, Instant::now()));
             });
-            // Wait until the other thread sleeps, then change the word.
-            while w.load(Ordering::Acquire) & SLEEP == 0 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let old = update_and_wake(&w, SLEEP, |v| Some((v & !SLEEP) | 7));
-            assert_eq!(old, Some(SLEEP));
-            assert_eq!(t.join().unwrap(), Some(7));
+            let sleeper = tid_rx.recv_timeout(Duration::from_secs(2)).unwrap();
+            until_asleep(sleeper, w);
+            let woken = Instant::now();
+            let old = update_and_wake(w, SLEEP, |v| Some((v & !SLEEP) | 7));
+            assert_eq!(old, Some(SLEEP), "the waiter had set its bit");
+            assert_eq!(ended(&rx, woken, "the waiter"), Some(7), "spin {spin}");
         }
     }
 

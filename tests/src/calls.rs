@@ -1,14 +1,17 @@
 //! Calls that succeed: every worker reachable, what `sys_list_procs`
 //! lists, concurrent callers, zero-copy claims, sessions dropped in every
-//! state, 64 MiB buffers, deadlines and timeouts without a limit.
+//! state (each reached for certain), 64 MiB buffers, deadlines and
+//! timeouts without a limit.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, ensure};
 use numaproc::sys::ProcListing;
 use numaproc::{CallError, Engine, SocKind, SocState, Target};
+use numaproc_ipc::slot::State;
+use numaproc_ipc::table::SlotPlace;
 
-use crate::procedures::{expected_reverse, options};
+use crate::procedures::{Gate, expected_reverse, options};
 use crate::support::{expect_err, info, shutdown_clean, total_calls};
 
 /// Calls on every worker reach that worker: ping, echo, a registered
@@ -158,23 +161,145 @@ pub fn a_refused_submit_frees_its_worker(kind: SocKind) -> Result<()> {
     shutdown_clean(engine)
 }
 
-/// Dropping claims and sessions in every state never leaks a worker.
+/// The slot of worker `worker` of SOC `soc`, to look at its state (a
+/// scenario's view of what sessions cannot see).
+pub(crate) fn slot_of(engine: &Engine, soc: usize, worker: usize) -> Result<&SlotPlace> {
+    engine
+        .core()
+        .table()
+        .places()
+        .iter()
+        .find(|p| p.soc() == soc && p.worker() == worker)
+        .ok_or_else(|| anyhow!("no slot of worker {worker} of SOC {soc}"))
+}
+
+/// Waits until the state word of `slot` says `state`, at most `bound`.
+pub(crate) fn until_state(slot: &SlotPlace, state: State, bound: Duration) -> Result<()> {
+    let start = Instant::now();
+    while slot.session().control.word().state() != state {
+        ensure!(
+            start.elapsed() < bound,
+            "the slot did not reach {state:?} within {bound:?}: {:?}",
+            slot.session().control.word()
+        );
+        std::thread::yield_now();
+    }
+    Ok(())
+}
+
+/// How long a worker may take to be free again once nothing holds it, a
+/// cancellation to reach a procedure, or a call to start, on a loaded
+/// machine: far below the engine's own timeouts here (20 s).
+const PROMPT: Duration = Duration::from_secs(2);
+
+/// Checks that the only worker is free now: its slot is not held, and a
+/// `try_` call (which never waits) gets it.
+fn free_now(engine: &Engine, slot: &SlotPlace, after: &str) -> Result<()> {
+    ensure!(!slot.session().is_held(), "{after}: the slot is still held");
+    let out = engine.try_call_on(ONE, "sys_echo", after.as_bytes());
+    ensure!(
+        matches!(&out, Ok(o) if o == after.as_bytes()),
+        "{after}: the worker is not free: {out:?}"
+    );
+    Ok(())
+}
+
+/// Checks that the only worker is held (by a call that still runs).
+fn busy(engine: &Engine, slot: &SlotPlace, why: &str) -> Result<()> {
+    ensure!(slot.session().is_held(), "{why}: the slot is free");
+    let e = expect_err(engine.try_call_on(ONE, "sys_ping", b""), why)?;
+    ensure!(e == CallError::Busy, "{why}: {e:?}");
+    Ok(())
+}
+
+/// The only worker of the engines here.
+const ONE: Target = Target::Worker { soc: 0, worker: 0 };
+
+/// Claims and sessions dropped in each state, each state reached for
+/// certain (`test.block` runs until released): a claim dropped before its
+/// submit, or refused at it, frees the worker at once; a session dropped
+/// while its call runs tells the call it is cancelled, and the worker
+/// stays busy until the call ends, then is free at once, also when the
+/// session had timed out waiting; a session dropped after its call ended
+/// (the result unread, read, or an error) frees it at once; a call that
+/// heeds cancellation frees its worker long before it would have ended.
 pub fn dropped_sessions_never_leak_workers(kind: SocKind) -> Result<()> {
     let engine = Engine::start(options(kind, "drop").socs(1).workers_per_soc(1))?;
-    for round in 0..20 {
-        match round % 4 {
-            0 => drop(engine.claim(Target::Any)?),
-            1 => drop(engine.submit(Target::Any, "sys_sleep", b"20")?),
-            2 => {
-                let mut s = engine.submit(Target::Any, "sys_echo", b"x")?;
-                s.wait()?;
-            }
-            _ => drop(engine.submit(Target::Any, "sys_echo", b"unread")?),
+    let slot = slot_of(&engine, 0, 0)?;
+
+    drop(engine.claim(ONE)?);
+    free_now(&engine, slot, "a claim dropped before its submit")?;
+    let e = expect_err(
+        engine
+            .claim(ONE)?
+            .submit("sys_echo", engine.input_capacity() + 1)
+            .map(|s| s.worker()),
+        "a submit too long",
+    )?;
+    ensure!(matches!(e, CallError::InputTooLarge { .. }), "{e:?}");
+    free_now(&engine, slot, "a claim whose submit was refused")?;
+
+    for timed_out in [false, true] {
+        let what = if timed_out {
+            "a session dropped after a timeout, its call running"
+        } else {
+            "a session dropped while its call runs"
+        };
+        let gate = Gate::new(&format!("drop-{timed_out}-{kind}"))?;
+        let mut s = engine.submit(ONE, "test.block", gate.input())?;
+        gate.wait_for("started", PROMPT)?;
+        if timed_out {
+            let e = expect_err(s.wait_timeout(Duration::from_millis(10)), what)?;
+            ensure!(
+                e == CallError::CallTimeout(Duration::from_millis(10)),
+                "{e:?}"
+            );
         }
-        // The single worker must be claimable again (after the sleep ends).
-        let out = engine.call("sys_echo", format!("round {round}").as_bytes())?;
-        ensure!(out == format!("round {round}").as_bytes());
+        ensure!(!gate.said("cancelled"), "{what}: cancelled before the drop");
+        drop(s);
+        gate.wait_for("cancelled", PROMPT)?;
+        busy(&engine, slot, what)?;
+        gate.release()?;
+        // The call ends on its own time: the slot frees when it does.
+        let released = Instant::now();
+        while slot.session().is_held() {
+            ensure!(
+                released.elapsed() < PROMPT,
+                "{what}: the slot is still held {PROMPT:?} after its call was released"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        free_now(&engine, slot, what)?;
     }
+
+    let s = engine.submit(ONE, "sys_echo", b"unread")?;
+    until_state(slot, State::Done, PROMPT)?;
+    drop(s);
+    free_now(&engine, slot, "a session dropped with its result unread")?;
+
+    let mut s = engine.submit(ONE, "sys_echo", b"read")?;
+    ensure!(s.wait()? == b"read");
+    drop(s);
+    free_now(&engine, slot, "a session dropped after its result")?;
+
+    let mut s = engine.submit(ONE, "test.fail42", b"")?;
+    expect_err(s.wait(), "fail42")?;
+    drop(s);
+    free_now(&engine, slot, "a session dropped after its error")?;
+
+    // sys_sleep heeds cancellation: a minute's sleep, started or not,
+    // ends at the drop.
+    let s = engine.submit(ONE, "sys_sleep", b"60000")?;
+    drop(s);
+    let dropped = Instant::now();
+    while slot.session().is_held() {
+        ensure!(
+            dropped.elapsed() < PROMPT,
+            "a cancelled sleep held its worker for {PROMPT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    free_now(&engine, slot, "a cancelled sleep")?;
     shutdown_clean(engine)
 }
 

@@ -62,6 +62,12 @@ macro_rules! for_each_scenario {
                 calls::deadlines_reach_procedures_as_cancellation,
                 calls::call_within_bounds_the_whole_call,
                 calls::absurd_timeouts_are_no_limit,
+            }
+            // Procedure libraries, built-ins, and starts without Rust
+            // procedures (or with them only where the kind has them):
+            // every kind.
+            [Emulated, Forked, Spawned] {
+                start::a_supervisor_that_cannot_start_leaves_nothing,
                 errors::unknown_procedures_are_proc_not_found,
                 errors::oversized_input_is_refused_before_reaching_a_worker,
                 errors::oversized_output_is_output_too_large,
@@ -72,11 +78,6 @@ macro_rules! for_each_scenario {
                 errors::a_call_timeout_leaves_the_call_to_its_session,
                 errors::unknown_targets_are_no_such_target,
                 errors::workers_count_failed_calls,
-            }
-            // Procedure libraries, and starts without Rust procedures:
-            // every kind.
-            [Emulated, Forked, Spawned] {
-                start::a_supervisor_that_cannot_start_leaves_nothing,
                 libraries::example_libraries_serve_in_every_soc,
                 libraries::library_errors_come_back_typed,
                 libraries::sys_list_procs_names_each_procedures_origin,
@@ -96,6 +97,7 @@ macro_rules! for_each_scenario {
                 supervision::crashing_procedures_end_in_soc_died,
                 supervision::calls_on_a_killed_soc_end_in_their_output_or_soc_died,
                 supervision::other_socs_serve_while_one_is_killed,
+                supervision::dropped_claims_and_sessions_across_a_soc_death_leak_no_worker,
                 supervision::a_given_up_soc_is_unavailable,
                 supervision::hard_limit_kills_an_overrunning_soc,
                 supervision::a_killed_masters_socs_are_gone_within_a_second,

@@ -2,15 +2,18 @@
 //! only emulated and forked SOCs can run: a spawned SOC is a fresh exec),
 //! and the options that register them.
 
-use std::time::Duration;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use anyhow::{Result as AnyResult, ensure};
 use numaproc::{EngineOptions, OutputBuf, ProcContext, ProcError, SocInfo, SocKind};
 
 use crate::support::base_options;
 
 /// Options for a scenario: its own prefix, all test procedures registered
 /// (`test.reverse`, `test.fail42`, `test.panic`, `test.overflow`,
-/// `test.fill`).
+/// `test.fill`, `test.block`).
 pub fn options(kind: SocKind, prefix: &str) -> EngineOptions {
     base_options(kind, prefix)
         .register("test.reverse", reverse)
@@ -18,6 +21,7 @@ pub fn options(kind: SocKind, prefix: &str) -> EngineOptions {
         .and_then(|o| o.register("test.panic", panics))
         .and_then(|o| o.register("test.overflow", overflow))
         .and_then(|o| o.register("test.fill", fill_output))
+        .and_then(|o| o.register("test.block", block))
         .expect("test procedure names are valid")
 }
 
@@ -75,6 +79,90 @@ fn fill_output(
         *b = (i % 251) as u8;
     }
     out.set_len(n)
+}
+
+/// How long `test.block` waits for its release before it gives up (a
+/// scenario that failed before releasing it must not leave a worker busy
+/// for ever).
+const BLOCK_LIMIT: Duration = Duration::from_secs(60);
+
+/// `test.block`: runs until the scenario releases it, through files in the
+/// directory its input names (a [`Gate`]): creates `started`, then waits
+/// until `release` exists, creating `cancelled` once it sees its call
+/// cancelled (it goes on all the same); answers `released`. Fails after
+/// [`BLOCK_LIMIT`], or once the directory is gone.
+fn block(ctx: &ProcContext<'_>, input: &[u8], out: &mut OutputBuf<'_>) -> Result<(), ProcError> {
+    let dir = Path::new(std::ffi::OsStr::from_bytes(input));
+    let touch = |name: &str| {
+        std::fs::write(dir.join(name), b"")
+            .map_err(|e| ProcError::msg(format!("cannot create {name}: {e}")))
+    };
+    touch("started")?;
+    let limit = Instant::now() + BLOCK_LIMIT;
+    let mut told = false;
+    while !dir.join("release").exists() {
+        if !told && ctx.is_cancelled() {
+            touch("cancelled")?;
+            told = true;
+        }
+        if Instant::now() >= limit || !dir.is_dir() {
+            return Err(ProcError::msg("never released"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    out.write(b"released")
+}
+
+/// A scenario's hold on calls of `test.block`: the directory they watch.
+/// Dropping it removes the directory, which ends them.
+#[derive(Debug)]
+pub struct Gate(PathBuf);
+
+impl Gate {
+    /// A new gate; `tag` must be unique in the process.
+    pub fn new(tag: &str) -> AnyResult<Self> {
+        let dir = std::env::temp_dir().join(format!("numaproc-gate-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+
+    /// The input of a `test.block` call held by this gate.
+    pub fn input(&self) -> &[u8] {
+        self.0.as_os_str().as_bytes()
+    }
+
+    /// Waits until the call said `what` (`started`, `cancelled`), at most
+    /// `bound`.
+    pub fn wait_for(&self, what: &str, bound: Duration) -> AnyResult<()> {
+        let start = Instant::now();
+        while !self.0.join(what).exists() {
+            ensure!(
+                start.elapsed() < bound,
+                "the blocked call did not say {what} within {bound:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Whether the call said `what`.
+    pub fn said(&self, what: &str) -> bool {
+        self.0.join(what).exists()
+    }
+
+    /// Lets the call end.
+    pub fn release(&self) -> AnyResult<()> {
+        std::fs::write(self.0.join("release"), b"")?;
+        Ok(())
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        // A call still blocked ends once the directory is gone.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A start hook that fails on SOC 1.

@@ -5,10 +5,10 @@
 //! [`HELPER_ENV`] set).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 use numaproc::{CallError, Engine, EngineOptions, SocKind, SocState, Target};
 
 use crate::support::{
@@ -73,24 +73,72 @@ pub fn crashing_procedures_end_in_soc_died(kind: SocKind) -> Result<()> {
     shutdown_clean(engine)
 }
 
-/// How often SOC 0 is killed in the scenarios below.
-const ROUNDS: u32 = 50;
+/// How often SOC 0 is killed in the kill scenarios below.
+const KILLS: u32 = 3;
 
-/// kill -9 of SOC 0, `ROUNDS` times, each after `before_kill` returned:
-/// the SOC comes back each time, and SOC 1 is never restarted.
-fn kill_soc_0_again_and_again(engine: &Engine, before_kill: impl Fn()) -> Result<()> {
-    for round in 1..=ROUNDS {
+/// The restart back-off of the kill scenarios: a SOC killed there stays
+/// dead this long, so that a session that only learns of the death when
+/// the SOC serves again is seen late, and the other SOC serves alone for a
+/// while each time: twice [`DEATH_BOUND`].
+const KILL_BACKOFF: Duration = Duration::from_secs(3);
+
+/// How long after a kill every call in flight on the killed SOC may take
+/// to end, and how long the other SOC's callers may go without an answer:
+/// generous on a loaded machine (where a thread was seen to wait 0.7 s
+/// for a core), half the back-off, far below the engine's timeouts (10 s
+/// for a result, 20 s for a worker).
+const DEATH_BOUND: Duration = Duration::from_millis(1500);
+
+/// Two SOCs of `workers` workers each that load the crash library, SOC 0
+/// started again [`KILL_BACKOFF`] after each death.
+fn kill_options(kind: SocKind, prefix: &str, libs: &LibDir, workers: usize) -> EngineOptions {
+    let backoff_ms = KILL_BACKOFF.as_millis() as u64;
+    crash_options(kind, prefix, libs)
+        .workers_per_soc(workers)
+        .call_timeout(Duration::from_secs(10))
+        .restart(numaproc::RestartPolicy {
+            max_restarts: 1000,
+            window_ms: 60_000,
+            backoff_ms,
+            max_backoff_ms: backoff_ms,
+        })
+}
+
+/// When SOC 0 was killed, and when it was seen serving again.
+#[derive(Debug, Clone, Copy)]
+struct Outage {
+    killed: Instant,
+    back: Instant,
+}
+
+/// kill -9 of SOC 0, [`KILLS`] times: before each kill, `before_kill`
+/// (with the round, from 1) sets the scene; after it, `after_kill` (with
+/// the round and the kill's instant) checks what must happen while SOC 0
+/// is dead. The SOC comes back each time, and SOC 1 is never restarted.
+fn kill_soc_0_again_and_again(
+    engine: &Engine,
+    mut before_kill: impl FnMut(u32) -> Result<()>,
+    mut after_kill: impl FnMut(u32, Instant) -> Result<()>,
+) -> Result<Vec<Outage>> {
+    let mut outages = Vec::new();
+    for round in 1..=KILLS {
         wait_ready_again(engine, 0, round - 1)?;
-        before_kill();
+        before_kill(round)?;
         kill_9(engine.socs()[0].pid)?;
+        let killed = Instant::now();
+        after_kill(round, killed)?;
         wait_ready_again(engine, 0, round)?;
+        outages.push(Outage {
+            killed,
+            back: Instant::now(),
+        });
     }
     let socs = engine.socs();
     ensure!(
-        socs[0].restarts == ROUNDS && socs[1].restarts == 0,
+        socs[0].restarts == KILLS && socs[1].restarts == 0,
         "{socs:?}"
     );
-    Ok(())
+    Ok(outages)
 }
 
 /// Problems the callers of a scenario saw, to report after the fact.
@@ -113,113 +161,341 @@ impl Problems {
     }
 }
 
-/// kill -9 of a SOC, `ROUNDS` times, while sessions are in flight on it
-/// (calls and held sessions from six threads): every call ends with its
-/// own correct output, `SocDied` or a timeout; none hangs; sessions were
-/// in flight at the kills.
+/// One call a caller made: when it asked, when it held its worker, when
+/// it ended, and how.
+#[derive(Debug)]
+struct Call {
+    what: String,
+    asked: Instant,
+    claimed: Option<Instant>,
+    ended: Instant,
+    result: Result<Vec<u8>, CallError>,
+}
+
+/// A call of `crash.echo` on `target` with `what` as its input: claimed,
+/// the input written in place, submitted, waited for.
+fn echo_call(engine: &Engine, target: Target, what: String) -> Call {
+    let asked = Instant::now();
+    let mut claimed = None;
+    let input = what.as_bytes();
+    let result = engine.claim(target).and_then(|mut claim| {
+        claimed = Some(Instant::now());
+        claim.input_mut()[..input.len()].copy_from_slice(input);
+        let mut session = claim.submit("crash.echo", input.len())?;
+        session.wait().map(<[u8]>::to_vec)
+    });
+    Call {
+        what,
+        asked,
+        claimed,
+        ended: Instant::now(),
+        result,
+    }
+}
+
+/// kill -9 of SOC 0, `KILLS` (3) times, with calls in flight on it: in
+/// each round a session waits (asleep) for a call that never ends by
+/// itself on worker 0, and two callers make calls on workers 1 and 2
+/// without pause (the second only while SOC 0 serves). At each kill the waiting session gets `SocDied` within
+/// `DEATH_BOUND` (1.5 s), before the SOC is started again (its death
+/// wakes it, not its restart). Every caller's call ends with its own
+/// output or `SocDied`, never a timeout; each one that held its worker at
+/// a kill ends within `DEATH_BOUND` of it, and none takes `DEATH_BOUND`
+/// longer than the time SOC 0 was dead while it waited.
 pub fn calls_on_a_killed_soc_end_in_their_output_or_soc_died(kind: SocKind) -> Result<()> {
     let libs = crash_libs(kind, "kill")?;
-    let engine = Engine::start(
-        crash_options(kind, "kill", &libs)
-            .workers_per_soc(2)
-            .call_timeout(Duration::from_secs(10)),
-    )?;
+    let engine = Engine::start(kill_options(kind, "kill", &libs, 3))?;
+    let spin_slot = crate::calls::slot_of(&engine, 0, 0)?;
     let stop = AtomicBool::new(false);
-    let (ok, died, timed_out) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
-    let problems = Problems::default();
-    std::thread::scope(|s| -> Result<()> {
-        for t in 0..6u64 {
-            let (engine, stop, ok, died, timed_out, problems) =
-                (&engine, &stop, &ok, &died, &timed_out, &problems);
+    let calls: Mutex<Vec<Call>> = Mutex::default();
+    let outages = std::thread::scope(|s| -> Result<Vec<Outage>> {
+        for worker in 1..=2usize {
+            let (engine, stop, calls) = (&engine, &stop, &calls);
             s.spawn(move || {
+                let target = Target::Worker { soc: 0, worker };
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
+                    // The caller of worker 2 waits out SOC 0's outages
+                    // aside: a caller waiting for a worker of a dead SOC
+                    // keeps a core busy (it wakes itself each time it
+                    // finds the slot failed), and one such is enough.
+                    if worker == 2 && engine.socs()[0].state != SocState::Ready {
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
                     i += 1;
-                    let input = format!("caller {t} call {i}").into_bytes();
-                    let result = if i.is_multiple_of(2) {
-                        engine.call_on(Target::Soc(0), "crash.echo", &input)
-                    } else {
-                        // Hold a session across the kill: submit, then wait.
-                        engine
-                            .submit(Target::Soc(0), "crash.echo", &input)
-                            .and_then(|mut session| session.wait().map(<[u8]>::to_vec))
-                    };
-                    match result {
-                        Ok(out) if out == input => ok.fetch_add(1, Ordering::Relaxed),
-                        Ok(out) => {
-                            problems.add(format!(
-                                "call {t}/{i} got {:?}",
-                                String::from_utf8_lossy(&out)
-                            ));
-                            0
-                        }
-                        Err(CallError::SocDied(0)) => died.fetch_add(1, Ordering::Relaxed),
-                        Err(CallError::CallTimeout(_) | CallError::ClaimTimeout(_)) => {
-                            timed_out.fetch_add(1, Ordering::Relaxed)
-                        }
-                        Err(e) => {
-                            problems.add(format!("call {t}/{i}: unexpected {e}"));
-                            0
-                        }
-                    };
+                    let what = format!("worker {worker} call {i}");
+                    let call = echo_call(engine, target, what);
+                    calls.lock().map(|mut c| c.push(call)).unwrap_or(());
                 }
             });
         }
-        let answered = || ok.load(Ordering::Relaxed) + died.load(Ordering::Relaxed);
-        let result = kill_soc_0_again_and_again(&engine, || {
-            // Let calls reach the SOC, so that some are in flight.
-            let before = answered();
-            let t = Instant::now();
-            while answered() < before + 3 && t.elapsed() < Duration::from_secs(5) {
-                std::thread::yield_now();
-            }
-        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let result = kill_soc_0_again_and_again(
+            &engine,
+            |round| {
+                // A session asleep in its wait for a call that only ends
+                // with its SOC.
+                let (engine, tx) = (&engine, tx.clone());
+                s.spawn(move || {
+                    let result = engine
+                        .submit(Target::Worker { soc: 0, worker: 0 }, "crash.spin", b"")
+                        .and_then(|mut session| session.wait().map(<[u8]>::to_vec));
+                    let _ = tx.send((round, result, Instant::now(), engine.socs()[0].clone()));
+                });
+                let asked = Instant::now();
+                while !spin_slot
+                    .session()
+                    .control
+                    .word()
+                    .has(numaproc_ipc::slot::SESSION_SLEEPING)
+                {
+                    ensure!(
+                        asked.elapsed() < Duration::from_secs(5),
+                        "round {round}: the session never slept in its wait"
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(())
+            },
+            |round, killed| {
+                let (r, result, ended, soc) = rx
+                    .recv_timeout(Duration::from_secs(15))
+                    .map_err(|_| anyhow!("round {round}: the waiting session never ended"))?;
+                ensure!(r == round);
+                ensure!(
+                    result == Err(CallError::SocDied(0)),
+                    "round {round}: the waiting session got {result:?}"
+                );
+                let took = ended.saturating_duration_since(killed);
+                ensure!(
+                    took < DEATH_BOUND,
+                    "round {round}: the waiting session learnt of the death after {took:?}"
+                );
+                ensure!(
+                    soc.restarts == round - 1 && soc.state != SocState::Ready,
+                    "round {round}: the waiting session learnt of the death only once the SOC \
+                     was started again: {soc:?}"
+                );
+                Ok(())
+            },
+        );
         stop.store(true, Ordering::Relaxed);
         result
     })?;
-    problems.check()?;
-    let (ok, died, timed_out) = (ok.into_inner(), died.into_inner(), timed_out.into_inner());
+    let calls = calls.into_inner().unwrap_or_default();
+    let problems = Problems::default();
+    let mut died = 0;
+    for c in &calls {
+        match &c.result {
+            Ok(out) if *out == c.what.as_bytes() => {}
+            Err(CallError::SocDied(0)) => died += 1,
+            other => problems.add(format!("{}: {other:?}", c.what)),
+        }
+        // Outside SOC 0's outages, a call takes no time to speak of.
+        let took = c.ended - c.asked;
+        let dead: Duration = outages
+            .iter()
+            .map(|o| {
+                let (from, to) = (c.asked.max(o.killed), c.ended.min(o.back));
+                to.saturating_duration_since(from)
+            })
+            .sum();
+        if took.saturating_sub(dead) >= DEATH_BOUND {
+            problems.add(format!(
+                "{}: took {took:?}, {dead:?} of it while SOC 0 was dead ({:?})",
+                c.what, c.result
+            ));
+        }
+        for o in &outages {
+            let held = c.claimed.is_some_and(|t| t < o.killed);
+            if held && c.ended > o.killed && c.ended - o.killed >= DEATH_BOUND {
+                problems.add(format!(
+                    "{}: held its worker at a kill and ended {:?} after it ({:?})",
+                    c.what,
+                    c.ended - o.killed,
+                    c.result
+                ));
+            }
+        }
+    }
+    problems.check().with_context(|| {
+        let dead: Vec<Duration> = outages.iter().map(|o| o.back - o.killed).collect();
+        format!("SOC 0 was dead for {dead:?}")
+    })?;
+    let ok = calls.len() - died;
     ensure!(
-        died > 0,
-        "no session was in flight at a kill (ok {ok}, timeouts {timed_out})"
+        ok > KILLS as usize,
+        "{ok} calls answered, {died} ended with the SOC"
     );
-    ensure!(ok > u64::from(ROUNDS), "ok {ok}");
     shutdown_clean(engine)
 }
 
-/// kill -9 of a SOC, `ROUNDS` times: another SOC serves throughout, every
-/// call answered correctly.
+/// kill -9 of SOC 0, `KILLS` (3) times, each time dead for `KILL_BACKOFF`
+/// (3 s): SOC 1 serves throughout. Its two callers get every call
+/// answered correctly, none goes `DEATH_BOUND` (1.5 s) without an
+/// answer, and each gets answers while SOC 0 is dead, in every outage.
 pub fn other_socs_serve_while_one_is_killed(kind: SocKind) -> Result<()> {
     let libs = crash_libs(kind, "killother")?;
-    let engine = Engine::start(
-        crash_options(kind, "killother", &libs)
-            .workers_per_soc(2)
-            .call_timeout(Duration::from_secs(10)),
-    )?;
+    let engine = Engine::start(kill_options(kind, "killother", &libs, 2))?;
     let stop = AtomicBool::new(false);
-    let other_ok = AtomicU64::new(0);
     let problems = Problems::default();
-    std::thread::scope(|s| -> Result<()> {
-        s.spawn(|| {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let input = format!("other {i}").into_bytes();
-                match engine.call_on(Target::Soc(1), "crash.echo", &input) {
-                    Ok(out) if out == input => {
-                        other_ok.fetch_add(1, Ordering::Relaxed);
+    let answered: Mutex<Vec<Vec<Instant>>> = Mutex::new(vec![Vec::new(); 2]);
+    let outages = std::thread::scope(|s| -> Result<Vec<Outage>> {
+        for caller in 0..2usize {
+            let (engine, stop, problems, answered) = (&engine, &stop, &problems, &answered);
+            s.spawn(move || {
+                let mut times = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let what = format!("SOC 1 caller {caller} call {i}");
+                    let call = echo_call(engine, Target::Soc(1), what);
+                    match &call.result {
+                        Ok(out) if *out == call.what.as_bytes() => times.push(call.ended),
+                        other => problems.add(format!("{}: {other:?}", call.what)),
                     }
-                    other => problems.add(format!("SOC 1 call {i}: {other:?}")),
+                    // A call a millisecond is plenty to see a pause.
+                    std::thread::sleep(Duration::from_millis(1));
                 }
-            }
-        });
-        let result = kill_soc_0_again_and_again(&engine, || {});
+                answered.lock().map(|mut a| a[caller] = times).unwrap_or(());
+            });
+        }
+        let result = kill_soc_0_again_and_again(&engine, |_| Ok(()), |_, _| Ok(()));
         stop.store(true, Ordering::Relaxed);
         result
     })?;
     problems.check()?;
-    let other_ok = other_ok.into_inner();
-    ensure!(other_ok > 0, "SOC 1 ok {other_ok}");
+    let answered = answered.into_inner().unwrap_or_default();
+    for (caller, times) in answered.iter().enumerate() {
+        ensure!(!times.is_empty(), "SOC 1 caller {caller} got no answer");
+        for pair in times.windows(2) {
+            let gap = pair[1] - pair[0];
+            ensure!(
+                gap < DEATH_BOUND,
+                "SOC 1 caller {caller} went {gap:?} without an answer"
+            );
+        }
+        for (round, o) in outages.iter().enumerate() {
+            let during = times
+                .iter()
+                .filter(|&&t| t > o.killed && t < o.back)
+                .count();
+            ensure!(
+                during > 0,
+                "SOC 1 caller {caller} got no answer while SOC 0 was dead (kill {})",
+                round + 1
+            );
+        }
+    }
+    shutdown_clean(engine)
+}
+
+/// The user CPU time, in clock ticks, thread `tid` of process `pid` has
+/// used.
+fn user_ticks(pid: u32, tid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))?;
+    // After the name (in parentheses, which may hold anything): state is
+    // the 3rd field of the line, utime the 14th.
+    let rest = stat
+        .rsplit_once(')')
+        .ok_or_else(|| anyhow!("odd stat: {stat}"))?
+        .1;
+    Ok(rest
+        .split_whitespace()
+        .nth(11)
+        .ok_or_else(|| anyhow!("odd stat: {stat}"))?
+        .parse()?)
+}
+
+/// Waits until worker `worker` of SOC `soc` (process `pid`) runs its call
+/// for certain: its thread (named `np{soc}w{worker}`) has used 3 clock
+/// ticks (30 ms or more) of user time since, which a worker waiting for a
+/// call (spinning 200 µs at most, then asleep) never does.
+fn until_spinning(pid: u32, soc: usize, worker: usize) -> Result<()> {
+    let name = format!("np{soc}w{worker}");
+    let tid = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()))
+        .find(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim_end() == name)
+        })
+        .ok_or_else(|| anyhow!("no thread {name} in SOC process {pid}"))?;
+    let before = user_ticks(pid, tid)?;
+    let start = Instant::now();
+    while user_ticks(pid, tid)? < before + 3 {
+        ensure!(
+            start.elapsed() < Duration::from_secs(5),
+            "{name} does not run its call"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Claims and sessions held across a SOC's death, each in its own state
+/// on its own worker of SOC 0: a claim not yet submitted cannot submit
+/// after the death (`SocDied`, and its worker is free); a session waiting
+/// for a call that never ends by itself gets `SocDied` at the death; a
+/// session dropped while its call runs (which ignores cancellation) leaves
+/// its worker busy until the death, and free once the SOC serves again; a
+/// session whose call ended, its result unread, frees its worker when
+/// dropped after the death. SOC 1 is untouched.
+pub fn dropped_claims_and_sessions_across_a_soc_death_leak_no_worker(kind: SocKind) -> Result<()> {
+    use crate::calls::{slot_of, until_state};
+    use numaproc_ipc::slot::State;
+    let libs = crash_libs(kind, "dropdeath")?;
+    let engine = Engine::start(crash_options(kind, "dropdeath", &libs).workers_per_soc(4))?;
+    let w = |worker| Target::Worker { soc: 0, worker };
+    let prompt = Duration::from_secs(2);
+
+    let claim = engine.claim(w(0))?;
+    let mut waiting = engine.submit(w(1), "crash.spin", b"")?;
+    let spinning = engine.submit(w(2), "crash.spin", b"")?;
+    until_spinning(engine.socs()[0].pid, 0, 2)?;
+    drop(spinning);
+    let unread = engine.submit(w(3), "crash.echo", b"unread")?;
+    until_state(slot_of(&engine, 0, 3)?, State::Done, prompt)?;
+    let e = expect_err(engine.try_call_on(w(2), "crash.echo", b""), "abandoned")?;
+    ensure!(
+        e == CallError::Busy,
+        "a dropped spinning call still runs: {e:?}"
+    );
+    ensure!(slot_of(&engine, 0, 2)?.session().is_held());
+
+    kill_9(engine.socs()[0].pid)?;
+    let killed = Instant::now();
+    let e = expect_err(waiting.wait().map(<[u8]>::to_vec), "waiting")?;
+    ensure!(e == CallError::SocDied(0), "{e:?}");
+    ensure!(
+        killed.elapsed() < prompt,
+        "the waiting session learnt of the death after {:?}",
+        killed.elapsed()
+    );
+    drop(waiting);
+    wait_ready_again(&engine, 0, 1)?;
+
+    let e = expect_err(
+        claim.submit("crash.echo", 0).map(|s| s.worker()),
+        "a claim across the death",
+    )?;
+    ensure!(e == CallError::SocDied(0), "{e:?}");
+    drop(unread);
+    for worker in 0..4 {
+        ensure!(
+            !slot_of(&engine, 0, worker)?.session().is_held(),
+            "worker {worker} is still held"
+        );
+        let out = engine.try_call_on(w(worker), "crash.echo", b"free");
+        ensure!(
+            matches!(&out, Ok(o) if o == b"free"),
+            "worker {worker} is not free after the death: {out:?}"
+        );
+    }
+    ensure!(engine.call_on(Target::Soc(1), "crash.echo", b"other")? == b"other");
+    let socs = engine.socs();
+    ensure!(socs[0].restarts == 1 && socs[1].restarts == 0, "{socs:?}");
     shutdown_clean(engine)
 }
 
