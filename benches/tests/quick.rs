@@ -24,9 +24,13 @@ fn shm_objects(prefix: &str) -> Vec<String> {
 fn quick_run_writes_every_report_file_and_leaves_nothing_behind() {
     let dir = std::env::temp_dir().join(format!("numaproc-bench-quick-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    // A prefix of its own: another run on the machine leaves this one's
+    // check alone.
+    let prefix = format!("quick{}", std::process::id());
     let mut child = Command::new(env!("CARGO_BIN_EXE_numaproc-bench"))
         .arg("--quick")
         .arg("--quiet")
+        .args(["--prefix", &prefix])
         .arg("--out")
         .arg(&dir)
         .stdin(Stdio::null())
@@ -144,9 +148,7 @@ fn quick_run_writes_every_report_file_and_leaves_nothing_behind() {
             }
         }
     }
-    assert!(
-        shm_objects("numaproc-bench-").is_empty(),
-        "shared memory left behind"
-    );
+    let left = shm_objects(&format!("numaproc-{prefix}-"));
+    assert!(left.is_empty(), "shared memory left behind: {left:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -108,6 +108,10 @@ struct RunArgs {
     /// Print nothing but the report's path and the summary.
     #[arg(long)]
     quiet: bool,
+    /// Shared-memory name prefix of the jobs' engines (`[A-Za-z0-9_]`, 1 to
+    /// 32 bytes): a run's objects are `/dev/shm/numaproc-PREFIX-*`.
+    #[arg(long, value_name = "NAME", default_value = "bench")]
+    prefix: String,
 }
 
 /// A payload size: bytes, or a number with a K (KiB) or M (MiB) suffix.
@@ -276,7 +280,7 @@ fn plan_jobs(args: &RunArgs, scale: &Scale) -> (Vec<Job>, Vec<String>) {
     let mut jobs = Vec::new();
     let (places, mut notes) = placements();
     let want = |s: &str| args.only.iter().any(|o| o == s);
-    let prefix = "bench".to_owned();
+    let prefix = args.prefix.clone();
     if want("latency") {
         for &kind in &args.kinds {
             for &(placement, session_cpu, worker_cpu) in &places {
@@ -549,6 +553,9 @@ fn drive(args: RunArgs) -> Result<()> {
     }
     if args.kinds.is_empty() {
         bail!("--kinds names no SOC kind");
+    }
+    if let Err(e) = numaproc::ShmName::check_prefix(&args.prefix) {
+        bail!("--prefix {:?}: {e}", args.prefix);
     }
     for w in &args.waits {
         if !["hot", "sleeping", "both-sleep"].contains(&w.as_str()) {
