@@ -637,7 +637,7 @@ fn start_tables(report: &Report, md: &mut String) {
             md,
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         );
-        for c in restartable {
+        for c in &restartable {
             let samples = restart_samples(report, c);
             let noticed: Vec<u64> = start_runs(report, c)
                 .iter()
@@ -660,6 +660,7 @@ fn start_tables(report: &Report, md: &mut String) {
                 fmt_ms(max - b)
             );
         }
+        restart_phases(report, &restartable, md);
     }
     start_breakdown(report, &configs, md);
     let notes: Vec<String> = report
@@ -673,6 +674,46 @@ fn start_tables(report: &Report, md: &mut String) {
         .collect();
     for n in notes {
         let _ = writeln!(md, "\nnote: {n}");
+    }
+}
+
+/// The phases of the restarts, from what a thread polling `Engine::socs`
+/// saw: p50 of each kill's own differences.
+fn restart_phases(report: &Report, configs: &[&StartConfig], md: &mut String) {
+    let _ = writeln!(
+        md,
+        "\nWhere a restart's time goes (p50 over the kills of each kill's own \
+         phases; a thread polled `Engine::socs` every 50 µs for the new pid and the \
+         ready state):\n"
+    );
+    let _ = writeln!(
+        md,
+        "| configuration | kill → death noticed | → new process (back-off, launch) | → ready (the new SOC's start) | → call served |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- | --- | --- |");
+    for c in configs {
+        let kills: Vec<_> = start_runs(report, c)
+            .iter()
+            .flat_map(|s| s.restarts.iter().copied())
+            .collect();
+        let phase = |f: &dyn Fn(&crate::spec::RestartSample) -> Option<i128>| {
+            let v: Vec<f64> = kills.iter().filter_map(f).map(|x| x as f64).collect();
+            if v.is_empty() {
+                "–".to_owned()
+            } else {
+                fmt_ms(median(&v))
+            }
+        };
+        let d = |a: Option<u64>, b: Option<u64>| Some(i128::from(a?) - i128::from(b?));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            c.describe(),
+            phase(&|k| Some(i128::from(k.noticed_ns))),
+            phase(&|k| d(k.launched_ns, Some(k.noticed_ns))),
+            phase(&|k| d(k.ready_ns, k.launched_ns)),
+            phase(&|k| d(Some(k.served_ns), k.ready_ns)),
+        );
     }
 }
 
@@ -1137,18 +1178,21 @@ fn csv_start(report: &Report) -> String {
 
 fn csv_restart(report: &Report) -> String {
     let mut s = String::from(
-        "kind,socs,library,topology,buffer,backoff_ms,run,kill,noticed_ns,served_ns,beyond_backoff_ns,failed_calls\n",
+        "kind,socs,library,topology,buffer,backoff_ms,run,kill,noticed_ns,launched_ns,ready_ns,served_ns,beyond_backoff_ns,failed_calls\n",
     );
     for r in &report.start {
         for (i, x) in r.restarts.iter().enumerate() {
             let b = r.job.config.backoff_ms.saturating_mul(1_000_000);
+            let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
             let _ = writeln!(
                 s,
-                "{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{}",
                 start_columns(&r.job.config),
                 r.job.rep + 1,
                 i + 1,
                 x.noticed_ns,
+                opt(x.launched_ns),
+                opt(x.ready_ns),
                 x.served_ns,
                 i128::from(x.served_ns) - i128::from(b),
                 x.failed_calls

@@ -365,12 +365,20 @@ pub struct StartJob {
     pub prefix: String,
 }
 
-/// One kill of a SOC and its return.
+/// One kill of a SOC and its return, each time from the kill, as
+/// `Engine::socs` showed it to an observer thread polling it every 50 µs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RestartSample {
-    /// From the kill until `Engine::socs` no longer said ready, ns.
+    /// Until `Engine::socs` no longer said ready, ns.
     pub noticed_ns: u64,
-    /// From the kill until a call to the SOC was served again, ns.
+    /// Until it showed the new process's pid (the back-off is over and the
+    /// new process started), ns.
+    #[serde(default)]
+    pub launched_ns: Option<u64>,
+    /// Until it said ready again, ns.
+    #[serde(default)]
+    pub ready_ns: Option<u64>,
+    /// Until a call to the SOC was served again, ns.
     pub served_ns: u64,
     /// Calls that failed in between (a claim that met the dead SOC).
     pub failed_calls: u32,

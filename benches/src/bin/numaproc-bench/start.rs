@@ -1,9 +1,11 @@
 //! Start and restart jobs, measured from outside the engine: timestamps
 //! around `Engine::start`, the first calls, a `kill -9` of a SOC and the
-//! calls that find it back; and the probes, the costs a start is made of
+//! calls that find it back (with a thread watching `Engine::socs` for the
+//! new process and its ready state); and the probes, the costs a start is made of
 //! measured alone (hwloc's topology, a fork, an exec of this binary).
 
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -125,54 +127,116 @@ pub fn start(job: StartJob) -> Result<JobResult> {
     }))
 }
 
+/// SOC 0 as `Engine::socs` shows it.
+fn soc0(engine: &Engine) -> Result<numaproc::SocStatus> {
+    engine.socs().into_iter().next().context("no SOC")
+}
+
+/// When an observer thread saw SOC 0's new process, and it ready.
+#[derive(Default)]
+struct Seen {
+    launched: Option<Instant>,
+    ready: Option<Instant>,
+}
+
+/// Polls SOC 0 every 50 µs until it is ready again under a pid other than
+/// `old` (or `stop` is set), noting when the new pid and the ready state
+/// first showed.
+fn observe(engine: &Engine, old: u32, stop: &AtomicBool) -> Seen {
+    let mut seen = Seen::default();
+    let t = Instant::now();
+    while !stop.load(Ordering::Relaxed) && t.elapsed() < RESTART_LIMIT * 2 {
+        let Ok(s) = soc0(engine) else { break };
+        if s.pid != old && s.pid != 0 {
+            let now = Instant::now();
+            seen.launched.get_or_insert(now);
+            if s.state == SocState::Ready {
+                seen.ready = Some(now);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    seen
+}
+
 /// Kills SOC 0 with SIGKILL and times until a call to it is served again.
 fn restart_once(engine: &Engine, ping: ProcId) -> Result<RestartSample> {
-    let before = engine.socs().into_iter().next().context("no SOC")?;
-    if before.state != SocState::Ready {
-        bail!("SOC 0 is not ready ({:?})", before.state);
-    }
+    // The previous restart's call can be served just before the engine
+    // marks the SOC ready: wait for that.
+    let t = Instant::now();
+    let before = loop {
+        let s = soc0(engine)?;
+        if s.state == SocState::Ready {
+            break s;
+        }
+        if t.elapsed() > RESTART_LIMIT {
+            bail!("SOC 0 is not ready ({:?})", s.state);
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    };
     let pid = i32::try_from(before.pid).context("pid")?;
     if pid == 0 || before.pid == std::process::id() {
         bail!("SOC 0 has no process of its own");
     }
     let target = Target::Worker { soc: 0, worker: 0 };
-    let t = Instant::now();
-    kill(Pid::from_raw(pid), Signal::SIGKILL).context("kill -9 of SOC 0")?;
-    // Until the supervisor has seen the death (a call before that could
-    // still be served by the dying process).
-    let noticed = loop {
-        let s = engine.socs().into_iter().next().context("no SOC")?;
-        if s.state != SocState::Ready || s.restarts > before.restarts {
-            break t.elapsed();
-        }
-        if t.elapsed() > RESTART_LIMIT {
-            bail!("the death of SOC 0 was not noticed within {RESTART_LIMIT:?}");
-        }
-        std::thread::yield_now();
-    };
-    // A claim waits while the SOC's slots are failed, until it serves again.
-    let mut failed_calls = 0u32;
-    let served = loop {
-        let r = engine.call_on(target, ping, &[]);
-        let e = t.elapsed();
-        match r {
-            Ok(_) => {
-                let s = engine.socs().into_iter().next().context("no SOC")?;
-                if s.restarts > before.restarts {
-                    break e;
+    let stop = AtomicBool::new(false);
+    let old = before.pid;
+    std::thread::scope(|scope| {
+        let stop = &stop;
+        let observer = scope.spawn(move || observe(engine, old, stop));
+        let t = Instant::now();
+        let measured = (|| -> Result<(u64, u64, u32)> {
+            kill(Pid::from_raw(pid), Signal::SIGKILL).context("kill -9 of SOC 0")?;
+            // Until the supervisor has seen the death (a call before that
+            // could still be served by the dying process).
+            let noticed = loop {
+                let s = soc0(engine)?;
+                if s.state != SocState::Ready || s.restarts > before.restarts {
+                    break t.elapsed();
                 }
-            }
-            Err(_) => failed_calls += 1,
+                if t.elapsed() > RESTART_LIMIT {
+                    bail!("the death of SOC 0 was not noticed within {RESTART_LIMIT:?}");
+                }
+                std::thread::yield_now();
+            };
+            // A claim waits while the SOC's slots are failed, until it
+            // serves again.
+            let mut failed_calls = 0u32;
+            let served = loop {
+                let r = engine.call_on(target, ping, &[]);
+                let e = t.elapsed();
+                match r {
+                    Ok(_) => {
+                        if soc0(engine)?.restarts > before.restarts {
+                            break e;
+                        }
+                    }
+                    Err(_) => failed_calls += 1,
+                }
+                if e > RESTART_LIMIT {
+                    bail!("SOC 0 did not serve again within {RESTART_LIMIT:?}");
+                }
+                std::thread::yield_now();
+            };
+            Ok((ns(noticed), ns(served), failed_calls))
+        })();
+        // The observer ends once the SOC is ready again, or now.
+        if measured.is_err() {
+            stop.store(true, Ordering::Relaxed);
         }
-        if e > RESTART_LIMIT {
-            bail!("SOC 0 did not serve again within {RESTART_LIMIT:?}");
-        }
-        std::thread::yield_now();
-    };
-    Ok(RestartSample {
-        noticed_ns: ns(noticed),
-        served_ns: ns(served),
-        failed_calls,
+        let seen = observer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the observer thread panicked"))?;
+        let (noticed_ns, served_ns, failed_calls) = measured?;
+        let since = |i: Option<Instant>| i.map(|i| ns(i.saturating_duration_since(t)));
+        Ok(RestartSample {
+            noticed_ns,
+            launched_ns: since(seen.launched),
+            ready_ns: since(seen.ready),
+            served_ns,
+            failed_calls,
+        })
     })
 }
 
