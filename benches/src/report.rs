@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{
-    Contender, ContenderResult, LatencyResult, NumaResult, Placement, ThroughputResult, WaitCase,
+    Contender, ContenderResult, LatencyResult, NumaResult, Placement, ProbeResult, StartConfig,
+    StartResult, ThroughputResult, WaitCase,
 };
 use crate::stats::{fmt_ns, fmt_rate, median};
 
@@ -42,6 +43,12 @@ pub struct Report {
     pub throughput: Vec<ThroughputResult>,
     /// NUMA matrices.
     pub numa: Vec<NumaResult>,
+    /// Start jobs (one per configuration and run).
+    #[serde(default)]
+    pub start: Vec<StartResult>,
+    /// Start probes (one per run).
+    #[serde(default)]
+    pub probes: Vec<ProbeResult>,
     /// Jobs that failed, with why.
     pub failures: Vec<String>,
 }
@@ -55,6 +62,27 @@ pub const TARGET_FUTEX: f64 = 1.1;
 /// Target: a client process's hot round trip at most this many times the
 /// engine's own session's.
 pub const TARGET_CLIENT: f64 = 1.1;
+/// Target: the same-core hot round trip at most this many times the raw
+/// same-core futex ping-pong.
+pub const TARGET_SAME_CORE: f64 = 1.2;
+/// The payload of the large-payload targets.
+pub const LARGE: usize = 1 << 20;
+/// Target: the 1 MiB echo (the caller copies in and out) at most this many
+/// times the floor plus two memcpy of 1 MiB.
+pub const TARGET_LARGE_COPY: f64 = 1.2;
+/// Target: the 1 MiB zero-copy echo at most this many times the floor plus
+/// one memcpy of 1 MiB (the procedure's).
+pub const TARGET_LARGE_ZERO_COPY: f64 = 1.1;
+/// Target: a library procedure (8 B in, 8 B out) at most this many times
+/// `sys_ping`.
+pub const TARGET_LIBRARY: f64 = 1.15;
+/// Target: 2 forked SOCs ready within this many ms.
+pub const TARGET_START_FORKED_MS: f64 = 5.0;
+/// Target: 2 spawned SOCs with a library ready within this many ms.
+pub const TARGET_START_SPAWNED_MS: f64 = 10.0;
+/// Target: a killed SOC serves again within this many ms beyond its
+/// back-off.
+pub const TARGET_RESTART_MS: f64 = 3.0;
 
 fn find(r: &LatencyResult, c: Contender, size: usize) -> Option<&ContenderResult> {
     r.results
@@ -75,6 +103,89 @@ pub fn ratio(r: &LatencyResult, c: Contender, size: usize) -> Option<(f64, f64)>
         .map(|(&x, &y)| x as f64 / y.max(1) as f64)
         .collect();
     Some((overall, median(&per_block)))
+}
+
+/// numaproc's contender `who` at `size` over a composite baseline: the
+/// floor's empty round trip (`ShmSpin` at 0 B) plus `copies` times a
+/// memcpy of `size` bytes, all measured in the job; overall (p50s) and the
+/// median over blocks paired in order. Also returns the baseline's p50.
+pub fn ratio_to_copies(
+    r: &LatencyResult,
+    who: Contender,
+    size: usize,
+    copies: f64,
+) -> Option<(f64, f64, f64)> {
+    let n = find(r, who, size)?;
+    let floor = find(r, Contender::ShmSpin, 0)?;
+    let copy = find(r, Contender::Memcpy, size)?;
+    let base = floor.summary.p50_ns as f64 + copies * copy.summary.p50_ns as f64;
+    let per_block: Vec<f64> = n
+        .block_p50_ns
+        .iter()
+        .zip(&floor.block_p50_ns)
+        .zip(&copy.block_p50_ns)
+        .map(|((&x, &f), &c)| x as f64 / (f as f64 + copies * c as f64).max(1.0))
+        .collect();
+    Some((
+        n.summary.p50_ns as f64 / base.max(1.0),
+        median(&per_block),
+        base,
+    ))
+}
+
+/// The median, smallest and largest of some samples (zeros when empty).
+pub fn spread(values: &[u64]) -> (f64, f64, f64) {
+    let v: Vec<f64> = values.iter().map(|&x| x as f64).collect();
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(0.0, f64::max);
+    if v.is_empty() {
+        (0.0, 0.0, 0.0)
+    } else {
+        (median(&v), min, max)
+    }
+}
+
+/// The start jobs of one configuration.
+fn start_runs<'a>(report: &'a Report, c: &StartConfig) -> Vec<&'a StartResult> {
+    report.start.iter().filter(|s| s.job.config == *c).collect()
+}
+
+/// The configurations of the start jobs, in the order they first ran.
+pub fn start_configs(report: &Report) -> Vec<StartConfig> {
+    let mut out: Vec<StartConfig> = Vec::new();
+    for s in &report.start {
+        if !out.contains(&s.job.config) {
+            out.push(s.job.config.clone());
+        }
+    }
+    out
+}
+
+/// Ready times (ns) of a configuration's runs.
+pub fn ready_samples(report: &Report, c: &StartConfig) -> Vec<u64> {
+    start_runs(report, c).iter().map(|s| s.ready_ns).collect()
+}
+
+/// Restart times (from the kill to a call served again, ns) of a
+/// configuration's runs.
+pub fn restart_samples(report: &Report, c: &StartConfig) -> Vec<u64> {
+    start_runs(report, c)
+        .iter()
+        .flat_map(|s| s.restarts.iter().map(|r| r.served_ns))
+        .collect()
+}
+
+/// The configuration a start target is about: the machine's topology,
+/// default buffers and back-off.
+pub fn standard_config(report: &Report, c: &StartConfig) -> bool {
+    c.synthetic.is_none()
+        && c.buffer == numaproc::DEFAULT_BUFFER
+        && c.backoff_ms == numaproc::RestartPolicy::default().backoff_ms
+        && !ready_samples(report, c).is_empty()
+}
+
+fn fmt_ms(ns: f64) -> String {
+    format!("{:.2} ms", ns / 1e6)
 }
 
 /// A ratio with enough digits to tell small ones apart.
@@ -100,10 +211,15 @@ fn size_name(bytes: usize) -> String {
 
 fn job_title(r: &LatencyResult) -> String {
     format!(
-        "{} SOC, {}, {} worker",
+        "{} SOC, {}, {} worker{}",
         r.job.kind,
         r.job.placement.name(),
-        r.job.wait.name()
+        r.job.wait.name(),
+        if r.job.libraries {
+            ", library procedures"
+        } else {
+            ""
+        }
     )
 }
 
@@ -126,9 +242,9 @@ fn verdict(value: f64, limit: f64, at_most: bool) -> String {
     }
 }
 
-/// The targets of the issue, checked against this run.
+/// The targets, checked against this run.
 fn targets(report: &Report, md: &mut String) {
-    let _ = writeln!(md, "## Targets (0-byte round trip, p50, same run)\n");
+    let _ = writeln!(md, "## Targets (p50, same run)\n");
     let _ = writeln!(
         md,
         "| target | case | numaproc | baseline | ratio (overall / block-paired median) | verdict |"
@@ -155,8 +271,19 @@ fn targets(report: &Report, md: &mut String) {
                 );
             }
         };
-        match (r.job.placement, r.job.wait) {
-            (Placement::Cross, WaitCase::Hot) => {
+        match (r.job.placement, r.job.wait, r.job.libraries) {
+            (_, WaitCase::Hot, true) => {
+                for c in [Contender::RustLib, Contender::CLib] {
+                    row(
+                        "library procedure ≤ 1.15× sys_ping (ratio: library ÷ sys_ping)",
+                        c,
+                        TARGET_LIBRARY,
+                        true,
+                        true,
+                    );
+                }
+            }
+            (Placement::Cross, WaitCase::Hot, false) => {
                 row(
                     "hot ≤ 1.5× the floor",
                     Contender::ShmSpin,
@@ -178,43 +305,158 @@ fn targets(report: &Report, md: &mut String) {
                     true,
                     true,
                 );
+                any |= large_rows(r, md);
             }
-            (Placement::Cross, WaitCase::Sleeping) => row(
+            (Placement::Cross, WaitCase::Sleeping, _) => row(
                 "sleeping ≤ 1.1× raw futex (wake + spin back)",
                 Contender::FutexSpin,
                 TARGET_FUTEX,
                 true,
                 false,
             ),
-            (Placement::Cross, WaitCase::BothSleep) => row(
+            (Placement::Cross, WaitCase::BothSleep, _) => row(
                 "sleeping ≤ 1.1× raw futex (both sleep)",
                 Contender::Futex,
                 TARGET_FUTEX,
                 true,
                 false,
             ),
+            (Placement::Same, WaitCase::Hot, false) => row(
+                "same-core ≤ 1.2× raw futex ping-pong",
+                Contender::Futex,
+                TARGET_SAME_CORE,
+                true,
+                false,
+            ),
             _ => {}
         }
     }
+    any |= start_rows(report, md);
     if !any {
-        let _ = writeln!(md, "| (no cross-core latency job ran) | | | | | |");
+        let _ = writeln!(md, "| (no job with a target ran) | | | | | |");
     }
     let _ = writeln!(
         md,
         "\nThe verdict uses the block-paired median: each numaproc block ran right \
-         next to the baseline's, so both saw the same placement of the vCPUs."
+         next to the baseline's, so both saw the same placement of the vCPUs. The \
+         large-payload baselines add up the floor's empty round trip and memcpy of \
+         1 MiB measured in the same job (see \"Large payloads\"). Start and restart \
+         targets are limits on the p50 over fresh processes (see \"Start and restart\")."
     );
     if report.quick {
         let _ = writeln!(
             md,
-            "\nThis is a quick run (a few short blocks per contender): where the host \
-             moves the vCPUs during it, a verdict can flip. The full run \
-             (`scripts/bench`) decides."
+            "\nThis is a quick run (a few short blocks per contender, a few starts per \
+             configuration): where the host moves the vCPUs during it, a verdict can \
+             flip. The full run (`scripts/bench`) decides."
         );
     }
 }
 
+/// The large-payload target rows of a hot cross-core job; whether any.
+fn large_rows(r: &LatencyResult, md: &mut String) -> bool {
+    let mut any = false;
+    for (target, who, copies, limit) in [
+        (
+            "1 MiB echo ≤ 1.2× (floor + 2 memcpy of 1 MiB)",
+            Contender::Numaproc,
+            2.0,
+            TARGET_LARGE_COPY,
+        ),
+        (
+            "1 MiB zero-copy echo ≤ 1.1× (floor + 1 memcpy of 1 MiB)",
+            Contender::ZeroCopy,
+            1.0,
+            TARGET_LARGE_ZERO_COPY,
+        ),
+    ] {
+        let Some((o, b, base)) = ratio_to_copies(r, who, LARGE, copies) else {
+            continue;
+        };
+        let Some(n) = find(r, who, LARGE) else {
+            continue;
+        };
+        any = true;
+        let _ = writeln!(
+            md,
+            "| {target} | {}: {} | {} | floor + {copies} × memcpy {} | {o:.2}× / {b:.2}× | {} |",
+            job_title(r),
+            who.name(),
+            fmt_ns(n.summary.p50_ns as f64),
+            fmt_ns(base),
+            verdict(b, limit, true)
+        );
+    }
+    any
+}
+
+/// The start and restart target rows; whether any.
+fn start_rows(report: &Report, md: &mut String) -> bool {
+    use numaproc::SocKind;
+    let mut any = false;
+    let configs: Vec<StartConfig> = start_configs(report)
+        .into_iter()
+        .filter(|c| standard_config(report, c))
+        .collect();
+    for c in &configs {
+        let (target, limit_ms) = match (c.kind, c.socs, c.library) {
+            (SocKind::Forked, 2, false) => ("2 forked SOCs ready ≤ 5 ms", TARGET_START_FORKED_MS),
+            (SocKind::Spawned, 2, true) => (
+                "2 spawned SOCs with a library ready ≤ 10 ms",
+                TARGET_START_SPAWNED_MS,
+            ),
+            _ => continue,
+        };
+        let samples = ready_samples(report, c);
+        let (p50, min, max) = spread(&samples);
+        any = true;
+        let _ = writeln!(
+            md,
+            "| {target} | {}; {} fresh processes, `Engine::start` to one call served by every SOC | {} ({}–{}) | limit {limit_ms} ms | {:.2}× of the limit | {} |",
+            c.describe(),
+            samples.len(),
+            fmt_ms(p50),
+            fmt_ms(min),
+            fmt_ms(max),
+            p50 / (limit_ms * 1e6),
+            verdict(p50 / 1e6, limit_ms, true)
+        );
+    }
+    for c in configs.iter().filter(|c| c.restartable() && c.socs == 1) {
+        let samples = restart_samples(report, c);
+        if samples.is_empty() {
+            continue;
+        }
+        let backoff = c.backoff_ms as f64 * 1e6;
+        let (p50, min, max) = spread(&samples);
+        let beyond = p50 - backoff;
+        any = true;
+        let _ = writeln!(
+            md,
+            "| restart ≤ 3 ms beyond the back-off | {}; {} kills (`kill -9`) to the first call served again | {} total ({}–{}); {} beyond | back-off {} ms, limit {} ms beyond | {:.2}× of the limit | {} |",
+            c.describe(),
+            samples.len(),
+            fmt_ms(p50),
+            fmt_ms(min),
+            fmt_ms(max),
+            fmt_ms(beyond),
+            c.backoff_ms,
+            TARGET_RESTART_MS,
+            beyond / (TARGET_RESTART_MS * 1e6),
+            verdict(beyond / 1e6, TARGET_RESTART_MS, true)
+        );
+    }
+    any
+}
+
 fn headline(report: &Report, md: &mut String) {
+    if !report
+        .latency
+        .iter()
+        .any(|r| !r.job.libraries && find(r, Contender::Numaproc, 0).is_some())
+    {
+        return;
+    }
     let _ = writeln!(md, "\n## Headline: empty round trip (0 B), p50\n");
     let _ = writeln!(
         md,
@@ -224,7 +466,7 @@ fn headline(report: &Report, md: &mut String) {
         md,
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
-    for r in &report.latency {
+    for r in report.latency.iter().filter(|r| !r.job.libraries) {
         let Some(n) = find(r, Contender::Numaproc, 0) else {
             continue;
         };
@@ -266,6 +508,348 @@ fn headline(report: &Report, md: &mut String) {
         "\n`× X` is numaproc's p50 divided by X's (below 1: numaproc is faster); in \
          brackets, the median of the same ratio block by block."
     );
+}
+
+fn large_payloads(report: &Report, md: &mut String) {
+    let jobs: Vec<&LatencyResult> = report
+        .latency
+        .iter()
+        .filter(|r| {
+            r.job.placement == Placement::Cross
+                && r.job.wait == WaitCase::Hot
+                && find(r, Contender::Memcpy, LARGE).is_some()
+        })
+        .collect();
+    if jobs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## Large payloads (1 MiB in, 1 MiB out, hot worker, cross-core, p50)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| SOC kind | numaproc (copies in and out) | zero-copy | floor (0 B) | memcpy 1 MiB | shm-spin 1 MiB | copy ÷ (floor + 2 memcpy) | copy ÷ (floor + 3 memcpy) | copy ÷ shm-spin 1 MiB | zero-copy ÷ (floor + 1 memcpy) |"
+    );
+    let _ = writeln!(
+        md,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    let p50 = |r: &LatencyResult, c: Contender, size: usize| {
+        find(r, c, size).map_or("–".to_owned(), |x| fmt_ns(x.summary.p50_ns as f64))
+    };
+    let rat = |v: Option<(f64, f64, f64)>| {
+        v.map_or("–".to_owned(), |(o, b, _)| {
+            format!("{} ({})", fmt_ratio(o), fmt_ratio(b))
+        })
+    };
+    for r in jobs {
+        let shm = ratio(r, Contender::ShmSpin, LARGE).map_or("–".to_owned(), |(o, b)| {
+            format!("{} ({})", fmt_ratio(o), fmt_ratio(b))
+        });
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.job.kind,
+            p50(r, Contender::Numaproc, LARGE),
+            p50(r, Contender::ZeroCopy, LARGE),
+            p50(r, Contender::ShmSpin, 0),
+            p50(r, Contender::Memcpy, LARGE),
+            p50(r, Contender::ShmSpin, LARGE),
+            rat(ratio_to_copies(r, Contender::Numaproc, LARGE, 2.0)),
+            rat(ratio_to_copies(r, Contender::Numaproc, LARGE, 3.0)),
+            shm,
+            rat(ratio_to_copies(r, Contender::ZeroCopy, LARGE, 1.0)),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nThe numaproc row makes three copies: the caller's into the input buffer, \
+         `sys_echo`'s into the output buffer, the caller's out of it; the zero-copy \
+         row only the procedure's (the caller leaves its input in place and reads \
+         the output through `wait()`'s slice). `memcpy` is one copy between two \
+         buffers of the caller, on its CPU; shm-spin at 1 MiB is two raw processes \
+         doing the same three copies as numaproc. In brackets, block-paired medians."
+    );
+}
+
+fn start_tables(report: &Report, md: &mut String) {
+    let configs = start_configs(report);
+    if configs.is_empty() && report.probes.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "\n## Start and restart\n");
+    let _ = writeln!(
+        md,
+        "Each run is a fresh process (as an application starts its engine). *Ready*: \
+         from the call of `Engine::start` until one `sys_ping` was served by every SOC. \
+         *Second engine*: the same configuration started again in the same process \
+         after a shutdown.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| configuration | workers | runs | ready p50 | min | max | `Engine::start` alone p50 | second engine p50 | shutdown p50 |"
+    );
+    let _ = writeln!(
+        md,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for c in &configs {
+        let runs = start_runs(report, c);
+        let ready = spread(&runs.iter().map(|s| s.ready_ns).collect::<Vec<_>>());
+        let start = spread(&runs.iter().map(|s| s.start_ns).collect::<Vec<_>>());
+        let again: Vec<u64> = runs.iter().filter_map(|s| s.again_ready_ns).collect();
+        let shutdown = spread(&runs.iter().map(|s| s.shutdown_ns).collect::<Vec<_>>());
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            c.describe(),
+            runs.first().map_or(0, |s| s.workers),
+            runs.len(),
+            fmt_ms(ready.0),
+            fmt_ms(ready.1),
+            fmt_ms(ready.2),
+            fmt_ms(start.0),
+            if again.is_empty() {
+                "–".to_owned()
+            } else {
+                fmt_ms(spread(&again).0)
+            },
+            fmt_ms(shutdown.0)
+        );
+    }
+    let restartable: Vec<&StartConfig> = configs
+        .iter()
+        .filter(|c| !restart_samples(report, c).is_empty())
+        .collect();
+    if !restartable.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nRestart: `kill -9` of SOC 0's process (its pid from `Engine::socs`) until \
+             a call to it was served again; *noticed*: until `Engine::socs` no longer \
+             said ready.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| configuration | back-off | kills | noticed p50 | served again p50 | min | max | beyond the back-off p50 | min | max |"
+        );
+        let _ = writeln!(
+            md,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
+        for c in &restartable {
+            let samples = restart_samples(report, c);
+            let noticed: Vec<u64> = start_runs(report, c)
+                .iter()
+                .flat_map(|s| s.restarts.iter().map(|r| r.noticed_ns))
+                .collect();
+            let (p50, min, max) = spread(&samples);
+            let b = c.backoff_ms as f64 * 1e6;
+            let _ = writeln!(
+                md,
+                "| {} | {} ms | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.describe(),
+                c.backoff_ms,
+                samples.len(),
+                fmt_ms(spread(&noticed).0),
+                fmt_ms(p50),
+                fmt_ms(min),
+                fmt_ms(max),
+                fmt_ms(p50 - b),
+                fmt_ms(min - b),
+                fmt_ms(max - b)
+            );
+        }
+        restart_phases(report, &restartable, md);
+    }
+    start_breakdown(report, &configs, md);
+    let notes: Vec<String> = report
+        .start
+        .iter()
+        .flat_map(|s| {
+            s.notes
+                .iter()
+                .map(move |n| format!("{} (run {}): {n}", s.job.config.describe(), s.job.rep + 1))
+        })
+        .collect();
+    for n in notes {
+        let _ = writeln!(md, "\nnote: {n}");
+    }
+}
+
+/// The phases of the restarts, from what a thread polling `Engine::socs`
+/// saw: p50 of each kill's own differences.
+fn restart_phases(report: &Report, configs: &[&StartConfig], md: &mut String) {
+    let _ = writeln!(
+        md,
+        "\nWhere a restart's time goes (p50 over the kills of each kill's own \
+         phases; a thread polled `Engine::socs` every 50 µs for the new pid and the \
+         ready state):\n"
+    );
+    let _ = writeln!(
+        md,
+        "| configuration | kill → death noticed | → new process (back-off, launch) | → ready (the new SOC's start) | → call served |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- | --- | --- |");
+    for c in configs {
+        let kills: Vec<_> = start_runs(report, c)
+            .iter()
+            .flat_map(|s| s.restarts.iter().copied())
+            .collect();
+        let phase = |f: &dyn Fn(&crate::spec::RestartSample) -> Option<i128>| {
+            let v: Vec<f64> = kills.iter().filter_map(f).map(|x| x as f64).collect();
+            if v.is_empty() {
+                "–".to_owned()
+            } else {
+                fmt_ms(median(&v))
+            }
+        };
+        let d = |a: Option<u64>, b: Option<u64>| Some(i128::from(a?) - i128::from(b?));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            c.describe(),
+            phase(&|k| Some(i128::from(k.noticed_ns))),
+            phase(&|k| d(k.launched_ns, Some(k.noticed_ns))),
+            phase(&|k| d(k.ready_ns, k.launched_ns)),
+            phase(&|k| d(Some(k.served_ns), k.ready_ns)),
+        );
+    }
+}
+
+/// Where the start time goes, as seen from outside: the probes, and the
+/// differences between configurations that differ in one thing.
+fn start_breakdown(report: &Report, configs: &[StartConfig], md: &mut String) {
+    let _ = writeln!(md, "\n### Where the start time goes\n");
+    if !report.probes.is_empty() {
+        let _ = writeln!(md, "Costs measured alone, each run in a fresh process:\n");
+        let _ = writeln!(md, "| cost | p50 | min | max |");
+        let _ = writeln!(md, "| --- | --- | --- | --- |");
+        type Pick = fn(&ProbeResult) -> u64;
+        let rows: [(&str, Pick); 5] = [
+            ("hwloc: `Topology::detect`, first in the process", |p| {
+                p.topology_ns
+            }),
+            ("hwloc: `Topology::detect` again", |p| p.topology_again_ns),
+            (
+                "hwloc: `Topology::synthetic` of this machine's shape",
+                |p| p.synthetic_ns,
+            ),
+            ("`fork` of the process, child `_exit`, `waitpid`", |p| {
+                p.fork_ns
+            }),
+            (
+                "fork + exec of this binary (`--version`) until it exited",
+                |p| p.exec_ns,
+            ),
+        ];
+        for (what, pick) in rows {
+            let v: Vec<u64> = report.probes.iter().map(pick).collect();
+            let (p50, min, max) = spread(&v);
+            let _ = writeln!(
+                md,
+                "| {what} | {} | {} | {} |",
+                fmt_ms(p50),
+                fmt_ms(min),
+                fmt_ms(max)
+            );
+        }
+    }
+    let ready = |c: &StartConfig| {
+        let v = ready_samples(report, c);
+        (!v.is_empty()).then(|| spread(&v).0)
+    };
+    let mut lines = Vec::new();
+    for c in configs.iter().filter(|c| standard_config(report, c)) {
+        let Some(this) = ready(c) else { continue };
+        let mut diff = |what: &str, other: StartConfig| {
+            if let Some(that) = ready(&other) {
+                lines.push(format!(
+                    "- {}: {what}: {} ({} against {})",
+                    c.describe(),
+                    fmt_ms(this - that),
+                    fmt_ms(this),
+                    fmt_ms(that)
+                ));
+            }
+        };
+        if c.socs == 2 && !c.library {
+            let mut o = c.clone();
+            o.synthetic = report
+                .start
+                .iter()
+                .find_map(|s| s.job.config.synthetic.clone());
+            diff(
+                "reading the machine's topology (against a synthetic one)",
+                o,
+            );
+            diff(
+                "64 KiB buffers per worker (against 64 B)",
+                StartConfig {
+                    buffer: 64,
+                    ..c.clone()
+                },
+            );
+            diff(
+                "the second SOC (against 1 SOC)",
+                StartConfig {
+                    socs: 1,
+                    ..c.clone()
+                },
+            );
+        }
+        if c.library {
+            diff(
+                "loading the Rust library (against none)",
+                StartConfig {
+                    library: false,
+                    ..c.clone()
+                },
+            );
+        }
+        let again: Vec<u64> = start_runs(report, c)
+            .iter()
+            .filter_map(|s| s.again_ready_ns)
+            .collect();
+        if !again.is_empty() {
+            let a = spread(&again).0;
+            lines.push(format!(
+                "- {}: the first engine of the process against the second: {} ({} against {})",
+                c.describe(),
+                fmt_ms(this - a),
+                fmt_ms(this),
+                fmt_ms(a)
+            ));
+        }
+        if c.restartable() && c.socs == 1 && !c.library {
+            let zero = StartConfig {
+                backoff_ms: 0,
+                ..c.clone()
+            };
+            let (a, b) = (restart_samples(report, c), restart_samples(report, &zero));
+            if !a.is_empty() && !b.is_empty() {
+                let (a, b) = (spread(&a).0, spread(&b).0);
+                lines.push(format!(
+                    "- {}: restart with a {} ms back-off against none: {} ({} against {})",
+                    c.describe(),
+                    c.backoff_ms,
+                    fmt_ms(a - b),
+                    fmt_ms(a),
+                    fmt_ms(b)
+                ));
+            }
+        }
+    }
+    if !lines.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nDifferences of ready p50 between configurations of this run that differ \
+             in one thing (noisy: each is a difference of two medians of a few runs):\n"
+        );
+        for l in lines {
+            let _ = writeln!(md, "{l}");
+        }
+    }
 }
 
 fn latency_tables(report: &Report, md: &mut String) {
@@ -480,13 +1064,19 @@ pub fn markdown(report: &Report) -> String {
     );
     targets(report, &mut md);
     headline(report, &mut md);
+    large_payloads(report, &mut md);
+    start_tables(report, &mut md);
     throughput_table(report, &mut md);
     numa_tables(report, &mut md);
     latency_tables(report, &mut md);
     let _ = writeln!(md, "## Contenders\n");
     for c in [
         Contender::Numaproc,
+        Contender::ZeroCopy,
         Contender::Client,
+        Contender::Echo8,
+        Contender::RustLib,
+        Contender::CLib,
         Contender::ShmSpin,
         Contender::ShmYield,
         Contender::Futex,
@@ -495,6 +1085,7 @@ pub fn markdown(report: &Report) -> String {
         Contender::Pipe,
         Contender::Crossbeam,
         Contender::FnCall,
+        Contender::Memcpy,
         Contender::Iceoryx2,
     ] {
         let _ = writeln!(md, "- `{}`: {}", c.name(), c.about());
@@ -543,6 +1134,68 @@ fn csv_latency(report: &Report) -> String {
                     .as_deref()
                     .unwrap_or("")
                     .replace([',', '\n', '"'], " ")
+            );
+        }
+    }
+    s
+}
+
+fn start_columns(c: &StartConfig) -> String {
+    format!(
+        "{},{},{},{},{},{}",
+        c.kind,
+        c.socs,
+        c.library,
+        if c.synthetic.is_some() {
+            "synthetic"
+        } else {
+            "machine"
+        },
+        c.buffer,
+        c.backoff_ms
+    )
+}
+
+fn csv_start(report: &Report) -> String {
+    let mut s = String::from(
+        "kind,socs,library,topology,buffer,backoff_ms,run,workers,start_ns,ready_ns,again_ready_ns,shutdown_ns\n",
+    );
+    for r in &report.start {
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{},{}",
+            start_columns(&r.job.config),
+            r.job.rep + 1,
+            r.workers,
+            r.start_ns,
+            r.ready_ns,
+            r.again_ready_ns.map_or(String::new(), |n| n.to_string()),
+            r.shutdown_ns
+        );
+    }
+    s
+}
+
+fn csv_restart(report: &Report) -> String {
+    let mut s = String::from(
+        "kind,socs,library,topology,buffer,backoff_ms,run,kill,noticed_ns,launched_ns,ready_ns,served_ns,beyond_backoff_ns,failed_calls\n",
+    );
+    for r in &report.start {
+        for (i, x) in r.restarts.iter().enumerate() {
+            let b = r.job.config.backoff_ms.saturating_mul(1_000_000);
+            let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{},{},{}",
+                start_columns(&r.job.config),
+                r.job.rep + 1,
+                i + 1,
+                x.noticed_ns,
+                opt(x.launched_ns),
+                opt(x.ready_ns),
+                x.served_ns,
+                i128::from(x.served_ns) - i128::from(b),
+                x.failed_calls
             );
         }
     }
@@ -607,8 +1260,8 @@ fn csv_numa(report: &Report) -> String {
     s
 }
 
-/// Writes summary.md, latency.csv, throughput.csv, numa.csv, results.json
-/// and the plots into `dir`; returns the files written and remarks about
+/// Writes summary.md, latency.csv, start.csv, restart.csv, throughput.csv,
+/// numa.csv, results.json and the plots into `dir`; returns the files written and remarks about
 /// plots that could not be drawn.
 pub fn write(report: &Report, dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>)> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -621,6 +1274,8 @@ pub fn write(report: &Report, dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>)>
     };
     put("summary.md", markdown(report))?;
     put("latency.csv", csv_latency(report))?;
+    put("start.csv", csv_start(report))?;
+    put("restart.csv", csv_restart(report))?;
     put("throughput.csv", csv_throughput(report))?;
     put("numa.csv", csv_numa(report))?;
     put("results.json", serde_json::to_string_pretty(report)?)?;
@@ -668,6 +1323,7 @@ mod tests {
                 session_cpu: None,
                 worker_cpu: None,
                 prefix: "t".into(),
+                libraries: false,
             },
             worker: (0, 0),
             worker_cpu: None,
@@ -687,5 +1343,49 @@ mod tests {
         assert_eq!(size_name(1 << 20), "1 MiB");
         assert_eq!(size_name(4096), "4 KiB");
         assert_eq!(size_name(0), "0 B");
+    }
+
+    #[test]
+    fn large_payload_baselines_add_the_floor_and_the_copies() {
+        let at = |c: Contender, size: usize, p50: u64, blocks: Vec<u64>| ContenderResult {
+            size,
+            ..result(c, p50, blocks)
+        };
+        let r = LatencyResult {
+            job: LatencyJob {
+                kind: numaproc::SocKind::Forked,
+                placement: Placement::Cross,
+                wait: WaitCase::Hot,
+                sizes: vec![0, LARGE],
+                contenders: vec![Contender::Numaproc, Contender::ShmSpin, Contender::Memcpy],
+                reference: Contender::ShmSpin,
+                blocks: 2,
+                block_calls: 10,
+                block_ms: 1,
+                gap_us: 0,
+                session_cpu: None,
+                worker_cpu: None,
+                prefix: "t".into(),
+                libraries: false,
+            },
+            worker: (0, 0),
+            worker_cpu: None,
+            session_cpu: None,
+            timer_ns: 20.0,
+            results: vec![
+                at(Contender::ShmSpin, 0, 100, vec![100, 200]),
+                at(Contender::Numaproc, LARGE, 2_500, vec![2_200, 4_200]),
+                at(Contender::Memcpy, LARGE, 1_000, vec![1_000, 1_000]),
+            ],
+            notes: vec![],
+        };
+        // 2500 / (100 + 2 × 1000); blocks: 2200 / 2100, 4200 / 2200.
+        let (o, b, base) = ratio_to_copies(&r, Contender::Numaproc, LARGE, 2.0).unwrap();
+        assert!((base - 2_100.0).abs() < 1e-9);
+        assert!((o - 2_500.0 / 2_100.0).abs() < 1e-9);
+        assert!((b - (2_200.0 / 2_100.0 + 4_200.0 / 2_200.0) / 2.0).abs() < 1e-9);
+        assert!(ratio_to_copies(&r, Contender::ZeroCopy, LARGE, 1.0).is_none());
+        assert_eq!(spread(&[3, 1, 2]), (2.0, 1.0, 3.0));
+        assert_eq!(spread(&[]), (0.0, 0.0, 0.0));
     }
 }

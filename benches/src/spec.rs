@@ -38,6 +38,22 @@ pub enum Contender {
     /// numaproc's round trip made by a client process attached to the
     /// engine's server (`numaproc::Client`), pinned where the session runs.
     Client,
+    /// numaproc with no copy by the caller: claim, leave the input where
+    /// `input_mut` has it, submit, read the output in place through
+    /// `Session::wait`'s slice (its first and last byte).
+    ZeroCopy,
+    /// One copy of the payload between two buffers of the caller: the
+    /// memcpy of the large-payload targets' baselines.
+    Memcpy,
+    /// numaproc `sys_echo` with 8 bytes in and out, whatever the job's
+    /// payload (beside the library procedures).
+    Echo8,
+    /// The Rust example library's `example.sum` with one u64 in (8 bytes)
+    /// and its sum out (8 bytes).
+    RustLib,
+    /// The C example library's `c.wordcount` with 8 bytes in and the word
+    /// count out (8 bytes).
+    CLib,
 }
 
 impl Contender {
@@ -55,6 +71,11 @@ impl Contender {
             Self::FnCall => "fn-call",
             Self::Iceoryx2 => "iceoryx2",
             Self::Client => "numaproc-client",
+            Self::ZeroCopy => "numaproc-zero-copy",
+            Self::Memcpy => "memcpy",
+            Self::Echo8 => "sys_echo-8B",
+            Self::RustLib => "rust-lib-8B",
+            Self::CLib => "c-lib-8B",
         }
     }
 
@@ -72,6 +93,17 @@ impl Contender {
             Self::FnCall => "plain function call, same copies",
             Self::Iceoryx2 => "iceoryx2 0.7 request-response between two processes, polling",
             Self::Client => "the numaproc call from a client process of the engine's server",
+            Self::ZeroCopy => {
+                "numaproc call with no copy by the caller: input left in place (claim + input_mut), output read in place through wait()'s slice"
+            }
+            Self::Memcpy => "one copy of the payload between two buffers of the caller",
+            Self::Echo8 => "numaproc sys_echo, 8 B in and 8 B out (beside the library procedures)",
+            Self::RustLib => {
+                "numaproc call of the Rust example library's example.sum, one u64 in (8 B), its sum out (8 B)"
+            }
+            Self::CLib => {
+                "numaproc call of the C example library's c.wordcount, 8 B of text in, the count out (8 B)"
+            }
         }
     }
 }
@@ -155,6 +187,10 @@ pub struct LatencyJob {
     pub worker_cpu: Option<u32>,
     /// Shared-memory name prefix of the engine.
     pub prefix: String,
+    /// The engine loads the Rust and the C example libraries (for the
+    /// library contenders).
+    #[serde(default)]
+    pub libraries: bool,
 }
 
 /// One contender at one payload size.
@@ -265,6 +301,138 @@ pub struct NumaResult {
     pub notes: Vec<String>,
 }
 
+/// What a start job's engine is: everything but the repetition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartConfig {
+    /// SOC kind.
+    pub kind: SocKind,
+    /// SOCs (workers: the default, one per core of each SOC).
+    pub socs: usize,
+    /// Loads the Rust example library.
+    pub library: bool,
+    /// Plans against this hwloc synthetic topology instead of reading the
+    /// machine's (workers are then not bound).
+    pub synthetic: Option<String>,
+    /// Input and output capacity per worker, bytes.
+    pub buffer: usize,
+    /// Restart back-off, ms (the first death's; constant here).
+    pub backoff_ms: u64,
+}
+
+impl StartConfig {
+    /// A short description: "forked, 2 SOCs, library".
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{}, {} SOC{}",
+            self.kind,
+            self.socs,
+            if self.socs == 1 { "" } else { "s" }
+        );
+        s.push_str(if self.library {
+            ", Rust library"
+        } else {
+            ", no library"
+        });
+        if self.synthetic.is_some() {
+            s.push_str(", synthetic topology");
+        }
+        if self.buffer != numaproc::DEFAULT_BUFFER {
+            s.push_str(&format!(", {} B buffers", self.buffer));
+        }
+        s
+    }
+
+    /// Whether SOCs of this kind can die and be restarted.
+    pub fn restartable(&self) -> bool {
+        self.kind != SocKind::Emulated
+    }
+}
+
+/// A start job, in a fresh process: `Engine::start` until one call served
+/// by every SOC; then `restarts` kills of SOC 0 (forked and spawned), each
+/// until its first call served again; then a shutdown and a second engine
+/// of the same configuration in the same process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartJob {
+    /// The engine.
+    pub config: StartConfig,
+    /// Kill-and-restart measurements of SOC 0.
+    pub restarts: usize,
+    /// Which repetition of the configuration (jobs of a run are
+    /// interleaved repetition by repetition).
+    pub rep: usize,
+    /// Shared-memory name prefix.
+    pub prefix: String,
+}
+
+/// One kill of a SOC and its return, each time from the kill, as
+/// `Engine::socs` showed it to an observer thread polling it every 50 µs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RestartSample {
+    /// Until `Engine::socs` no longer said ready, ns.
+    pub noticed_ns: u64,
+    /// Until it showed the new process's pid (the back-off is over and the
+    /// new process started), ns.
+    #[serde(default)]
+    pub launched_ns: Option<u64>,
+    /// Until it said ready again, ns.
+    #[serde(default)]
+    pub ready_ns: Option<u64>,
+    /// Until a call to the SOC was served again, ns.
+    pub served_ns: u64,
+    /// Calls that failed in between (a claim that met the dead SOC).
+    pub failed_calls: u32,
+}
+
+/// What a start job measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartResult {
+    /// The job.
+    pub job: StartJob,
+    /// Workers of the engine, all SOCs.
+    pub workers: usize,
+    /// `Engine::start` alone, ns.
+    pub start_ns: u64,
+    /// From the start until one `sys_ping` was served by every SOC, ns.
+    pub ready_ns: u64,
+    /// The engine's shutdown, ns.
+    pub shutdown_ns: u64,
+    /// A second engine of the same configuration in the same process,
+    /// until ready, ns (`None` when it could not start).
+    pub again_ready_ns: Option<u64>,
+    /// The restarts.
+    pub restarts: Vec<RestartSample>,
+    /// Remarks.
+    pub notes: Vec<String>,
+}
+
+/// Costs a start is made of, measured alone in a fresh process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeJob {
+    /// Which repetition.
+    pub rep: usize,
+}
+
+/// What a probe job measured, ns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    /// The job.
+    pub job: ProbeJob,
+    /// `Topology::detect` (hwloc reads the machine), the first in the
+    /// process.
+    pub topology_ns: u64,
+    /// The same again in the same process.
+    pub topology_again_ns: u64,
+    /// `Topology::synthetic` with a description of this machine's shape.
+    pub synthetic_ns: u64,
+    /// `fork` of this process, the child's `_exit` and the parent's
+    /// `waitpid`.
+    pub fork_ns: u64,
+    /// This executable started (fork and exec) with `--version`, until it
+    /// exited and was reaped: what a spawned SOC pays before its own work.
+    pub exec_ns: u64,
+}
+
 /// Any job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -275,6 +443,10 @@ pub enum Job {
     Throughput(ThroughputJob),
     /// NUMA memory matrix.
     Numa(NumaJob),
+    /// Start and restart of an engine.
+    Start(StartJob),
+    /// Costs a start is made of.
+    Probe(ProbeJob),
 }
 
 impl Job {
@@ -287,6 +459,8 @@ impl Job {
             }
             Job::Throughput(j) => j.duration_ms as f64 * 1.1 / 1e3 + 0.2,
             Job::Numa(j) => (j.bytes >> 20) as f64 / 64.0 + j.chase_loads as f64 * 2e-7,
+            Job::Start(j) => 0.15 + j.restarts as f64 * 0.02,
+            Job::Probe(_) => 0.1,
         }
     }
 
@@ -294,10 +468,15 @@ impl Job {
     pub fn describe(&self) -> String {
         match self {
             Job::Latency(j) => format!(
-                "latency {} {} {} ({} sizes, {} contenders)",
+                "latency {} {} {}{} ({} sizes, {} contenders)",
                 j.kind,
                 j.placement.name(),
                 j.wait.name(),
+                if j.libraries {
+                    " library procedures"
+                } else {
+                    ""
+                },
                 j.sizes.len(),
                 j.contenders.len()
             ),
@@ -306,6 +485,8 @@ impl Job {
                 j.kind, j.sessions, j.workers
             ),
             Job::Numa(j) => format!("NUMA memory matrix {} ({} MiB)", j.kind, j.bytes >> 20),
+            Job::Start(j) => format!("start {} (run {})", j.config.describe(), j.rep + 1),
+            Job::Probe(j) => format!("start probes: topology, fork, exec (run {})", j.rep + 1),
         }
     }
 }
@@ -320,4 +501,8 @@ pub enum JobResult {
     Throughput(ThroughputResult),
     /// NUMA memory matrix.
     Numa(NumaResult),
+    /// Start and restart.
+    Start(StartResult),
+    /// Costs a start is made of.
+    Probe(ProbeResult),
 }

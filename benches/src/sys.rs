@@ -192,6 +192,16 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".to_owned())
 }
 
+/// An hwloc synthetic topology of this machine's shape (NUMA nodes with
+/// memory, the CPUs this process may use spread over them, one PU per
+/// core): what the start jobs plan against to leave out reading the
+/// machine.
+pub fn synthetic_like_this_machine() -> String {
+    let nodes = memory_nodes().len().max(1);
+    let cpus = allowed_cpus().len().max(1);
+    format!("node:{nodes} core:{} pu:1", cpus.div_ceil(nodes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The quick run takes about 15 s here; the watchdog allows for a slow CI.
+/// The quick run takes about 25 s here; the watchdog allows for a slow CI.
 const WATCHDOG: Duration = Duration::from_secs(240);
 
 fn shm_objects(prefix: &str) -> Vec<String> {
@@ -24,9 +24,13 @@ fn shm_objects(prefix: &str) -> Vec<String> {
 fn quick_run_writes_every_report_file_and_leaves_nothing_behind() {
     let dir = std::env::temp_dir().join(format!("numaproc-bench-quick-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    // A prefix of its own: another run on the machine leaves this one's
+    // check alone.
+    let prefix = format!("quick{}", std::process::id());
     let mut child = Command::new(env!("CARGO_BIN_EXE_numaproc-bench"))
         .arg("--quick")
         .arg("--quiet")
+        .args(["--prefix", &prefix])
         .arg("--out")
         .arg(&dir)
         .stdin(Stdio::null())
@@ -64,6 +68,16 @@ fn quick_run_writes_every_report_file_and_leaves_nothing_behind() {
         "emulated SOC, cross-core, hot worker",
         "forked SOC, cross-core, hot worker",
         "spawned SOC, cross-core, hot worker",
+        "same-core ≤ 1.2× raw futex ping-pong",
+        "1 MiB echo ≤ 1.2× (floor + 2 memcpy of 1 MiB)",
+        "1 MiB zero-copy echo ≤ 1.1× (floor + 1 memcpy of 1 MiB)",
+        "library procedure ≤ 1.15× sys_ping",
+        "2 forked SOCs ready ≤ 5 ms",
+        "2 spawned SOCs with a library ready ≤ 10 ms",
+        "restart ≤ 3 ms beyond the back-off",
+        "## Large payloads",
+        "## Start and restart",
+        "### Where the start time goes",
         "## Throughput",
         "## NUMA memory matrix",
     ] {
@@ -82,10 +96,35 @@ fn quick_run_writes_every_report_file_and_leaves_nothing_behind() {
         "crossbeam",
         "fn-call",
         "iceoryx2",
+        "numaproc-zero-copy",
+        "memcpy",
+        "sys_echo-8B",
+        "rust-lib-8B",
+        "c-lib-8B",
     ] {
         assert!(
             latency.contains(&format!(",{contender},")),
             "latency.csv lacks {contender}"
+        );
+    }
+    // A start row per kind, SOC count and library; restarts of forked and
+    // spawned SOCs.
+    let start = read("start.csv");
+    for kind in ["emulated", "forked", "spawned"] {
+        assert!(
+            start
+                .lines()
+                .any(|l| l.starts_with(&format!("{kind},2,true,"))),
+            "start.csv lacks {kind} with 2 SOCs and a library:\n{start}"
+        );
+    }
+    let restart = read("restart.csv");
+    for kind in ["forked", "spawned"] {
+        assert!(
+            restart
+                .lines()
+                .any(|l| l.starts_with(&format!("{kind},1,"))),
+            "restart.csv lacks {kind}:\n{restart}"
         );
     }
     assert!(read("throughput.csv").lines().count() >= 2);
@@ -94,16 +133,22 @@ fn quick_run_writes_every_report_file_and_leaves_nothing_behind() {
     // Plots need a TrueType font; without one the report says so instead.
     if Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists() {
         for plot in [
-            "latency_percentiles_0B.svg",
-            "latency_percentiles_0B.png",
-            "throughput.png",
+            "hot_cross_core",
+            "sleeping_cross_core",
+            "same_core",
+            "library",
+            "payload_size_emulated",
+            "start",
+            "restart",
+            "throughput",
         ] {
-            assert!(dir.join(plot).exists(), "{plot} missing");
+            for ext in ["svg", "png"] {
+                let file = format!("{plot}.{ext}");
+                assert!(dir.join(&file).exists(), "{file} missing");
+            }
         }
     }
-    assert!(
-        shm_objects("numaproc-bench-").is_empty(),
-        "shared memory left behind"
-    );
+    let left = shm_objects(&format!("numaproc-{prefix}-"));
+    assert!(left.is_empty(), "shared memory left behind: {left:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

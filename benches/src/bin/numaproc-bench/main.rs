@@ -1,5 +1,6 @@
-//! `numaproc-bench`: latency, throughput and the NUMA memory matrix of
-//! numaproc, beside the floor and the peers, measured in one run.
+//! `numaproc-bench`: latency, library procedures, start and restart,
+//! throughput and the NUMA memory matrix of numaproc, beside the floor and
+//! the peers, measured in one run.
 //!
 //! The driver plans jobs and runs each in a fresh process (this binary
 //! again, as `numaproc-bench job --spec JSON --result FILE`): a forked
@@ -13,16 +14,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use numaproc::SocKind;
+use numaproc::{DEFAULT_BUFFER, SocKind};
 use numaproc_benches::peers::MAX_PAYLOAD;
 use numaproc_benches::report::{self, Machine, Report};
 use numaproc_benches::spec::{
-    Contender, Job, JobResult, LatencyJob, NumaJob, Placement, ThroughputJob, WaitCase,
+    Contender, Job, JobResult, LatencyJob, NumaJob, Placement, ProbeJob, StartConfig, StartJob,
+    ThroughputJob, WaitCase,
 };
-use numaproc_benches::sys::{allowed_cpus, cpu_model, memory_nodes};
+use numaproc_benches::sys::{allowed_cpus, cpu_model, memory_nodes, synthetic_like_this_machine};
 
 mod client;
 mod run;
+mod start;
+
+/// Every section, in the order a run takes them.
+const SECTIONS: [&str; 5] = ["latency", "library", "start", "throughput", "numa"];
 
 #[derive(Parser)]
 #[command(
@@ -32,9 +38,10 @@ mod run;
     long_about = "Benchmarks of numaproc against the floor and its peers, in one run.\n\n\
         Latency of empty and echo calls (0 B to 1 MiB) for each SOC kind, cross-core and \
         same-core, hot and sleeping workers, beside raw shared-memory spin and futex \
-        ping-pong, a Unix socket, pipes, crossbeam channels, a function call and iceoryx2 \
-        request-response; throughput of sessions x workers; the NUMA memory matrix. Writes \
-        summary.md, CSV, JSON and plots to the report directory."
+        ping-pong, a Unix socket, pipes, crossbeam channels, a function call, memcpy and \
+        iceoryx2 request-response; Rust and C library procedures beside sys_ping; start \
+        and restart times; throughput of sessions x workers; the NUMA memory matrix. \
+        Writes summary.md, CSV, JSON and plots to the report directory."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -82,8 +89,9 @@ struct RunArgs {
     /// SOC kinds to measure, comma-separated.
     #[arg(long, value_name = "KINDS", value_delimiter = ',', default_values_t = [SocKind::Emulated, SocKind::Forked, SocKind::Spawned])]
     kinds: Vec<SocKind>,
-    /// Sections to run, comma-separated: latency, throughput, numa.
-    #[arg(long, value_name = "SECTIONS", value_delimiter = ',', default_values_t = ["latency".to_owned(), "throughput".to_owned(), "numa".to_owned()])]
+    /// Sections to run, comma-separated: latency, library, start,
+    /// throughput, numa.
+    #[arg(long, value_name = "SECTIONS", value_delimiter = ',', default_values_t = SECTIONS.map(str::to_owned))]
     only: Vec<String>,
     /// Latency wait cases to run, comma-separated: hot, sleeping, both-sleep.
     #[arg(long, value_name = "CASES", value_delimiter = ',', default_values_t = ["hot".to_owned(), "sleeping".to_owned(), "both-sleep".to_owned()])]
@@ -100,6 +108,10 @@ struct RunArgs {
     /// Print nothing but the report's path and the summary.
     #[arg(long)]
     quiet: bool,
+    /// Shared-memory name prefix of the jobs' engines (`[A-Za-z0-9_]`, 1 to
+    /// 32 bytes): a run's objects are `/dev/shm/numaproc-PREFIX-*`.
+    #[arg(long, value_name = "NAME", default_value = "bench")]
+    prefix: String,
 }
 
 /// A payload size: bytes, or a number with a K (KiB) or M (MiB) suffix.
@@ -147,6 +159,8 @@ fn job(spec: &str, result: &Path) -> Result<()> {
         Job::Latency(j) => run::latency(j)?,
         Job::Throughput(j) => run::throughput(j)?,
         Job::Numa(j) => run::numa_matrix(j)?,
+        Job::Start(j) => start::start(j)?,
+        Job::Probe(j) => start::probe(j)?,
     };
     std::fs::write(result, serde_json::to_vec(&out)?)
         .with_context(|| format!("writing {}", result.display()))
@@ -165,6 +179,10 @@ struct Scale {
     numa_bytes: usize,
     numa_passes: usize,
     numa_loads: usize,
+    /// Runs (fresh processes) of each start configuration.
+    start_reps: usize,
+    /// Kills of a SOC per start job (forked and spawned).
+    start_restarts: usize,
     job_timeout: Duration,
 }
 
@@ -183,6 +201,8 @@ impl Scale {
                 numa_bytes: 64 << 20,
                 numa_passes: 2,
                 numa_loads: 500_000,
+                start_reps: 3,
+                start_restarts: 2,
                 job_timeout: Duration::from_secs(60),
             }
         } else {
@@ -207,6 +227,8 @@ impl Scale {
                 numa_bytes: 512 << 20,
                 numa_passes: 5,
                 numa_loads: 20_000_000,
+                start_reps: 10,
+                start_restarts: 5,
                 job_timeout: Duration::from_secs(600),
             }
         }
@@ -256,9 +278,9 @@ fn placements() -> (Vec<Place>, Vec<String>) {
 
 fn plan_jobs(args: &RunArgs, scale: &Scale) -> (Vec<Job>, Vec<String>) {
     let mut jobs = Vec::new();
-    let (places, notes) = placements();
+    let (places, mut notes) = placements();
     let want = |s: &str| args.only.iter().any(|o| o == s);
-    let prefix = "bench".to_owned();
+    let prefix = args.prefix.clone();
     if want("latency") {
         for &kind in &args.kinds {
             for &(placement, session_cpu, worker_cpu) in &places {
@@ -273,8 +295,8 @@ fn plan_jobs(args: &RunArgs, scale: &Scale) -> (Vec<Job>, Vec<String>) {
                     let (contenders, reference) = match (placement, wait) {
                         (Placement::Cross, WaitCase::Hot) => (
                             vec![
-                                Numaproc, Client, ShmSpin, ShmYield, Futex, Uds, Pipe, Crossbeam,
-                                FnCall, Iceoryx2,
+                                Numaproc, ZeroCopy, Client, ShmSpin, ShmYield, Futex, Uds, Pipe,
+                                Crossbeam, FnCall, Memcpy, Iceoryx2,
                             ],
                             ShmSpin,
                         ),
@@ -312,10 +334,42 @@ fn plan_jobs(args: &RunArgs, scale: &Scale) -> (Vec<Job>, Vec<String>) {
                         session_cpu,
                         worker_cpu,
                         prefix: prefix.clone(),
+                        libraries: false,
                     }));
                 }
             }
         }
+    }
+    if want("library") {
+        // Library procedures beside sys_ping, hot, cross-core.
+        let cross = places.iter().find(|p| p.0 == Placement::Cross);
+        match cross {
+            Some(&(placement, session_cpu, worker_cpu)) => {
+                for &kind in &args.kinds {
+                    use Contender::*;
+                    jobs.push(Job::Latency(LatencyJob {
+                        kind,
+                        placement,
+                        wait: WaitCase::Hot,
+                        sizes: vec![0],
+                        contenders: vec![Numaproc, Echo8, RustLib, CLib],
+                        reference: Numaproc,
+                        blocks: scale.blocks,
+                        block_calls: scale.block_calls,
+                        block_ms: scale.block_ms,
+                        gap_us: 0,
+                        session_cpu,
+                        worker_cpu,
+                        prefix: prefix.clone(),
+                        libraries: true,
+                    }));
+                }
+            }
+            None => notes.push("no cross-core placement: no library jobs".to_owned()),
+        }
+    }
+    if want("start") {
+        jobs.extend(start_jobs(args, scale, &prefix));
     }
     if want("throughput") {
         for &kind in &args.kinds {
@@ -348,12 +402,81 @@ fn plan_jobs(args: &RunArgs, scale: &Scale) -> (Vec<Job>, Vec<String>) {
     (jobs, notes)
 }
 
+/// The start section: every SOC kind with 1 and 2 SOCs, with and without
+/// the Rust example library; and, to see where the time goes, 2 SOCs
+/// planned against a synthetic topology (no hwloc read of the machine),
+/// with 64-byte buffers, and 1 SOC restarted without back-off. Each
+/// configuration runs `start_reps` times, each time in a fresh process,
+/// interleaved run by run with the others and with the probes.
+fn start_jobs(args: &RunArgs, scale: &Scale, prefix: &str) -> Vec<Job> {
+    let base = |kind: SocKind, socs: usize, library: bool| StartConfig {
+        kind,
+        socs,
+        library,
+        synthetic: None,
+        buffer: DEFAULT_BUFFER,
+        backoff_ms: numaproc::RestartPolicy::default().backoff_ms,
+    };
+    let mut configs = Vec::new();
+    for &kind in &args.kinds {
+        for socs in [1, 2] {
+            for library in [false, true] {
+                configs.push(base(kind, socs, library));
+            }
+        }
+    }
+    let shape = synthetic_like_this_machine();
+    for &kind in &args.kinds {
+        configs.push(StartConfig {
+            synthetic: Some(shape.clone()),
+            ..base(kind, 2, false)
+        });
+        if kind != SocKind::Emulated {
+            configs.push(StartConfig {
+                buffer: 64,
+                ..base(kind, 2, false)
+            });
+            configs.push(StartConfig {
+                backoff_ms: 0,
+                ..base(kind, 1, false)
+            });
+        }
+    }
+    let mut jobs = Vec::new();
+    let n = configs.len();
+    for rep in 0..scale.start_reps {
+        for k in 0..n {
+            let config = configs[(k + rep) % n].clone();
+            jobs.push(Job::Start(StartJob {
+                restarts: if config.restartable() {
+                    scale.start_restarts
+                } else {
+                    0
+                },
+                config,
+                rep,
+                prefix: prefix.to_owned(),
+            }));
+        }
+        jobs.push(Job::Probe(ProbeJob { rep }));
+    }
+    jobs
+}
+
 /// Runs `job` in a child process, killing it after `timeout`.
 fn run_child(job: &Job, dir: &Path, index: usize, timeout: Duration) -> Result<JobResult> {
     let exe = std::env::current_exe().context("locating this binary")?;
     let result = dir.join(format!("job-{index}.json"));
     let _ = std::fs::remove_file(&result);
-    let mut child = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    // The engine's and the libraries' info lines (a SOC restarting, a
+    // library ready) would fill the terminal: errors only, unless asked.
+    let chatty = matches!(job, Job::Start(_) | Job::Probe(_))
+        || matches!(job, Job::Latency(l) if l.libraries);
+    if chatty && std::env::var_os("NUMAPROC_LOG").is_none() {
+        cmd.env("NUMAPROC_LOG", "error");
+    }
+    let mut child = cmd
         .arg("job")
         .arg("--spec")
         .arg(serde_json::to_string(job)?)
@@ -421,12 +544,18 @@ fn kernel() -> String {
 
 fn drive(args: RunArgs) -> Result<()> {
     for s in &args.only {
-        if !["latency", "throughput", "numa"].contains(&s.as_str()) {
-            bail!("unknown section {s:?} (expected latency, throughput or numa)");
+        if !SECTIONS.contains(&s.as_str()) {
+            bail!(
+                "unknown section {s:?} (expected one of {})",
+                SECTIONS.join(", ")
+            );
         }
     }
     if args.kinds.is_empty() {
         bail!("--kinds names no SOC kind");
+    }
+    if let Err(e) = numaproc::ShmName::check_prefix(&args.prefix) {
+        bail!("--prefix {:?}: {e}", args.prefix);
     }
     for w in &args.waits {
         if !["hot", "sleeping", "both-sleep"].contains(&w.as_str()) {
@@ -462,6 +591,8 @@ fn drive(args: RunArgs) -> Result<()> {
         latency: Vec::new(),
         throughput: Vec::new(),
         numa: Vec::new(),
+        start: Vec::new(),
+        probes: Vec::new(),
         failures: Vec::new(),
     };
     let start = Instant::now();
@@ -490,6 +621,8 @@ fn drive(args: RunArgs) -> Result<()> {
                     JobResult::Latency(l) => report.latency.push(l),
                     JobResult::Throughput(x) => report.throughput.push(x),
                     JobResult::Numa(x) => report.numa.push(x),
+                    JobResult::Start(x) => report.start.push(x),
+                    JobResult::Probe(x) => report.probes.push(x),
                 }
             }
             Err(e) => {
@@ -508,7 +641,7 @@ fn drive(args: RunArgs) -> Result<()> {
         eprintln!("numaproc-bench: {r}");
     }
     println!(
-        "\nreport: {} ({} files: summary.md, latency.csv, throughput.csv, numa.csv, results.json, plots)",
+        "\nreport: {} ({} files: summary.md, latency.csv, start.csv, restart.csv, throughput.csv, numa.csv, results.json, plots)",
         args.out.display(),
         files.len()
     );

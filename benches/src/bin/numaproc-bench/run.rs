@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use numaproc::{Engine, EngineOptions, ProcId, Server, ServerOptions, Target, WaitOptions};
+use numaproc_benches::libs::{self, LibDir};
 use numaproc_benches::numa::{self, MemRequest, MemResult};
 use numaproc_benches::peers::{
     FnPeer, IoxPeer, MAX_PAYLOAD, ShmPeer, StreamKind, StreamPeer, ThreadPeer, WaitMode,
@@ -165,12 +166,34 @@ pub fn latency(job: LatencyJob) -> Result<JobResult> {
     if let Some(c) = job.session_cpu {
         pin_to(c)?;
     }
-    let options = EngineOptions::new()
+    let mut options = EngineOptions::new()
         .soc_kind(job.kind)
         .name_prefix(job.prefix.clone())
         .input_capacity(max_size.max(64))
         .output_capacity(max_size.max(64))
         .wait(wait_options(job.wait));
+    // The example libraries, for the library contenders: the Rust one, and
+    // the C one where a C compiler built it.
+    let mut lib_dir = None;
+    if job.libraries {
+        let with_c = match libs::c_example() {
+            Ok(_) => true,
+            Err(e) => {
+                notes.push(format!("c-lib-8B skipped: {e:#}"));
+                false
+            }
+        };
+        match LibDir::new("latency", with_c) {
+            Ok(dir) => {
+                options = options.library_dir(dir.path()).library(libs::RUST_ENTRY);
+                if with_c {
+                    options = options.library(libs::C_FILE);
+                }
+                lib_dir = Some(dir);
+            }
+            Err(e) => notes.push(format!("library procedures skipped: {e:#}")),
+        }
+    }
     let engine = Engine::start(options).context("starting the engine")?;
     // Threads only now: a forked engine needs a single-threaded start.
     let served = if has(Contender::Client) {
@@ -208,14 +231,26 @@ pub fn latency(job: LatencyJob) -> Result<JobResult> {
     }
     let target = Target::Worker { soc, worker };
     let worker_cpu = plan.binding.then(|| plan.socs[soc].workers[worker].cpu);
-    let ping = engine.proc_id("sys_ping")?;
-    let echo = engine.proc_id("sys_echo")?;
+    let procs = Procs {
+        ping: engine.proc_id("sys_ping")?,
+        echo: engine.proc_id("sys_echo")?,
+        rust: engine.proc_id(RUST_PROC).ok(),
+        c: engine.proc_id(C_PROC).ok(),
+    };
 
     let src: Vec<u8> = (0..max_size.max(1)).map(|i| (i * 31 + 7) as u8).collect();
-    let mut dst = vec![0u8; max_size.max(1)];
+    let mut dst = vec![0u8; max_size.max(8)];
     let timer_ns = timer_cost();
     let mut results = Vec::new();
     let mut failed: Vec<(Contender, String)> = Vec::new();
+    // A library procedure answers what it should before it is timed.
+    for c in [Contender::RustLib, Contender::CLib] {
+        if has(c)
+            && let Err(e) = check_library_call(engine, target, &procs, c)
+        {
+            failed.push((c, format!("{e:#}")));
+        }
+    }
     for &size in &job.sizes {
         let src = &src[..size];
         let mut recs: Vec<(Contender, Recorder, Vec<u64>)> = job
@@ -235,15 +270,7 @@ pub fn latency(job: LatencyJob) -> Result<JobResult> {
                 }
                 let mut rec = Recorder::new();
                 let r = run_block(
-                    c,
-                    &job,
-                    engine,
-                    target,
-                    if size == 0 { ping } else { echo },
-                    &mut peers,
-                    src,
-                    &mut dst,
-                    &mut rec,
+                    c, &job, engine, target, &procs, &mut peers, src, &mut dst, &mut rec,
                 );
                 match r {
                     Ok(()) => {
@@ -268,6 +295,7 @@ pub fn latency(job: LatencyJob) -> Result<JobResult> {
     let session_cpu = current_cpu();
     notes.extend(peers.stop());
     served.shutdown()?;
+    drop(lib_dir);
     Ok(JobResult::Latency(LatencyResult {
         job,
         worker: (soc, worker),
@@ -277,6 +305,38 @@ pub fn latency(job: LatencyJob) -> Result<JobResult> {
         results,
         notes,
     }))
+}
+
+/// The Rust example library's procedure timed: one u64 in, its sum (the
+/// same u64) out.
+const RUST_PROC: &str = "example.sum";
+/// The C example library's: 8 bytes of text in, the word count out (8
+/// bytes).
+const C_PROC: &str = "c.wordcount";
+/// The C procedure's input: four words.
+const C_INPUT: &[u8; 8] = b"a b c d ";
+
+/// The procedures a latency job calls.
+struct Procs {
+    ping: ProcId,
+    echo: ProcId,
+    rust: Option<ProcId>,
+    c: Option<ProcId>,
+}
+
+/// One call of a library contender's procedure, checked against what it
+/// should answer.
+fn check_library_call(engine: &Engine, target: Target, procs: &Procs, c: Contender) -> Result<()> {
+    let (id, input, want): (_, &[u8], [u8; 8]) = match c {
+        Contender::RustLib => (procs.rust, &42u64.to_le_bytes(), 42u64.to_le_bytes()),
+        _ => (procs.c, C_INPUT, 4u64.to_le_bytes()),
+    };
+    let id = id.context("its library is not loaded")?;
+    let out = engine.call_on(target, id, input)?;
+    if out != want {
+        bail!("{} answered {out:?}, not {want:?}", c.name());
+    }
+    Ok(())
 }
 
 /// Warm-up round trips before each block (not recorded).
@@ -296,12 +356,17 @@ fn run_block(
     job: &LatencyJob,
     engine: &Engine,
     target: Target,
-    proc: ProcId,
+    procs: &Procs,
     peers: &mut Peers,
     src: &[u8],
     dst: &mut [u8],
     rec: &mut Recorder,
 ) -> Result<()> {
+    let proc = if src.is_empty() {
+        procs.ping
+    } else {
+        procs.echo
+    };
     let warm = warmup_calls(job, src.len());
     let budget = Duration::from_millis(job.block_ms);
     let calls = job.block_calls.max(1);
@@ -330,6 +395,35 @@ fn run_block(
     };
     match c {
         Contender::Numaproc => timed(&mut || round_trip(engine, target, proc, src, dst)),
+        Contender::ZeroCopy => timed(&mut || {
+            let mut claim = engine.claim(target)?;
+            // A caller producing its input in place would write it here.
+            std::hint::black_box(claim.input_mut().as_mut_ptr());
+            let mut session = claim.submit(proc, src.len())?;
+            let out = session.wait()?;
+            std::hint::black_box((out.len(), out.first(), out.last()));
+            Ok(())
+        }),
+        Contender::Memcpy => timed(&mut || {
+            dst[..src.len()].copy_from_slice(std::hint::black_box(src));
+            std::hint::black_box(&mut *dst);
+            Ok(())
+        }),
+        Contender::Echo8 => {
+            let input = 42u64.to_le_bytes();
+            timed(&mut || round_trip(engine, target, procs.echo, &input, dst))
+        }
+        Contender::RustLib => {
+            let id = procs
+                .rust
+                .context("the Rust example library is not loaded")?;
+            let input = 42u64.to_le_bytes();
+            timed(&mut || round_trip(engine, target, id, &input, dst))
+        }
+        Contender::CLib => {
+            let id = procs.c.context("the C example library is not loaded")?;
+            timed(&mut || round_trip(engine, target, id, C_INPUT, dst))
+        }
         Contender::Client => {
             let peer = peers.client.as_mut().context("no client peer")?;
             let name = if src.is_empty() {
