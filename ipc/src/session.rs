@@ -269,9 +269,10 @@ impl SessionSlot<'_> {
     }
 
     /// Claims the slot for `holder` if it is free and its SOC serves; sets
-    /// `released` when it claimed the slot for a moment and gave it back
-    /// (its SOC is dead or closing): the caller then signals waiting
-    /// sessions, as after any release.
+    /// `released` when it claimed the slot for a moment, gave it back (its
+    /// SOC was dead or closing), and the slot may be claimable now (it was
+    /// reset meanwhile): the caller then signals waiting sessions, as after
+    /// any release.
     #[inline]
     pub fn try_claim_noting(&self, holder: u32, released: &mut bool) -> Option<Claimed> {
         let w = self.owner.word.load(Ordering::Relaxed);
@@ -291,7 +292,14 @@ impl SessionSlot<'_> {
         // state word before.
         let seen = self.control.state.load(Ordering::Acquire);
         if matches!(Word(seen).state(), State::Failed | State::Closed) {
-            *released = self.unclaim(claim);
+            let freed = self.unclaim(claim);
+            // A waiter that saw the slot held meanwhile must look again
+            // only if the slot may be claimable now (the master reset it
+            // while this claim held it): a slot still dead would wake
+            // waiters, this caller's own wait included, to find it dead
+            // again, and again.
+            *released =
+                freed && !matches!(self.control.word().state(), State::Failed | State::Closed);
             return None;
         }
         Some(Claimed { seen, ..claim })

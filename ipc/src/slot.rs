@@ -724,6 +724,23 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_slot_given_back_wakes_no_one() {
+        let s = zeroed();
+        s.control.fail();
+        let mut released = false;
+        assert_eq!(s.try_claim_noting(3, &mut released), None);
+        assert!(!released, "waiters would only find it dead again");
+        assert!(!s.is_held(), "given back");
+        // Reset by the master: claimable again.
+        s.control.reset();
+        let c = s
+            .try_claim_noting(3, &mut released)
+            .expect("claimable once reset");
+        assert!(!released);
+        assert!(s.unclaim(c));
+    }
+
+    #[test]
     fn a_stop_closes_a_free_slot_at_once() {
         let s = zeroed();
         assert!(s.close_if_idle());
