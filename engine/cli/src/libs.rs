@@ -82,11 +82,23 @@ fn entry(lib: &str, real_dir: &Path, dir_given: bool) -> Result<String> {
 mod tests {
     use super::*;
 
-    fn tree() -> PathBuf {
-        let root = std::env::temp_dir().join(format!("numaproc-libs-{}", std::process::id()));
+    /// A directory tree of the test's own, removed when dropped.
+    struct Tree(PathBuf);
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `a/b` and `other` in a fresh directory named after `tag` (each test
+    /// its own: tests run at once).
+    fn tree(tag: &str) -> (PathBuf, Tree) {
+        let root =
+            std::env::temp_dir().join(format!("numaproc-libs-test-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(root.join("a/b")).unwrap();
         std::fs::create_dir_all(root.join("other")).unwrap();
-        root.canonicalize().unwrap()
+        (root.canonicalize().unwrap(), Tree(root))
     }
 
     fn no_default() -> Result<PathBuf> {
@@ -95,7 +107,7 @@ mod tests {
 
     #[test]
     fn a_path_is_a_path_and_a_name_is_a_name() {
-        let root = tree();
+        let (root, _tree) = tree("t1");
         let lib = format!("{}/a/libx.so", root.display());
         let (dir, entries) = resolve(&[lib, "y".to_owned()], None, no_default).unwrap();
         assert_eq!(dir, root.join("a"));
@@ -107,7 +119,7 @@ mod tests {
 
     #[test]
     fn a_path_beneath_the_library_directory_is_relative_to_it() {
-        let root = tree();
+        let (root, _tree) = tree("t2");
         let lib = format!("{}/a/b/libx_{{soc}}.so", root.display());
         let (dir, entries) = resolve(&[lib], Some(&root), no_default).unwrap();
         assert_eq!(dir, root);
@@ -116,7 +128,7 @@ mod tests {
 
     #[test]
     fn a_path_outside_the_library_directory_is_refused_saying_why() {
-        let root = tree();
+        let (root, _tree) = tree("t3");
         let lib = format!("{}/other/libx.so", root.display());
         let e = resolve(&[lib], Some(&root.join("a")), no_default).unwrap_err();
         let e = format!("{e:#}");

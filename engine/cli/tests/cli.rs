@@ -112,9 +112,11 @@ fn demo_runs_in_both_kinds_and_leaves_nothing() {
     let dir = std::env::temp_dir().join(format!("numaproc-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("demo.toml");
+    // A prefix of this run's own: another checkout's tests may run at once.
+    let prefix = format!("clitest{}", std::process::id());
     std::fs::write(
         &config,
-        "name_prefix = \"clitest\"\nsoc_kind = \"forked\"\n",
+        format!("name_prefix = \"{prefix}\"\nsoc_kind = \"forked\"\n"),
     )
     .unwrap();
     for kind in ["forked", "emulated"] {
@@ -149,9 +151,9 @@ fn demo_runs_in_both_kinds_and_leaves_nothing() {
         }
         assert_eq!(v["latency"]["calls"], 500);
         assert!(
-            objects_left("clitest").is_empty(),
+            objects_left(&prefix).is_empty(),
             "{:?}",
-            objects_left("clitest")
+            objects_left(&prefix)
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
@@ -217,7 +219,11 @@ fn demo_spawned_with_the_example_library() {
     std::fs::copy(example_library(), &lib).unwrap();
     std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
     let config = dir.join("demo.toml");
-    std::fs::write(&config, "name_prefix = \"clilib\"\n").unwrap();
+    std::fs::write(
+        &config,
+        format!("name_prefix = \"clilib{}\"\n", std::process::id()),
+    )
+    .unwrap();
     let out = run(
         &[
             "demo",
@@ -251,9 +257,9 @@ fn demo_spawned_with_the_example_library() {
         assert_eq!(w["user"], true);
     }
     assert!(
-        objects_left("clilib").is_empty(),
+        objects_left(&format!("clilib{}", std::process::id())).is_empty(),
         "{:?}",
-        objects_left("clilib")
+        objects_left(&format!("clilib{}", std::process::id()))
     );
     std::fs::remove_dir_all(&dir).unwrap();
 
@@ -279,7 +285,11 @@ fn demo_takes_a_library_path_as_typed() {
     let lib = root.join("sub/libnumaproc_example.so");
     std::fs::copy(example_library(), &lib).unwrap();
     std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::write(root.join("demo.toml"), "name_prefix = \"clipath\"\n").unwrap();
+    std::fs::write(
+        root.join("demo.toml"),
+        format!("name_prefix = \"clipath{}\"\n", std::process::id()),
+    )
+    .unwrap();
     let demo = |extra: &[&str]| {
         let mut args = vec![
             "demo",
@@ -315,9 +325,9 @@ fn demo_takes_a_library_path_as_typed() {
         out.stderr
     );
     assert!(
-        objects_left("clipath").is_empty(),
+        objects_left(&format!("clipath{}", std::process::id())).is_empty(),
         "{:?}",
-        objects_left("clipath")
+        objects_left(&format!("clipath{}", std::process::id()))
     );
     std::fs::remove_dir_all(&root).unwrap();
 }
