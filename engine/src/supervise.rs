@@ -32,11 +32,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
-use nix::poll::{PollFd, PollFlags, poll};
+use nix::poll::{PollFd, PollFlags, ppoll};
 use nix::unistd::pipe2;
 use numaproc_ipc::layout::{FreeSignal, NameRecord, SocView, write_soc_header};
 use numaproc_ipc::slot::monotonic_ns;
-use numaproc_soc::process::poll_timeout;
 use serde::{Deserialize, Serialize};
 
 use crate::launch::{SocHandle, StartEvent};
@@ -376,8 +375,12 @@ impl Watch {
                 whose.push((i, true));
             }
         }
-        let timeout = until.map_or(nix::poll::PollTimeout::NONE, poll_timeout);
-        if let Err(e) = poll(&mut fds, timeout)
+        // To the microsecond (`ppoll`): `poll`'s milliseconds, rounded up,
+        // would start every restart up to a millisecond after its back-off.
+        let timeout = until.map(|d| {
+            nix::sys::time::TimeSpec::from_duration(d.saturating_duration_since(Instant::now()))
+        });
+        if let Err(e) = ppoll(&mut fds, timeout, None)
             && e != nix::errno::Errno::EINTR
         {
             event!(warn, {}, "supervisor: poll failed: {e}");
