@@ -194,6 +194,26 @@ struct CallJson<'a> {
     error: Option<ErrorJson>,
 }
 
+impl<'a> CallJson<'a> {
+    /// A call of `proc` that failed with `error`, on `worker` after
+    /// `elapsed` when it got that far.
+    fn failed(
+        proc: &'a str,
+        error: ErrorJson,
+        worker: Option<WorkerId>,
+        elapsed: Option<Duration>,
+    ) -> Self {
+        Self {
+            proc,
+            output: None,
+            output_base64: None,
+            worker: worker.map(Into::into),
+            elapsed_ns: elapsed.map(nanos),
+            error: Some(error),
+        }
+    }
+}
+
 /// What `numaproc call --repeat N --json` prints.
 #[derive(Serialize)]
 struct RepeatJson<'a> {
@@ -278,14 +298,7 @@ pub(crate) fn call(args: CallArgs) -> Result<ExitCode> {
     let failed = |e: &CallError| -> Result<ExitCode> {
         eprintln!("numaproc: {}: {e}", args.proc);
         if args.json {
-            print_json(&CallJson {
-                proc: &args.proc,
-                output: None,
-                output_base64: None,
-                worker: None,
-                elapsed_ns: None,
-                error: Some(e.into()),
-            })?;
+            print_json(&CallJson::failed(&args.proc, e.into(), None, None))?;
         }
         Ok(ExitCode::from(call_exit(e)))
     };
@@ -293,14 +306,7 @@ pub(crate) fn call(args: CallArgs) -> Result<ExitCode> {
         Ok(c) => c,
         Err(e) => {
             if args.json {
-                print_json(&CallJson {
-                    proc: &args.proc,
-                    output: None,
-                    output_base64: None,
-                    worker: None,
-                    elapsed_ns: None,
-                    error: Some((&e).into()),
-                })?;
+                print_json(&CallJson::failed(&args.proc, (&e).into(), None, None))?;
             }
             return Ok(connect_failed(&e));
         }
@@ -340,14 +346,12 @@ pub(crate) fn call(args: CallArgs) -> Result<ExitCode> {
         (Err(e), _) => {
             eprintln!("numaproc: {}: {e}", args.proc);
             if args.json {
-                print_json(&CallJson {
-                    proc: &args.proc,
-                    output: None,
-                    output_base64: None,
-                    worker: called.worker.map(Into::into),
-                    elapsed_ns: Some(nanos(called.elapsed)),
-                    error: Some(e.into()),
-                })?;
+                print_json(&CallJson::failed(
+                    &args.proc,
+                    e.into(),
+                    called.worker,
+                    Some(called.elapsed),
+                ))?;
             }
             Ok(ExitCode::from(call_exit(e)))
         }
