@@ -12,8 +12,8 @@ use anyhow::{Context, Result, anyhow, ensure};
 use numaproc::{CallError, Engine, EngineOptions, SocKind, SocState, Target};
 
 use crate::support::{
-    LibDir, assert_nothing_left, base_options, expect_err, fixture, kill_9, process_running,
-    shm_objects_of, shutdown_clean,
+    LibDir, assert_nothing_left, base_options, expect_err, fixture, kill_9, no_process_left,
+    process_running, shm_objects_of, shutdown_clean,
 };
 
 fn crash_options(kind: SocKind, prefix: &str, libs: &LibDir) -> EngineOptions {
@@ -633,6 +633,10 @@ fn kill_a_helper_master(kind: SocKind, prefix: &str) -> Result<(String, u32)> {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    // What the dead helper left (its zygote, its SOCs' zombies) was
+    // reparented here: reaped now, so that what this scenario's own engine
+    // starts is all this process's tree holds.
+    no_process_left()?;
     Ok((full_prefix, helper))
 }
 
