@@ -729,15 +729,14 @@ mod tests {
         ));
     }
 
+    /// A change to a valid header.
+    type Change = fn(&mut RegionHeader);
+
     /// Makes object `what` of `len` bytes that no region made: zero-filled,
     /// with a header (unless `header` is `None`) that is a valid, ready one
     /// for [`shape`] and `len` changed by `header`. Returns what `open`
     /// says of it; the object is unlinked.
-    fn open_foreign(
-        what: &str,
-        len: u64,
-        header: Option<fn(&mut RegionHeader)>,
-    ) -> Result<(), OpenError> {
+    fn open_foreign(what: &str, len: u64, header: Option<Change>) -> Result<(), OpenError> {
         let n = name(what);
         let path = n.path();
         let fd = shm_open(
@@ -816,7 +815,7 @@ mod tests {
     #[test]
     fn open_refuses_other_structure_sizes() {
         let header = size_of::<RegionHeader>() as u64;
-        let cases: [(&str, fn(&mut RegionHeader), &str, u64, u64); 4] = [
+        let cases: [(&str, Change, &str, u64, u64); 4] = [
             (
                 "hsize",
                 |h| h.header_size += 8,
@@ -844,7 +843,7 @@ mod tests {
     #[test]
     fn open_refuses_a_total_size_other_than_the_objects() {
         // The header says more than the object holds, or less.
-        let cases: [(&str, fn(&mut RegionHeader), u64); 2] = [
+        let cases: [(&str, Change, u64); 2] = [
             ("bigger", |h| h.total_size = 8192, 8192),
             ("smaller", |h| h.total_size = 2048, 2048),
         ];

@@ -152,6 +152,17 @@ fn c_header_matches_rust_layout() {
     assert_eq!(expected.lines().count(), c.lines().count());
 }
 
+/// A type's name, its 1.0 size and alignment, this build's, and its 1.0
+/// field offsets.
+type Frozen = (
+    &'static str,
+    usize,
+    usize,
+    usize,
+    usize,
+    Vec<(&'static str, usize)>,
+);
+
 /// ABI 1.0 as released, on a 64-bit target (pointers of 8 bytes): each
 /// `#[repr(C)]` type's size and alignment and each field's offset. A minor
 /// version may only add fields at the end of a type (its size grows; what
@@ -164,8 +175,7 @@ fn abi_1_0_layout_is_frozen() {
         ABI_MAJOR, 1,
         "a new major version: record its layout here, keep 1.0's"
     );
-    // (type, 1.0 size, alignment, [(field, offset)])
-    let frozen: [(&str, usize, usize, usize, usize, Vec<(&str, usize)>); 4] = [
+    let frozen: [Frozen; 4] = [
         (
             "Call",
             96,
@@ -313,7 +323,7 @@ fn abi_1_0_layout_is_frozen() {
         let rust = offsets(ty);
         assert_eq!(rust[..fields.len()], fields[..], "field offsets of {ty}");
         assert!(
-            ABI_MINOR > 0 || rust.len() == fields.len(),
+            ABI_MINOR != 0 || rust.len() == fields.len(),
             "{ty} has fields 1.0 does not have"
         );
     }
