@@ -729,9 +729,15 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn open_refuses_a_foreign_object() {
-        let n = name("c");
+    /// A change to a valid header.
+    type Change = fn(&mut RegionHeader);
+
+    /// Makes object `what` of `len` bytes that no region made: zero-filled,
+    /// with a header (unless `header` is `None`) that is a valid, ready one
+    /// for [`shape`] and `len` changed by `header`. Returns what `open`
+    /// says of it; the object is unlinked.
+    fn open_foreign(what: &str, len: u64, header: Option<Change>) -> Result<(), OpenError> {
+        let n = name(what);
         let path = n.path();
         let fd = shm_open(
             path.as_str(),
@@ -739,11 +745,119 @@ mod tests {
             Mode::S_IRUSR | Mode::S_IWUSR,
         )
         .unwrap();
-        File::from(fd).set_len(4096).unwrap();
-        let err = Region::open(&n, shape(), Duration::from_millis(10)).unwrap_err();
+        let file = File::from(fd);
+        file.set_len(len).unwrap();
+        if let Some(change) = header {
+            let fields = HeaderFields {
+                shape: shape(),
+                total_size: len,
+                creator: crate::stale::Creator::this_process(),
+            };
+            let mut h = fields.header(READY);
+            change(&mut h);
+            // SAFETY: the object was just created, by this test, and is
+            // mapped by no one else; the mapping is a page at least, the
+            // header fits at its (page-aligned) start.
+            let mut map = unsafe { MmapMut::map_mut(&file) }.unwrap();
+            // SAFETY: as above.
+            unsafe { std::ptr::write(map.as_mut_ptr().cast::<RegionHeader>(), h) };
+        }
+        let result = Region::open(&n, shape(), Duration::from_millis(10)).map(drop);
         shm_unlink(path.as_str()).unwrap();
-        // A zero-filled object is never ready.
+        result
+    }
+
+    #[test]
+    fn open_takes_a_foreign_object_with_a_valid_header() {
+        // What the refusals below change one field of.
+        open_foreign("valid", 4096, Some(|_| {})).unwrap();
+    }
+
+    #[test]
+    fn open_refuses_a_zero_filled_object_as_not_ready() {
+        let err = open_foreign("zero", 4096, None).unwrap_err();
         assert!(matches!(err, OpenError::NotReady { .. }), "{err}");
+    }
+
+    #[test]
+    fn open_refuses_an_object_smaller_than_a_header() {
+        let err = open_foreign("small", size_of::<RegionHeader>() as u64 - 1, None).unwrap_err();
+        assert!(matches!(err, OpenError::TooSmall { .. }), "{err}");
+    }
+
+    #[test]
+    fn open_refuses_a_bad_magic() {
+        let err = open_foreign("magic", 4096, Some(|h| h.magic = REGION_MAGIC ^ 1)).unwrap_err();
+        assert!(
+            matches!(err, OpenError::BadMagic { found, .. } if found == REGION_MAGIC ^ 1),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn open_refuses_another_layout_version() {
+        let err = open_foreign(
+            "version",
+            4096,
+            Some(|h| h.layout_version = LAYOUT_VERSION + 1),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OpenError::VersionMismatch { found, expected, .. }
+                    if found == LAYOUT_VERSION + 1 && expected == LAYOUT_VERSION
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn open_refuses_other_structure_sizes() {
+        let header = size_of::<RegionHeader>() as u64;
+        let cases: [(&str, Change, &str, u64, u64); 4] = [
+            (
+                "hsize",
+                |h| h.header_size += 8,
+                "header size",
+                header + 8,
+                header,
+            ),
+            ("bsize", |h| h.body_size = 16, "body header size", 16, 8),
+            ("esize", |h| h.entry_size = 8, "entry size", 8, 16),
+            ("xsize", |h| h.extra_size = 4, "extra entry size", 4, 0),
+        ];
+        for (tag, change, field, wrong, right) in cases {
+            let err = open_foreign(tag, 4096, Some(change)).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    OpenError::SizeMismatch { what, found, expected, .. }
+                        if what == field && found == wrong && expected == right
+                ),
+                "{field}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn open_refuses_a_total_size_other_than_the_objects() {
+        // The header says more than the object holds, or less.
+        let cases: [(&str, Change, u64); 2] = [
+            ("bigger", |h| h.total_size = 8192, 8192),
+            ("smaller", |h| h.total_size = 2048, 2048),
+        ];
+        for (tag, change, said) in cases {
+            let err = open_foreign(tag, 4096, Some(change)).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    OpenError::SizeMismatch { what: "total size", found, expected: 4096, .. }
+                        if found == said
+                ),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use numaproc::{Engine, SocKind, StartError, Target};
 
 use crate::procedures::{init_aborts_on_soc1, init_fails_on_soc1, init_sleeps, options};
 use crate::support::{
-    assert_no_children, assert_nothing_left, base_options, info, shm_objects, shutdown_clean,
+    assert_failed_start_left_nothing, assert_no_children, base_options, info, shutdown_clean,
 };
 
 /// A supervisor whose thread cannot be started fails the start as the
@@ -29,7 +29,7 @@ pub fn a_supervisor_that_cannot_start_leaves_nothing(kind: SocKind) -> Result<()
         ),
         Err(e) => bail!("not a supervisor failure: {e:?}"),
     }
-    assert_nothing_left(&prefix, &[])?;
+    assert_failed_start_left_nothing(&prefix, kind)?;
     assert_no_children()
 }
 
@@ -146,7 +146,7 @@ pub fn a_failing_start_hook_stops_the_start_naming_the_soc(kind: SocKind) -> Res
         Err(e) => bail!("wrong error: {e}"),
         Ok(_) => bail!("the start should fail"),
     }
-    assert_nothing_left(&prefix, &[])
+    assert_failed_start_left_nothing(&prefix, kind)
 }
 
 /// A forked SOC that aborts in its start hook stops the start with its id
@@ -166,7 +166,7 @@ pub fn a_soc_aborting_in_its_start_hook_stops_the_start_naming_the_signal(
         Err(e) => bail!("wrong error: {e}"),
         Ok(_) => bail!("the start should fail"),
     }
-    assert_nothing_left(&prefix, &[])
+    assert_failed_start_left_nothing(&prefix, kind)
 }
 
 /// A SOC still busy in its start hook at the start-up timeout: the start
@@ -192,12 +192,7 @@ pub fn a_start_up_timeout_does_not_wait_for_a_busy_start_hook(kind: SocKind) -> 
         start.elapsed() < Duration::from_millis(290),
         "the start waited for the hook"
     );
-    ensure!(
-        shm_objects(&prefix).is_empty(),
-        "names left: {:?}",
-        shm_objects(&prefix)
-    );
-    Ok(())
+    assert_failed_start_left_nothing(&prefix, kind)
 }
 
 /// A start-up timeout of 1 ms may still win the race on a fast machine:
@@ -213,7 +208,7 @@ pub fn a_tiny_start_up_timeout_starts_or_fails_cleanly(kind: SocKind) -> Result<
         Err(e) => bail!("wrong error: {e}"),
         Ok(engine) => engine.shutdown().map_err(|e| anyhow!("{e}"))?,
     }
-    assert_nothing_left(&prefix, &[])
+    assert_failed_start_left_nothing(&prefix, kind)
 }
 
 /// Spawned SOCs have none of the master's registrations: a start with
@@ -227,7 +222,7 @@ pub fn spawned_engines_refuse_registered_procedures(kind: SocKind) -> Result<()>
         "registered procedures must be refused: {:?}",
         e.map(|_| ())
     );
-    assert_nothing_left(&prefix, &[])?;
+    assert_failed_start_left_nothing(&prefix, kind)?;
     assert_no_children()
 }
 
@@ -252,7 +247,7 @@ pub fn spawned_socs_that_cannot_serve_fail_the_start(kind: SocKind) -> Result<()
                 other.map(|_| ())
             ),
         }
-        assert_nothing_left(&prefix, &[])?;
+        assert_failed_start_left_nothing(&prefix, kind)?;
         assert_no_children()?;
     }
     Ok(())

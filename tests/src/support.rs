@@ -60,7 +60,10 @@ pub fn process_running(pid: u32) -> bool {
 }
 
 /// Shuts the engine down and checks that it left nothing behind: no
-/// shared-memory object with its prefix, no SOC process.
+/// shared-memory object with its prefix, and none of the processes it
+/// started, whichever still existed before the shutdown (a zombie counting):
+/// its SOCs, the zygote and whatever it forked, predecessors of replaced
+/// SOCs that the engine did not reap (see [`engine_processes`]).
 pub fn shutdown_clean(engine: Engine) -> Result<()> {
     let prefix = engine.options().name_prefix.clone();
     let names = engine.shm_names();
@@ -70,26 +73,93 @@ pub fn shutdown_clean(engine: Engine) -> Result<()> {
             "{n} should exist while the engine runs"
         );
     }
-    let me = std::process::id();
-    let pids: Vec<u32> = engine
-        .socs()
-        .iter()
-        .map(|s| s.pid)
-        .filter(|&p| p != me)
-        .collect();
+    let started = engine_processes(&engine)?;
     engine.shutdown().map_err(|e| anyhow!("{e}"))?;
-    assert_nothing_left(&prefix, &pids)
+    assert_nothing_left(&prefix, &started)
+}
+
+/// Every process `engine` started that still exists (a zombie counting),
+/// in SOCs of their own processes: this process's descendants. A scenario
+/// runs alone in the `processes` runner, which left no child before it
+/// (see [`no_process_left`]) and is the subreaper of what it starts, so
+/// that is the engine's tree: its SOCs (children of this process when
+/// spawned, of the zygote when forked), the zygote, the predecessors of
+/// replaced SOCs not reaped yet. Checks that the SOCs are where their
+/// kind says and, when forked, that their parent is the zygote. Emulated
+/// SOCs are threads of this process (where other tests run alongside):
+/// none.
+pub fn engine_processes(engine: &Engine) -> Result<Vec<u32>> {
+    let kind = engine.options().soc_kind;
+    if kind == SocKind::Emulated {
+        return Ok(Vec::new());
+    }
+    let me = std::process::id();
+    let all = descendants();
+    for soc in engine.socs() {
+        // A dead or restarting SOC's last process may be gone (reaped).
+        if !all.contains(&soc.pid) {
+            ensure!(
+                !pid_exists(soc.pid),
+                "SOC {} ({}) is not a descendant of the master",
+                soc.soc,
+                soc.pid
+            );
+            continue;
+        }
+        let parent = ProcStat::read(&soc.pid.to_string())
+            .map(|s| s.ppid)
+            .ok_or_else(|| anyhow!("SOC {} ({}) has no stat", soc.soc, soc.pid))?;
+        if kind == SocKind::Forked {
+            let grand = ProcStat::read(&parent.to_string()).map(|s| s.ppid);
+            let comm = std::fs::read_to_string(format!("/proc/{parent}/comm")).unwrap_or_default();
+            ensure!(
+                grand == Some(me) && comm.trim_end() == "numaproc-zygote",
+                "forked SOC {} ({}): its parent {parent} ({}) is not the master's zygote",
+                soc.soc,
+                soc.pid,
+                comm.trim_end()
+            );
+        } else {
+            ensure!(
+                parent == me,
+                "spawned SOC {} ({}): its parent is {parent}, not the master",
+                soc.soc,
+                soc.pid
+            );
+        }
+    }
+    Ok(all)
 }
 
 /// Checks that no object of this process with `prefix` and none of `pids`
-/// remain.
+/// remain (a zombie counts: its parent did not reap it).
 pub fn assert_nothing_left(prefix: &str, pids: &[u32]) -> Result<()> {
     let left = shm_objects(prefix);
     ensure!(left.is_empty(), "shared memory left behind: {left:?}");
-    for &p in pids {
-        ensure!(!pid_exists(p), "SOC process {p} left behind");
-    }
+    let left: Vec<String> = pids
+        .iter()
+        .copied()
+        .filter(|&p| pid_exists(p))
+        .map(described)
+        .collect();
+    ensure!(
+        left.is_empty(),
+        "processes left behind: {}",
+        left.join(", ")
+    );
     Ok(())
+}
+
+/// Checks what a start that failed left: no object of this process with
+/// `prefix` and, in SOCs of their own processes, no process (a zombie
+/// counting: the engine reaps what it started before it reports the
+/// failure). Emulated: this process's other tests may have children.
+pub fn assert_failed_start_left_nothing(prefix: &str, kind: SocKind) -> Result<()> {
+    assert_nothing_left(prefix, &[])?;
+    if kind == SocKind::Emulated {
+        return Ok(());
+    }
+    assert_no_children()
 }
 
 /// Checks that this process has no child left.
@@ -111,6 +181,30 @@ pub fn children() -> Vec<u32> {
             };
             if ProcStat::read(&pid.to_string()).is_some_and(|s| s.ppid == me) {
                 out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Pids of the descendants of this process, however deep (zombies
+/// included).
+pub fn descendants() -> Vec<u32> {
+    let all: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+                .filter_map(|pid| ProcStat::read(&pid.to_string()).map(|s| (pid, s.ppid)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let mut parents = vec![std::process::id()];
+    while let Some(parent) = parents.pop() {
+        for &(pid, ppid) in &all {
+            if ppid == parent && !out.contains(&pid) {
+                out.push(pid);
+                parents.push(pid);
             }
         }
     }
