@@ -20,8 +20,70 @@ fn shm_objects(prefix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// This process's children: `(pid, command, ended)`.
+fn children() -> Vec<(i32, String, bool)> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let pid: i32 = name.parse().ok()?;
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let (head, rest) = stat.rsplit_once(") ")?;
+                let mut fields = rest.split(' ');
+                let state = fields.next()?;
+                (fields.next()? == me).then(|| {
+                    let comm = head.split_once(" (").map_or("?", |(_, c)| c).to_owned();
+                    (pid, comm, state == "Z")
+                })
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits (at most 2 s) until no process the benchmark started is left:
+/// this process is their subreaper, so orphans come back to it. Reaps the
+/// ended ones; returns those still running after the wait, killed.
+fn processes_left() -> Vec<(i32, String)> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let kids = children();
+        for &(pid, _, ended) in &kids {
+            if ended {
+                let _ = nix::sys::wait::waitpid(
+                    nix::unistd::Pid::from_raw(pid),
+                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                );
+            }
+        }
+        let running: Vec<(i32, String)> = kids
+            .into_iter()
+            .filter(|k| !k.2)
+            .map(|(pid, comm, _)| (pid, comm))
+            .collect();
+        if running.is_empty() {
+            return running;
+        }
+        if Instant::now() > deadline {
+            for &(pid, _) in &running {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            }
+            return running;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn quick_run_writes_every_report_file_and_leaves_nothing_behind() {
+    // Every process the run starts stays this process's descendant, also
+    // when its parent dies: the check at the end sees it.
+    nix::sys::prctl::set_child_subreaper(true).expect("becoming a subreaper");
     let dir = std::env::temp_dir().join(format!("numaproc-bench-quick-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     // A prefix of its own: another run on the machine leaves this one's
@@ -38,6 +100,15 @@ fn quick_run_writes_every_report_file_and_leaves_nothing_behind() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("starting numaproc-bench");
+    // Read on a thread: a process the run leaves behind may hold the pipe
+    // open, and must be seen running first.
+    let mut out = child.stdout.take().expect("the run's stdout");
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdout = String::new();
+        let _ = out.read_to_string(&mut stdout);
+        stdout
+    });
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().expect("waiting for numaproc-bench") {
@@ -50,11 +121,9 @@ fn quick_run_writes_every_report_file_and_leaves_nothing_behind() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut stdout = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        use std::io::Read;
-        let _ = out.read_to_string(&mut stdout);
-    }
+    let running = processes_left();
+    let stdout = reader.join().expect("reading the run's stdout");
+    assert!(running.is_empty(), "processes left running: {running:?}");
     assert!(status.success(), "numaproc-bench --quick failed:\n{stdout}");
     assert!(stdout.contains("## Targets"), "summary printed:\n{stdout}");
 
