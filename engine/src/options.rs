@@ -598,6 +598,84 @@ mod tests {
         assert!(e.to_string().contains("spawnd"), "{e}");
     }
 
+    /// Every key of the file, each set away from its default, read from a
+    /// file: a key the file format lost, renamed or ignored fails here.
+    #[test]
+    fn a_file_with_every_key_sets_every_option() {
+        let text = r#"
+socs = 3
+workers_per_soc = 5
+soc_kind = "spawned"
+input_capacity = 4096
+output_capacity = 8192
+name_prefix = "everykey"
+startup_timeout_ms = 1234
+claim_timeout_ms = 2345
+call_timeout_ms = 3456
+shutdown_timeout_ms = 4567
+synthetic_topology = "node:2 core:2 pu:1"
+library_dir = "/opt/procs"
+libraries = ["liba.so", "b"]
+soc_executable = "/usr/local/bin/numaproc"
+hard_limit_ms = 5678
+allow_fork_with_threads = true
+
+[wait]
+worker_spin_us = 11
+session_spin_us = 12
+yield_after_us = 13
+
+[restart]
+max_restarts = 7
+window_ms = 8000
+backoff_ms = 90
+max_backoff_ms = 900
+"#;
+        let dir = std::env::temp_dir().join(format!("numaproc-options-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("every.toml");
+        std::fs::write(&path, text).unwrap();
+        let o = EngineOptions::from_toml_file(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(o.socs, Some(3));
+        assert_eq!(o.workers_per_soc, Some(5));
+        assert_eq!(o.soc_kind, SocKind::Spawned);
+        assert_eq!((o.input_capacity, o.output_capacity), (4096, 8192));
+        assert_eq!(o.name_prefix, "everykey");
+        let t = o.timeouts();
+        assert_eq!(t.startup, Duration::from_millis(1234));
+        assert_eq!(t.claim, Duration::from_millis(2345));
+        assert_eq!(t.call, Some(Duration::from_millis(3456)));
+        assert_eq!(t.shutdown, Duration::from_millis(4567));
+        assert_eq!(t.hard_limit, Some(Duration::from_millis(5678)));
+        assert_eq!(o.synthetic_topology.as_deref(), Some("node:2 core:2 pu:1"));
+        assert_eq!(
+            o.library_dir.as_deref(),
+            Some(std::path::Path::new("/opt/procs"))
+        );
+        assert_eq!(o.libraries, ["liba.so", "b"]);
+        assert_eq!(
+            o.soc_executable.as_deref(),
+            Some(std::path::Path::new("/usr/local/bin/numaproc"))
+        );
+        assert!(o.allow_fork_with_threads);
+        assert_eq!(o.wait.worker().spin, Duration::from_micros(11));
+        assert_eq!(o.wait.session().spin, Duration::from_micros(12));
+        assert_eq!(o.wait.worker().yield_after, Duration::from_micros(13));
+        assert_eq!(o.restart.max_restarts, 7);
+        assert_eq!(o.restart.window_ms, 8000);
+        assert_eq!(o.restart.backoff_ms, 90);
+        assert_eq!(o.restart.max_backoff_ms, 900);
+        // Written back, it reads the same; a file that is not there is
+        // named in the error.
+        assert_eq!(
+            EngineOptions::from_toml(&o.to_toml()).unwrap().to_toml(),
+            o.to_toml()
+        );
+        let e = EngineOptions::from_toml_file(dir.join("missing.toml")).unwrap_err();
+        assert!(e.to_string().contains("missing.toml"), "{e}");
+    }
+
     #[test]
     fn times_are_durations_and_toml_keeps_its_units() {
         let o = EngineOptions::from_toml(
