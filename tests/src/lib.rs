@@ -68,6 +68,7 @@ macro_rules! for_each_scenario {
             // every kind.
             [Emulated, Forked, Spawned] {
                 start::a_supervisor_that_cannot_start_leaves_nothing,
+                start::an_engine_dropped_without_shutdown_leaves_nothing,
                 errors::unknown_procedures_are_proc_not_found,
                 errors::oversized_input_is_refused_before_reaching_a_worker,
                 errors::oversized_output_is_output_too_large,

@@ -11,7 +11,8 @@ use numaproc::{Engine, SocKind, StartError, Target};
 
 use crate::procedures::{init_aborts_on_soc1, init_fails_on_soc1, init_sleeps, options};
 use crate::support::{
-    assert_failed_start_left_nothing, assert_no_children, base_options, info, shutdown_clean,
+    assert_failed_start_left_nothing, assert_no_children, assert_nothing_left, base_options,
+    engine_processes, info, shm_objects, shutdown_clean,
 };
 
 /// A supervisor whose thread cannot be started fails the start as the
@@ -31,6 +32,25 @@ pub fn a_supervisor_that_cannot_start_leaves_nothing(kind: SocKind) -> Result<()
     }
     assert_failed_start_left_nothing(&prefix, kind)?;
     assert_no_children()
+}
+
+/// An engine dropped without `shutdown` (an application that returns
+/// early, or unwinds) stops as a shutdown would: its SOCs, the zygote and
+/// the shared memory are gone when the drop returns.
+pub fn an_engine_dropped_without_shutdown_leaves_nothing(kind: SocKind) -> Result<()> {
+    let engine = Engine::start(base_options(kind, "dropped").socs(2).workers_per_soc(1))?;
+    ensure!(engine.call("sys_echo", b"x")? == b"x");
+    let prefix = engine.options().name_prefix.clone();
+    ensure!(
+        !shm_objects(&prefix).is_empty(),
+        "the engine's memory exists"
+    );
+    let started = engine_processes(&engine)?;
+    if kind != SocKind::Emulated {
+        ensure!(!started.is_empty(), "the engine's processes exist");
+    }
+    drop(engine);
+    assert_nothing_left(&prefix, &started)
 }
 
 /// Each worker's OS-reported affinity is exactly its planned CPU.
