@@ -324,11 +324,10 @@ impl Server {
     }
 
     /// Stops the server: takes no new client (the socket goes), lets the
-    /// calls in flight end (up to the engine's shutdown timeout; every new
-    /// call, of a client or not, fails with
-    /// [`crate::CallError::EngineGone`]), stops the SOCs, then hangs up
-    /// on the clients (their waiting calls end with `EngineGone`) and
-    /// gives the name up: nothing it created is left.
+    /// calls in flight end (up to the engine's shutdown timeout; a client's
+    /// new call fails with [`crate::CallError::EngineGone`]), stops the
+    /// SOCs, then hangs up on the clients (their waiting calls end with
+    /// `EngineGone`) and gives the name up: nothing it created is left.
     pub fn shutdown(mut self) -> Result<(), ShutdownError> {
         self.finish()
     }
