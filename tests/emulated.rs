@@ -272,7 +272,7 @@ fn a_session_core_attached_to_the_regions_calls_the_engines_workers() {
     assert_eq!(core.input_capacity(), engine.input_capacity());
     assert_eq!(core.procedures().len(), engine.procedures().len());
     for p in engine.procedures() {
-        assert_eq!(core.proc_id(p.name).unwrap(), p.id, "{}", p.name);
+        assert_eq!(core.proc_id(&p.name).unwrap(), p.id, "{}", p.name);
     }
     for soc in 0..2 {
         let t = numaproc::Target::Worker { soc, worker: 0 };

@@ -1,24 +1,26 @@
 //! The master: start, supervise, shut down; it hands callers its
 //! [`SessionCore`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use numaproc_ipc::layout::NameRecord;
 use numaproc_ipc::stale;
 use numaproc_ipc::table::SlotTable;
 use numaproc_ipc::wait::saturating_deadline;
-use numaproc_procs::{Origin, Registry};
 use numaproc_soc::setup::SocSetup;
 
 use crate::error::StartError;
 use crate::failpoint;
 use crate::launch::{self, SocFailure};
+use crate::libraries::{
+    Change, LibraryError, LibraryInfo, LibraryTable, check_entry, check_served, plan_text,
+};
 use crate::memory::SharedMemory;
 use crate::options::{EngineOptions, SocKind};
 use crate::plan::{Plan, PlanRequest, plan};
 use crate::session_core::{Availability, CallSettings, SessionCore};
 use crate::socs::{Launcher, Socs, StartGuard};
-use crate::supervise::{SocRecord, SocState, Supervised, Supervisor};
+use crate::supervise::{Expect, SocRecord, SocState, Supervised, Supervisor};
 use crate::topology::Topology;
 use crate::zygote::Zygote;
 
@@ -68,6 +70,9 @@ pub struct Engine {
     /// What the master knows of each SOC, in its own memory.
     records: Arc<[SocRecord]>,
     supervisor: Supervisor,
+    /// The libraries and procedures (held while one changes: changes run
+    /// one at a time).
+    libraries: Mutex<LibraryTable>,
     plan: Plan,
     options: EngineOptions,
     stopped: bool,
@@ -98,21 +103,44 @@ impl Engine {
         // One owner of stale-object cleanup: the start of an engine with the
         // same prefix. Objects of live masters are never touched.
         let _ = stale::remove_stale(Some(&options.name_prefix));
-        let memory = Arc::new(SharedMemory::create(&options, &plan, &options.registry)?);
+        let mut libraries = LibraryTable::new(options.registry.clone());
+        let library_plan = libraries.plan(options.libraries.clone());
+        let plan_text = plan_text(&library_plan).map_err(|e| {
+            StartError::Options(crate::OptionsError::Invalid {
+                option: "libraries",
+                reason: e,
+            })
+        })?;
+        let memory = Arc::new(SharedMemory::create(
+            &options,
+            &plan,
+            &options.registry,
+            &plan_text,
+        )?);
         let records: Arc<[SocRecord]> = (0..plan.socs.len()).map(|_| SocRecord::new()).collect();
         let socs = Socs::new(launcher(&options, &memory)?, plan.socs.len());
         let mut guard = StartGuard::new(socs, &memory, &records, timeouts.shutdown);
         let library_table = start_socs(guard.socs(), &memory, &records, &options)?;
-        let mut registry = options.registry.clone();
-        merge_library_names(&mut registry, &library_table)?;
+        let served = check_served(
+            &library_plan,
+            &Change::Load,
+            &library_table,
+            &memory.view(0).report(),
+        )
+        .map_err(|why| SocFailure::new(0, why))?;
+        libraries
+            .commit(&library_plan, &library_table, &served)
+            .map_err(|why| SocFailure::new(0, why))?;
         for r in records.iter() {
             r.set_state(SocState::Ready);
         }
+        let n = plan.socs.len();
         let supervised = Supervised {
             memory: Arc::clone(&memory),
             first_slot: memory.first_slots(),
             records: Arc::clone(&records),
-            library_table,
+            plans: vec![plan_text; n],
+            expected: vec![library_table; n],
             policy: options.restart,
             hard_limit: timeouts.hard_limit,
             startup_timeout: timeouts.startup,
@@ -130,7 +158,7 @@ impl Engine {
             ),
             memory.cpus(),
             plan.binding,
-            Arc::new(registry),
+            Arc::new(libraries.registry.clone()),
             Arc::new(Records(Arc::clone(&records))),
             CallSettings {
                 session_policy: options.wait.session(),
@@ -144,6 +172,7 @@ impl Engine {
             memory,
             records,
             supervisor,
+            libraries: Mutex::new(libraries),
             plan,
             options,
             stopped: false,
@@ -231,6 +260,157 @@ impl Engine {
         } else {
             Err(ShutdownError { problems })
         }
+    }
+}
+
+/// Libraries loaded, unloaded and upgraded while the engine serves (see
+/// the `libraries` module).
+impl Engine {
+    /// The libraries the engine serves, in load order.
+    pub fn libraries(&self) -> Vec<LibraryInfo> {
+        self.library_table().list.clone()
+    }
+
+    fn library_table(&self) -> std::sync::MutexGuard<'_, LibraryTable> {
+        self.libraries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads library `entry` (a name or path inside `library_dir`, as in
+    /// the `libraries` option) into every SOC, one SOC at a time, while
+    /// the others serve. All or none: if any SOC cannot load it, none
+    /// keeps it. Its procedures are callable, by name and by new ids, once
+    /// this returns.
+    pub fn load_library(&self, entry: &str) -> Result<LibraryInfo, LibraryError> {
+        check_entry(entry)?;
+        if self.options.library_dir.is_none() {
+            return Err(LibraryError::NoLibraryDir);
+        }
+        let mut table = self.library_table();
+        let mut entries = table.entries();
+        entries.push(entry.to_owned());
+        self.roll(&mut table, entries, &Change::Load)?;
+        Ok(table.list.last().cloned().expect("the library just loaded"))
+    }
+
+    /// Unloads library `name`: from the start, its procedures' names no
+    /// longer resolve; calls in flight end; each SOC in turn is restarted
+    /// without it (a call that reaches a SOC not restarted yet still runs,
+    /// one that reaches a restarted SOC fails with
+    /// [`crate::CallError::ProcNotFound`]). Once this returns, no SOC maps
+    /// it (forked and spawned SOCs: their processes are new; emulated SOCs
+    /// closed it with `dlclose`, see docs/design.md), and every call of its
+    /// procedures, by name or by an id taken before, fails with
+    /// `ProcNotFound`.
+    pub fn unload_library(&self, name: &str) -> Result<LibraryInfo, LibraryError> {
+        let mut table = self.library_table();
+        let at = table
+            .list
+            .iter()
+            .position(|l| l.name == name)
+            .ok_or_else(|| LibraryError::NotLoaded(name.to_owned()))?;
+        let gone = table.list[at].clone();
+        self.core.set_registry(table.without(at));
+        let mut entries = table.entries();
+        entries.remove(at);
+        if let Err(e) = self.roll(&mut table, entries, &Change::Unload) {
+            self.core.set_registry(table.registry.clone());
+            return Err(e);
+        }
+        Ok(gone)
+    }
+
+    /// Replaces library `name` by another version of itself, from `entry`
+    /// (`None`: the entry it was loaded from, whose file changed), one SOC
+    /// at a time: every call of its procedures meanwhile runs the old or
+    /// the new version, and its procedures keep their ids. If any SOC
+    /// cannot load the new version, every SOC serves the old one.
+    pub fn upgrade_library(
+        &self,
+        name: &str,
+        entry: Option<&str>,
+    ) -> Result<LibraryInfo, LibraryError> {
+        if let Some(e) = entry {
+            check_entry(e)?;
+        }
+        let mut table = self.library_table();
+        let at = table
+            .list
+            .iter()
+            .position(|l| l.name == name)
+            .ok_or_else(|| LibraryError::NotLoaded(name.to_owned()))?;
+        let mut entries = table.entries();
+        if let Some(e) = entry {
+            entries[at] = e.to_owned();
+        }
+        let change = Change::Upgrade {
+            at,
+            name: name.to_owned(),
+        };
+        self.roll(&mut table, entries, &change)?;
+        Ok(table.list[at].clone())
+    }
+
+    /// Restarts every SOC in turn with the libraries `entries`; on a
+    /// failure, restarts those that took them with the old ones.
+    fn roll(
+        &self,
+        table: &mut LibraryTable,
+        entries: Vec<String>,
+        change: &Change,
+    ) -> Result<(), LibraryError> {
+        let plan = table.plan(entries);
+        let text = plan_text(&plan).map_err(|reason| LibraryError::Soc { soc: 0, reason })?;
+        let old_text = plan_text(&table.plan(table.entries())).unwrap_or_default();
+        let old_names = table.library_names();
+        let drain = self.options.timeouts().shutdown;
+        let mut first: Option<(Vec<NameRecord>, String)> = None;
+        for soc in 0..self.records.len() {
+            let expect = match &first {
+                None => {
+                    let (plan, change) = (plan.clone(), change.clone());
+                    Expect::Check(Box::new(move |names, report| {
+                        check_served(&plan, &change, names, report).map(drop)
+                    }))
+                }
+                Some((names, _)) => Expect::Exactly(names.clone()),
+            };
+            match self
+                .supervisor
+                .cycle(soc, text.clone(), expect, saturating_deadline(drain))
+            {
+                Ok(served) => {
+                    first.get_or_insert(served);
+                }
+                Err(reason) => {
+                    let mut also = Vec::new();
+                    for back in 0..soc {
+                        if let Err(e) = self.supervisor.cycle(
+                            back,
+                            old_text.clone(),
+                            Expect::Exactly(old_names.clone()),
+                            saturating_deadline(drain),
+                        ) {
+                            also.push(format!("SOC {back} could not be put back: {e}"));
+                        }
+                    }
+                    let reason = if also.is_empty() {
+                        reason
+                    } else {
+                        format!("{reason} ({})", also.join("; "))
+                    };
+                    return Err(LibraryError::Soc { soc, reason });
+                }
+            }
+        }
+        let Some((names, report)) = first else {
+            return Ok(());
+        };
+        let reported = check_served(&plan, change, &names, &report)
+            .and_then(|libs| table.commit(&plan, &names, &libs))
+            .map_err(|reason| LibraryError::Soc { soc: 0, reason })?;
+        let _ = reported;
+        self.core.set_registry(table.registry.clone());
+        Ok(())
     }
 }
 
@@ -324,7 +504,6 @@ fn launcher(options: &EngineOptions, memory: &SharedMemory) -> Result<Launcher, 
                 region: Arc::clone(region),
                 registry: Arc::clone(&registry),
                 library_dir: options.library_dir.clone(),
-                libraries: options.libraries.clone(),
                 init: options.soc_init,
             })
             .collect()
@@ -386,13 +565,4 @@ fn same_library_names(lists: &[Vec<NameRecord>]) -> Result<(), SocFailure> {
     }
 }
 
-/// Adds the library procedures every SOC serves to the master's registry
-/// (as procedures that run only in SOCs).
-fn merge_library_names(registry: &mut Registry, table: &[NameRecord]) -> Result<(), StartError> {
-    for record in table {
-        registry
-            .register_external(&record.name, Origin::from_parts(record.tag, &record.label))
-            .map_err(StartError::Register)?;
-    }
-    Ok(())
-}
+

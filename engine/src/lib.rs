@@ -52,6 +52,7 @@ pub mod failpoint;
 #[cfg(not(feature = "failpoints"))]
 mod failpoint;
 mod launch;
+mod libraries;
 mod log;
 mod memory;
 mod options;
@@ -73,6 +74,7 @@ pub mod soc {
 
 pub use client::{Client, ClientOptions, ConnectError};
 pub use engine::{Engine, ShutdownError, SocStatus};
+pub use libraries::{LibraryError, LibraryInfo, LibraryProc};
 pub use error::{CallError, OptionsError, StartError};
 pub use memory::MemoryError;
 pub use numaproc_ipc::{ShmName, stale};

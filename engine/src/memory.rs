@@ -85,6 +85,7 @@ impl SharedMemory {
         options: &EngineOptions,
         plan: &Plan,
         registry: &Registry,
+        library_plan: &str,
     ) -> Result<Self, MemoryError> {
         let seq = ENGINE_SEQ.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
@@ -162,7 +163,7 @@ impl SharedMemory {
             let region = Region::create(&name(&format!("s{i}"))?, sizes[i], SocLayout::SHAPE)?;
             let p = &placement[i];
             // SAFETY: just created with layout.size() bytes, unpublished.
-            unsafe { write_soc_header(&region, layout, i as u32, p.node, &p.cpus, 1) };
+            unsafe { write_soc_header(&region, layout, i as u32, p.node, &p.cpus, 1, library_plan) };
             region.publish();
             regions.push(Arc::new(region));
         }

@@ -8,7 +8,7 @@
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
@@ -20,6 +20,7 @@ use numaproc_procs::{Origin, ProcId, Registry};
 
 use crate::error::CallError;
 use crate::session::{Claim, Session};
+use crate::libraries::LIBRARY_TAG;
 use crate::target::{IntoProc, ProcInfo, Target};
 
 /// Core ids, for the thread-local last slot.
@@ -96,7 +97,7 @@ pub struct SessionCore {
     /// Per SOC: the positions of its workers, worker by worker.
     by_soc: Vec<Vec<usize>>,
     binding: bool,
-    registry: Arc<Registry>,
+    procedures: Procedures,
     availability: Arc<dyn Availability>,
     settings: CallSettings,
     /// Who this core's claims name in the owner words: 0 for the engine's
@@ -162,7 +163,7 @@ impl SessionCore {
             cpus,
             by_soc,
             binding,
-            registry,
+            procedures: Procedures::new(registry),
             availability,
             settings,
             holder: 0,
@@ -208,7 +209,19 @@ impl SessionCore {
     ) -> Result<Self, AttachError> {
         let table = SlotTable::attach(global, regions)?;
         let mut registry = Registry::new();
-        for (i, record) in table.names().iter().enumerate() {
+        let names = table.names();
+        let fixed = names.iter().take_while(|r| r.tag != LIBRARY_TAG).count();
+        for record in &names[fixed..] {
+            // The ids the SOC wrote: bounded, so that a wild one cannot make
+            // this process build a huge table.
+            if record.tag != LIBRARY_TAG || record.id as usize >= fixed + (1 << 20) {
+                return Err(AttachError::Names(format!(
+                    "library procedure {} has id {}",
+                    record.name, record.id
+                )));
+            }
+        }
+        for (i, record) in names[..fixed].iter().enumerate() {
             match registry.get(ProcId::from_index(i as u32)) {
                 // A built-in: the same id in every engine of this build.
                 Some(entry) if entry.name == record.name => {}
@@ -227,6 +240,15 @@ impl SessionCore {
                         .map_err(|e| AttachError::Names(e.to_string()))?;
                 }
             }
+        }
+        for record in &names[fixed..] {
+            registry
+                .place_external(
+                    ProcId::from_index(record.id),
+                    &record.name,
+                    Origin::from_parts(record.tag, &record.label),
+                )
+                .map_err(|e| AttachError::Names(e.to_string()))?;
         }
         // Where each worker is pinned, as its SOC wrote it: used only to
         // choose how this process waits (a wrong value costs time, no more).
@@ -254,23 +276,38 @@ impl SessionCore {
         &self.table
     }
 
-    /// Whether `id` is a procedure of this core.
+    /// Whether `id` may be a procedure of this core: an id it gave out.
+    /// (One whose library was unloaded since is refused by the SOC that
+    /// gets the call: its id is never given to another procedure.)
     #[inline]
     pub(crate) fn knows(&self, id: ProcId) -> bool {
-        self.registry.get(id).is_some()
+        id.index() < self.procedures.bound.load(Ordering::Relaxed)
     }
 
     /// The procedures every SOC serves, in id order.
-    pub fn procedures(&self) -> impl ExactSizeIterator<Item = ProcInfo<'_>> + '_ {
-        self.registry
-            .entries()
-            .iter()
-            .enumerate()
-            .map(|(i, e)| ProcInfo {
-                id: ProcId::from_index(i as u32),
-                name: &e.name,
-                origin: &e.origin,
+    pub fn procedures(&self) -> std::vec::IntoIter<ProcInfo> {
+        self.registry()
+            .procedures()
+            .map(|(id, e)| ProcInfo {
+                id,
+                name: e.name.clone(),
+                origin: e.origin.clone(),
             })
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    /// The procedure table now (libraries loaded and unloaded while the
+    /// engine runs change it).
+    pub(crate) fn registry(&self) -> Arc<Registry> {
+        self.procedures.current()
+    }
+
+    /// Replaces the procedure table (a library was loaded, unloaded or
+    /// upgraded). Ids only ever grow: no id given out before reaches
+    /// another procedure.
+    pub(crate) fn set_registry(&self, registry: Registry) {
+        self.procedures.set(registry);
     }
 
     /// How sessions wait, and for how long.
@@ -308,13 +345,13 @@ impl SessionCore {
 
     /// The id of a procedure name: resolve once, call many times.
     pub fn proc_id(&self, name: &str) -> Result<ProcId, CallError> {
-        self.registry
-            .id(name)
+        self.procedures
+            .with(self.id, |r| r.id(name))
             .ok_or_else(|| CallError::ProcNotFound(name.to_owned()))
     }
 
     pub(crate) fn proc_name(&self, id: ProcId) -> String {
-        self.registry
+        self.registry()
             .get(id)
             .map_or_else(|| format!("#{}", id.index()), |e| e.name.clone())
     }
@@ -735,6 +772,64 @@ impl SessionCore {
     #[inline]
     pub(crate) fn signal_free(&self) {
         self.table.signals().notify();
+    }
+}
+
+/// A core's procedure table, replaced whole when libraries change.
+/// Callers resolve names through a per-thread copy of the `Arc`, checked
+/// against a generation (one relaxed load on the call path).
+#[derive(Debug)]
+struct Procedures {
+    current: std::sync::RwLock<Arc<Registry>>,
+    generation: AtomicU64,
+    /// Ids below this one were given out.
+    bound: AtomicU32,
+}
+
+thread_local! {
+    /// This thread's copy of one core's table: (core id, generation, table).
+    static TABLE: std::cell::RefCell<Option<(u64, u64, Arc<Registry>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl Procedures {
+    fn new(registry: Arc<Registry>) -> Self {
+        Self {
+            bound: AtomicU32::new(registry.len() as u32),
+            current: std::sync::RwLock::new(registry),
+            generation: AtomicU64::new(1),
+        }
+    }
+
+    fn current(&self) -> Arc<Registry> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn set(&self, registry: Registry) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        self.bound
+            .fetch_max(registry.len() as u32, Ordering::Relaxed);
+        *current = Arc::new(registry);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// `f` on the table, through this thread's copy (taken again when the
+    /// table changed, or the thread last used another core).
+    #[inline]
+    fn with<T>(&self, core: u64, f: impl FnOnce(&Registry) -> T) -> T {
+        let generation = self.generation.load(Ordering::Acquire);
+        TABLE.with(|t| {
+            let mut t = t.borrow_mut();
+            match &*t {
+                Some((c, g, r)) if *c == core && *g == generation => f(r),
+                _ => {
+                    let r = self.current();
+                    let out = f(&r);
+                    *t = Some((core, generation, r));
+                    out
+                }
+            }
+        })
     }
 }
 

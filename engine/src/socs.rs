@@ -34,6 +34,11 @@ pub(crate) enum Launcher {
 }
 
 impl Launcher {
+    /// Whether SOCs are threads of this process (emulated).
+    pub fn is_threads(&self) -> bool {
+        matches!(self, Self::Threads(_))
+    }
+
     /// Starts SOC `soc` (a zygote that does not answer in time is killed
     /// and taken for gone).
     pub fn launch(&self, soc: usize) -> Result<SocHandle, String> {

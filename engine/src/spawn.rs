@@ -19,7 +19,6 @@ use crate::options::EngineOptions;
 pub(crate) fn settings_text(options: &EngineOptions) -> String {
     Settings {
         library_dir: options.library_dir.clone(),
-        libraries: options.libraries.clone(),
     }
     .to_text()
 }

@@ -190,8 +190,12 @@ pub(crate) struct Supervised {
     /// Per SOC: the index of its first slot among all slots.
     pub first_slot: Vec<usize>,
     pub records: Arc<[SocRecord]>,
-    /// The library procedures every SOC served at the start, in order.
-    pub library_table: Vec<NameRecord>,
+    /// Per SOC: its library plan (see `numaproc_soc::plan`), written into
+    /// its region before each start.
+    pub plans: Vec<String>,
+    /// Per SOC: the library procedures it serves (what a restart must
+    /// serve again).
+    pub expected: Vec<Vec<NameRecord>>,
     pub policy: RestartPolicy,
     pub hard_limit: Option<Duration>,
     pub startup_timeout: Duration,
@@ -199,16 +203,82 @@ pub(crate) struct Supervised {
     pub fail_to_start: bool,
 }
 
+/// What a SOC restarted on purpose must serve to be opened again.
+pub(crate) enum Expect {
+    /// Exactly these library procedures (in any order).
+    Exactly(Vec<NameRecord>),
+    /// What this check accepts, given the SOC's name table and library
+    /// report.
+    Check(Box<dyn Fn(&[NameRecord], &str) -> Result<(), String> + Send>),
+}
+
+impl std::fmt::Debug for Expect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exactly(v) => f.debug_tuple("Exactly").field(v).finish(),
+            Self::Check(_) => f.write_str("Check"),
+        }
+    }
+}
+
+/// What a SOC served once it was restarted on purpose: its library
+/// procedures and its library report.
+pub(crate) type Served = (Vec<NameRecord>, String);
+
+/// A request to restart one SOC on purpose with another library plan: its
+/// slots are paused (calls in flight end, new ones wait), it stops, and it
+/// starts again with the plan. If it cannot start with the plan or does
+/// not serve what is expected, it is started again with its old plan and
+/// the request fails with the reason.
+#[derive(Debug)]
+struct CycleRequest {
+    soc: usize,
+    plan: String,
+    expect: Expect,
+    /// Calls still running then are cut short: the SOC is killed.
+    drain_until: Instant,
+    reply: crossbeam_channel::Sender<Result<Served, String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Slots pausing; the SOC serves the calls in flight.
+    Draining,
+    /// Every slot closed for its worker (or the SOC killed): the SOC ends.
+    Stopping,
+    /// Started again, not yet ready.
+    Starting,
+}
+
+#[derive(Debug)]
+struct Cycle {
+    request: CycleRequest,
+    phase: Phase,
+    old_plan: String,
+    /// The drain ran out: the SOC was killed with calls in flight.
+    cut: bool,
+    /// Why the start with the new plan failed (then the old plan is being
+    /// started again).
+    failed: Option<String>,
+    /// Why the SOC is being killed while it starts.
+    why: Option<String>,
+}
+
 /// The running supervisor.
 #[derive(Debug)]
 pub(crate) struct Supervisor {
     thread: Option<JoinHandle<Option<Socs>>>,
     control: Option<OwnedFd>,
+    requests: crossbeam_channel::Sender<CycleRequest>,
 }
 
 struct Watch {
     s: Supervised,
     socs: Socs,
+    requests: crossbeam_channel::Receiver<CycleRequest>,
+    cycles: Vec<Option<Cycle>>,
+    /// Per SOC: how many times it was started.
+    starts: Vec<u32>,
     /// Per SOC being started: the start-up deadline.
     starting: Vec<Option<Instant>>,
     /// Per SOC: why the supervisor is killing it, until it is seen dead.
@@ -228,9 +298,13 @@ impl Supervisor {
             Ok(p) => p,
             Err(e) => return Err((format!("pipe: {e}"), socs)),
         };
+        let (requests, requested) = crossbeam_channel::unbounded();
         let watch = Watch {
             s: supervised,
             socs,
+            requests: requested,
+            cycles: (0..n).map(|_| None).collect(),
+            starts: vec![1; n],
             starting: vec![None; n],
             killing: vec![None; n],
             deaths: vec![VecDeque::new(); n],
@@ -263,7 +337,35 @@ impl Supervisor {
         Ok(Self {
             thread: Some(thread),
             control: Some(write),
+            requests,
         })
+    }
+
+    /// Restarts SOC `soc` on purpose with library plan `plan` (see
+    /// [`CycleRequest`]); returns what it serves then, or why it could not
+    /// (it serves its old plan again then, unless that failed too).
+    pub fn cycle(
+        &self,
+        soc: usize,
+        plan: String,
+        expect: Expect,
+        drain_until: Instant,
+    ) -> Result<Served, String> {
+        let gone = || "the engine is stopping".to_owned();
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.requests
+            .send(CycleRequest {
+                soc,
+                plan,
+                expect,
+                drain_until,
+                reply,
+            })
+            .map_err(|_| gone())?;
+        let control = self.control.as_ref().ok_or_else(gone)?;
+        // One byte wakes the supervisor; a full pipe already will.
+        let _ = nix::unistd::write(control, &[1]);
+        answer.recv().map_err(|_| gone())?
     }
 
     /// Stops supervising and gives the SOCs back (`None` if the supervisor
@@ -307,6 +409,7 @@ impl Watch {
     fn run(mut self, control: OwnedFd) -> Socs {
         loop {
             let now = Instant::now();
+            self.drain_cycles(now);
             for i in 0..self.socs.handles.len() {
                 if self.restart_at[i].is_some_and(|t| t <= now) {
                     self.restart_at[i] = None;
@@ -315,7 +418,7 @@ impl Watch {
                 if self.starting[i].is_some_and(|t| t <= now) {
                     self.starting[i] = None;
                     let limit = self.s.startup_timeout;
-                    self.kill(i, format!("did not report ready within {limit:?}"));
+                    self.kill_starting(i, format!("did not report ready within {limit:?}"));
                 }
                 if let Some(Err(StartEvent::Failed(why))) = self.socs.handles[i]
                     .as_mut()
@@ -345,9 +448,22 @@ impl Watch {
                 .chain(check)
                 .chain(silences)
                 .min();
-            let (stop, fired) = self.poll_once(&control, next);
-            if stop {
-                return self.socs;
+            let next = if self.cycles.iter().flatten().any(|c| c.phase == Phase::Draining) {
+                // Look at the pausing slots again soon.
+                let soon = Instant::now() + Duration::from_millis(1);
+                Some(next.map_or(soon, |n| n.min(soon)))
+            } else {
+                next
+            };
+            let (woken, fired) = self.poll_once(&control, next);
+            if woken {
+                let mut byte = [0u8; 64];
+                match nix::unistd::read(&control, &mut byte) {
+                    // Closed: stop.
+                    Ok(0) => return self.socs,
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => self.take_requests(),
+                    Err(_) => return self.socs,
+                }
             }
             for (i, f) in fired.into_iter().enumerate() {
                 if f.report {
@@ -420,14 +536,32 @@ impl Watch {
             None => {}
             Some(StartEvent::Failed(why)) => {
                 self.starting[i] = None;
-                self.kill(i, format!("could not start again: {why}"));
+                if self.cycles[i].is_some() {
+                    self.kill_starting(i, why);
+                } else {
+                    self.kill(i, format!("could not start again: {why}"));
+                }
             }
             Some(StartEvent::Ready) => {
                 self.starting[i] = None;
-                let served = self.view(i).names();
-                match table_difference(&self.s.library_table, &served) {
-                    None => self.ready(i),
-                    Some(why) => self.kill(i, why),
+                let view = self.view(i);
+                let served = view.names();
+                let report = view.report();
+                let verdict = match &self.cycles[i] {
+                    Some(c) if c.failed.is_none() => match &c.request.expect {
+                        Expect::Exactly(names) => {
+                            table_difference(names, &served).map_or(Ok(()), Err)
+                        }
+                        Expect::Check(check) => check(&served, &report),
+                    },
+                    _ => table_difference(&self.s.expected[i], &served).map_or(Ok(()), Err),
+                };
+                match verdict {
+                    Ok(()) => {
+                        self.ready(i);
+                        self.cycle_done(i, served, report);
+                    }
+                    Err(why) => self.kill_starting(i, why),
                 }
             }
         }
@@ -473,13 +607,16 @@ impl Watch {
             return;
         };
         let how = self.socs.launcher.how_ended(&mut handle);
-        if handle.is_thread() {
+        drop(handle);
+        if self.cycles[i].is_some() && self.cycle_died(i, &how) {
+            return;
+        }
+        if self.socs.launcher.is_threads() {
             eprintln!(
                 "numaproc: emulated SOC {i} ended while the engine runs ({how}); emulated SOCs share the master's process and cannot be isolated: aborting"
             );
             std::process::abort();
         }
-        drop(handle);
         // Ready: it had been serving since it reported ready; otherwise it
         // was starting again and never served.
         let when = match self.s.records[i].state() {
@@ -536,7 +673,10 @@ impl Watch {
 
     fn restart(&mut self, i: usize) {
         let record = &self.s.records[i];
-        let start = record.restarts.fetch_add(1, Ordering::Relaxed) + 2;
+        record.restarts.fetch_add(1, Ordering::Relaxed);
+        self.starts[i] += 1;
+        let start = self.starts[i];
+        let plan = &self.s.plans[i];
         let memory = &self.s.memory;
         let p = &memory.placement[i];
         // SAFETY: the region has its layout's size (created so), and no
@@ -554,6 +694,7 @@ impl Watch {
                 p.node,
                 &p.cpus,
                 start,
+                plan,
             )
         };
         match self.socs.launcher.launch(i) {
@@ -573,10 +714,208 @@ impl Watch {
         }
     }
 
+    /// Takes the restart requests that arrived.
+    fn take_requests(&mut self) {
+        while let Ok(request) = self.requests.try_recv() {
+            let i = request.soc;
+            let refused = match self.s.records.get(i).map(SocRecord::state) {
+                None => Some(format!("there is no SOC {i}")),
+                Some(SocState::Ready) if self.cycles[i].is_none() => None,
+                Some(state) => Some(format!("SOC {i} is {state}")),
+            };
+            if let Some(why) = refused {
+                let _ = request.reply.send(Err(why));
+                continue;
+            }
+            self.s.records[i].set_state(SocState::Restarting);
+            self.cycles[i] = Some(Cycle {
+                old_plan: self.s.plans[i].clone(),
+                request,
+                phase: Phase::Draining,
+                cut: false,
+                failed: None,
+                why: None,
+            });
+        }
+        self.drain_cycles(Instant::now());
+    }
+
+    /// Pauses the slots of every SOC being restarted on purpose; a SOC
+    /// whose slots are all closed for their workers ends by itself, one
+    /// whose drain ran out is killed.
+    fn drain_cycles(&mut self, now: Instant) {
+        for i in 0..self.cycles.len() {
+            let Some(c) = &self.cycles[i] else { continue };
+            if c.phase != Phase::Draining {
+                continue;
+            }
+            let until = c.request.drain_until;
+            let global = self.s.memory.global_view();
+            let view = self.view(i);
+            // Every slot, each time: each is paused at its first look.
+            let closed = (0..view.worker_count())
+                .map(|w| {
+                    view.session_slot(w, global.owner(self.s.first_slot[i] + w))
+                        .pause_if_idle()
+                })
+                .fold(true, |all, closed| all && closed);
+            if closed {
+                if let Some(c) = &mut self.cycles[i] {
+                    c.phase = Phase::Stopping;
+                }
+            } else if now >= until {
+                if let Some(c) = &mut self.cycles[i] {
+                    c.phase = Phase::Stopping;
+                    c.cut = true;
+                }
+                self.kill(
+                    i,
+                    "calls were still running when the restart's drain ran out".to_owned(),
+                );
+            }
+        }
+    }
+
+    /// Kills SOC `i`, which is starting, for `why`: for a restart on
+    /// purpose, `why` is the reason the request fails.
+    fn kill_starting(&mut self, i: usize, why: String) {
+        if let Some(c) = &mut self.cycles[i] {
+            c.why = Some(why.clone());
+        }
+        self.kill(i, why);
+    }
+
+    /// SOC `i`, restarted on purpose, ended: starts it with the new plan
+    /// (it stopped for it), or the old one (the new one failed). Returns
+    /// false when the old one failed too: then its death is handled as
+    /// any other.
+    fn cycle_died(&mut self, i: usize, how: &str) -> bool {
+        self.starting[i] = None;
+        self.killing[i] = None;
+        let Some(c) = self.cycles[i].as_mut() else {
+            return false;
+        };
+        let plan = match c.phase {
+            Phase::Draining | Phase::Stopping => {
+                if c.cut {
+                    // Calls in flight were cut short: their sessions learn
+                    // it from the failed slots.
+                    let view = self.s.memory.view(i);
+                    for w in 0..view.worker_count() {
+                        view.slot(w).control.fail();
+                    }
+                }
+                c.request.plan.clone()
+            }
+            Phase::Starting => {
+                let why = c.why.take().unwrap_or_else(|| how.to_owned());
+                if c.failed.is_some() {
+                    // The old plan failed too.
+                    let Some(c) = self.cycles[i].take() else {
+                        return false;
+                    };
+                    let failed = c.failed.unwrap_or_default();
+                    let _ = c.request.reply.send(Err(format!(
+                        "{failed}; started again as it was, it failed too: {why}"
+                    )));
+                    return false;
+                }
+                c.failed = Some(why);
+                c.old_plan.clone()
+            }
+        };
+        self.cycle_launch(i, plan)
+    }
+
+    /// Starts SOC `i` (restarted on purpose, dead now) with `plan`.
+    fn cycle_launch(&mut self, i: usize, plan: String) -> bool {
+        let memory = Arc::clone(&self.s.memory);
+        let view = memory.view(i);
+        // Closed for its old workers; the new ones must find the slots
+        // not closed (they leave at once otherwise): failed until ready.
+        for w in 0..view.worker_count() {
+            view.slot(w).control.fail();
+        }
+        self.starts[i] += 1;
+        let p = &memory.placement[i];
+        // SAFETY: the region has its layout's size, and no process of
+        // this SOC runs (its liveness descriptor said it ended; see
+        // `restart`).
+        unsafe {
+            memory.regions[i].restore_header();
+            write_soc_header(
+                &memory.regions[i],
+                &memory.layouts[i],
+                i as u32,
+                p.node,
+                &p.cpus,
+                self.starts[i],
+                &plan,
+            )
+        };
+        match self.socs.launcher.launch(i) {
+            Ok(h) => {
+                self.s.records[i].set_pid(h.pid());
+                self.socs.handles[i] = Some(h);
+                self.starting[i] = Some(numaproc_ipc::wait::saturating_deadline(
+                    self.s.startup_timeout,
+                ));
+                if let Some(c) = &mut self.cycles[i] {
+                    c.phase = Phase::Starting;
+                }
+                true
+            }
+            Err(e) => {
+                let why = format!("could not be started again: {e}");
+                let Some(c) = self.cycles[i].as_mut() else {
+                    return false;
+                };
+                c.phase = Phase::Starting;
+                if c.failed.is_none() {
+                    c.failed = Some(why);
+                    let old = c.old_plan.clone();
+                    return self.cycle_launch(i, old);
+                }
+                if let Some(c) = self.cycles[i].take() {
+                    let failed = c.failed.unwrap_or_default();
+                    let _ = c.request.reply.send(Err(format!(
+                        "{failed}; started again as it was, it failed too: {why}"
+                    )));
+                }
+                self.s.records[i].set_last_error(&why);
+                self.s.records[i].set_state(SocState::Dead);
+                self.schedule_restart(i, &why);
+                true
+            }
+        }
+    }
+
+    /// SOC `i` serves again after a restart on purpose: answers the
+    /// request.
+    fn cycle_done(&mut self, i: usize, served: Vec<NameRecord>, report: String) {
+        let Some(c) = self.cycles[i].take() else {
+            return;
+        };
+        match c.failed {
+            Some(why) => {
+                let _ = c.request.reply.send(Err(why));
+            }
+            None => {
+                self.s.plans[i] = c.request.plan;
+                self.s.expected[i] = served.clone();
+                let _ = c.request.reply.send(Ok((served, report)));
+            }
+        }
+    }
+
     fn ready(&mut self, i: usize) {
         let view = self.view(i);
+        let global = self.s.memory.global_view();
         for w in 0..view.worker_count() {
             view.slot(w).control.reset();
+            // Paused for a restart on purpose: open for claims again.
+            view.session_slot(w, global.owner(self.s.first_slot[i] + w))
+                .resume();
         }
         self.s.records[i].set_state(SocState::Ready);
         self.signal();
@@ -587,6 +926,12 @@ impl Watch {
 /// Why a restarted SOC's procedure table is not the one the engine started
 /// with (and handed out ids for), naming the library; `None` when it is.
 pub(crate) fn table_difference(expected: &[NameRecord], served: &[NameRecord]) -> Option<String> {
+    let by_id = |l: &[NameRecord]| {
+        let mut l = l.to_vec();
+        l.sort_by_key(|r| r.id);
+        l
+    };
+    let (expected, served) = (&by_id(expected)[..], &by_id(served)[..]);
     let library = |r: &NameRecord| {
         let label = r.label.split_once(' ').map_or(r.label.as_str(), |(n, _)| n);
         format!("library {label} ({})", r.label)
@@ -626,6 +971,7 @@ mod tests {
             name: name.to_owned(),
             tag: 2,
             label: label.to_owned(),
+            id: 0,
         }
     }
 

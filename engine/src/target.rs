@@ -8,14 +8,14 @@ use crate::error::CallError;
 use crate::session_core::SessionCore;
 
 /// A procedure an engine serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcInfo<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcInfo {
     /// Its id (what [`SessionCore::proc_id`] gives for its name).
     pub id: ProcId,
     /// Its name.
-    pub name: &'a str,
+    pub name: String,
     /// Where it comes from.
-    pub origin: &'a Origin,
+    pub origin: Origin,
 }
 
 /// One worker of an engine.

@@ -44,7 +44,8 @@ use std::time::Duration;
 
 use crate::ShmSafe;
 use crate::slot::{
-    ABANDONED, CAS_TRIES, CLOSED_HOLDER, GEN_MASK, HELD, OWNER_ABANDONED, OWNER_CLOSING, Response,
+    ABANDONED, CAS_TRIES, CLOSED_HOLDER, GEN_MASK, HELD, OWNER_ABANDONED, OWNER_CLOSING, OWNER_PAUSED,
+    Response,
     SESSION_SLEEPING, SESSION_SLICE, SLEEPING, SlotControl, State, WORKER_SLEEPING, Word,
     owner_generation, owner_holder, owner_low, owner_word,
 };
@@ -153,10 +154,79 @@ impl SessionSlot<'_> {
     }
 
     /// Whether the slot is closed or closing: its engine stops (a closed
-    /// slot never opens again).
+    /// slot never opens again). A slot paused while its SOC restarts is
+    /// not closed.
     pub fn is_closed(&self) -> bool {
-        owner_low(self.owner.word.load(Ordering::Acquire)) & OWNER_CLOSING != 0
-            || self.control.word().state() == State::Closed
+        let o = owner_low(self.owner.word.load(Ordering::Acquire));
+        o & OWNER_CLOSING != 0
+            || (o & OWNER_PAUSED == 0 && self.control.word().state() == State::Closed)
+    }
+
+    /// Whether the slot is paused (or being paused) while its SOC restarts.
+    pub fn is_paused(&self) -> bool {
+        owner_low(self.owner.word.load(Ordering::Acquire)) & OWNER_PAUSED != 0
+    }
+
+    /// Master, before restarting the slot's SOC on purpose: pauses the
+    /// slot for new claims at once (a session that holds it keeps its
+    /// claim: it may still submit, reads its result and gives the slot back
+    /// paused), and closes it for its worker once no call runs in it and no
+    /// session holds it. Returns whether it is closed for its worker. Calls
+    /// that want the slot meanwhile wait for it (they are not refused):
+    /// [`SessionSlot::resume`] opens it again.
+    pub fn pause_if_idle(&self) -> bool {
+        let mut w = self.owner.word.load(Ordering::Acquire);
+        for _ in 0..CAS_TRIES {
+            let o = owner_low(w);
+            if o & (OWNER_PAUSED | OWNER_CLOSING) != 0 {
+                break;
+            }
+            let next = if o & HELD != 0 && o & OWNER_ABANDONED == 0 {
+                w | OWNER_PAUSED as u64
+            } else {
+                owner_word(CLOSED_HOLDER, owner_generation(o), HELD | OWNER_PAUSED)
+            };
+            match self
+                .owner
+                .word
+                .compare_exchange(w, next, Ordering::SeqCst, Ordering::Acquire)
+            {
+                Ok(_) => w = next,
+                Err(actual) => w = actual,
+            }
+        }
+        let o = owner_low(w);
+        if o & OWNER_PAUSED == 0 {
+            return false;
+        }
+        let sessionless = owner_holder(w) == CLOSED_HOLDER || o & OWNER_ABANDONED != 0;
+        sessionless && self.control.close()
+    }
+
+    /// Master, once the slot's SOC serves again and the slot was reset:
+    /// opens a paused slot for claims (a session whose claim is still out
+    /// keeps it, unmarked). The caller signals waiting sessions.
+    pub fn resume(&self) {
+        let mut w = self.owner.word.load(Ordering::Acquire);
+        for _ in 0..CAS_TRIES {
+            let o = owner_low(w);
+            if o & OWNER_PAUSED == 0 {
+                return;
+            }
+            let next = if owner_holder(w) == CLOSED_HOLDER || o & OWNER_ABANDONED != 0 {
+                owner_word(0, owner_generation(o), 0)
+            } else {
+                w & !(OWNER_PAUSED as u64)
+            };
+            match self
+                .owner
+                .word
+                .compare_exchange(w, next, Ordering::SeqCst, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(actual) => w = actual,
+            }
+        }
     }
 
     /// Master, at shutdown: closes the slot to new claims at once, and
@@ -202,17 +272,26 @@ impl SessionSlot<'_> {
         sessionless && self.control.close()
     }
 
-    /// A session's claim met the engine closing the slot: gives the slot
-    /// back closed (no one may claim it any more). Returns false (the slot
-    /// did not become free).
+    /// A session's claim met the engine closing or pausing the slot: gives
+    /// the slot back closed or paused (no one may claim it until the engine
+    /// opens it again). Returns false (the slot did not become free).
     #[cold]
     fn give_back_closing(&self, claim: Claimed) -> bool {
-        let _ = self.owner.word.compare_exchange(
-            claim.held() | OWNER_CLOSING as u64,
-            owner_word(CLOSED_HOLDER, claim.generation(), HELD | OWNER_CLOSING),
-            Ordering::SeqCst,
-            Ordering::Relaxed,
-        );
+        for mark in [OWNER_CLOSING, OWNER_PAUSED, OWNER_CLOSING | OWNER_PAUSED] {
+            if self
+                .owner
+                .word
+                .compare_exchange(
+                    claim.held() | mark as u64,
+                    owner_word(CLOSED_HOLDER, claim.generation(), HELD | mark),
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                break;
+            }
+        }
         false
     }
 
@@ -278,7 +357,9 @@ impl SessionSlot<'_> {
         let w = self.owner.word.load(Ordering::Relaxed);
         let o = owner_low(w);
         if o & HELD != 0
-            && (o & OWNER_ABANDONED == 0 || o & OWNER_CLOSING != 0 || !self.abandoned_call_over(o))
+            && (o & OWNER_ABANDONED == 0
+                || o & (OWNER_CLOSING | OWNER_PAUSED) != 0
+                || !self.abandoned_call_over(o))
         {
             return None;
         }
@@ -354,8 +435,9 @@ impl SessionSlot<'_> {
     #[inline]
     pub fn submit(&self, claim: Claimed) -> bool {
         // The owner word is in this core's cache: a cheap guard against a
-        // claim that was already given back.
-        if self.owner.word.load(Ordering::Relaxed) != claim.held() {
+        // claim that was already given back. A claim whose slot is being
+        // paused may still submit.
+        if self.owner.word.load(Ordering::Relaxed) & !(OWNER_PAUSED as u64) != claim.held() {
             return false;
         }
         let next = Word::new(State::Submitted, claim.generation(), 0).0;
@@ -447,8 +529,13 @@ impl SessionSlot<'_> {
                 .is_ok()
         };
         let closing = OWNER_CLOSING as u64;
+        let paused = OWNER_PAUSED as u64;
         let open = cas(claim.held(), given_up);
-        if !open && !cas(claim.held() | closing, given_up | closing) {
+        if !open
+            && !cas(claim.held() | closing, given_up | closing)
+            && !cas(claim.held() | paused, given_up | paused)
+            && !cas(claim.held() | closing | paused, given_up | closing | paused)
+        {
             return false;
         }
         let running = Word::new(State::Submitted, generation, 0).0;
@@ -523,7 +610,11 @@ impl SessionSlot<'_> {
     pub fn release_for(&self, holder: u32) -> bool {
         let w = self.owner.word.load(Ordering::Acquire);
         let o = owner_low(w);
-        if owner_holder(w) != holder || o & HELD == 0 || o & OWNER_ABANDONED != 0 {
+        if owner_holder(w) != holder
+            || holder == CLOSED_HOLDER
+            || o & HELD == 0
+            || o & OWNER_ABANDONED != 0
+        {
             return false;
         }
         self.release(Claimed::new(holder, owner_generation(o), 0))

@@ -63,6 +63,12 @@ pub(crate) const OWNER_ABANDONED: u32 = 2;
 /// [`CLOSED_HOLDER`], no session holds it any more; with another holder,
 /// that session's claim is still out (it gives the slot back closed).
 pub(crate) const OWNER_CLOSING: u32 = 4;
+/// Owner word: the engine restarts the slot's SOC (a library was loaded,
+/// unloaded or upgraded) and opens the slot again after. With the holder
+/// [`CLOSED_HOLDER`], no session holds it; with another holder, that
+/// session's claim is still out: it may still submit, and gives the slot
+/// back paused.
+pub(crate) const OWNER_PAUSED: u32 = 8;
 /// The holder of a closed slot's owner word: no session.
 pub(crate) const CLOSED_HOLDER: u32 = u32::MAX;
 

@@ -1,8 +1,12 @@
 //! The procedure registry: names, ids and function pointers.
 //!
-//! Ids are indices into the registry, assigned at registration and fixed
-//! before the SOCs start; the master and every SOC hold the same table, so a
-//! name is resolved once and each call dispatches by index.
+//! Ids are indices into the registry. Built-in and registered procedures
+//! take theirs at registration, before the SOCs start; library procedures
+//! take theirs when their library is first loaded, and keep them across
+//! restarts and upgrades. An id is never given to another procedure: an
+//! unloaded procedure leaves a vacancy ([`ProcKind::Vacant`]) that stays
+//! empty. The master and every SOC place each procedure at the same index,
+//! so a name is resolved once and each call dispatches by index.
 
 use std::collections::HashMap;
 
@@ -94,6 +98,9 @@ pub enum ProcKind {
     Library(numaproc_abi::ProcCFn),
     /// Runs only in the SOCs (a library procedure seen from the master).
     External,
+    /// No procedure: an id not given yet, or whose procedure was unloaded
+    /// (never given again).
+    Vacant,
 }
 
 /// One registered procedure.
@@ -135,6 +142,15 @@ pub enum RegisterError {
     /// The name is taken.
     #[error("procedure name {0:?} is already registered")]
     Duplicate(String),
+    /// The id is taken by another procedure, or belongs to the built-in
+    /// and registered ones.
+    #[error("procedure id {id} for {name:?} is taken")]
+    IdTaken {
+        /// The name.
+        name: String,
+        /// The id.
+        id: u32,
+    },
     /// More than `u32::MAX` procedures.
     #[error("too many procedures")]
     TooMany,
@@ -165,6 +181,8 @@ pub fn check_name(name: &str) -> Result<(), RegisterError> {
 pub struct Registry {
     entries: Vec<ProcEntry>,
     by_name: HashMap<String, ProcId>,
+    /// Ids below this one are built-in or registered.
+    fixed: usize,
 }
 
 impl Default for Registry {
@@ -179,17 +197,22 @@ impl Registry {
         let mut r = Self {
             entries: Vec::new(),
             by_name: HashMap::new(),
+            fixed: 0,
         };
         for (name, func) in sys::BUILTINS {
             r.insert(name, Origin::Builtin, ProcKind::Rust(*func))
                 .expect("built-in names are valid and unique");
         }
+        r.fixed = r.entries.len();
         r
     }
 
     /// Registers a user procedure. `sys_*` names are refused.
     pub fn register(&mut self, name: &str, func: ProcFn) -> Result<ProcId, RegisterError> {
-        self.insert_user(name, Origin::Registered, ProcKind::Rust(func))
+        let id = self.insert_user(name, Origin::Registered, ProcKind::Rust(func))?;
+        // Registered procedures are never withdrawn or replaced.
+        self.fixed = self.entries.len();
+        Ok(id)
     }
 
     /// Registers a library procedure. `sys_*` names are refused.
@@ -210,6 +233,107 @@ impl Registry {
         origin: Origin,
     ) -> Result<ProcId, RegisterError> {
         self.insert_user(name, origin, ProcKind::External)
+    }
+
+    /// Places a library procedure at id `id` (a vacancy, or past the end:
+    /// the ids between become vacancies). `sys_*` names are refused.
+    pub fn place_library(
+        &mut self,
+        id: ProcId,
+        name: &str,
+        origin: Origin,
+        func: numaproc_abi::ProcCFn,
+    ) -> Result<(), RegisterError> {
+        self.place(id, name, origin, ProcKind::Library(func))
+    }
+
+    /// Places a procedure that runs only in the SOCs at id `id` (the
+    /// master's view of a library procedure), as [`Registry::place_library`].
+    pub fn place_external(
+        &mut self,
+        id: ProcId,
+        name: &str,
+        origin: Origin,
+    ) -> Result<(), RegisterError> {
+        self.place(id, name, origin, ProcKind::External)
+    }
+
+    fn place(
+        &mut self,
+        id: ProcId,
+        name: &str,
+        origin: Origin,
+        kind: ProcKind,
+    ) -> Result<(), RegisterError> {
+        check_name(name)?;
+        if name.starts_with("sys_") {
+            return Err(RegisterError::Reserved(name.to_owned()));
+        }
+        if self.by_name.contains_key(name) {
+            return Err(RegisterError::Duplicate(name.to_owned()));
+        }
+        let at = id.0 as usize;
+        let taken = self
+            .entries
+            .get(at)
+            .is_some_and(|e| !matches!(e.kind, ProcKind::Vacant))
+            || at < self.fixed;
+        if taken {
+            return Err(RegisterError::IdTaken {
+                name: name.to_owned(),
+                id: id.0,
+            });
+        }
+        self.reserve_ids(at + 1);
+        self.entries[at] = ProcEntry {
+            name: name.to_owned(),
+            origin,
+            kind,
+        };
+        self.by_name.insert(name.to_owned(), id);
+        Ok(())
+    }
+
+    /// Leaves `id` vacant for good (its procedure was unloaded): its name
+    /// no longer resolves, and may be placed again under another id.
+    /// Built-in and registered procedures cannot be withdrawn.
+    pub fn withdraw(&mut self, id: ProcId) {
+        let at = id.0 as usize;
+        if at < self.fixed {
+            return;
+        }
+        if let Some(e) = self.entries.get_mut(at)
+            && !matches!(e.kind, ProcKind::Vacant)
+        {
+            self.by_name.remove(&e.name);
+            e.kind = ProcKind::Vacant;
+        }
+    }
+
+    /// Makes the ids below `n` given (vacancies where no procedure is), so
+    /// that [`Registry::next_id`] is at least `n`.
+    pub fn reserve_ids(&mut self, n: usize) {
+        while self.entries.len() < n {
+            self.entries.push(ProcEntry {
+                name: String::new(),
+                origin: Origin::Builtin,
+                kind: ProcKind::Vacant,
+            });
+        }
+    }
+
+    /// The id the next new library procedure gets.
+    pub fn next_id(&self) -> ProcId {
+        ProcId(self.entries.len() as u32)
+    }
+
+    /// The procedures, in id order, vacancies left out.
+    pub fn procedures(&self) -> impl Iterator<Item = (ProcId, &ProcEntry)> + '_ {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !matches!(e.kind, ProcKind::Vacant))
+            .map(|(i, e)| (ProcId(i as u32), e))
     }
 
     /// Whether any procedure is a Rust function registered by the user
@@ -256,18 +380,21 @@ impl Registry {
         self.by_name.get(name).copied()
     }
 
-    /// The procedure with `id`.
+    /// The procedure with `id` (`None` for an id vacant or out of range).
     #[inline]
     pub fn get(&self, id: ProcId) -> Option<&ProcEntry> {
-        self.entries.get(id.0 as usize)
+        self.entries
+            .get(id.0 as usize)
+            .filter(|e| !matches!(e.kind, ProcKind::Vacant))
     }
 
-    /// All procedures in id order.
+    /// Every entry in id order, vacancies included (see
+    /// [`Registry::procedures`]).
     pub fn entries(&self) -> &[ProcEntry] {
         &self.entries
     }
 
-    /// Number of procedures.
+    /// Number of ids given (vacancies included).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -324,6 +451,56 @@ mod tests {
         assert_eq!(
             r.register("ns:proc-1.v2", nop),
             Err(RegisterError::Duplicate("ns:proc-1.v2".into()))
+        );
+    }
+
+    unsafe extern "C" fn cfn(_: *mut numaproc_abi::Call) -> u32 {
+        0
+    }
+
+    #[test]
+    fn placed_ids_are_never_given_again() {
+        let mut r = Registry::new();
+        r.register("mine", nop).unwrap();
+        let base = r.len() as u32;
+        let lib = Origin::Library {
+            name: "l".into(),
+            version: "1".into(),
+        };
+        // Past the end: the ids between are vacancies.
+        r.place_library(ProcId(base + 2), "l.a", lib.clone(), cfn)
+            .unwrap();
+        assert_eq!(r.len() as u32, base + 3);
+        assert!(r.get(ProcId(base)).is_none());
+        assert_eq!(r.id("l.a"), Some(ProcId(base + 2)));
+        assert_eq!(
+            r.place_library(ProcId(base + 2), "l.b", lib.clone(), cfn),
+            Err(RegisterError::IdTaken {
+                name: "l.b".into(),
+                id: base + 2
+            })
+        );
+        assert!(matches!(
+            r.place_external(ProcId(1), "l.b", lib.clone()),
+            Err(RegisterError::IdTaken { id: 1, .. })
+        ));
+        assert_eq!(
+            r.place_external(ProcId(base), "l.a", lib.clone()),
+            Err(RegisterError::Duplicate("l.a".into()))
+        );
+        r.withdraw(ProcId(base + 2));
+        assert!(r.get(ProcId(base + 2)).is_none());
+        assert_eq!(r.id("l.a"), None);
+        // The name is free again, under a new id.
+        assert_eq!(r.next_id(), ProcId(base + 3));
+        r.place_external(r.next_id(), "l.a", lib).unwrap();
+        assert_eq!(r.id("l.a"), Some(ProcId(base + 3)));
+        // Fixed procedures stay.
+        r.withdraw(ProcId(0));
+        assert_eq!(r.id("sys_ping"), Some(ProcId(0)));
+        assert_eq!(
+            r.procedures().map(|(id, _)| id.0).filter(|&i| i >= base).collect::<Vec<_>>(),
+            [base + 3]
         );
     }
 

@@ -102,11 +102,9 @@ pub fn sys_list_procs(
 ) -> Result<(), ProcError> {
     let list: Vec<ProcListing> = ctx
         .registry()
-        .entries()
-        .iter()
-        .enumerate()
+        .procedures()
         .map(|(id, e)| ProcListing {
-            id: id as u32,
+            id: id.index(),
             name: e.name.clone(),
             origin: e.origin.clone(),
         })

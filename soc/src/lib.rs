@@ -24,6 +24,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod forked;
+pub mod plan;
 pub mod process;
 pub mod report;
 pub mod setup;
@@ -69,11 +70,10 @@ pub struct SocConfig<'a> {
     /// The procedures every SOC has (built-in and registered); the SOC adds
     /// those of its libraries.
     pub registry: &'a Registry,
-    /// Directory that procedure libraries must be in.
+    /// Directory that procedure libraries must be in. Which libraries the
+    /// SOC loads, the master writes into its region before each start
+    /// (see [`plan`]).
     pub library_dir: Option<&'a Path>,
-    /// Libraries to load (names or paths inside `library_dir`; `{soc}` is
-    /// replaced by the SOC index).
-    pub libraries: &'a [String],
     /// Optional init hook.
     pub init: Option<SocInitFn>,
 }
@@ -83,38 +83,100 @@ pub struct SocConfig<'a> {
 pub fn name_records(entries: &[ProcEntry]) -> Vec<NameRecord> {
     entries
         .iter()
-        .map(|e| NameRecord {
+        .enumerate()
+        .map(|(id, e)| NameRecord {
             name: e.name.clone(),
             tag: e.origin.tag(),
             label: e.origin.label(),
+            id: id as u32,
         })
         .collect()
 }
 
-/// Loads the SOC's libraries into `registry`, in order.
+/// What a SOC loaded: the libraries (kept until no worker runs), the
+/// registry with their procedures at their ids, the name records of those
+/// procedures (in load order) and the report.
+struct Loaded {
+    libraries: Vec<LoadedLibrary>,
+    registry: Registry,
+    names: Vec<NameRecord>,
+    report: String,
+}
+
+/// Loads the libraries of the SOC's plan, in order, and places their
+/// procedures at the plan's ids.
 fn load_libraries(
     cfg: &SocConfig<'_>,
-    registry: &mut Registry,
+    plan: &plan::LibraryPlan,
     host: &HostServices,
-) -> Result<Vec<LoadedLibrary>, String> {
-    let mut loaded = Vec::with_capacity(cfg.libraries.len());
-    if cfg.libraries.is_empty() {
-        return Ok(loaded);
+) -> Result<Loaded, String> {
+    let mut loaded = Vec::with_capacity(plan.libraries.len());
+    // Loaded in order into a scratch registry (where names are checked
+    // and duplicates refused), then placed at their ids.
+    let mut scratch = cfg.registry.clone();
+    let base = scratch.len();
+    let mut reported = Vec::with_capacity(plan.libraries.len());
+    if !plan.libraries.is_empty() {
+        let dir = cfg
+            .library_dir
+            .ok_or_else(|| library::LoadError::NoLibraryDir.to_string())?;
+        for entry in &plan.libraries {
+            let before = scratch.len();
+            let file = library::open(dir, entry, cfg.soc).map_err(|e| report::chain(&e))?;
+            // SAFETY: the file passed the directory, owner and permission
+            // checks and is loaded through the descriptor checked; the host
+            // table outlives the library (both live until `run` returns,
+            // the table declared first), and the library outlives every
+            // worker (dropped after the worker scope).
+            let lib =
+                unsafe { library::load(file, &mut scratch, host) }.map_err(|e| report::chain(&e))?;
+            reported.push(plan::ReportedLibrary {
+                name: lib.name().to_owned(),
+                version: lib.version().to_owned(),
+                procedures: scratch.len() - before,
+                path: lib.path().display().to_string(),
+            });
+            loaded.push(lib);
+        }
     }
-    let dir = cfg
-        .library_dir
-        .ok_or_else(|| library::LoadError::NoLibraryDir.to_string())?;
-    for entry in cfg.libraries {
-        let file = library::open(dir, entry, cfg.soc).map_err(|e| report::chain(&e))?;
-        // SAFETY: the file passed the directory, owner and permission
-        // checks and is loaded through the descriptor checked; the host
-        // table outlives the library (both live until `run` returns, the
-        // table declared first), and the library outlives every worker
-        // (dropped after the worker scope).
-        let lib = unsafe { library::load(file, registry, host) }.map_err(|e| report::chain(&e))?;
-        loaded.push(lib);
+    let mut registry = cfg.registry.clone();
+    let mut next = plan.next;
+    let mut names = Vec::with_capacity(scratch.len() - base);
+    for e in &scratch.entries()[base..] {
+        let numaproc_procs::ProcKind::Library(func) = e.kind else {
+            continue;
+        };
+        let id = match plan.assigned.iter().find(|(_, n)| *n == e.name) {
+            Some(&(id, _)) => id,
+            None => {
+                let id = next;
+                next = next
+                    .checked_add(1)
+                    .ok_or_else(|| "procedure ids ran out".to_owned())?;
+                id
+            }
+        };
+        registry
+            .place_library(
+                numaproc_procs::ProcId::from_index(id),
+                &e.name,
+                e.origin.clone(),
+                func,
+            )
+            .map_err(|e| format!("the library plan does not fit: {e}"))?;
+        names.push(NameRecord {
+            name: e.name.clone(),
+            tag: e.origin.tag(),
+            label: e.origin.label(),
+            id,
+        });
     }
-    Ok(loaded)
+    Ok(Loaded {
+        libraries: loaded,
+        registry,
+        names,
+        report: plan::report_text(&reported),
+    })
 }
 
 /// A host-services table for libraries of this SOC: `is_cancelled` and
@@ -158,9 +220,16 @@ pub fn run(cfg: &SocConfig<'_>, report: impl FnOnce(Result<(), String>)) {
         workers: header.worker_count,
     };
     let host = host_services(&info, worker::never_cancelled, std::ptr::null());
-    let mut registry = cfg.registry.clone();
-    let base = registry.len();
-    let libraries = match load_libraries(cfg, &mut registry, &host) {
+    let plan = view
+        .plan()
+        .ok_or_else(|| "the library plan is not UTF-8".to_owned())
+        .and_then(|text| plan::LibraryPlan::parse(&text));
+    let Loaded {
+        libraries,
+        registry,
+        names,
+        report: library_report,
+    } = match plan.and_then(|plan| load_libraries(cfg, &plan, &host)) {
         Ok(l) => l,
         Err(e) => {
             close_all(&view);
@@ -168,10 +237,13 @@ pub fn run(cfg: &SocConfig<'_>, report: impl FnOnce(Result<(), String>)) {
             return;
         }
     };
-    let names = name_records(&registry.entries()[base..]);
-    if let Err(e) = view.set_names(&names) {
+    if let Err(e) = view
+        .set_names(&names)
+        .map_err(|e| format!("too many library procedures: {e}"))
+        .and_then(|()| view.set_report(&library_report))
+    {
         close_all(&view);
-        report(Err(format!("too many library procedures: {e}")));
+        report(Err(e));
         return;
     }
     if let Some(init) = cfg.init

@@ -13,7 +13,7 @@ use numaproc_procs::Registry;
 use crate::{SocConfig, SocInitFn, report};
 
 /// One SOC's share of the engine: the regions it serves, the procedures it
-/// has, the libraries it loads and its init hook.
+/// has, where its libraries lie and its init hook.
 #[derive(Debug, Clone)]
 pub struct SocSetup {
     /// The engine's global region.
@@ -24,8 +24,6 @@ pub struct SocSetup {
     pub registry: Arc<Registry>,
     /// Directory that procedure libraries must be in.
     pub library_dir: Option<PathBuf>,
-    /// Libraries to load.
-    pub libraries: Vec<String>,
     /// Optional init hook.
     pub init: Option<SocInitFn>,
 }
@@ -39,7 +37,6 @@ pub fn run_reporting(soc: usize, setup: &SocSetup, report: OwnedFd) {
         region: &setup.region,
         registry: &setup.registry,
         library_dir: setup.library_dir.as_deref(),
-        libraries: &setup.libraries,
         init: setup.init,
     };
     crate::run(&cfg, move |r| {

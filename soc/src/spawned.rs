@@ -10,8 +10,9 @@
 //!   and exits the moment it ends);
 //! - [`ENV_REPORT`]: the inherited write end of its report pipe.
 //!
-//! Everything else (library directory and libraries) comes from the
-//! [`Settings`] text in the global region.
+//! The library directory comes from the [`Settings`] text in the global
+//! region; which libraries to load, from the plan the master writes into
+//! the SOC's region before each start (see [`crate::plan`]).
 //!
 //! The SOC inherits no other descriptor of the master (the master marks
 //! every descriptor from 3 up close-on-exec before the exec, the report
@@ -49,8 +50,6 @@ const SETTINGS_HEADER: &str = "numaproc-settings 1";
 pub struct Settings {
     /// Directory that procedure libraries must be in.
     pub library_dir: Option<PathBuf>,
-    /// Libraries to load.
-    pub libraries: Vec<String>,
 }
 
 impl Settings {
@@ -60,9 +59,6 @@ impl Settings {
         let mut s = format!("{SETTINGS_HEADER}\n");
         if let Some(dir) = self.library_dir.as_ref().and_then(|d| d.to_str()) {
             s.push_str(&format!("library_dir={dir}\n"));
-        }
-        for l in &self.libraries {
-            s.push_str(&format!("library={l}\n"));
         }
         s
     }
@@ -77,7 +73,6 @@ impl Settings {
         for line in lines {
             match line.split_once('=') {
                 Some(("library_dir", v)) => settings.library_dir = Some(PathBuf::from(v)),
-                Some(("library", v)) => settings.libraries.push(v.to_owned()),
                 _ => return Err(format!("unknown settings line {line:?}")),
             }
         }
@@ -205,7 +200,6 @@ fn serve(engine: &str) -> Result<(), String> {
         region: &region,
         registry: &registry,
         library_dir: settings.library_dir.as_deref(),
-        libraries: &settings.libraries,
         init: None,
     };
     crate::run(&cfg, move |r| {
@@ -223,7 +217,6 @@ mod tests {
     fn settings_round_trip() {
         let s = Settings {
             library_dir: Some(PathBuf::from("/opt/libs")),
-            libraries: vec!["a".to_owned(), "b_{soc}".to_owned()],
         };
         assert_eq!(Settings::parse(&s.to_text()).unwrap(), s);
         assert_eq!(

@@ -318,7 +318,7 @@ fn serve(
         ),
         Some(entry) => match entry.kind {
             ProcKind::Library(func) => call_library(ctx, c_host, func, input, output, message),
-            ProcKind::External => Outcome::not_ok(
+            ProcKind::External | ProcKind::Vacant => Outcome::not_ok(
                 CallStatus::NotFound,
                 0,
                 format!("{} is not loaded in SOC {}", entry.name, ctx.soc()),

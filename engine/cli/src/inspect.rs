@@ -93,13 +93,14 @@ pub(crate) fn list(args: ListArgs) -> Result<ExitCode> {
             name: &'a str,
             procedures: Vec<ProcJson<'a>>,
         }
-        let procedures = client
-            .procedures()
+        let all: Vec<_> = client.procedures().collect();
+        let procedures = all
+            .iter()
             .map(|p| ProcJson {
                 id: p.id.index(),
-                name: p.name,
-                origin: origin_kind(p.origin),
-                library: library_of(p.origin),
+                name: &p.name,
+                origin: origin_kind(&p.origin),
+                library: library_of(&p.origin),
             })
             .collect();
         println!(
@@ -117,7 +118,7 @@ pub(crate) fn list(args: ListArgs) -> Result<ExitCode> {
             "{:>4}  {:<32} {}",
             p.id.index(),
             p.name,
-            origin_text(p.origin)
+            origin_text(&p.origin)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -224,8 +225,9 @@ pub(crate) fn status(args: StatusArgs) -> Result<ExitCode> {
         })
         .collect();
     let answered: Vec<&SocStats> = socs.iter().filter_map(|s| s.stats.as_ref()).collect();
-    let procedures: Vec<ProcStatusJson<'_>> = client
-        .procedures()
+    let all: Vec<_> = client.procedures().collect();
+    let procedures: Vec<ProcStatusJson<'_>> = all
+        .iter()
         .map(|p| {
             let id = p.id.index();
             let per_soc = answered
@@ -240,9 +242,9 @@ pub(crate) fn status(args: StatusArgs) -> Result<ExitCode> {
             }
             ProcStatusJson {
                 id,
-                name: p.name,
-                origin: origin_kind(p.origin),
-                library: library_of(p.origin),
+                name: &p.name,
+                origin: origin_kind(&p.origin),
+                library: library_of(&p.origin),
                 calls,
                 errors,
                 p50_ns,
@@ -251,8 +253,8 @@ pub(crate) fn status(args: StatusArgs) -> Result<ExitCode> {
         })
         .collect();
     let mut libraries: Vec<LibraryStatusJson<'_>> = Vec::new();
-    for p in client.procedures() {
-        let Some(lib) = library_of(p.origin) else {
+    for p in &all {
+        let Some(lib) = library_of(&p.origin) else {
             continue;
         };
         match libraries

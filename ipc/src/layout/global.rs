@@ -244,6 +244,7 @@ impl<'r> GlobalView<'r> {
                     name: e.as_str().unwrap_or("").to_owned(),
                     tag: e.tag,
                     label: e.label().unwrap_or("").to_owned(),
+                    id: e.id,
                 }
             })
             .collect()

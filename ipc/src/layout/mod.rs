@@ -3,7 +3,7 @@
 //! ```text
 //! global region:  RegionHeader | GlobalHeader | SocEntry × socs | NameEntry × names | settings
 //!                 | (page) FreeSignal | (page) OwnerLine × slots
-//! SOC region:     RegionHeader | SocHeader | NameEntry × names | slot × workers
+//! SOC region:     RegionHeader | SocHeader | NameEntry × names | plan | report | slot × workers
 //! slot:           SlotControl + message (one page) | input (pages) | output (pages)
 //! ```
 //!
@@ -102,15 +102,16 @@ mod tests {
             GlobalLayout::SHAPE,
         )
         .unwrap();
-        let record = |name: &str, tag, label: &str| NameRecord {
+        let record = |name: &str, tag, label: &str, id| NameRecord {
             name: name.to_owned(),
             tag,
             label: label.to_owned(),
+            id,
         };
         let names = [
-            record("sys_ping", 0, ""),
-            record("b", 1, ""),
-            record("c", 2, "lib 1.0"),
+            record("sys_ping", 0, "", 0),
+            record("b", 1, "", 1),
+            record("c", 2, "lib 1.0", 2),
         ];
         let soc = SocFill {
             node: 1,
@@ -160,7 +161,7 @@ mod tests {
         )
         .unwrap();
         // SAFETY: freshly created with sl.size() bytes, no SOC runs.
-        unsafe { write_soc_header(&s, &sl, 0, 0, &[1, 0], 1) };
+        unsafe { write_soc_header(&s, &sl, 0, 0, &[1, 0], 1, "plan text") };
         let sv = SocView::from_header(&s).unwrap();
         assert_eq!(sv.header().start.load(Ordering::Relaxed), 1);
         assert_eq!(sv.slot(0).control.planned_cpu.load(Ordering::Relaxed), 1);
@@ -168,10 +169,21 @@ mod tests {
         assert_eq!(sv.slot(1).input_capacity(), 10);
         assert_eq!(sv.slot(1).output_capacity(), 20);
         assert!(sv.names().is_empty());
-        sv.set_names(&[record("lib.a", 2, "lib 1.0"), record("lib.b", 2, "lib 1.0")])
-            .unwrap();
-        assert_eq!(sv.names()[1], record("lib.b", 2, "lib 1.0"));
-        assert!(sv.set_names(&vec![record("x", 0, ""); 3]).is_err());
+        assert_eq!(sv.plan().as_deref(), Some("plan text"));
+        sv.set_names(&[
+            record("lib.a", 2, "lib 1.0", 7),
+            record("lib.b", 2, "lib 1.0", 9),
+        ])
+        .unwrap();
+        assert_eq!(sv.names()[1], record("lib.b", 2, "lib 1.0", 9));
+        assert!(sv.set_names(&vec![record("x", 0, "", 0); 3]).is_err());
+        assert_eq!(SocView::with_layout(&s, &sl).report(), "");
+        sv.set_report("lib 1.0 2").unwrap();
+        assert_eq!(SocView::with_layout(&s, &sl).report(), "lib 1.0 2");
+        assert!(
+            sv.set_report(&"x".repeat(SocLayout::REPORT_CAPACITY + 1))
+                .is_err()
+        );
     }
 
     /// What a SOC writes into its own header decides nothing on the
@@ -189,7 +201,7 @@ mod tests {
         let name = ShmName::new("layouttest", std::process::id(), 2, "s0").unwrap();
         let s = Region::create(&name, sl.size().unwrap(), SocLayout::SHAPE).unwrap();
         // SAFETY: freshly created with sl.size() bytes, no SOC runs.
-        unsafe { write_soc_header(&s, &sl, 0, 0, &[], 1) };
+        unsafe { write_soc_header(&s, &sl, 0, 0, &[], 1, "") };
         let master = SocView::with_layout(&s, &sl);
         // The SOC's scribbles, through the same bytes it can reach.
         let h = s.bytes_ptr(header_offset(), size_of::<SocHeader>());
@@ -197,11 +209,15 @@ mod tests {
         unsafe { std::ptr::write_bytes(h, 0xff, size_of::<SocHeader>()) };
         assert!(master.names().len() <= 2, "cut to the master's table");
         assert_eq!(master.worker_count(), 2);
+        // A report length beyond the area is cut to the area.
+        assert!(master.report().len() <= SocLayout::REPORT_CAPACITY);
         assert!(SocView::from_header(&s).is_err());
         // SAFETY: as above; the "SOC" is dead.
-        unsafe { write_soc_header(&s, &sl, 0, 0, &[], 2) };
+        unsafe { write_soc_header(&s, &sl, 0, 0, &[], 2, "next plan") };
         let again = SocView::from_header(&s).unwrap();
         assert_eq!(again.worker_count(), 2);
+        assert_eq!(again.plan().as_deref(), Some("next plan"));
+        assert_eq!(master.report(), "", "the rewrite forgets the old report");
         assert_eq!(again.header().start.load(Ordering::Relaxed), 2);
     }
 }

@@ -18,7 +18,8 @@ pub struct NameEntry {
     pub name: [u8; NAME_CAPACITY + 1],
     /// Bytes used in `label`.
     pub label_len: u32,
-    _reserved: u32,
+    /// The procedure's id (its index in the engine's procedure table).
+    pub id: u32,
     /// Caller-defined label (e.g. library name and version).
     pub label: [u8; NAME_CAPACITY + 1],
 }
@@ -33,7 +34,7 @@ impl NameEntry {
             tag: record.tag,
             name: [0; NAME_CAPACITY + 1],
             label_len: 0,
-            _reserved: 0,
+            id: record.id,
             label: [0; NAME_CAPACITY + 1],
         };
         e.len = copy_cut(&mut e.name[..NAME_CAPACITY], &record.name);
@@ -71,4 +72,6 @@ pub struct NameRecord {
     pub tag: u32,
     /// Caller-defined label.
     pub label: String,
+    /// The procedure's id.
+    pub id: u32,
 }

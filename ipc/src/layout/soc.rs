@@ -1,5 +1,8 @@
 //! A SOC region: its header (written by the master before each start of
-//! the SOC), its name table (the SOC's libraries) and its slots.
+//! the SOC), its name table (the SOC's library procedures), its library
+//! plan (which libraries to load and which ids their procedures keep,
+//! written by the master before each start), its library report (what the
+//! SOC loaded) and its slots.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -49,6 +52,16 @@ pub struct SocHeader {
     /// Non-zero once the engine shuts down: a worker whose call outlived
     /// the shutdown's wait leaves when the call ends.
     pub closing: AtomicU32,
+    /// Offset of the library plan (text, written by the master before
+    /// each start).
+    pub plan_offset: u64,
+    /// Bytes of the plan.
+    pub plan_len: u32,
+    /// Bytes of the library report written by the SOC (before it reports
+    /// ready).
+    pub report_len: AtomicU32,
+    /// Offset of the library report.
+    pub report_offset: u64,
 }
 
 // SAFETY: repr(C), integers and atomics only.
@@ -77,16 +90,28 @@ impl SocLayout {
         entry_size: size_of::<SlotControl>() as u32,
         extra_size: MESSAGE_CAPACITY as u32,
     };
+    /// Bytes of the library plan area.
+    pub const PLAN_CAPACITY: usize = 256 << 10;
+    /// Bytes of the library report area.
+    pub const REPORT_CAPACITY: usize = 64 << 10;
     /// Offset of the SOC's name table.
     pub fn names(&self) -> usize {
         Self::HEADER + size_of::<SocHeader>()
     }
-    /// Offset of slot 0.
-    pub fn slots(&self) -> usize {
+    /// Offset of the library plan.
+    pub fn plan(&self) -> usize {
         round_up(
             self.names() + self.names_capacity * size_of::<NameEntry>(),
             PAGE,
         )
+    }
+    /// Offset of the library report.
+    pub fn report(&self) -> usize {
+        self.plan() + Self::PLAN_CAPACITY
+    }
+    /// Offset of slot 0.
+    pub fn slots(&self) -> usize {
+        round_up(self.report() + Self::REPORT_CAPACITY, PAGE)
     }
     /// Offset of the input buffer within a slot.
     pub fn input_offset(&self) -> usize {
@@ -108,15 +133,19 @@ impl SocLayout {
     }
 }
 
-/// Writes a SOC region's header and each slot's static fields, for start
-/// number `start` of the SOC (1 for the first): at creation, and again
-/// before each restart, over whatever the SOC that died left there. Only
-/// the header page and each slot's control block are touched: the buffers
-/// are left for the workers to touch first.
+/// Writes a SOC region's header, its library plan and each slot's static
+/// fields, for start number `start` of the SOC (1 for the first): at
+/// creation, and again before each restart, over whatever the SOC that
+/// died left there. Only the header page, the plan and each slot's control
+/// block are touched: the buffers are left for the workers to touch first.
 ///
 /// # Safety
 /// The region must have been created with `layout.size()` bytes, and no
 /// process of this SOC may run (not created yet, or dead).
+///
+/// # Panics
+/// If the plan is longer than [`SocLayout::PLAN_CAPACITY`] (the master
+/// checks it first).
 pub unsafe fn write_soc_header(
     region: &Region,
     layout: &SocLayout,
@@ -124,7 +153,13 @@ pub unsafe fn write_soc_header(
     node: u32,
     cpus: &[u32],
     start: u32,
+    plan: &str,
 ) {
+    assert!(
+        plan.len() <= SocLayout::PLAN_CAPACITY,
+        "a library plan of {} bytes",
+        plan.len()
+    );
     let header = SocHeader {
         soc,
         node,
@@ -141,6 +176,10 @@ pub unsafe fn write_soc_header(
         names_count: AtomicU32::new(0),
         start: AtomicU32::new(start),
         closing: AtomicU32::new(0),
+        plan_offset: layout.plan() as u64,
+        plan_len: plan.len() as u32,
+        report_len: AtomicU32::new(0),
+        report_offset: layout.report() as u64,
     };
     let p = region
         .bytes_ptr(header_offset(), size_of::<SocHeader>())
@@ -148,6 +187,10 @@ pub unsafe fn write_soc_header(
     // SAFETY: in bounds, aligned; no process of the SOC runs (contract),
     // and nobody else reads the header.
     unsafe { p.write(header) };
+    let at = region.bytes_ptr(layout.plan(), plan.len().max(1));
+    // SAFETY: in bounds (bytes_ptr checks), inside the plan area; no
+    // process of the SOC runs (contract).
+    unsafe { std::ptr::copy_nonoverlapping(plan.as_ptr(), at, plan.len()) };
     let view = SocView::with_layout(region, layout);
     for w in 0..layout.worker_count {
         let c = view.slot(w).control;
@@ -170,6 +213,8 @@ pub struct SocView<'r> {
     worker_count: usize,
     names: usize,
     names_capacity: usize,
+    plan: usize,
+    report: usize,
 }
 
 impl<'r> SocView<'r> {
@@ -195,6 +240,8 @@ impl<'r> SocView<'r> {
             worker_count: layout.worker_count,
             names: layout.names(),
             names_capacity: layout.names_capacity,
+            plan: layout.plan(),
+            report: layout.report(),
         }
     }
 
@@ -220,7 +267,10 @@ impl<'r> SocView<'r> {
             && h.slot_stride == layout.stride() as u64
             && h.input_offset == layout.input_offset() as u64
             && h.output_offset == layout.output_offset() as u64
-            && h.names_offset == layout.names() as u64;
+            && h.names_offset == layout.names() as u64
+            && h.plan_offset == layout.plan() as u64
+            && h.report_offset == layout.report() as u64
+            && h.plan_len as usize <= SocLayout::PLAN_CAPACITY;
         if !consistent {
             return Err(LayoutError {
                 name: region.name().to_owned(),
@@ -294,9 +344,55 @@ impl<'r> SocView<'r> {
                     name: e.as_str().unwrap_or("").to_owned(),
                     tag: e.tag,
                     label: e.label().unwrap_or("").to_owned(),
+                    id: e.id,
                 }
             })
             .collect()
+    }
+
+    /// SOC side: the library plan the master wrote before this start
+    /// (`None` if it is not UTF-8).
+    pub fn plan(&self) -> Option<String> {
+        let len = (self.header().plan_len as usize).min(SocLayout::PLAN_CAPACITY);
+        let p = self.region.bytes_ptr(self.plan, len.max(1));
+        // SAFETY: in bounds (bytes_ptr checks); the master wrote the plan
+        // before this SOC started, and only this SOC's processes may write
+        // the region while it runs (what they write, they read).
+        let bytes = unsafe { std::slice::from_raw_parts(p, len) };
+        std::str::from_utf8(bytes).ok().map(str::to_owned)
+    }
+
+    /// SOC side: writes the library report (before reporting ready).
+    /// Fails when it does not fit.
+    pub fn set_report(&self, text: &str) -> Result<(), String> {
+        if text.len() > SocLayout::REPORT_CAPACITY {
+            return Err(format!(
+                "a library report of {} bytes, the SOC's region holds {}",
+                text.len(),
+                SocLayout::REPORT_CAPACITY
+            ));
+        }
+        let p = self.region.bytes_ptr(self.report, text.len().max(1));
+        // SAFETY: in bounds (bytes_ptr checks), inside the report area;
+        // only this SOC writes it, before it reports ready.
+        unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), p, text.len()) };
+        self.header()
+            .report_len
+            .store(text.len() as u32, Ordering::Release);
+        Ok(())
+    }
+
+    /// Master side: the library report the SOC wrote (at most the area's
+    /// size, whatever length the SOC wrote; empty if it is not UTF-8).
+    pub fn report(&self) -> String {
+        let len =
+            (self.header().report_len.load(Ordering::Acquire) as usize).min(SocLayout::REPORT_CAPACITY);
+        let p = self.region.bytes_ptr(self.report, len.max(1));
+        // SAFETY: in bounds; any bytes are acceptable (checked as UTF-8
+        // below), written by the SOC before report_len (Acquire). The SOC
+        // may write them again meanwhile: the copy is what is judged.
+        let bytes = unsafe { std::slice::from_raw_parts(p, len) }.to_vec();
+        String::from_utf8(bytes).unwrap_or_default()
     }
 
     /// Slot `i`.
