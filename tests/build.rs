@@ -1,6 +1,6 @@
 //! Builds the C procedure libraries the tests load: the C example library,
-//! the broken fixtures of `fixtures/badlib.c`, the crashing, hostile and
-//! reordered ones, with the system C
+//! the broken fixtures of `fixtures/badlib.c`, the crashing, hostile,
+//! reordered and versioned ones, with the system C
 //! compiler (`$CC`, else `cc`). Their directory reaches the tests as
 //! `NUMAPROC_FIXTURES`.
 
@@ -39,7 +39,9 @@ fn main() {
     let crash = manifest.join("fixtures/crashlib.c");
     let hostile = manifest.join("fixtures/hostile.c");
     let order = manifest.join("fixtures/order.c");
+    let versioned = manifest.join("fixtures/versioned.c");
     for p in [
+        &versioned,
         &example,
         &bad,
         &crash,
@@ -67,6 +69,8 @@ fn main() {
         &["INIT_CLOSES_PIPES"],
     );
     compile(&out, &include, &order, "order_ab", &[]);
+    compile(&out, &include, &versioned, "ver1", &["VERSION=1"]);
+    compile(&out, &include, &versioned, "ver2", &["VERSION=2"]);
     compile(&out, &include, &order, "order_ba", &["SWAPPED"]);
     for (name, define) in [
         ("bad_magic", "BAD_MAGIC"),

@@ -564,5 +564,3 @@ fn same_library_names(lists: &[Vec<NameRecord>]) -> Result<(), SocFailure> {
         )),
     }
 }
-
-

@@ -303,7 +303,10 @@ pub(crate) fn check_served(
     for r in names {
         check_name(&r.name).map_err(|e| e.to_string())?;
         if r.name.starts_with("sys_") || !seen.insert(r.name.as_str()) {
-            return Err(format!("it lists procedure {} twice or as built-in", r.name));
+            return Err(format!(
+                "it lists procedure {} twice or as built-in",
+                r.name
+            ));
         }
         let id = match plan.assigned.iter().find(|(_, n)| *n == r.name) {
             Some(&(id, _)) => id,
@@ -367,9 +370,18 @@ mod tests {
             assigned: vec![(20, "b.y".into())],
             next: 30,
         };
-        let good = [rec("a.x", "a 1", 30), rec("b.y", "b 2", 20), rec("b.z", "b 2", 31)];
-        let libs = check_served(&plan, &Change::Load, &good, &report(&[("a", "1", 1), ("b", "2", 2)]))
-            .unwrap();
+        let good = [
+            rec("a.x", "a 1", 30),
+            rec("b.y", "b 2", 20),
+            rec("b.z", "b 2", 31),
+        ];
+        let libs = check_served(
+            &plan,
+            &Change::Load,
+            &good,
+            &report(&[("a", "1", 1), ("b", "2", 2)]),
+        )
+        .unwrap();
         assert_eq!(libs.len(), 2);
         let two = report(&[("a", "1", 1), ("b", "2", 2)]);
         let lie = |names: &[NameRecord], report: &str| {

@@ -163,7 +163,9 @@ impl SharedMemory {
             let region = Region::create(&name(&format!("s{i}"))?, sizes[i], SocLayout::SHAPE)?;
             let p = &placement[i];
             // SAFETY: just created with layout.size() bytes, unpublished.
-            unsafe { write_soc_header(&region, layout, i as u32, p.node, &p.cpus, 1, library_plan) };
+            unsafe {
+                write_soc_header(&region, layout, i as u32, p.node, &p.cpus, 1, library_plan)
+            };
             region.publish();
             regions.push(Arc::new(region));
         }

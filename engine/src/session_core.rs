@@ -19,8 +19,8 @@ use numaproc_ipc::{Region, WaitPolicy};
 use numaproc_procs::{Origin, ProcId, Registry};
 
 use crate::error::CallError;
-use crate::session::{Claim, Session};
 use crate::libraries::LIBRARY_TAG;
+use crate::session::{Claim, Session};
 use crate::target::{IntoProc, ProcInfo, Target};
 
 /// Core ids, for the thread-local last slot.

@@ -448,7 +448,12 @@ impl Watch {
                 .chain(check)
                 .chain(silences)
                 .min();
-            let next = if self.cycles.iter().flatten().any(|c| c.phase == Phase::Draining) {
+            let next = if self
+                .cycles
+                .iter()
+                .flatten()
+                .any(|c| c.phase == Phase::Draining)
+            {
                 // Look at the pausing slots again soon.
                 let soon = Instant::now() + Duration::from_millis(1);
                 Some(next.map_or(soon, |n| n.min(soon)))
@@ -727,7 +732,6 @@ impl Watch {
                 let _ = request.reply.send(Err(why));
                 continue;
             }
-            self.s.records[i].set_state(SocState::Restarting);
             self.cycles[i] = Some(Cycle {
                 old_plan: self.s.plans[i].clone(),
                 request,
@@ -736,8 +740,11 @@ impl Watch {
                 failed: None,
                 why: None,
             });
+            // Restarting once every slot is paused (the first look pauses
+            // each).
+            self.drain_cycles(Instant::now());
+            self.s.records[i].set_state(SocState::Restarting);
         }
-        self.drain_cycles(Instant::now());
     }
 
     /// Pauses the slots of every SOC being restarted on purpose; a SOC

@@ -44,10 +44,9 @@ use std::time::Duration;
 
 use crate::ShmSafe;
 use crate::slot::{
-    ABANDONED, CAS_TRIES, CLOSED_HOLDER, GEN_MASK, HELD, OWNER_ABANDONED, OWNER_CLOSING, OWNER_PAUSED,
-    Response,
-    SESSION_SLEEPING, SESSION_SLICE, SLEEPING, SlotControl, State, WORKER_SLEEPING, Word,
-    owner_generation, owner_holder, owner_low, owner_word,
+    ABANDONED, CAS_TRIES, CLOSED_HOLDER, GEN_MASK, HELD, OWNER_ABANDONED, OWNER_CLOSING,
+    OWNER_PAUSED, Response, SESSION_SLEEPING, SESSION_SLICE, SLEEPING, SlotControl, State,
+    WORKER_SLEEPING, Word, owner_generation, owner_holder, owner_low, owner_word,
 };
 use crate::wait::{WaitPolicy, wait_on_sliced};
 

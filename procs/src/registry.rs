@@ -499,7 +499,10 @@ mod tests {
         r.withdraw(ProcId(0));
         assert_eq!(r.id("sys_ping"), Some(ProcId(0)));
         assert_eq!(
-            r.procedures().map(|(id, _)| id.0).filter(|&i| i >= base).collect::<Vec<_>>(),
+            r.procedures()
+                .map(|(id, _)| id.0)
+                .filter(|&i| i >= base)
+                .collect::<Vec<_>>(),
             [base + 3]
         );
     }

@@ -128,8 +128,8 @@ fn load_libraries(
             // table outlives the library (both live until `run` returns,
             // the table declared first), and the library outlives every
             // worker (dropped after the worker scope).
-            let lib =
-                unsafe { library::load(file, &mut scratch, host) }.map_err(|e| report::chain(&e))?;
+            let lib = unsafe { library::load(file, &mut scratch, host) }
+                .map_err(|e| report::chain(&e))?;
             reported.push(plan::ReportedLibrary {
                 name: lib.name().to_owned(),
                 version: lib.version().to_owned(),

@@ -20,6 +20,7 @@ pub mod calls;
 pub mod errors;
 pub mod isolation;
 pub mod libraries;
+pub mod live_libraries;
 pub mod procedures;
 pub mod runner;
 pub mod start;
@@ -92,6 +93,11 @@ macro_rules! for_each_scenario {
                 libraries::libraries_outside_library_dir_are_refused,
                 libraries::libraries_others_could_replace_are_refused,
                 libraries::a_missing_library_is_refused,
+                live_libraries::a_library_loads_while_callers_call_other_procedures,
+                live_libraries::a_load_one_soc_cannot_take_leaves_every_soc_without_it,
+                live_libraries::an_unload_under_calls_ends_in_results_or_proc_not_found,
+                live_libraries::an_upgrade_under_callers_fails_no_call,
+                live_libraries::a_claim_held_when_a_restart_begins_still_submits,
             }
             // SOCs in processes of their own, which can die alone.
             [Forked, Spawned] {

@@ -385,8 +385,8 @@ impl<'r> SocView<'r> {
     /// Master side: the library report the SOC wrote (at most the area's
     /// size, whatever length the SOC wrote; empty if it is not UTF-8).
     pub fn report(&self) -> String {
-        let len =
-            (self.header().report_len.load(Ordering::Acquire) as usize).min(SocLayout::REPORT_CAPACITY);
+        let len = (self.header().report_len.load(Ordering::Acquire) as usize)
+            .min(SocLayout::REPORT_CAPACITY);
         let p = self.region.bytes_ptr(self.report, len.max(1));
         // SAFETY: in bounds; any bytes are acceptable (checked as UTF-8
         // below), written by the SOC before report_len (Acquire). The SOC
