@@ -119,6 +119,7 @@ macro_rules! for_each_scenario {
             // Forked SOCs: a fork of the master, through the zygote.
             [Forked] {
                 start::a_soc_aborting_in_its_start_hook_stops_the_start_naming_the_signal,
+                start::another_thread_refuses_forked_socs_unless_allowed,
                 isolation::forked_socs_map_no_other_engines_memory,
                 isolation::forked_socs_map_their_own_region_and_not_their_siblings,
             }
