@@ -1,6 +1,6 @@
 //! Builds the C procedure libraries the tests load: the C example library,
-//! the broken fixtures of `fixtures/badlib.c`, the crashing, hostile and
-//! reordered ones, with the system C
+//! the broken fixtures of `fixtures/badlib.c`, the crashing, hostile,
+//! reordered and self-watching (`lifecycle`) ones, with the system C
 //! compiler (`$CC`, else `cc`). Their directory reaches the tests as
 //! `NUMAPROC_FIXTURES`.
 
@@ -39,12 +39,14 @@ fn main() {
     let crash = manifest.join("fixtures/crashlib.c");
     let hostile = manifest.join("fixtures/hostile.c");
     let order = manifest.join("fixtures/order.c");
+    let lifecycle = manifest.join("fixtures/lifecycle.c");
     for p in [
         &example,
         &bad,
         &crash,
         &hostile,
         &order,
+        &lifecycle,
         &include.join("numaproc.h"),
     ] {
         println!("cargo:rerun-if-changed={}", p.display());
@@ -67,10 +69,12 @@ fn main() {
         &["INIT_CLOSES_PIPES"],
     );
     compile(&out, &include, &order, "order_ab", &[]);
+    compile(&out, &include, &lifecycle, "lifecycle", &[]);
     compile(&out, &include, &order, "order_ba", &["SWAPPED"]);
     for (name, define) in [
         ("bad_magic", "BAD_MAGIC"),
         ("bad_major", "OTHER_MAJOR"),
+        ("newer_minor", "NEWER_MINOR"),
         ("bad_sizes", "BAD_SIZES"),
         ("no_symbol", "NO_SYMBOL"),
         ("init_fails", "INIT_FAILS"),

@@ -92,6 +92,9 @@ macro_rules! for_each_scenario {
                 libraries::libraries_outside_library_dir_are_refused,
                 libraries::libraries_others_could_replace_are_refused,
                 libraries::a_missing_library_is_refused,
+                libraries::a_library_built_for_a_newer_abi_minor_is_refused,
+                libraries::a_library_is_deinitialised_after_its_workers_stopped,
+                libraries::c_procedures_see_cancellation_through_is_cancelled,
             }
             // SOCs in processes of their own, which can die alone.
             [Forked, Spawned] {
@@ -115,6 +118,8 @@ macro_rules! for_each_scenario {
                 isolation::socs_inherit_no_descriptor_of_the_application,
                 isolation::a_procedures_child_inherits_nothing_of_its_soc,
                 isolation::a_procedures_background_child_does_not_hide_its_socs_death,
+                // A helper master of the processes runner.
+                libraries::library_logs_are_filtered_by_numaproc_log,
             }
             // Forked SOCs: a fork of the master, through the zygote.
             [Forked] {

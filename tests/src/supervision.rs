@@ -703,7 +703,10 @@ fn until_restarted(engine: &Engine, soc: usize, restarts: u32, bound: Duration) 
     loop {
         let s = &engine.socs()[soc];
         if s.restarts >= restarts {
-            ensure!(s.restarts == restarts, "SOC {soc} restarted too often: {s:?}");
+            ensure!(
+                s.restarts == restarts,
+                "SOC {soc} restarted too often: {s:?}"
+            );
             return Ok(Instant::now());
         }
         ensure!(
@@ -834,7 +837,10 @@ pub fn a_killed_soc_is_restarting_during_its_backoff_or_given_up(kind: SocKind) 
         // Unavailable at once when given up; while restarting, the worker
         // is not idle.
         let start = Instant::now();
-        let e = expect_err(engine.try_call_on(Target::Soc(0), "crash.echo", b""), "dead")?;
+        let e = expect_err(
+            engine.try_call_on(Target::Soc(0), "crash.echo", b""),
+            "dead",
+        )?;
         if want == SocState::GivenUp {
             ensure!(matches!(e, CallError::Unavailable(_)), "{e:?}");
         } else {
