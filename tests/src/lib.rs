@@ -26,6 +26,11 @@ pub mod start;
 pub mod supervision;
 pub mod support;
 
+/// The README's library example, run by
+/// [`start::the_readme_example_runs_and_leaves_nothing`].
+#[path = "../../engine/examples/basic.rs"]
+mod readme_example;
+
 use anyhow::{Context, Result};
 pub use numaproc::SocKind;
 
@@ -125,6 +130,7 @@ macro_rules! for_each_scenario {
             [Forked] {
                 start::a_soc_aborting_in_its_start_hook_stops_the_start_naming_the_signal,
                 start::another_thread_refuses_forked_socs_unless_allowed,
+                start::the_readme_example_runs_and_leaves_nothing,
                 isolation::forked_socs_map_no_other_engines_memory,
                 isolation::forked_socs_map_their_own_region_and_not_their_siblings,
             }

@@ -338,3 +338,18 @@ pub fn another_thread_refuses_forked_socs_unless_allowed(kind: SocKind) -> Resul
     ensure!(engine.call("sys_echo", b"alone")? == b"alone");
     shutdown_clean(engine)
 }
+
+/// The README's library example (`engine/examples/basic.rs`, forked SOCs)
+/// runs to its end, not only compiles: every assertion in it holds, and
+/// its shutdown leaves no shared-memory object of its prefix (`example`)
+/// and no process (the runner checks that after each scenario).
+pub fn the_readme_example_runs_and_leaves_nothing(kind: SocKind) -> Result<()> {
+    ensure!(kind == SocKind::Forked, "the example starts forked SOCs");
+    // An assertion of the example that fails fails the scenario, not the
+    // runner (the engine is dropped as the panic unwinds).
+    std::panic::catch_unwind(crate::readme_example::main)
+        .map_err(|_| anyhow!("the example panicked"))?
+        .map_err(|e| anyhow!("the example failed: {e}"))?;
+    assert_nothing_left("example", &[])?;
+    assert_no_children()
+}
