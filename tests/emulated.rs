@@ -348,7 +348,10 @@ fn a_start_needing_more_than_dev_shm_has_free_is_refused() {
                 "{needed} bytes needed for {} workers",
                 socs * per_soc
             );
-            assert!(needed > said && said <= size, "{needed} > {said} free of {size}");
+            assert!(
+                needed > said && said <= size,
+                "{needed} > {said} free of {size}"
+            );
         }
         other => panic!("not NoSpace: {other}"),
     }
