@@ -1,6 +1,6 @@
 //! Builds the C procedure libraries the tests load: the C example library,
 //! the broken fixtures of `fixtures/badlib.c`, the crashing, hostile,
-//! reordered and versioned ones, with the system C
+//! reordered, versioned and self-watching (`lifecycle`) ones, with the system C
 //! compiler (`$CC`, else `cc`). Their directory reaches the tests as
 //! `NUMAPROC_FIXTURES`.
 
@@ -40,6 +40,7 @@ fn main() {
     let hostile = manifest.join("fixtures/hostile.c");
     let order = manifest.join("fixtures/order.c");
     let versioned = manifest.join("fixtures/versioned.c");
+    let lifecycle = manifest.join("fixtures/lifecycle.c");
     for p in [
         &versioned,
         &example,
@@ -47,6 +48,7 @@ fn main() {
         &crash,
         &hostile,
         &order,
+        &lifecycle,
         &include.join("numaproc.h"),
     ] {
         println!("cargo:rerun-if-changed={}", p.display());
@@ -71,10 +73,12 @@ fn main() {
     compile(&out, &include, &order, "order_ab", &[]);
     compile(&out, &include, &versioned, "ver1", &["VERSION=1"]);
     compile(&out, &include, &versioned, "ver2", &["VERSION=2"]);
+    compile(&out, &include, &lifecycle, "lifecycle", &[]);
     compile(&out, &include, &order, "order_ba", &["SWAPPED"]);
     for (name, define) in [
         ("bad_magic", "BAD_MAGIC"),
         ("bad_major", "OTHER_MAJOR"),
+        ("newer_minor", "NEWER_MINOR"),
         ("bad_sizes", "BAD_SIZES"),
         ("no_symbol", "NO_SYMBOL"),
         ("init_fails", "INIT_FAILS"),

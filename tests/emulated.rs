@@ -302,3 +302,58 @@ fn a_session_core_attached_to_the_regions_calls_the_engines_workers() {
     engine.shutdown().unwrap();
     assert_nothing_left("t_attach_emulated", &[]).unwrap();
 }
+
+/// A start whose shared memory would not fit in /dev/shm is refused before
+/// any object is created (its workers would die of SIGBUS on first touch
+/// of their buffers): `NoSpace`, with what it needs (at least every
+/// worker's buffers) and what /dev/shm has free. The SOCs are spawned from
+/// `/bin/false`: should the check let the start through, it fails there,
+/// before anything touches the memory.
+#[test]
+fn a_start_needing_more_than_dev_shm_has_free_is_refused() {
+    use numaproc::{MAX_BUFFER, MemoryError, StartError};
+    let _w = Watchdog::new("no_space", Duration::from_secs(60));
+    let st = nix::sys::statvfs::statvfs("/dev/shm").unwrap();
+    let (free, size) = (
+        st.blocks_available() as u128 * st.fragment_size() as u128,
+        st.blocks() as u128 * st.fragment_size() as u128,
+    );
+    // Each worker's input and output buffers, at their largest.
+    let per_worker = 2 * MAX_BUFFER as u128;
+    let workers = usize::try_from(free / per_worker + 1).unwrap();
+    let socs = workers.div_ceil(256);
+    let per_soc = workers.div_ceil(socs);
+    let prefix = "t_nospace";
+    let e = numaproc::Engine::start(
+        numaproc::EngineOptions::new()
+            .soc_kind(SocKind::Spawned)
+            .soc_executable("/bin/false")
+            .name_prefix(prefix)
+            .synthetic_topology(format!("node:{socs} core:1 pu:1"))
+            .socs(socs)
+            .workers_per_soc(per_soc)
+            .input_capacity(MAX_BUFFER)
+            .output_capacity(MAX_BUFFER),
+    )
+    .unwrap_err();
+    match e {
+        StartError::SharedMemory(MemoryError::NoSpace {
+            needed,
+            free: said,
+            dir,
+        }) => {
+            assert_eq!(dir, "/dev/shm");
+            assert!(
+                needed >= per_worker * (socs * per_soc) as u128,
+                "{needed} bytes needed for {} workers",
+                socs * per_soc
+            );
+            assert!(
+                needed > said && said <= size,
+                "{needed} > {said} free of {size}"
+            );
+        }
+        other => panic!("not NoSpace: {other}"),
+    }
+    assert_nothing_left(prefix, &[]).unwrap();
+}

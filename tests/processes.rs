@@ -36,6 +36,9 @@ fn main() -> ExitCode {
     if let Ok(spec) = std::env::var(it::HELPER_ENV) {
         it::helper_master(&spec);
     }
+    if let Ok(spec) = std::env::var(it::libraries::LOG_HELPER_ENV) {
+        it::libraries::log_helper(&spec);
+    }
     let args = match it::runner::Args::parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {

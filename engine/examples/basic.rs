@@ -1,7 +1,9 @@
 //! The README's library example: a forked engine, a registered procedure,
 //! calls by name and by id, zero-copy input and output, a deadline.
 //!
-//! Run: `cargo run --example basic -p numaproc`
+//! Run: `cargo run --example basic -p numaproc`. The integration tests run
+//! it too (scenario `the_readme_example_runs_and_leaves_nothing`), hence
+//! the `pub` of `main`.
 
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ fn shout(_ctx: &ProcContext<'_>, input: &[u8], out: &mut OutputBuf<'_>) -> Resul
     out.write(&input.to_ascii_uppercase())
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+pub fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Start the engine first thing: forked SOCs need a master without other threads.
     let options = EngineOptions::new()
         .soc_kind(SocKind::Forked)

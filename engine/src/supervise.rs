@@ -1017,4 +1017,40 @@ mod tests {
         }
         assert_eq!(SocState::from_u32(99), SocState::Dead);
     }
+
+    fn policy(backoff_ms: u64, max_backoff_ms: u64) -> RestartPolicy {
+        RestartPolicy {
+            max_restarts: 5,
+            window_ms: 60_000,
+            backoff_ms,
+            max_backoff_ms,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_with_each_death_in_the_window_up_to_its_cap() {
+        let ms = Duration::from_millis;
+        let p = policy(10, 1_000);
+        // The first death waits backoff_ms (0 deaths cannot happen; it
+        // waits no less).
+        let waits: Vec<Duration> = (0..=9).map(|deaths| p.backoff(deaths)).collect();
+        assert_eq!(
+            waits,
+            [10, 10, 20, 40, 80, 160, 320, 640, 1_000, 1_000].map(ms)
+        );
+        // Far more deaths than the doubling can count stay at the cap,
+        // without overflow.
+        for deaths in [21, 22, 64, usize::MAX] {
+            assert_eq!(p.backoff(deaths), ms(1_000), "{deaths} deaths");
+        }
+        // A cap above what 2^20 doublings reach: the doubling stops there.
+        assert_eq!(policy(1, u64::MAX).backoff(100), ms(1 << 20));
+        // A huge base saturates instead of wrapping, then meets the cap.
+        assert_eq!(policy(u64::MAX / 2, 7).backoff(3), ms(7));
+        assert_eq!(policy(u64::MAX / 2, u64::MAX).backoff(3), ms(u64::MAX));
+        // A cap below the base wins from the first death on.
+        assert_eq!(policy(500, 100).backoff(1), ms(100));
+        // No back-off at all.
+        assert_eq!(policy(0, 1_000).backoff(10), Duration::ZERO);
+    }
 }

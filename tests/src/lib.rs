@@ -27,6 +27,11 @@ pub mod start;
 pub mod supervision;
 pub mod support;
 
+/// The README's library example, run by
+/// [`start::the_readme_example_runs_and_leaves_nothing`].
+#[path = "../../engine/examples/basic.rs"]
+mod readme_example;
+
 use anyhow::{Context, Result};
 pub use numaproc::SocKind;
 
@@ -98,6 +103,9 @@ macro_rules! for_each_scenario {
                 live_libraries::an_unload_under_calls_ends_in_results_or_proc_not_found,
                 live_libraries::an_upgrade_under_callers_fails_no_call,
                 live_libraries::a_claim_held_when_a_restart_begins_still_submits,
+                libraries::a_library_built_for_a_newer_abi_minor_is_refused,
+                libraries::a_library_is_deinitialised_after_its_workers_stopped,
+                libraries::c_procedures_see_cancellation_through_is_cancelled,
             }
             // SOCs in processes of their own, which can die alone.
             [Forked, Spawned] {
@@ -106,6 +114,9 @@ macro_rules! for_each_scenario {
                 supervision::other_socs_serve_while_one_is_killed,
                 supervision::dropped_claims_and_sessions_across_a_soc_death_leak_no_worker,
                 supervision::a_given_up_soc_is_unavailable,
+                supervision::restart_backoff_doubles_to_its_cap_and_deaths_leave_the_window,
+                supervision::a_killed_soc_is_restarting_during_its_backoff_or_given_up,
+                supervision::any_target_calls_go_around_a_restarting_soc,
                 supervision::hard_limit_kills_an_overrunning_soc,
                 supervision::a_killed_masters_socs_are_gone_within_a_second,
                 supervision::a_start_removes_a_killed_masters_shared_memory,
@@ -118,10 +129,14 @@ macro_rules! for_each_scenario {
                 isolation::socs_inherit_no_descriptor_of_the_application,
                 isolation::a_procedures_child_inherits_nothing_of_its_soc,
                 isolation::a_procedures_background_child_does_not_hide_its_socs_death,
+                // A helper master of the processes runner.
+                libraries::library_logs_are_filtered_by_numaproc_log,
             }
             // Forked SOCs: a fork of the master, through the zygote.
             [Forked] {
                 start::a_soc_aborting_in_its_start_hook_stops_the_start_naming_the_signal,
+                start::another_thread_refuses_forked_socs_unless_allowed,
+                start::the_readme_example_runs_and_leaves_nothing,
                 isolation::forked_socs_map_no_other_engines_memory,
                 isolation::forked_socs_map_their_own_region_and_not_their_siblings,
             }

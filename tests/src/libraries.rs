@@ -6,6 +6,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail, ensure};
 use numaproc::sys::ProcListing;
@@ -383,4 +384,206 @@ pub fn libraries_others_could_replace_are_refused(kind: SocKind) -> Result<()> {
 pub fn a_missing_library_is_refused(kind: SocKind) -> Result<()> {
     let libs = LibDir::new(&format!("missing-{kind}"))?;
     refused(kind, "missing", libs.path(), &["missing"], "not found")
+}
+
+/// A library built against a later 1.x header (ABI 1.1) than this engine
+/// speaks (1.0) is refused: it may rely on what 1.0 lacks.
+pub fn a_library_built_for_a_newer_abi_minor_is_refused(kind: SocKind) -> Result<()> {
+    let libs = fixture_libs(kind, "newerminor", &["newer_minor"])?;
+    refused(
+        kind,
+        "newerminor",
+        libs.path(),
+        &["newer_minor"],
+        "needs ABI 1.1, this engine supports up to 1.0",
+    )
+}
+
+/// One SOC of two workers loading the `lifecycle` fixture from `libs`.
+fn lifecycle_options(kind: SocKind, prefix: &str, libs: &LibDir) -> EngineOptions {
+    base_options(kind, prefix)
+        .socs(1)
+        .workers_per_soc(2)
+        .library_dir(libs.path())
+        .library("lifecycle")
+}
+
+/// A library's deinit runs, and the library is unloaded, only once every
+/// worker of its SOC has stopped. The shutdown comes while a call of 2 s
+/// (which ignores cancellation, its session dropped) runs on worker 0 and
+/// worker 1 is idle; it lets the call run out its 1.5 s shutdown timeout,
+/// then tells the SOC to stop and waits another 1.5 s for it: the SOC is
+/// told to stop while the call still runs, and stops cleanly once it
+/// ended. The library's record says that no call ran at deinit nor at
+/// the unload, and that the call had ended.
+pub fn a_library_is_deinitialised_after_its_workers_stopped(kind: SocKind) -> Result<()> {
+    let libs = fixture_libs(kind, "deinit", &["lifecycle"])?;
+    let record = libs.path().join("record");
+    let engine = Engine::start(
+        lifecycle_options(kind, "deinit", &libs).shutdown_timeout(Duration::from_millis(1500)),
+    )?;
+    let w = |worker| Target::Worker { soc: 0, worker };
+    let path = record.to_str().ok_or_else(|| anyhow!("odd path"))?;
+    ensure!(engine.call_on(w(1), "life.record", path.as_bytes())? == b"recording");
+    let asked = Instant::now();
+    let slow = engine.submit(w(0), "life.slow", b"2000")?;
+    let read = || std::fs::read_to_string(&record).unwrap_or_default();
+    while !read().contains("started") {
+        ensure!(
+            asked.elapsed() < Duration::from_secs(2),
+            "life.slow did not start: {:?}",
+            read()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The call runs on; nobody waits for it.
+    drop(slow);
+    shutdown_clean(engine)?;
+    let took = asked.elapsed();
+    ensure!(
+        took >= Duration::from_secs(2),
+        "the shutdown returned {took:?} after a call of 2 s began"
+    );
+    let text = read();
+    ensure!(
+        text == "recording running=0 done=0\n\
+                 started running=1 done=0\n\
+                 deinit running=0 done=1\n\
+                 unload running=0 done=1\n",
+        "the library's record: {text:?}"
+    );
+    Ok(())
+}
+
+/// A C procedure sees its call's deadline through the host's
+/// `is_cancelled`, and a session dropped while the call runs cancels it
+/// too: each ends at once (polling every millisecond) instead of after
+/// its 10 s; a call without either is not cancelled.
+pub fn c_procedures_see_cancellation_through_is_cancelled(kind: SocKind) -> Result<()> {
+    let libs = fixture_libs(kind, "cancelc", &["lifecycle"])?;
+    let engine = Engine::start(lifecycle_options(kind, "cancelc", &libs).workers_per_soc(1))?;
+    let one = Target::Worker { soc: 0, worker: 0 };
+    let bound = Duration::from_secs(2);
+    ensure!(engine.call_on(one, "life.until_cancelled", b"50")? == b"not cancelled");
+
+    let start = Instant::now();
+    let mut s = engine.submit_within(
+        one,
+        "life.until_cancelled",
+        b"10000",
+        Duration::from_millis(100),
+    )?;
+    let e = expect_err(s.wait().map(<[u8]>::to_vec), "past its deadline")?;
+    let took = start.elapsed();
+    ensure!(
+        matches!(&e, CallError::Failed { code: 9, message, .. } if message == "cancelled"),
+        "{e:?}"
+    );
+    ensure!(
+        took >= Duration::from_millis(100) && took < bound,
+        "cancelled after {took:?} (deadline 100 ms)"
+    );
+    drop(s);
+
+    let s = engine.submit(one, "life.until_cancelled", b"10000")?;
+    let dropped = Instant::now();
+    drop(s);
+    // The only worker is free again once the procedure saw the drop.
+    let claim = engine.claim_with_timeout(one, bound)?;
+    ensure!(
+        dropped.elapsed() < bound,
+        "the worker came back {:?} after the drop",
+        dropped.elapsed()
+    );
+    drop(claim);
+    ensure!(engine.try_call_on(one, "life.until_cancelled", b"1")? == b"not cancelled");
+    shutdown_clean(engine)
+}
+
+/// Environment variable that makes the `processes` runner a helper
+/// master that logs through a library (see [`log_helper`]).
+pub const LOG_HELPER_ENV: &str = "NUMAPROC_TEST_LOG_HELPER";
+
+/// The log helper: starts an engine as `spec` (`kind:prefix:library_dir`)
+/// says, one SOC loading the `lifecycle` fixture (whose init logs at
+/// info), calls `life.log` (which logs at every level) and shuts down;
+/// exits 0, or 1 saying why on standard output.
+pub fn log_helper(spec: &str) -> ! {
+    let run = || -> Result<()> {
+        let mut parts = spec.splitn(3, ':');
+        let (Some(kind), Some(prefix), Some(dir)) = (parts.next(), parts.next(), parts.next())
+        else {
+            bail!("odd spec {spec:?}");
+        };
+        let kind: SocKind = kind.parse().map_err(|e| anyhow!("{e}"))?;
+        let engine = Engine::start(
+            base_options(kind, prefix)
+                .socs(1)
+                .workers_per_soc(1)
+                .library_dir(dir)
+                .library("lifecycle"),
+        )?;
+        ensure!(engine.call("life.log", b"")? == b"logged");
+        engine.shutdown()?;
+        Ok(())
+    };
+    match run() {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            println!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// A library's log lines reach standard error as `numaproc[soc N] level:
+/// message`, filtered by `NUMAPROC_LOG`: `error`, `warn`, `info` (also
+/// the default, and what an unknown value means), `debug` or `off`. Each
+/// setting in a helper master (this test executable started again), whose
+/// lines from `numaproc` are compared whole.
+pub fn library_logs_are_filtered_by_numaproc_log(kind: SocKind) -> Result<()> {
+    let libs = fixture_libs(kind, "logs", &["lifecycle"])?;
+    let dir = libs.path().to_str().ok_or_else(|| anyhow!("odd path"))?;
+    let line = |level: &str, msg: &str| format!("numaproc[soc 0] {level}: {msg}");
+    let ready = line("info", "lifecycle ready on SOC 0");
+    let [error, warn, info, debug] =
+        ["error", "warn", "info", "debug"].map(|l| line(l, &format!("life {l}")));
+    let at_info = vec![ready.clone(), error.clone(), warn.clone(), info.clone()];
+    let cases: [(Option<&str>, Vec<String>); 7] = [
+        (None, at_info.clone()),
+        (Some("error"), vec![error.clone()]),
+        (Some("warn"), vec![error.clone(), warn.clone()]),
+        (Some("info"), at_info.clone()),
+        (Some("debug"), vec![ready, error, warn, info, debug]),
+        (Some("off"), vec![]),
+        (Some("loud"), at_info),
+    ];
+    for (i, (setting, want)) in cases.into_iter().enumerate() {
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.env(LOG_HELPER_ENV, format!("{kind}:logs{i}:{dir}"))
+            .env_remove(crate::HELPER_ENV)
+            .stdin(std::process::Stdio::null());
+        match setting {
+            Some(s) => cmd.env("NUMAPROC_LOG", s),
+            None => cmd.env_remove("NUMAPROC_LOG"),
+        };
+        let out = cmd.output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.success(),
+            "NUMAPROC_LOG={setting:?}: the helper ended {}: {stdout}{stderr}",
+            out.status
+        );
+        let got: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("numaproc"))
+            .collect();
+        ensure!(
+            got == want,
+            "NUMAPROC_LOG={setting:?}: logged {got:?}, expected {want:?}"
+        );
+        assert_nothing_left(&format!("t_logs{i}_{kind}"), &[])?;
+    }
+    Ok(())
 }

@@ -305,3 +305,51 @@ pub fn spawned_soc_is_a_fresh_exec(kind: SocKind) -> Result<()> {
     ensure!(engine.call("sys_echo", b"fresh")? == b"fresh");
     shutdown_clean(engine)
 }
+
+/// Forked SOCs from a master with another thread (here one waiting on a
+/// channel): the start is refused with `ForkWithThreads`, counting both
+/// threads, and leaves nothing; with `allow_fork_with_threads` the same
+/// start goes through and every worker serves. Once the thread has ended,
+/// the start goes through without the option (the threads are counted at
+/// each start).
+pub fn another_thread_refuses_forked_socs_unless_allowed(kind: SocKind) -> Result<()> {
+    let options = || base_options(kind, "forkthreads").socs(2).workers_per_soc(1);
+    let prefix = options().name_prefix.clone();
+    let (stop, wait) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || wait.recv());
+    let result = (|| -> Result<()> {
+        match Engine::start(options()) {
+            Err(StartError::ForkWithThreads { threads: 2 }) => {}
+            Err(e) => bail!("refused for another reason: {e}"),
+            Ok(_) => bail!("forked SOCs started from a master with two threads"),
+        }
+        assert_failed_start_left_nothing(&prefix, kind)?;
+        let engine = Engine::start(options().allow_fork_with_threads(true))?;
+        for soc in 0..2 {
+            let t = Target::Worker { soc, worker: 0 };
+            ensure!(engine.call_on(t, "sys_echo", b"allowed")? == b"allowed");
+        }
+        shutdown_clean(engine)
+    })();
+    drop(stop);
+    let _ = thread.join();
+    result?;
+    let engine = Engine::start(options())?;
+    ensure!(engine.call("sys_echo", b"alone")? == b"alone");
+    shutdown_clean(engine)
+}
+
+/// The README's library example (`engine/examples/basic.rs`, forked SOCs)
+/// runs to its end, not only compiles: every assertion in it holds, and
+/// its shutdown leaves no shared-memory object of its prefix (`example`)
+/// and no process (the runner checks that after each scenario).
+pub fn the_readme_example_runs_and_leaves_nothing(kind: SocKind) -> Result<()> {
+    ensure!(kind == SocKind::Forked, "the example starts forked SOCs");
+    // An assertion of the example that fails fails the scenario, not the
+    // runner (the engine is dropped as the panic unwinds).
+    std::panic::catch_unwind(crate::readme_example::main)
+        .map_err(|_| anyhow!("the example panicked"))?
+        .map_err(|e| anyhow!("the example failed: {e}"))?;
+    assert_nothing_left("example", &[])?;
+    assert_no_children()
+}

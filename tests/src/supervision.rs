@@ -689,3 +689,241 @@ pub fn a_start_removes_a_killed_masters_shared_memory(kind: SocKind) -> Result<(
     ensure!(left.is_empty(), "stale objects not removed: {left:?}");
     shutdown_clean(engine)
 }
+
+/// How long after its back-off a restart may begin: generous on a loaded
+/// machine, far below every back-off difference the scenarios below tell
+/// apart by their lower bounds.
+const RESTART_BOUND: Duration = Duration::from_secs(1);
+
+/// Waits until SOC `soc` has begun its `restarts`th restart (its back-off
+/// is over: the count goes up when the new process is started), at most
+/// `bound`; returns when it was seen.
+fn until_restarted(engine: &Engine, soc: usize, restarts: u32, bound: Duration) -> Result<Instant> {
+    let start = Instant::now();
+    loop {
+        let s = &engine.socs()[soc];
+        if s.restarts >= restarts {
+            ensure!(
+                s.restarts == restarts,
+                "SOC {soc} restarted too often: {s:?}"
+            );
+            return Ok(Instant::now());
+        }
+        ensure!(
+            start.elapsed() < bound,
+            "SOC {soc} not restarted a {restarts}th time within {bound:?}: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Waits until SOC `soc` is no longer ready after a kill (at most 2 s) and
+/// returns its status then. `Dead` lasts only between two stores of the
+/// supervisor (a death is recorded, then its restart scheduled or the SOC
+/// given up): it is waited out too.
+fn after_death(engine: &Engine, soc: usize) -> Result<numaproc::SocStatus> {
+    let start = Instant::now();
+    loop {
+        let s = engine.socs()[soc].clone();
+        if !matches!(s.state, SocState::Ready | SocState::Dead) {
+            return Ok(s);
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(2),
+            "SOC {soc} still {} 2 s after its kill: {s:?}",
+            s.state
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The restart back-off of SOC 0, killed again as soon as it serves: it
+/// waits `backoff_ms` (200 ms) after the first death, twice that after the
+/// second, and no more than `max_backoff_ms` (400 ms) after the third and
+/// fourth (doubled, 800 and 1600 ms); each restart begins no earlier than
+/// its back-off after the kill and within `RESTART_BOUND` of it. The four
+/// deaths lie within the window (4 s) and `max_restarts` is 4: once all of
+/// them have left the window, a fifth death is the first again (restarted
+/// after 200 ms, not given up). `restarts` counts each restart exactly;
+/// SOC 1 is never restarted.
+pub fn restart_backoff_doubles_to_its_cap_and_deaths_leave_the_window(kind: SocKind) -> Result<()> {
+    const WINDOW: Duration = Duration::from_millis(4000);
+    let libs = crash_libs(kind, "backoff")?;
+    let engine = Engine::start(
+        crash_options(kind, "backoff", &libs)
+            .workers_per_soc(1)
+            .restart(numaproc::RestartPolicy {
+                max_restarts: 4,
+                window_ms: WINDOW.as_millis() as u64,
+                backoff_ms: 200,
+                max_backoff_ms: 400,
+            }),
+    )?;
+    let ms = Duration::from_millis;
+    // The kill, then its restart no earlier than `backoff` and within
+    // RESTART_BOUND of it; returns when the restart was seen.
+    let kill_and_restart = |round: u32, backoff: Duration| -> Result<Instant> {
+        wait_ready_again(&engine, 0, round - 1)?;
+        kill_9(engine.socs()[0].pid)?;
+        let killed = Instant::now();
+        let status = after_death(&engine, 0)?;
+        ensure!(
+            status.state == SocState::Restarting && status.restarts == round - 1,
+            "death {round}: {status:?}"
+        );
+        let seen = until_restarted(&engine, 0, round, backoff + RESTART_BOUND)?;
+        let took = seen - killed;
+        ensure!(
+            took >= backoff,
+            "death {round}: restarted after {took:?}, its back-off is {backoff:?}"
+        );
+        Ok(seen)
+    };
+    let mut last = Instant::now();
+    for (round, backoff) in [(1, ms(200)), (2, ms(400)), (3, ms(400)), (4, ms(400))] {
+        last = kill_and_restart(round, backoff)?;
+    }
+    // The fourth death was recorded before its restart began, so by now
+    // every death has been longer than the window ago.
+    std::thread::sleep((last + WINDOW + ms(100)).saturating_duration_since(Instant::now()));
+    kill_and_restart(5, ms(200))?;
+    wait_ready_again(&engine, 0, 5)?;
+    ensure!(engine.call_on(Target::Soc(0), "crash.echo", b"back")? == b"back");
+    let socs = engine.socs();
+    ensure!(
+        socs[0].restarts == 5 && socs[1].restarts == 0 && socs[1].state == SocState::Ready,
+        "{socs:?}"
+    );
+    shutdown_clean(engine)
+}
+
+/// What `Engine::socs` says of a killed SOC: `restarting` during its
+/// back-off (30 s: it stays so while the scenario looks, its restart count
+/// unchanged, why it died recorded), and `given_up` at once when the
+/// policy allows no restart (`max_restarts` 0; never started again, calls
+/// to it `Unavailable`). The other SOC stays `ready`.
+pub fn a_killed_soc_is_restarting_during_its_backoff_or_given_up(kind: SocKind) -> Result<()> {
+    let libs = crash_libs(kind, "states")?;
+    for (max_restarts, want) in [(5, SocState::Restarting), (0, SocState::GivenUp)] {
+        let prefix = format!("states{max_restarts}");
+        let engine = Engine::start(
+            crash_options(kind, &prefix, &libs)
+                .workers_per_soc(1)
+                .restart(numaproc::RestartPolicy {
+                    max_restarts,
+                    window_ms: 60_000,
+                    backoff_ms: 30_000,
+                    max_backoff_ms: 30_000,
+                }),
+        )?;
+        let socs = engine.socs();
+        ensure!(
+            socs.iter()
+                .all(|s| s.state == SocState::Ready && s.restarts == 0 && s.last_error.is_none()),
+            "{socs:?}"
+        );
+        let pid = socs[0].pid;
+        kill_9(pid)?;
+        let status = after_death(&engine, 0)?;
+        ensure!(
+            status.state == want && status.restarts == 0,
+            "max_restarts {max_restarts}: {status:?}"
+        );
+        let why = status.last_error.clone().unwrap_or_default();
+        ensure!(
+            why.contains("SIGKILL") && why.contains("while serving"),
+            "why SOC 0 died: {why:?}"
+        );
+        // Unavailable at once when given up; while restarting, the worker
+        // is not idle.
+        let start = Instant::now();
+        let e = expect_err(
+            engine.try_call_on(Target::Soc(0), "crash.echo", b""),
+            "dead",
+        )?;
+        if want == SocState::GivenUp {
+            ensure!(matches!(e, CallError::Unavailable(_)), "{e:?}");
+        } else {
+            ensure!(e == CallError::Busy, "{e:?}");
+        }
+        ensure!(start.elapsed() < Duration::from_secs(1));
+        // It stays so: no restart begins, however long the scenario looks.
+        std::thread::sleep(Duration::from_millis(300));
+        let socs = engine.socs();
+        ensure!(
+            socs[0].state == want && socs[0].restarts == 0 && socs[0].pid == pid,
+            "{socs:?}"
+        );
+        ensure!(
+            socs[1].state == SocState::Ready && socs[1].restarts == 0,
+            "{socs:?}"
+        );
+        ensure!(engine.call_on(Target::Soc(1), "crash.echo", b"other")? == b"other");
+        shutdown_clean(engine)?;
+    }
+    Ok(())
+}
+
+/// With SOC 0 killed and restarting for 30 s, every call on any worker
+/// (`Target::Any`), from two threads at once, is served by SOC 1 at once:
+/// none waits for SOC 0's workers (each ends within a second, the claim
+/// timeout is 5 s), and SOC 0 is still restarting, never restarted, after
+/// the last.
+pub fn any_target_calls_go_around_a_restarting_soc(kind: SocKind) -> Result<()> {
+    const CALLS: usize = 100;
+    let libs = crash_libs(kind, "around")?;
+    let engine = Engine::start(
+        crash_options(kind, "around", &libs)
+            .workers_per_soc(2)
+            .claim_timeout(Duration::from_secs(5))
+            .restart(numaproc::RestartPolicy {
+                max_restarts: 5,
+                window_ms: 60_000,
+                backoff_ms: 30_000,
+                max_backoff_ms: 30_000,
+            }),
+    )?;
+    // Both SOCs serve calls on any worker before the kill.
+    let mut seen = [false; 2];
+    for _ in 0..50 {
+        let s = engine.submit(Target::Any, "crash.echo", b"")?;
+        seen[s.worker().soc] = true;
+    }
+    ensure!(seen == [true, true], "calls on any worker reached {seen:?}");
+    kill_9(engine.socs()[0].pid)?;
+    let status = after_death(&engine, 0)?;
+    ensure!(status.state == SocState::Restarting, "{status:?}");
+    let problems = Problems::default();
+    std::thread::scope(|s| {
+        for caller in 0..2 {
+            let (engine, problems) = (&engine, &problems);
+            s.spawn(move || {
+                for i in 0..CALLS {
+                    let what = format!("caller {caller} call {i}");
+                    let start = Instant::now();
+                    let result = engine
+                        .submit(Target::Any, "crash.echo", what.as_bytes())
+                        .and_then(|mut session| {
+                            let worker = session.worker();
+                            session.wait().map(|out| (worker, out.to_vec()))
+                        });
+                    let took = start.elapsed();
+                    match result {
+                        Ok((worker, out)) if worker.soc == 1 && out == what.as_bytes() => {}
+                        other => problems.add(format!("{what}: {other:?}")),
+                    }
+                    if took >= Duration::from_secs(1) {
+                        problems.add(format!("{what} took {took:?}"));
+                    }
+                }
+            });
+        }
+    });
+    problems.check()?;
+    let socs = engine.socs();
+    ensure!(
+        socs[0].state == SocState::Restarting && socs[0].restarts == 0,
+        "{socs:?}"
+    );
+    shutdown_clean(engine)
+}
