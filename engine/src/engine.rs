@@ -405,10 +405,9 @@ impl Engine {
         let Some((names, report)) = first else {
             return Ok(());
         };
-        let reported = check_served(&plan, change, &names, &report)
+        check_served(&plan, change, &names, &report)
             .and_then(|libs| table.commit(&plan, &names, &libs))
             .map_err(|reason| LibraryError::Soc { soc: 0, reason })?;
-        let _ = reported;
         self.core.set_registry(table.registry.clone());
         Ok(())
     }

@@ -203,13 +203,16 @@ pub(crate) struct Supervised {
     pub fail_to_start: bool,
 }
 
+/// A check of what a SOC serves: its name table and its library report.
+pub(crate) type ServedCheck = Box<dyn Fn(&[NameRecord], &str) -> Result<(), String> + Send>;
+
 /// What a SOC restarted on purpose must serve to be opened again.
 pub(crate) enum Expect {
     /// Exactly these library procedures (in any order).
     Exactly(Vec<NameRecord>),
     /// What this check accepts, given the SOC's name table and library
     /// report.
-    Check(Box<dyn Fn(&[NameRecord], &str) -> Result<(), String> + Send>),
+    Check(ServedCheck),
 }
 
 impl std::fmt::Debug for Expect {
@@ -759,13 +762,14 @@ impl Watch {
             let until = c.request.drain_until;
             let global = self.s.memory.global_view();
             let view = self.view(i);
-            // Every slot, each time: each is paused at its first look.
-            let closed = (0..view.worker_count())
-                .map(|w| {
-                    view.session_slot(w, global.owner(self.s.first_slot[i] + w))
-                        .pause_if_idle()
-                })
-                .fold(true, |all, closed| all && closed);
+            // Every slot, each time (no short cut): each is paused at its
+            // first look.
+            let mut closed = true;
+            for w in 0..view.worker_count() {
+                closed &= view
+                    .session_slot(w, global.owner(self.s.first_slot[i] + w))
+                    .pause_if_idle();
+            }
             if closed {
                 if let Some(c) = &mut self.cycles[i] {
                     c.phase = Phase::Stopping;
