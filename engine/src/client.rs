@@ -14,8 +14,8 @@
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,10 @@ use nix::sys::socket::{
 use numaproc_ipc::layout::{GlobalLayout, SocLayout};
 use numaproc_ipc::{LAYOUT_VERSION, OpenError, Region, WaitPolicy};
 
+use crate::libraries::{LibraryError, LibraryInfo};
 use crate::server::{
-    Hello, PROTOCOL, Paths, REFUSED, STATUS, ServerStatus, check_dir, check_name, default_dir,
+    Hello, LIBRARIES, LOAD, PROCEDURES, PROTOCOL, Paths, REFUSED, STATUS, ServerStatus, UNLOAD,
+    UPGRADE, check_dir, check_name, default_dir,
 };
 use crate::session_core::{AttachError, Availability, CallSettings, SessionCore};
 
@@ -178,15 +180,47 @@ pub enum ConnectError {
 #[derive(Debug)]
 pub struct Client {
     core: Arc<SessionCore>,
-    /// The attach socket: the server watches it (and this process) to
-    /// give up this client's claims if it dies; its hang-up says that the
-    /// server is gone.
-    sock: Arc<OwnedFd>,
+    /// Requests over the attach socket: the server watches the socket
+    /// (and this process) to give up this client's claims if it dies; its
+    /// hang-up says that the server is gone.
+    requests: Arc<Requests>,
     name: String,
     hello: Hello,
     /// Closing it stops the watcher.
     stop: Option<OwnedFd>,
     watcher: Option<JoinHandle<()>>,
+}
+
+/// Requests to the server over the attach socket, one at a time.
+#[derive(Debug)]
+struct Requests {
+    sock: Arc<OwnedFd>,
+    /// Held for a request and its answer. True once a request timed out:
+    /// its answer may still come, and would be taken for the next one's.
+    lock: Mutex<bool>,
+}
+
+/// How long a library change may take (it restarts every SOC in turn).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Requests {
+    /// Sends `request` and waits at most `timeout` for its answer.
+    fn ask(&self, request: &[u8], timeout: Duration) -> Result<Vec<u8>, String> {
+        let mut spoiled = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if *spoiled {
+            return Err("an earlier request timed out: connect again".to_owned());
+        }
+        crate::server::send(self.sock.as_fd(), request, &[])
+            .map_err(|e| format!("cannot send the request: {e}"))?;
+        match crate::server::receive(self.sock.as_fd(), Instant::now() + timeout) {
+            Ok(Some((bytes, _))) => Ok(bytes),
+            Ok(None) => Err("the server closed the connection".to_owned()),
+            Err(e) => {
+                *spoiled = true;
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Whether a client's server is still there, as its watcher saw it.
@@ -196,6 +230,7 @@ struct ServerWatch {
     gone: AtomicBool,
     /// The server's process: readable once it ended.
     server: OwnedFd,
+    requests: Arc<Requests>,
 }
 
 impl Availability for ServerWatch {
@@ -222,6 +257,13 @@ impl Availability for ServerWatch {
 
     fn watches_engine(&self) -> bool {
         true
+    }
+
+    fn procedures(&self, current: &numaproc_procs::Registry) -> Option<numaproc_procs::Registry> {
+        let bytes = self.requests.ask(&[PROCEDURES], Duration::from_secs(5)).ok()?;
+        let list: Vec<(u32, String, numaproc_procs::Origin)> =
+            serde_json::from_slice(&bytes).ok()?;
+        crate::libraries::with_libraries(current, &list).ok()
     }
 }
 
@@ -398,10 +440,16 @@ impl Client {
             .enumerate()
             .map(|(i, fd)| open(fd, format!("{name}: SOC {i}"), SocLayout::SHAPE).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let sock = Arc::new(sock);
+        let requests = Arc::new(Requests {
+            sock: Arc::clone(&sock),
+            lock: Mutex::new(false),
+        });
         let watch = Arc::new(ServerWatch {
             name: name.to_owned(),
             gone: AtomicBool::new(false),
             server,
+            requests: Arc::clone(&requests),
         });
         let core = SessionCore::attach_watched(
             global,
@@ -414,8 +462,10 @@ impl Client {
             name: name.to_owned(),
             source,
         })?;
+        // The procedures as the server knows them (the SOCs' name tables
+        // may be rewritten while a library changes).
+        core.refresh();
         let core = Arc::new(core);
-        let sock = Arc::new(sock);
         let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| invalid(format!("pipe: {e}")))?;
         let watcher = std::thread::Builder::new()
@@ -427,7 +477,7 @@ impl Client {
             .map_err(|e| invalid(format!("cannot start the watcher thread: {e}")))?;
         Ok(Client {
             core,
-            sock,
+            requests,
             name: name.to_owned(),
             hello,
             stop: Some(stop_write),
@@ -456,12 +506,67 @@ impl Client {
             name: self.name.clone(),
             reason,
         };
-        crate::server::send(self.sock.as_fd(), &[STATUS], &[])
-            .map_err(|e| protocol(format!("cannot ask for the status: {e}")))?;
-        let (bytes, _) = crate::server::receive(self.sock.as_fd(), Instant::now() + timeout)
-            .map_err(|e| protocol(format!("status: {e}")))?
-            .ok_or_else(|| protocol("the server closed the connection".to_owned()))?;
+        let bytes = self
+            .requests
+            .ask(&[STATUS], timeout)
+            .map_err(|e| protocol(format!("status: {e}")))?;
         serde_json::from_slice(&bytes).map_err(|e| protocol(format!("its status: {e}")))
+    }
+
+    /// The libraries the server serves, in load order.
+    pub fn libraries(&self) -> Result<Vec<LibraryInfo>, LibraryError> {
+        let bytes = self
+            .requests
+            .ask(&[LIBRARIES], Duration::from_secs(10))
+            .map_err(LibraryError::Server)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| LibraryError::Server(format!("its list of libraries: {e}")))
+    }
+
+    /// [`crate::Engine::load_library`] on the server (only the server's
+    /// own user may).
+    pub fn load_library(&self, entry: &str) -> Result<LibraryInfo, LibraryError> {
+        self.change(LOAD, entry)
+    }
+
+    /// [`crate::Engine::unload_library`] on the server (only the server's
+    /// own user may).
+    pub fn unload_library(&self, name: &str) -> Result<LibraryInfo, LibraryError> {
+        self.change(UNLOAD, name)
+    }
+
+    /// [`crate::Engine::upgrade_library`] on the server (only the server's
+    /// own user may).
+    pub fn upgrade_library(
+        &self,
+        name: &str,
+        entry: Option<&str>,
+    ) -> Result<LibraryInfo, LibraryError> {
+        match entry {
+            Some(e) => self.change(UPGRADE, &format!("{name}\0{e}")),
+            None => self.change(UPGRADE, name),
+        }
+    }
+
+    fn change(&self, op: u8, arg: &str) -> Result<LibraryInfo, LibraryError> {
+        let mut request = vec![op];
+        request.extend_from_slice(arg.as_bytes());
+        if request.len() > crate::server::wire::MAX_REQUEST {
+            return Err(LibraryError::BadEntry {
+                entry: arg.to_owned(),
+                reason: "too long".to_owned(),
+            });
+        }
+        let bytes = self
+            .requests
+            .ask(&request, CHANGE_TIMEOUT)
+            .map_err(LibraryError::Server)?;
+        let answer: Result<LibraryInfo, LibraryError> = serde_json::from_slice(&bytes)
+            .map_err(|e| LibraryError::Server(format!("its answer: {e}")))?;
+        // The names as they are now (calls of a changed library's
+        // procedures would find out anyway).
+        self.core.refresh();
+        answer
     }
 }
 

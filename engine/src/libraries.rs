@@ -58,7 +58,7 @@ pub struct LibraryProc {
 
 /// Why a library could not be loaded, unloaded or upgraded. The engine
 /// serves what it served before.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum LibraryError {
     /// The engine has no library directory.
@@ -84,6 +84,14 @@ pub enum LibraryError {
         /// Why.
         reason: String,
     },
+    /// The server refuses this client the change: only the server's own
+    /// user may load, unload or upgrade, whoever may call.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
+    /// The request did not reach the server, or its answer did not come
+    /// back (the change may or may not have happened).
+    #[error("the request to the server failed: {0}")]
+    Server(String),
 }
 
 /// What a change does, for the checks that depend on it.
@@ -214,6 +222,36 @@ impl LibraryTable {
         self.list = list;
         Ok(())
     }
+}
+
+/// `base` with its library procedures replaced by `list` (`(id, name,
+/// origin)`, as a server lists them): what a client takes from its server.
+pub(crate) fn with_libraries(
+    base: &Registry,
+    list: &[(u32, String, Origin)],
+) -> Result<Registry, String> {
+    let mut r = base.clone();
+    let ids: Vec<ProcId> = r
+        .procedures()
+        .filter(|(_, e)| matches!(e.origin, Origin::Library { .. }))
+        .map(|(id, _)| id)
+        .collect();
+    for id in ids {
+        r.withdraw(id);
+    }
+    for (id, name, origin) in list {
+        if !matches!(origin, Origin::Library { .. }) {
+            continue;
+        }
+        // Bounded: a wild id must not make this process build a huge table.
+        if *id as usize > base.len() + (1 << 20) {
+            return Err(format!("procedure {name} has id {id}"));
+        }
+        r.place_external(ProcId::from_index(*id), name, origin.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    r.reserve_ids(base.len());
+    Ok(r)
 }
 
 /// Checks a library entry before any SOC sees it.

@@ -60,6 +60,12 @@ pub(crate) trait Availability: Send + Sync + std::fmt::Debug {
     fn watches_engine(&self) -> bool {
         false
     }
+
+    /// The engine's procedures now, built on `current` (a client asks its
+    /// server); `None` when they cannot be had.
+    fn procedures(&self, _current: &Registry) -> Option<Registry> {
+        None
+    }
 }
 
 #[derive(Debug)]
@@ -345,9 +351,41 @@ impl SessionCore {
 
     /// The id of a procedure name: resolve once, call many times.
     pub fn proc_id(&self, name: &str) -> Result<ProcId, CallError> {
-        self.procedures
-            .with(self.id, |r| r.id(name))
+        match self.procedures.with(self.id, |r| r.id(name)) {
+            Some(id) => Ok(id),
+            None => self.proc_id_again(name),
+        }
+    }
+
+    /// A name this core does not know: a client asks its server again (a
+    /// library may have been loaded since).
+    #[cold]
+    fn proc_id_again(&self, name: &str) -> Result<ProcId, CallError> {
+        self.refresh()
+            .then(|| self.registry().id(name))
+            .flatten()
             .ok_or_else(|| CallError::ProcNotFound(name.to_owned()))
+    }
+
+    /// An id this core did not give out: a client asks its server again.
+    #[cold]
+    pub(crate) fn knows_again(&self, id: ProcId) -> bool {
+        self.refresh() && self.knows(id)
+    }
+
+    /// Takes the engine's procedures again, where they can change under
+    /// this core (a client's server); whether it could.
+    pub(crate) fn refresh(&self) -> bool {
+        if !self.watched {
+            return false;
+        }
+        match self.availability.procedures(&self.registry()) {
+            Some(r) => {
+                self.set_registry(r);
+                true
+            }
+            None => false,
+        }
     }
 
     pub(crate) fn proc_name(&self, id: ProcId) -> String {

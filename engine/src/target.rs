@@ -62,7 +62,7 @@ pub trait IntoProc {
 impl IntoProc for ProcId {
     #[inline]
     fn resolve(self, core: &SessionCore) -> Result<ProcId, CallError> {
-        if core.knows(self) {
+        if core.knows(self) || core.knows_again(self) {
             Ok(self)
         } else {
             Err(unknown_id(self))

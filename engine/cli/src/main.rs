@@ -11,6 +11,7 @@ mod call;
 mod demo;
 mod floor;
 mod inspect;
+mod libraries;
 mod libs;
 mod serve;
 
@@ -86,6 +87,10 @@ enum Command {
     /// reached (none runs under the name, it refused this process, or it
     /// speaks another version).
     List(inspect::ListArgs),
+    /// Load, unload, upgrade and list the procedure libraries of a running
+    /// server while it serves (load, unload and upgrade: the server's own
+    /// user only). See `numaproc libs <COMMAND> --help`.
+    Libs(libraries::LibsArgs),
     /// Serve as a spawned SOC. An engine runs this executable with its
     /// NUMAPROC_SOC_* environment when `soc_executable` names it (or when it
     /// is the engine's own executable); it is not meant to be run by hand.
@@ -134,6 +139,7 @@ fn main() -> ExitCode {
         Command::Call(args) => call::call(args),
         Command::Status(args) => inspect::status(args),
         Command::List(args) => inspect::list(args),
+        Command::Libs(args) => libraries::libs(args),
         // A real spawned SOC never gets here: run_if_spawned served and exited.
         Command::Soc => Err(anyhow::anyhow!(
             "`numaproc soc` is started by an engine with NUMAPROC_SOC_ENGINE set (option soc_executable); it is not run by hand"

@@ -15,11 +15,12 @@
 
 mod config;
 mod dir;
-mod wire;
+pub(crate) mod wire;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -40,7 +41,10 @@ pub use config::ServerConfig;
 pub(crate) use dir::prepare as dir_prepare;
 pub(crate) use dir::{Paths, check_dir};
 pub use dir::{check_name, default_dir, default_state_dir};
-pub(crate) use wire::{Hello, PROTOCOL, REFUSED, STATUS, peer_pidfd, receive, send};
+pub(crate) use wire::{
+    Hello, LIBRARIES, LOAD, PROCEDURES, PROTOCOL, REFUSED, STATUS, UNLOAD, UPGRADE, peer_pidfd,
+    receive, send,
+};
 
 /// Connections waiting to be accepted.
 const CLIENT_BACKLOG: usize = 128;
@@ -228,6 +232,7 @@ impl Reserved {
             state_dir,
             next_holder: 1,
             started: SystemTime::now(),
+            changes: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("np-server".to_owned())
@@ -393,6 +398,8 @@ struct Attached {
     sock: OwnedFd,
     /// The client's process: readable once it ended.
     pidfd: OwnedFd,
+    /// A library change it asked for runs (one at a time per client).
+    busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The server thread's state.
@@ -407,6 +414,10 @@ struct Watch {
     state_dir: PathBuf,
     next_holder: u32,
     started: SystemTime,
+    /// Library changes clients asked for, each in a thread of its own
+    /// (a change restarts SOCs: it must not hold up attaches and the
+    /// reclaim of a client that dies meanwhile).
+    changes: Vec<JoinHandle<()>>,
 }
 
 use crate::log::event;
@@ -417,7 +428,13 @@ impl Watch {
     fn run(mut self) -> Vec<Attached> {
         loop {
             let (stop, accept, fired) = self.poll_once();
+            self.changes.retain(|t| !t.is_finished());
             if stop {
+                // A change in flight ends (its drain and start-up are
+                // bounded) before the engine stops.
+                for t in self.changes.drain(..) {
+                    let _ = t.join();
+                }
                 return std::mem::take(&mut self.clients);
             }
             // Ends first: a client that died gives its slots up before
@@ -508,6 +525,7 @@ impl Watch {
                         status,
                         sock,
                         pidfd,
+                        busy: Arc::default(),
                     });
                 }
                 Err(reason) => {
@@ -587,9 +605,9 @@ impl Watch {
 
     /// Answers client `i`'s request; false when the client must go (it
     /// closed, sent garbage, or does not read its answers).
-    fn answer(&self, i: usize) -> bool {
+    fn answer(&mut self, i: usize) -> bool {
         let client = &self.clients[i];
-        let mut buf = [0u8; 16];
+        let mut buf = vec![0u8; wire::MAX_REQUEST];
         let n = match nix::sys::socket::recv(
             client.sock.as_raw_fd(),
             &mut buf,
@@ -606,7 +624,103 @@ impl Watch {
                 let json = serde_json::to_vec(&status).unwrap_or_default();
                 wire::send(client.sock.as_fd(), &json, &[]).is_ok()
             }
+            (1, PROCEDURES) => {
+                let list: Vec<(u32, String, crate::Origin)> = self
+                    .engine
+                    .procedures()
+                    .map(|p| (p.id.index(), p.name, p.origin))
+                    .collect();
+                let json = serde_json::to_vec(&list).unwrap_or_default();
+                wire::send(client.sock.as_fd(), &json, &[]).is_ok()
+            }
+            (1, LIBRARIES) => {
+                let json = serde_json::to_vec(&self.engine.libraries()).unwrap_or_default();
+                wire::send(client.sock.as_fd(), &json, &[]).is_ok()
+            }
+            (n, op @ (LOAD | UNLOAD | UPGRADE)) => {
+                let Ok(arg) = std::str::from_utf8(&buf[1..n]) else {
+                    return false;
+                };
+                let arg = arg.to_owned();
+                self.change(i, op, arg)
+            }
             _ => false,
+        }
+    }
+
+    /// Starts the library change client `i` asked for, in a thread that
+    /// answers it. Refused to clients of another user, and while one of
+    /// the client's changes runs.
+    fn change(&mut self, i: usize, op: u8, arg: String) -> bool {
+        let client = &self.clients[i];
+        let refuse = |why: String| {
+            let answer: Result<crate::LibraryInfo, crate::LibraryError> =
+                Err(crate::LibraryError::NotAllowed(why));
+            let json = serde_json::to_vec(&answer).unwrap_or_default();
+            wire::send(client.sock.as_fd(), &json, &[]).is_ok()
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        if client.status.uid != me {
+            return refuse(format!(
+                "uid {} may call procedures of server {} but not change its libraries (only uid {me} may)",
+                client.status.uid, self.name
+            ));
+        }
+        if client.busy.swap(true, Ordering::AcqRel) {
+            return refuse("another change this client asked for is running".to_owned());
+        }
+        let Ok(sock) = client.sock.try_clone() else {
+            client.busy.store(false, Ordering::Release);
+            return false;
+        };
+        let (engine, busy, name, holder) = (
+            Arc::clone(&self.engine),
+            Arc::clone(&client.busy),
+            self.name.clone(),
+            client.status.holder,
+        );
+        let spawned = std::thread::Builder::new()
+            .name("np-library-change".to_owned())
+            .spawn(move || {
+                let (what, result) = match op {
+                    LOAD => ("load", engine.load_library(&arg)),
+                    UNLOAD => ("unload", engine.unload_library(&arg)),
+                    _ => {
+                        let (lib, entry) = match arg.split_once('\0') {
+                            Some((lib, entry)) => (lib, Some(entry)),
+                            None => (arg.as_str(), None),
+                        };
+                        ("upgrade", engine.upgrade_library(lib, entry))
+                    }
+                };
+                match &result {
+                    Ok(l) => event!(
+                        info,
+                        { server = name, client = holder },
+                        "server {name}: client {holder}: {what} of library {} {} ({} procedures) done",
+                        l.name,
+                        l.version,
+                        l.procedures.len()
+                    ),
+                    Err(e) => event!(
+                        warn,
+                        { server = name, client = holder },
+                        "server {name}: client {holder}: {what} {arg:?} failed: {e}"
+                    ),
+                }
+                let json = serde_json::to_vec(&result).unwrap_or_default();
+                let _ = wire::send(sock.as_fd(), &json, &[]);
+                busy.store(false, Ordering::Release);
+            });
+        match spawned {
+            Ok(t) => {
+                self.changes.push(t);
+                true
+            }
+            Err(e) => {
+                self.clients[i].busy.store(false, Ordering::Release);
+                refuse(format!("cannot start the change: {e}"))
+            }
         }
     }
 

@@ -5,8 +5,11 @@
 //! - server → client, right after the accept: either a refusal (`R` and a
 //!   reason) or the [`Hello`], with a descriptor of the global region and of
 //!   each SOC region attached (`SCM_RIGHTS`), in that order;
-//! - client → server: a request, one byte ([`STATUS`]); server → client:
-//!   its answer, JSON.
+//! - client → server: a request, one byte ([`STATUS`], [`PROCEDURES`],
+//!   [`LIBRARIES`]) or one byte and its argument ([`LOAD`] and a library
+//!   entry, [`UNLOAD`] and a library name, [`UPGRADE`] and a library name,
+//!   a NUL byte and an entry when one is given); server → client: its
+//!   answer, JSON.
 //!
 //! Every wait on the other side has a deadline, on both sides.
 
@@ -25,6 +28,19 @@ pub const PROTOCOL: u32 = 1;
 pub const REFUSED: u8 = b'R';
 /// Request: the server's status, as JSON.
 pub const STATUS: u8 = b'S';
+/// Request: the procedures, as JSON `[[id, name, origin], ...]`.
+pub const PROCEDURES: u8 = b'P';
+/// Request: the libraries, as JSON (a list of `LibraryInfo`).
+pub const LIBRARIES: u8 = b'B';
+/// Request: load a library; the answer is `{"Ok": LibraryInfo}` or
+/// `{"Err": LibraryError}`.
+pub const LOAD: u8 = b'L';
+/// Request: unload a library (answered as [`LOAD`]).
+pub const UNLOAD: u8 = b'U';
+/// Request: upgrade a library (answered as [`LOAD`]).
+pub const UPGRADE: u8 = b'G';
+/// Longest request.
+pub const MAX_REQUEST: usize = 4096;
 pub use numaproc_soc::process::MAX_FDS;
 /// Longest message received.
 pub const MAX_MESSAGE: usize = 1 << 20;
