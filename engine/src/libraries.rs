@@ -45,6 +45,11 @@ pub struct LibraryInfo {
     pub procedures: Vec<LibraryProc>,
     /// When this version was loaded (ms since the Unix epoch).
     pub loaded_at_ms: u64,
+    /// Set for a server's catalog entry that did not load at its start:
+    /// why (the library is not served; it is tried again at the next
+    /// start, until it is unloaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// A procedure of a library.
@@ -216,6 +221,7 @@ impl LibraryTable {
                 path: lib.path.clone(),
                 procedures,
                 loaded_at_ms,
+                failed: None,
             });
         }
         self.registry = registry;

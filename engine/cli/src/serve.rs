@@ -34,7 +34,9 @@ impl Where {
 pub(crate) struct ServeArgs {
     /// Read the engine's and the server's options from a TOML file: every
     /// engine option (as for `numaproc demo --config`), plus `name`,
-    /// `runtime_dir`, `state_dir`, `allowed_group` and `drain_timeout_ms`.
+    /// `runtime_dir`, `state_dir`, `allowed_group`, `strict_catalog` (refuse
+    /// to start when a library of the catalog does not load) and
+    /// `drain_timeout_ms`.
     /// SOCs are forked unless it sets `soc_kind`.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -54,6 +56,12 @@ pub(crate) struct ServeArgs {
     /// socket theirs to connect to. Without it, only this user may attach.
     #[arg(long, value_name = "GROUP")]
     allowed_group: Option<String>,
+    /// Start without the libraries of the catalog (the libraries loaded at
+    /// run time, kept in the state directory): for a catalog that is
+    /// damaged, or whose libraries keep the server from starting. The
+    /// catalog is written again at the first library change.
+    #[arg(long)]
+    skip_catalog: bool,
     /// SOC kind (overrides the file's).
     #[arg(long, value_name = "KIND")]
     kind: Option<SocKind>,
@@ -133,6 +141,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<ExitCode> {
     if let Some(k) = args.kind {
         config.engine.soc_kind = k;
     }
+    config.server.skip_catalog |= args.skip_catalog;
     if args.socs.is_some() {
         config.engine.socs = args.socs;
     }

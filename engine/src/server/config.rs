@@ -6,6 +6,7 @@
 //! runtime_dir = "/run/numaproc" # default: see numaproc::server::default_dir
 //! state_dir = "/var/lib/numaproc/orders" # what outlives it (default: see default_state_dir)
 //! allowed_group = "orders"      # its members may attach too (default: none)
+//! strict_catalog = false        # refuse to start when a catalog library fails
 //! drain_timeout_ms = 5000       # how long a stop lets calls in flight end
 //! soc_kind = "forked"           # every engine option, as for Engine::start
 //! ```
@@ -24,6 +25,7 @@ const SERVER_KEYS: &[&str] = &[
     "state_dir",
     "allowed_group",
     "drain_timeout_ms",
+    "strict_catalog",
 ];
 
 /// What `numaproc serve` runs: an engine and where it is served.
@@ -46,8 +48,9 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// Reads a configuration from TOML text: the server's keys (`name`,
-    /// `runtime_dir`, `state_dir`, `allowed_group`, `drain_timeout_ms`, the same as the engine's
-    /// `shutdown_timeout_ms`) and every engine option; any other key is
+    /// `runtime_dir`, `state_dir`, `allowed_group`, `strict_catalog`,
+    /// `drain_timeout_ms`, the same as the engine's `shutdown_timeout_ms`)
+    /// and every engine option; any other key is
     /// refused, naming it.
     pub fn from_toml(text: &str) -> Result<Self, OptionsError> {
         let bad = |m: String| OptionsError::Toml(m);
@@ -81,6 +84,11 @@ impl ServerConfig {
                     )));
                 }
             });
+        }
+        if let Some(v) = table.remove("strict_catalog") {
+            server.strict_catalog = v
+                .as_bool()
+                .ok_or_else(|| bad(format!("strict_catalog must be true or false, not {v}")))?;
         }
         let drain = match table.remove("drain_timeout_ms") {
             Some(v) => Some(
@@ -132,7 +140,7 @@ mod tests {
     #[test]
     fn server_keys_are_taken_out_and_the_rest_is_the_engines() {
         let c = ServerConfig::from_toml(
-            "name = \"orders\"\nruntime_dir = \"/tmp/x\"\ndrain_timeout_ms = 1500\nsocs = 2\nallowed_group = 42\nstate_dir = \"/tmp/s\"\n",
+            "name = \"orders\"\nruntime_dir = \"/tmp/x\"\ndrain_timeout_ms = 1500\nsocs = 2\nallowed_group = 42\nstate_dir = \"/tmp/s\"\nstrict_catalog = true\n",
         )
         .unwrap();
         assert_eq!(c.server.name, "orders");
@@ -140,6 +148,7 @@ mod tests {
         assert_eq!(c.engine.socs, Some(2));
         assert_eq!(c.server.allowed_group.as_deref(), Some("42"));
         assert_eq!(c.server.state_dir.as_deref(), Some(Path::new("/tmp/s")));
+        assert!(c.server.strict_catalog);
         assert_eq!(c.engine.soc_kind, SocKind::Forked);
         assert_eq!(c.engine.timeouts().shutdown, Duration::from_millis(1500));
         let spawned = ServerConfig::from_toml("soc_kind = \"spawned\"").unwrap();
@@ -155,6 +164,7 @@ mod tests {
             ("runtime_dir = false", "runtime_dir must be a string"),
             ("allowed_group = -3", "allowed_group must be"),
             ("state_dir = 1", "state_dir must be a string"),
+            ("strict_catalog = 1", "strict_catalog must be true or false"),
             ("drain_timeout_ms = -1", "drain_timeout_ms"),
             (
                 "drain_timeout_ms = 1\nshutdown_timeout_ms = 2",

@@ -13,13 +13,14 @@
 //! the slot is free once the call ends) and waiting callers are woken.
 //! One thread does all of it, polling; it never blocks on a client.
 
+mod catalog;
 mod config;
 mod dir;
 pub(crate) mod wire;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -64,6 +65,12 @@ pub struct ServerOptions {
     /// start when it exists (this user's, no one else may write it); made
     /// when first written.
     pub state_dir: Option<PathBuf>,
+    /// Start without loading the catalog (it is written again at the
+    /// first library change).
+    pub skip_catalog: bool,
+    /// Refuse to start when a catalog entry does not load (default: start,
+    /// log it, and list it as failed).
+    pub strict_catalog: bool,
 }
 
 impl ServerOptions {
@@ -74,6 +81,8 @@ impl ServerOptions {
             dir: None,
             allowed_group: None,
             state_dir: None,
+            skip_catalog: false,
+            strict_catalog: false,
         }
     }
 
@@ -96,6 +105,18 @@ impl ServerOptions {
     /// Its state directory.
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Starts without loading the catalog.
+    pub fn skip_catalog(mut self, skip: bool) -> Self {
+        self.skip_catalog = skip;
+        self
+    }
+
+    /// Refuses to start when a catalog entry does not load.
+    pub fn strict_catalog(mut self, strict: bool) -> Self {
+        self.strict_catalog = strict;
         self
     }
 
@@ -130,6 +151,15 @@ pub enum ServeError {
         name: String,
         /// Its pid, when it could be read.
         pid: Option<u32>,
+    },
+    /// The catalog is damaged, or (with `strict_catalog`) an entry did not
+    /// load.
+    #[error("server {name}: {reason}")]
+    Catalog {
+        /// The server's name.
+        name: String,
+        /// Why, naming the file or the entry.
+        reason: String,
     },
     /// The socket could not be set up.
     #[error("server {name}: cannot listen on {path}: {reason}")]
@@ -201,6 +231,8 @@ pub struct Reserved {
     /// The group whose members may attach too.
     group: Option<u32>,
     state_dir: PathBuf,
+    skip_catalog: bool,
+    strict_catalog: bool,
 }
 
 impl Reserved {
@@ -213,7 +245,22 @@ impl Reserved {
             name_lock,
             group,
             state_dir,
+            skip_catalog,
+            strict_catalog,
         } = self;
+        let catalog = Arc::new(Catalog {
+            dir: state_dir.clone(),
+            failed: Mutex::new(Vec::new()),
+            lock: Mutex::new(()),
+        });
+        if !skip_catalog {
+            catalog
+                .restore(&engine, &name, strict_catalog)
+                .map_err(|reason| ServeError::Catalog {
+                    name: name.clone(),
+                    reason,
+                })?;
+        }
         let socket_err = |reason: String| ServeError::Socket {
             name: name.clone(),
             path: paths.socket.clone(),
@@ -233,6 +280,7 @@ impl Reserved {
             next_holder: 1,
             started: SystemTime::now(),
             changes: Vec::new(),
+            catalog,
         };
         let thread = std::thread::Builder::new()
             .name("np-server".to_owned())
@@ -302,6 +350,8 @@ impl Server {
             name_lock,
             group,
             state_dir,
+            skip_catalog: options.skip_catalog,
+            strict_catalog: options.strict_catalog,
         })
     }
 
@@ -418,6 +468,103 @@ struct Watch {
     /// (a change restarts SOCs: it must not hold up attaches and the
     /// reclaim of a client that dies meanwhile).
     changes: Vec<JoinHandle<()>>,
+    catalog: Arc<Catalog>,
+}
+
+/// The server's catalog (see [`catalog`]) and its entries that did not
+/// load at the start.
+#[derive(Debug)]
+struct Catalog {
+    dir: PathBuf,
+    failed: Mutex<Vec<(catalog::Entry, String)>>,
+    /// Held while the catalog is written (each write is the state then).
+    lock: Mutex<()>,
+}
+
+impl Catalog {
+    fn failed(&self) -> std::sync::MutexGuard<'_, Vec<(catalog::Entry, String)>> {
+        self.failed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads what the catalog lists (upgrading a library the engine
+    /// started with when the catalog has it from another entry); an entry
+    /// that fails is logged and kept as failed, or stops the start when
+    /// `strict`.
+    fn restore(&self, engine: &Engine, server: &str, strict: bool) -> Result<(), String> {
+        let Some(entries) = catalog::read(&self.dir)? else {
+            return Ok(());
+        };
+        for e in entries {
+            let served = engine.libraries();
+            let result = match served.iter().find(|l| l.name == e.name) {
+                Some(l) if l.entry == e.entry => continue,
+                Some(_) => engine.upgrade_library(&e.name, Some(&e.entry)),
+                None => engine.load_library(&e.entry),
+            };
+            match result {
+                Ok(l) => event!(
+                    info,
+                    { server = server },
+                    "server {server}: catalog: library {} {} from {} serves again",
+                    l.name,
+                    l.version,
+                    e.entry
+                ),
+                Err(why) => {
+                    let what = format!(
+                        "catalog {}: library {} {} from {} does not load: {why}",
+                        catalog::path(&self.dir).display(),
+                        e.name,
+                        e.version,
+                        e.entry
+                    );
+                    if strict {
+                        return Err(format!("{what} (strict_catalog is set)"));
+                    }
+                    event!(warn, { server = server }, "server {server}: {what}");
+                    self.failed().push((e, why.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The libraries served, and the catalog's entries that failed.
+    fn list(&self, engine: &Engine) -> Vec<crate::LibraryInfo> {
+        let mut list = engine.libraries();
+        for (e, why) in self.failed().iter() {
+            list.push(crate::LibraryInfo {
+                name: e.name.clone(),
+                version: e.version.clone(),
+                entry: e.entry.clone(),
+                path: String::new(),
+                procedures: Vec::new(),
+                loaded_at_ms: 0,
+                failed: Some(why.clone()),
+            });
+        }
+        list
+    }
+
+    /// Writes the catalog: what the engine serves now, and the failed
+    /// entries not served since.
+    fn save(&self, engine: &Engine) -> Result<(), String> {
+        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let served = engine.libraries();
+        let mut entries: Vec<catalog::Entry> = served
+            .iter()
+            .map(|l| catalog::Entry {
+                entry: l.entry.clone(),
+                name: l.name.clone(),
+                version: l.version.clone(),
+            })
+            .collect();
+        let mut failed = self.failed();
+        failed.retain(|(e, _)| !served.iter().any(|l| l.name == e.name));
+        entries.extend(failed.iter().map(|(e, _)| e.clone()));
+        drop(failed);
+        catalog::write(&self.dir, &entries)
+    }
 }
 
 use crate::log::event;
@@ -634,7 +781,7 @@ impl Watch {
                 wire::send(client.sock.as_fd(), &json, &[]).is_ok()
             }
             (1, LIBRARIES) => {
-                let json = serde_json::to_vec(&self.engine.libraries()).unwrap_or_default();
+                let json = serde_json::to_vec(&self.catalog.list(&self.engine)).unwrap_or_default();
                 wire::send(client.sock.as_fd(), &json, &[]).is_ok()
             }
             (n, op @ (LOAD | UNLOAD | UPGRADE)) => {
@@ -673,18 +820,30 @@ impl Watch {
             client.busy.store(false, Ordering::Release);
             return false;
         };
-        let (engine, busy, name, holder) = (
+        let (engine, busy, name, holder, catalog) = (
             Arc::clone(&self.engine),
             Arc::clone(&client.busy),
             self.name.clone(),
             client.status.holder,
+            Arc::clone(&self.catalog),
         );
         let spawned = std::thread::Builder::new()
             .name("np-library-change".to_owned())
             .spawn(move || {
                 let (what, result) = match op {
                     LOAD => ("load", engine.load_library(&arg)),
-                    UNLOAD => ("unload", engine.unload_library(&arg)),
+                    UNLOAD => (
+                        "unload",
+                        engine.unload_library(&arg).or_else(|e| {
+                            // A catalog entry that failed: out of the
+                            // catalog.
+                            let mut failed = catalog.failed();
+                            match failed.iter().position(|(f, _)| f.name == arg) {
+                                Some(at) => Ok(catalog_info(failed.remove(at))),
+                                None => Err(e),
+                            }
+                        }),
+                    ),
                     _ => {
                         let (lib, entry) = match arg.split_once('\0') {
                             Some((lib, entry)) => (lib, Some(entry)),
@@ -693,6 +852,11 @@ impl Watch {
                         ("upgrade", engine.upgrade_library(lib, entry))
                     }
                 };
+                if result.is_ok()
+                    && let Err(e) = catalog.save(&engine)
+                {
+                    event!(warn, { server = name }, "server {name}: {e}");
+                }
                 match &result {
                     Ok(l) => event!(
                         info,
@@ -771,6 +935,19 @@ impl Watch {
             client.status.holder,
             client.status.pid
         );
+    }
+}
+
+/// A failed catalog entry, as `libs list` shows it.
+fn catalog_info((e, why): (catalog::Entry, String)) -> crate::LibraryInfo {
+    crate::LibraryInfo {
+        name: e.name,
+        version: e.version,
+        entry: e.entry,
+        path: String::new(),
+        procedures: Vec::new(),
+        loaded_at_ms: 0,
+        failed: Some(why),
     }
 }
 
