@@ -260,7 +260,10 @@ impl Availability for ServerWatch {
     }
 
     fn procedures(&self, current: &numaproc_procs::Registry) -> Option<numaproc_procs::Registry> {
-        let bytes = self.requests.ask(&[PROCEDURES], Duration::from_secs(5)).ok()?;
+        let bytes = self
+            .requests
+            .ask(&[PROCEDURES], Duration::from_secs(5))
+            .ok()?;
         let list: Vec<(u32, String, numaproc_procs::Origin)> =
             serde_json::from_slice(&bytes).ok()?;
         crate::libraries::with_libraries(current, &list).ok()

@@ -789,6 +789,39 @@ fn members_of_the_allowed_group_may_attach_and_no_one_else() {
             "gid {gid} groups {groups:?}: {err}"
         );
     }
+    // A member may call and list libraries, never change them.
+    let libs = |what: &str| {
+        [
+            "libs",
+            what,
+            "--name",
+            "group",
+            "--runtime-dir",
+            &dir,
+            "anything.so",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+    };
+    for what in ["load", "unload", "upgrade"] {
+        let args = libs(what);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, err) = run(BIN, &args, GROUP, &[], None);
+        assert_eq!(code, Some(1), "libs {what}: {err}");
+        assert!(
+            err.contains("not allowed: uid 65533 may call procedures of server group but not change its libraries"),
+            "libs {what}: {err}"
+        );
+    }
+    let (code, out, err) = run(
+        BIN,
+        &["libs", "list", "--name", "group", "--runtime-dir", &dir],
+        GROUP,
+        &[],
+        None,
+    );
+    assert_eq!((code, out.as_str()), (Some(0), "no libraries\n"), "{err}");
     // Anyone else: the directory keeps it out...
     let (code, _, err) = run(BIN, &call, OTHER_GROUP, &[], None);
     assert_eq!(code, Some(3), "{err}");

@@ -58,7 +58,10 @@ pub fn read(dir: &Path) -> Result<Option<Vec<Entry>>, String> {
     };
     let file: File = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
     if file.format != FORMAT {
-        return Err(bad(format!("its format is {:?}, not {FORMAT:?}", file.format)));
+        return Err(bad(format!(
+            "its format is {:?}, not {FORMAT:?}",
+            file.format
+        )));
     }
     Ok(Some(file.libraries))
 }
