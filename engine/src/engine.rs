@@ -129,7 +129,14 @@ impl Engine {
         )
         .map_err(|why| SocFailure::new(0, why))?;
         libraries
-            .commit(&library_plan, &library_table, &served)
+            .commit(
+                &library_plan,
+                &library_table,
+                &served,
+                &(0..plan.socs.len())
+                    .map(|i| memory.view(i).report())
+                    .collect::<Vec<_>>(),
+            )
             .map_err(|why| SocFailure::new(0, why))?;
         for r in records.iter() {
             r.set_state(SocState::Ready);
@@ -364,6 +371,7 @@ impl Engine {
         let old_names = table.library_names();
         let drain = self.options.timeouts().shutdown;
         let mut first: Option<(Vec<NameRecord>, String)> = None;
+        let mut reports = Vec::with_capacity(self.records.len());
         for soc in 0..self.records.len() {
             let expect = match &first {
                 None => {
@@ -379,6 +387,7 @@ impl Engine {
                 .cycle(soc, text.clone(), expect, saturating_deadline(drain))
             {
                 Ok(served) => {
+                    reports.push(served.1.clone());
                     first.get_or_insert(served);
                 }
                 Err(reason) => {
@@ -406,7 +415,7 @@ impl Engine {
             return Ok(());
         };
         check_served(&plan, change, &names, &report)
-            .and_then(|libs| table.commit(&plan, &names, &libs))
+            .and_then(|libs| table.commit(&plan, &names, &libs, &reports))
             .map_err(|reason| LibraryError::Soc { soc: 0, reason })?;
         self.core.set_registry(table.registry.clone());
         Ok(())

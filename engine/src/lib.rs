@@ -75,7 +75,7 @@ pub mod soc {
 pub use client::{Client, ClientOptions, ConnectError};
 pub use engine::{Engine, ShutdownError, SocStatus};
 pub use error::{CallError, OptionsError, StartError};
-pub use libraries::{LibraryError, LibraryInfo, LibraryProc};
+pub use libraries::{LibraryError, LibraryInfo, LibraryProc, LibrarySoc};
 pub use memory::MemoryError;
 pub use numaproc_ipc::{ShmName, stale};
 pub use numaproc_procs::cpu::{allowed_cpus, pin_current_thread};

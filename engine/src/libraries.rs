@@ -41,6 +41,10 @@ pub struct LibraryInfo {
     pub entry: String,
     /// The file SOC 0 loaded.
     pub path: String,
+    /// Per SOC: the file it loaded (they differ with `{soc}`) and its
+    /// state.
+    #[serde(default)]
+    pub socs: Vec<LibrarySoc>,
     /// Its procedures, with their ids.
     pub procedures: Vec<LibraryProc>,
     /// When this version was loaded (ms since the Unix epoch).
@@ -50,6 +54,18 @@ pub struct LibraryInfo {
     /// start, until it is unloaded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
+}
+
+/// A library in one SOC.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LibrarySoc {
+    /// The SOC.
+    pub soc: usize,
+    /// The file it loaded (as the SOC reported it).
+    pub path: String,
+    /// `loaded` (a server's catalog entry that did not load lists no SOC;
+    /// see [`LibraryInfo::failed`]).
+    pub state: String,
 }
 
 /// A procedure of a library.
@@ -181,7 +197,20 @@ impl LibraryTable {
         plan: &LibraryPlan,
         names: &[NameRecord],
         libraries: &[ReportedLibrary],
+        reports: &[String],
     ) -> Result<(), String> {
+        // Per SOC, the file of each library, as each SOC reported it (what
+        // the others report is only shown: checked to be printable).
+        let paths: Vec<Vec<String>> = reports
+            .iter()
+            .map(|r| match parse_report(r) {
+                Ok(l) if l.len() == libraries.len() => l
+                    .into_iter()
+                    .map(|l| l.path.chars().filter(|c| !c.is_control()).collect())
+                    .collect(),
+                _ => vec!["(not reported)".to_owned(); libraries.len()],
+            })
+            .collect();
         let mut registry = self.fixed.clone();
         for r in names {
             registry
@@ -199,7 +228,7 @@ impl LibraryTable {
             .map_or(0, |d| d.as_millis() as u64);
         let mut at = 0;
         let mut list = Vec::with_capacity(libraries.len());
-        for (lib, entry) in libraries.iter().zip(&plan.libraries) {
+        for (k, (lib, entry)) in libraries.iter().zip(&plan.libraries).enumerate() {
             let procedures = names[at..at + lib.procedures]
                 .iter()
                 .map(|r| LibraryProc {
@@ -219,6 +248,15 @@ impl LibraryTable {
                 version: lib.version.clone(),
                 entry: entry.clone(),
                 path: lib.path.clone(),
+                socs: paths
+                    .iter()
+                    .enumerate()
+                    .map(|(soc, p)| LibrarySoc {
+                        soc,
+                        path: p[k].clone(),
+                        state: "loaded".to_owned(),
+                    })
+                    .collect(),
                 procedures,
                 loaded_at_ms,
                 failed: None,

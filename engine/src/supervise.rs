@@ -930,7 +930,13 @@ impl Watch {
         }
         self.s.records[i].set_state(SocState::Ready);
         self.signal();
-        event!(warn, { soc = i }, "SOC {i} is serving again");
+        match &self.cycles[i] {
+            Some(c) if c.failed.is_none() => {
+                event!(info, { soc = i }, "SOC {i} serves its new libraries")
+            }
+            Some(_) => event!(warn, { soc = i }, "SOC {i} serves its old libraries again"),
+            None => event!(warn, { soc = i }, "SOC {i} is serving again"),
+        }
     }
 }
 

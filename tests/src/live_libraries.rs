@@ -144,6 +144,13 @@ pub fn a_library_loads_while_callers_call_other_procedures(kind: SocKind) -> Res
     ensure!(names == ["ver.get", "ver.sleep"], "{names:?}");
     let id = engine.proc_id("ver.get")?;
     ensure!(info.procedures[0].id == id.index());
+    ensure!(info.socs.len() == 2, "{:?}", info.socs);
+    for (i, s) in info.socs.iter().enumerate() {
+        ensure!(
+            s.soc == i && s.state == "loaded" && s.path.ends_with("/ver1.so"),
+            "{s:?}"
+        );
+    }
     every_worker_answers(&engine, b"1")?;
     ensure!(engine.call(id, b"")? == b"1");
     ensure!(engine.libraries() == vec![info]);
@@ -191,9 +198,11 @@ pub fn a_load_one_soc_cannot_take_leaves_every_soc_without_it(kind: SocKind) -> 
 }
 
 /// An unload while two callers call the library's procedure by an id
-/// taken before, and a long call of it is in flight: the long call ends
-/// with its result; every call succeeds or fails with `ProcNotFound`, and
-/// every call started after the unload returned fails so; no SOC process
+/// taken before, two others another procedure, and a long call of it is in
+/// flight: the long call ends with its result; every call of the library
+/// succeeds or fails with `ProcNotFound`, and every one started after the
+/// unload returned fails so; every call of the other procedure succeeds;
+/// no SOC process
 /// maps the file any more. The old id never reaches the procedure that
 /// takes the name when the library is loaded again.
 pub fn an_unload_under_calls_ends_in_results_or_proc_not_found(kind: SocKind) -> Result<()> {
@@ -219,9 +228,17 @@ pub fn an_unload_under_calls_ends_in_results_or_proc_not_found(kind: SocKind) ->
         }
         h
     };
-    let call = |_: usize| engine.call(old, b"");
+    // Callers 0 and 2 call the library's procedure, 1 and 3 another one.
+    let echo = engine.proc_id("sys_echo")?;
+    let call = |c: usize| {
+        if c % 2 == 0 {
+            engine.call(old, b"")
+        } else {
+            engine.call(echo, b"1")
+        }
+    };
     let (unloaded, _, returned, seen) = under_calls(
-        2,
+        4,
         &call,
         || engine.unload_library("ver"),
         Duration::from_millis(50),
@@ -234,6 +251,13 @@ pub fn an_unload_under_calls_ends_in_results_or_proc_not_found(kind: SocKind) ->
     }
     let mut after = 0;
     for (c, calls) in seen.iter().enumerate() {
+        if c % 2 == 1 {
+            // The other procedure: served throughout.
+            for (_, r) in calls {
+                ensure!(matches!(r, Ok(out) if out == b"1"), "caller {c}: {r:?}");
+            }
+            continue;
+        }
         for (at, r) in calls {
             match r {
                 Ok(out) if out == b"1" && *at < returned => {}

@@ -171,7 +171,13 @@ fn print_list(list: &[LibraryInfo], json: bool) -> Result<()> {
             lib.procedures.len(),
             names(lib)
         );
-        println!("    {}", lib.path);
+        match &lib.failed {
+            Some(why) => println!("    {} (entry {}) FAILED: {why}", lib.name, lib.entry),
+            None => println!("    {}", lib.path),
+        }
+        for s in lib.socs.iter().filter(|s| s.path != lib.path) {
+            println!("    SOC {}: {} ({})", s.soc, s.path, s.state);
+        }
     }
     Ok(())
 }
