@@ -231,7 +231,7 @@ pub fn an_unload_under_calls_ends_in_results_or_proc_not_found(kind: SocKind) ->
     // Callers 0 and 2 call the library's procedure, 1 and 3 another one.
     let echo = engine.proc_id("sys_echo")?;
     let call = |c: usize| {
-        if c % 2 == 0 {
+        if c.is_multiple_of(2) {
             engine.call(old, b"")
         } else {
             engine.call(echo, b"1")
