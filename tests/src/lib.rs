@@ -103,6 +103,7 @@ macro_rules! for_each_scenario {
                 live_libraries::an_unload_under_calls_ends_in_results_or_proc_not_found,
                 live_libraries::an_upgrade_under_callers_fails_no_call,
                 live_libraries::a_claim_held_when_a_restart_begins_still_submits,
+                live_libraries::a_one_soc_engine_changes_libraries_under_calls,
                 libraries::a_library_built_for_a_newer_abi_minor_is_refused,
                 libraries::a_library_is_deinitialised_after_its_workers_stopped,
                 libraries::c_procedures_see_cancellation_through_is_cancelled,

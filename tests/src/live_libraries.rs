@@ -402,3 +402,38 @@ pub fn a_claim_held_when_a_restart_begins_still_submits(kind: SocKind) -> Result
     ensure!(engine.call_on(t, id, b"")? == b"2");
     shutdown_clean(engine)
 }
+
+/// With one SOC, a change pauses every worker for a moment: callers
+/// wait for one (they are not refused) and none of their calls fails.
+pub fn a_one_soc_engine_changes_libraries_under_calls(kind: SocKind) -> Result<()> {
+    let libs = ver_libs(kind, "liveone")?;
+    let engine = Engine::start(
+        base_options(kind, "liveone")
+            .socs(1)
+            .workers_per_soc(2)
+            .library_dir(libs.path()),
+    )?;
+    let echo = engine.proc_id("sys_echo")?;
+    let call = |c: usize| engine.call(echo, &[c as u8]);
+    let (loaded, _, _, seen) = under_calls(
+        3,
+        &call,
+        || {
+            engine.load_library("ver1.so")?;
+            engine.upgrade_library("ver", Some("ver2.so"))?;
+            engine.unload_library("ver")
+        },
+        Duration::from_millis(20),
+    )?;
+    loaded?;
+    for (c, calls) in seen.iter().enumerate() {
+        for (_, r) in calls {
+            ensure!(
+                matches!(r, Ok(out) if out == &[c as u8]),
+                "caller {c}: {r:?}"
+            );
+        }
+    }
+    ensure!(engine.socs()[0].restarts == 0);
+    shutdown_clean(engine)
+}
