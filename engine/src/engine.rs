@@ -288,13 +288,10 @@ impl Engine {
     /// keeps it. Its procedures are callable, by name and by new ids, once
     /// this returns.
     pub fn load_library(&self, entry: &str) -> Result<LibraryInfo, LibraryError> {
-        check_entry(entry)?;
-        if self.options.library_dir.is_none() {
-            return Err(LibraryError::NoLibraryDir);
-        }
+        let entry = self.library_entry(entry)?;
         let mut table = self.library_table();
         let mut entries = table.entries();
-        entries.push(entry.to_owned());
+        entries.push(entry);
         self.roll(&mut table, entries, &Change::Load)?;
         Ok(table.list.last().cloned().expect("the library just loaded"))
     }
@@ -336,9 +333,7 @@ impl Engine {
         name: &str,
         entry: Option<&str>,
     ) -> Result<LibraryInfo, LibraryError> {
-        if let Some(e) = entry {
-            check_entry(e)?;
-        }
+        let entry = entry.map(|e| self.library_entry(e)).transpose()?;
         let mut table = self.library_table();
         let at = table
             .list
@@ -347,7 +342,7 @@ impl Engine {
             .ok_or_else(|| LibraryError::NotLoaded(name.to_owned()))?;
         let mut entries = table.entries();
         if let Some(e) = entry {
-            entries[at] = e.to_owned();
+            entries[at] = e;
         }
         let change = Change::Upgrade {
             at,
@@ -355,6 +350,37 @@ impl Engine {
         };
         self.roll(&mut table, entries, &change)?;
         Ok(table.list[at].clone())
+    }
+
+    /// A library entry as given (a name, or a path inside `library_dir`:
+    /// an absolute one is made relative to it), checked.
+    fn library_entry(&self, entry: &str) -> Result<String, LibraryError> {
+        check_entry(entry)?;
+        let dir = self
+            .options
+            .library_dir
+            .as_deref()
+            .ok_or(LibraryError::NoLibraryDir)?;
+        let path = std::path::Path::new(entry);
+        if !path.is_absolute() {
+            return Ok(entry.to_owned());
+        }
+        let outside = || LibraryError::BadEntry {
+            entry: entry.to_owned(),
+            reason: format!("not inside library_dir {}", dir.display()),
+        };
+        // The directory as given or resolved; the file's own checks
+        // (symlinks, owners, modes) come when each SOC opens it.
+        let real = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+        let inside = path
+            .strip_prefix(dir)
+            .or_else(|_| path.strip_prefix(&real))
+            .map_err(|_| outside())?;
+        inside
+            .to_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(outside)
     }
 
     /// Restarts every SOC in turn with the libraries `entries`; on a

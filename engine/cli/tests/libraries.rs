@@ -91,7 +91,9 @@ fn libraries_are_loaded_upgraded_and_unloaded_through_the_cli() {
         client.call("ver.get", b""),
         Err(CallError::ProcNotFound(_))
     ));
-    let (code, out, err) = run(&served, &["libs", "load", "ver1.so"]);
+    // A path inside the library directory, as a shell gives it.
+    let path = libs.0.join("ver1.so");
+    let (code, out, err) = run(&served, &["libs", "load", path.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
     assert!(
         out.starts_with("loaded library ver 1.0.0 (") && out.ends_with("): ver.get, ver.sleep\n"),
@@ -142,6 +144,9 @@ fn libraries_are_loaded_upgraded_and_unloaded_through_the_cli() {
     let (code, _, err) = run(&served, &["libs", "load", "nosuch.so"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("SOC 0") && err.contains("not found"), "{err}");
+    let (code, _, err) = run(&served, &["libs", "load", "/usr/lib/libnothing.so"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not inside library_dir"), "{err}");
     let (code, _, err) = run(&served, &["libs", "upgrade", "nope"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("no library named \"nope\""), "{err}");
