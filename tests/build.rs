@@ -73,6 +73,13 @@ fn main() {
     compile(&out, &include, &order, "order_ab", &[]);
     compile(&out, &include, &versioned, "ver1", &["VERSION=1"]);
     compile(&out, &include, &versioned, "ver2", &["VERSION=2"]);
+    compile(
+        &out,
+        &include,
+        &versioned,
+        "ver_hang",
+        &["VERSION=1", "DEINIT_HANGS"],
+    );
     compile(&out, &include, &lifecycle, "lifecycle", &[]);
     compile(&out, &include, &order, "order_ba", &["SWAPPED"]);
     for (name, define) in [

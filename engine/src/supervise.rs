@@ -265,6 +265,9 @@ struct Cycle {
     failed: Option<String>,
     /// Why the SOC is being killed while it starts.
     why: Option<String>,
+    /// Stopping: when the SOC must have ended (its libraries' deinit runs
+    /// then); past it, a SOC process is killed.
+    stop_by: Option<Instant>,
 }
 
 /// The running supervisor.
@@ -442,6 +445,12 @@ impl Watch {
                 .flatten()
                 .filter_map(SocHandle::silence_ends)
                 .collect();
+            let stops: Vec<Instant> = self
+                .cycles
+                .iter()
+                .flatten()
+                .filter_map(|c| c.stop_by)
+                .collect();
             let next = self
                 .restart_at
                 .iter()
@@ -450,6 +459,7 @@ impl Watch {
                 .copied()
                 .chain(check)
                 .chain(silences)
+                .chain(stops)
                 .min();
             let next = if self
                 .cycles
@@ -742,6 +752,7 @@ impl Watch {
                 cut: false,
                 failed: None,
                 why: None,
+                stop_by: None,
             });
             // Restarting once every slot is paused (the first look pauses
             // each).
@@ -755,7 +766,23 @@ impl Watch {
     /// whose drain ran out is killed.
     fn drain_cycles(&mut self, now: Instant) {
         for i in 0..self.cycles.len() {
-            let Some(c) = &self.cycles[i] else { continue };
+            let Some(c) = &mut self.cycles[i] else {
+                continue;
+            };
+            if c.phase == Phase::Stopping
+                && c.stop_by.is_some_and(|t| now >= t)
+                && !self.socs.launcher.is_threads()
+            {
+                // Its slots are closed, its workers gone: what still runs
+                // is a library's deinit, or a SOC that will not end.
+                c.stop_by = None;
+                let limit = self.s.startup_timeout;
+                self.kill(
+                    i,
+                    format!("did not end within {limit:?} once its slots were closed"),
+                );
+                continue;
+            }
             if c.phase != Phase::Draining {
                 continue;
             }
@@ -771,8 +798,10 @@ impl Watch {
                     .pause_if_idle();
             }
             if closed {
+                let stop_by = numaproc_ipc::wait::saturating_deadline(self.s.startup_timeout);
                 if let Some(c) = &mut self.cycles[i] {
                     c.phase = Phase::Stopping;
+                    c.stop_by = Some(stop_by);
                 }
             } else if now >= until {
                 if let Some(c) = &mut self.cycles[i] {

@@ -132,6 +132,7 @@ macro_rules! for_each_scenario {
                 isolation::a_procedures_background_child_does_not_hide_its_socs_death,
                 // A helper master of the processes runner.
                 libraries::library_logs_are_filtered_by_numaproc_log,
+                live_libraries::a_soc_that_does_not_end_is_killed_and_the_change_goes_on,
             }
             // Forked SOCs: a fork of the master, through the zygote.
             [Forked] {

@@ -23,7 +23,8 @@ fn ver_libs(kind: SocKind, tag: &str) -> Result<LibDir> {
     libs.add(&fixture("ver1"), "ver1.so", 0o755)?
         .add(&fixture("ver2"), "ver2.so", 0o755)?
         .add(&fixture("ver2"), "mixed_0.so", 0o755)?
-        .add(&fixture("init_fails"), "mixed_1.so", 0o755)?;
+        .add(&fixture("init_fails"), "mixed_1.so", 0o755)?
+        .add(&fixture("ver_hang"), "ver_hang.so", 0o755)?;
     Ok(libs)
 }
 
@@ -435,5 +436,36 @@ pub fn a_one_soc_engine_changes_libraries_under_calls(kind: SocKind) -> Result<(
         }
     }
     ensure!(engine.socs()[0].restarts == 0);
+    shutdown_clean(engine)
+}
+
+/// A SOC that does not end once its slots closed (its library's deinit
+/// never returns) is killed after the start-up timeout, and the upgrade
+/// goes on: no change waits forever on a SOC.
+pub fn a_soc_that_does_not_end_is_killed_and_the_change_goes_on(kind: SocKind) -> Result<()> {
+    let libs = ver_libs(kind, "livehang")?;
+    let limit = Duration::from_millis(500);
+    let engine = Engine::start(
+        options(kind, "livehang", &libs)
+            .startup_timeout(limit)
+            .library("ver_hang.so"),
+    )?;
+    every_worker_answers(&engine, b"1")?;
+    let started = Instant::now();
+    let info = engine.upgrade_library("ver", Some("ver2.so"))?;
+    let took = started.elapsed();
+    ensure!(info.version == "2.0.0");
+    // Two SOCs in turn, each killed at the limit: far below the test's
+    // bounds, and at least the limit each.
+    ensure!(
+        took >= limit * 2 && took < Duration::from_secs(10),
+        "the upgrade took {took:?}"
+    );
+    every_worker_answers(&engine, b"2")?;
+    for s in engine.socs() {
+        ensure!(s.restarts == 0, "{s:?}");
+        let why = s.last_error.unwrap_or_default();
+        ensure!(why.contains("did not end within"), "SOC {}: {why}", s.soc);
+    }
     shutdown_clean(engine)
 }
