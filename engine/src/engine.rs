@@ -73,6 +73,9 @@ pub struct Engine {
     /// The libraries and procedures (held while one changes: changes run
     /// one at a time).
     libraries: Mutex<LibraryTable>,
+    /// The libraries served, as the last change left them (read without
+    /// waiting for a change in flight).
+    library_list: std::sync::RwLock<Vec<LibraryInfo>>,
     plan: Plan,
     options: EngineOptions,
     stopped: bool,
@@ -179,6 +182,7 @@ impl Engine {
             memory,
             records,
             supervisor,
+            library_list: std::sync::RwLock::new(libraries.list.clone()),
             libraries: Mutex::new(libraries),
             plan,
             options,
@@ -273,9 +277,13 @@ impl Engine {
 /// Libraries loaded, unloaded and upgraded while the engine serves (see
 /// the `libraries` module).
 impl Engine {
-    /// The libraries the engine serves, in load order.
+    /// The libraries the engine serves, in load order (as the last change
+    /// that completed left them: this does not wait for one in flight).
     pub fn libraries(&self) -> Vec<LibraryInfo> {
-        self.library_table().list.clone()
+        self.library_list
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn library_table(&self) -> std::sync::MutexGuard<'_, LibraryTable> {
@@ -443,6 +451,7 @@ impl Engine {
         check_served(&plan, change, &names, &report)
             .and_then(|libs| table.commit(&plan, &names, &libs, &reports))
             .map_err(|reason| LibraryError::Soc { soc: 0, reason })?;
+        *self.library_list.write().unwrap_or_else(|e| e.into_inner()) = table.list.clone();
         self.core.set_registry(table.registry.clone());
         Ok(())
     }

@@ -297,3 +297,67 @@ fn a_damaged_catalog_is_reported_and_left_alone() {
     let pids = served.soc_pids();
     served.stop_clean(&pids);
 }
+
+/// While a change waits for a call to end (its SOC drains), the server
+/// answers every other request at once, and reclaims a client that dies:
+/// the dead client's call is given up, the drain ends, the change
+/// completes.
+#[test]
+fn a_change_in_flight_holds_up_no_other_request() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let libs = Libs::new("inflight");
+    let mut served = Served::start(
+        "libs-inflight",
+        &format!(
+            "socs = 1\nworkers_per_soc = 2\ndrain_timeout_ms = 60000\n{}\nlibraries = [\"ver1.so\"]",
+            libs.toml()
+        ),
+    );
+    let client = served.client();
+    let pids = served.soc_pids();
+    // Another process's call, running on worker 0 for a minute.
+    let mut caller = served.command(&["call", "--soc", "0", "--worker", "0", "sys_sleep", "60000"]);
+    caller.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut caller = common::die_with_parent(&mut caller).spawn().unwrap();
+    common::wait_held_by_other(&client, 0, 0);
+    let mut upgrade = served.command(&["libs", "upgrade", "ver", "ver2.so"]);
+    upgrade.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut upgrade = common::die_with_parent(&mut upgrade).spawn().unwrap();
+    let deadline = Instant::now() + common::STEP;
+    while client.status(common::STEP).unwrap().socs[0].state != numaproc::SocState::Restarting {
+        assert!(Instant::now() < deadline, "SOC 0 never began restarting");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The change waits for the call; everything else is answered now.
+    let asked = Instant::now();
+    let list = listed(&served);
+    assert_eq!(list[0].version, "1.0.0", "the change has not completed");
+    let other = served.client();
+    assert_eq!(other.status(common::STEP).unwrap().name, "libs-inflight");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "answers took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        common::wait_bounded(&mut upgrade, Duration::from_millis(200)),
+        None
+    );
+    // The caller dies: the server gives its call up, the drain ends.
+    let killed = Instant::now();
+    caller.kill().unwrap();
+    caller.wait().unwrap();
+    let status = common::wait_bounded(&mut upgrade, common::STEP).expect("the upgrade ends");
+    assert!(status.success(), "{status:?}; log: {}", served.log());
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "the upgrade ended {:?} after the caller died",
+        killed.elapsed()
+    );
+    assert_eq!(client.call("ver.get", b"").unwrap(), b"2");
+    drop((client, other));
+    let mut all = pids;
+    all.extend(served.soc_pids());
+    served.stop_clean(&all);
+}
