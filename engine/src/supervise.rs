@@ -626,7 +626,23 @@ impl Watch {
         };
         let how = self.socs.launcher.how_ended(&mut handle);
         drop(handle);
-        if self.cycles[i].is_some() && self.cycle_died(i, &how) {
+        let cycling = self.cycles[i].is_some();
+        if cycling && self.cycle_died(i, &how) {
+            return;
+        }
+        if cycling && self.socs.launcher.is_threads() {
+            // An emulated SOC that could start neither with its new
+            // libraries nor with its old ones: it did not crash, and it
+            // cannot be started again as a process would be.
+            let why = format!("could not start with its libraries again ({how})");
+            self.s.records[i].set_last_error(&why);
+            self.s.records[i].set_state(SocState::GivenUp);
+            self.signal();
+            event!(
+                warn,
+                { soc = i },
+                "SOC {i} {why}: its workers are unavailable"
+            );
             return;
         }
         if self.socs.launcher.is_threads() {

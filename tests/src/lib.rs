@@ -104,6 +104,7 @@ macro_rules! for_each_scenario {
                 live_libraries::an_upgrade_under_callers_fails_no_call,
                 live_libraries::a_claim_held_when_a_restart_begins_still_submits,
                 live_libraries::a_one_soc_engine_changes_libraries_under_calls,
+                live_libraries::a_soc_that_can_take_neither_plan_is_given_up,
                 libraries::a_library_built_for_a_newer_abi_minor_is_refused,
                 libraries::a_library_is_deinitialised_after_its_workers_stopped,
                 libraries::c_procedures_see_cancellation_through_is_cancelled,

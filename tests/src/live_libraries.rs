@@ -469,3 +469,43 @@ pub fn a_soc_that_does_not_end_is_killed_and_the_change_goes_on(kind: SocKind) -
     }
     shutdown_clean(engine)
 }
+
+/// A change that SOC 0 cannot take, when it cannot take its old
+/// libraries either (their file was removed): the change fails saying
+/// both; SOC 0 is given up (with `max_restarts` 0), and SOC 1, untouched,
+/// serves on.
+pub fn a_soc_that_can_take_neither_plan_is_given_up(kind: SocKind) -> Result<()> {
+    let libs = ver_libs(kind, "liveneither")?;
+    libs.add(&fixture("ver1"), "old.so", 0o755)?;
+    let engine = Engine::start(
+        options(kind, "liveneither", &libs)
+            .restart(numaproc::RestartPolicy {
+                max_restarts: 0,
+                ..Default::default()
+            })
+            .library("old.so"),
+    )?;
+    std::fs::remove_file(libs.path().join("old.so"))?;
+    match engine.upgrade_library("ver", Some("mixed_1.so")) {
+        Err(LibraryError::Soc { soc: 0, reason }) => ensure!(
+            reason.contains("init") && reason.contains("started again as it was, it failed too"),
+            "{reason}"
+        ),
+        other => bail!("expected SOC 0's double failure, got {other:?}"),
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    while engine.socs()[0].state != numaproc::SocState::GivenUp {
+        ensure!(Instant::now() < until, "SOC 0: {:?}", engine.socs()[0]);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for worker in 0..2 {
+        let t = Target::Worker { soc: 1, worker };
+        ensure!(engine.call_on(t, "ver.get", b"")? == b"1");
+        ensure!(matches!(
+            engine.call_on(Target::Worker { soc: 0, worker }, "ver.get", b""),
+            Err(CallError::Unavailable(_))
+        ));
+    }
+    ensure!(engine.libraries()[0].entry == "old.so");
+    shutdown_clean(engine)
+}
