@@ -361,3 +361,77 @@ fn a_change_in_flight_holds_up_no_other_request() {
     all.extend(served.soc_pids());
     served.stop_clean(&all);
 }
+
+/// A server killed while a change it was asked for waits for a call: the
+/// client's request ends at once with `LibraryError::Server` (`numaproc
+/// libs` exits 5), never a hang; the next server under the name starts
+/// without the change.
+#[test]
+fn a_change_whose_server_dies_ends_in_a_lost_request() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let libs = Libs::new("lost");
+    let mut served = Served::start(
+        "libs-lost",
+        &format!(
+            "socs = 1\nworkers_per_soc = 1\ndrain_timeout_ms = 60000\n{}\nlibraries = [\"ver1.so\"]",
+            libs.toml()
+        ),
+    );
+    let client = served.client();
+    let mut caller = served.command(&["call", "sys_sleep", "60000"]);
+    caller.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut caller = common::die_with_parent(&mut caller).spawn().unwrap();
+    common::wait_held_by_other(&client, 0, 0);
+    let mut upgrade = served.command(&["libs", "upgrade", "ver", "ver2.so"]);
+    upgrade.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut upgrade = common::die_with_parent(&mut upgrade).spawn().unwrap();
+    let watcher = served.client();
+    std::thread::scope(|s| {
+        // The same through the Rust client, from another thread (its
+        // requests wait for one another: another client watches).
+        let rust = s.spawn(|| client.unload_library("ver"));
+        let deadline = Instant::now() + common::STEP;
+        while watcher.status(common::STEP).unwrap().socs[0].state != numaproc::SocState::Restarting
+        {
+            assert!(Instant::now() < deadline, "SOC 0 never began restarting");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let killed = Instant::now();
+        served.kill();
+        let status = common::wait_bounded(&mut upgrade, common::STEP).expect("libs upgrade ends");
+        assert_eq!(status.code(), Some(5), "{status:?}");
+        let mut err = String::new();
+        use std::io::Read;
+        upgrade
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(err.contains("the request to the server failed"), "{err}");
+        match rust.join().unwrap() {
+            Err(numaproc::LibraryError::Server(why)) => {
+                assert!(why.contains("closed the connection"), "{why}")
+            }
+            other => panic!("the Rust client's unload: {other:?}"),
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "the requests ended {:?} after the kill",
+            killed.elapsed()
+        );
+    });
+    let _ = caller.kill();
+    let _ = caller.wait();
+    drop((client, watcher));
+    served.restart();
+    let list = listed(&served);
+    assert_eq!(
+        (list.len(), list[0].version.as_str()),
+        (1, "1.0.0"),
+        "no change was kept"
+    );
+    let pids = served.soc_pids();
+    served.stop_clean(&pids);
+}
