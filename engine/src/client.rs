@@ -204,15 +204,36 @@ struct Requests {
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Requests {
-    /// Sends `request` and waits at most `timeout` for its answer.
+    /// Sends `request` and waits at most `timeout` for its answer (after
+    /// the requests of other threads in flight).
     fn ask(&self, request: &[u8], timeout: Duration) -> Result<Vec<u8>, String> {
-        let mut spoiled = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let spoiled = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        Self::ask_holding(&self.sock, spoiled, request, timeout)
+    }
+
+    /// [`Requests::ask`], or `None` at once while another thread's request
+    /// is in flight (a library change may take long).
+    fn try_ask(&self, request: &[u8], timeout: Duration) -> Option<Result<Vec<u8>, String>> {
+        let spoiled = match self.lock.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(Self::ask_holding(&self.sock, spoiled, request, timeout))
+    }
+
+    fn ask_holding(
+        sock: &OwnedFd,
+        mut spoiled: std::sync::MutexGuard<'_, bool>,
+        request: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
         if *spoiled {
             return Err("an earlier request timed out: connect again".to_owned());
         }
-        crate::server::send(self.sock.as_fd(), request, &[])
+        crate::server::send(sock.as_fd(), request, &[])
             .map_err(|e| format!("cannot send the request: {e}"))?;
-        match crate::server::receive(self.sock.as_fd(), Instant::now() + timeout) {
+        match crate::server::receive(sock.as_fd(), Instant::now() + timeout) {
             Ok(Some((bytes, _))) => Ok(bytes),
             Ok(None) => Err("the server closed the connection".to_owned()),
             Err(e) => {
@@ -260,9 +281,10 @@ impl Availability for ServerWatch {
     }
 
     fn procedures(&self, current: &numaproc_procs::Registry) -> Option<numaproc_procs::Registry> {
+        // A call does not wait behind this client's own library change.
         let bytes = self
             .requests
-            .ask(&[PROCEDURES], Duration::from_secs(5))
+            .try_ask(&[PROCEDURES], Duration::from_secs(5))?
             .ok()?;
         let list: Vec<(u32, String, numaproc_procs::Origin)> =
             serde_json::from_slice(&bytes).ok()?;
