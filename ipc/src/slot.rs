@@ -842,6 +842,27 @@ pub(crate) mod tests {
         assert_eq!(s.control.word().state(), State::Closed);
     }
 
+    /// A worker that finishes a call after the master failed its slot (the
+    /// SOC was declared dead) or reset it (a new SOC) changes nothing: the
+    /// failure and the new generation stand, and nothing is freed.
+    #[test]
+    fn a_finish_after_a_failure_or_a_reset_changes_nothing() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        let g = c.generation();
+        assert!(s.submit(c));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(g));
+        s.control.fail();
+        assert!(!s.control.finish(g), "nothing to free");
+        assert_eq!(s.control.word(), Word::new(State::Failed, g, 0));
+        assert_eq!(s.wait_done(g, &HOT, None), Some(Outcome::Failed));
+        s.control.reset();
+        let reset = s.control.word();
+        assert!(!s.control.finish(g), "nothing to free");
+        assert_eq!(s.control.word(), reset);
+        assert_eq!(s.wait_done(g, &HOT, None), Some(Outcome::Lost));
+    }
+
     #[test]
     fn full_cycle_bumps_generation() {
         let s = zeroed();
