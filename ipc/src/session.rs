@@ -839,14 +839,17 @@ mod tests {
         assert_eq!(s.control.word().state(), State::Closed);
     }
 
-    /// A claim knows who made it and which call it is.
+    /// A claim knows who made it and which call it is; the slot names its
+    /// holder while it is held, no one once it is free.
     #[test]
     fn a_claim_names_its_holder_and_generation() {
         let s = zeroed();
+        assert_eq!(s.holder(), None, "never claimed");
         let c = s.try_claim_noting(7, &mut false).unwrap();
         assert_eq!((c.holder(), c.generation()), (7, 1));
         assert_eq!(s.holder(), Some(7));
         assert!(s.unclaim(c));
+        assert_eq!(s.holder(), None, "given back");
         let c = s.try_claim().unwrap();
         assert_eq!((c.holder(), c.generation()), (0, 2));
     }
