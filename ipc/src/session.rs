@@ -875,6 +875,21 @@ mod tests {
         assert_eq!(s.owner.word.load(Ordering::Relaxed), before);
     }
 
+    /// The hard limit sees no call in a slot that no session holds, even
+    /// when the last claim was stamped and its SOC died before the submit
+    /// (the state word shows no end of that call).
+    #[test]
+    fn the_hard_limit_sees_no_call_in_a_free_slot() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        let g = c.generation();
+        s.stamp(g, 42);
+        s.control.fail();
+        assert!(!s.submit(c), "its SOC died");
+        assert!(s.unclaim(c));
+        assert_eq!(s.running_call(), None, "free");
+    }
+
     /// A session that looks for its result after the slot closed (its
     /// call done, the result unread) finds none: lost.
     #[test]
