@@ -761,6 +761,19 @@ mod tests {
         assert!(!s.is_held());
     }
 
+    /// A pause asked of a slot that stops changes nothing: the stop goes
+    /// on, and the slot is not reported closed for its worker by the pause.
+    #[test]
+    fn a_pause_of_a_stopping_slot_changes_nothing() {
+        let s = zeroed();
+        assert!(s.close_if_idle());
+        let before = s.owner.word.load(Ordering::Relaxed);
+        assert!(!s.pause_if_idle(), "stopping, not paused");
+        assert!(!s.is_paused());
+        assert_eq!(s.owner.word.load(Ordering::Relaxed), before);
+        assert!(s.is_closed());
+    }
+
     /// A stop during a pause: the claim out cannot submit any more, and
     /// given back (by `unclaim` or `release`) leaves the slot to close.
     #[test]
