@@ -793,6 +793,25 @@ mod tests {
         }
     }
 
+    /// A call given up while its slot is both paused and stopping is
+    /// cancelled, and the slot closes once the call ended.
+    #[test]
+    fn a_call_given_up_during_a_pause_and_a_stop_is_cancelled() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        let g = c.generation();
+        assert!(s.submit(c));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(g));
+        assert!(!s.pause_if_idle());
+        assert!(!s.close_if_idle());
+        assert!(!s.control.is_cancelled(), "neither cancels the call");
+        assert!(!s.release(c), "the call runs");
+        assert!(s.control.is_cancelled(), "its session gave up on it");
+        assert!(!s.close_if_idle(), "the call still runs");
+        assert!(s.control.finish(g));
+        assert!(s.close_if_idle());
+    }
+
     /// A state word closed by the master (forced, after a stop's
     /// deadline) is a closed slot, unless the slot is paused.
     #[test]
