@@ -627,3 +627,312 @@ impl SessionSlot<'_> {
             .store(generation.wrapping_add(1), Ordering::Release);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The session side of the protocol beyond the call itself: pauses
+    //! (a SOC restarted on purpose), stops, the claims of clients, and the
+    //! master's waits. The call cycle is tested with the slot, in
+    //! `crate::slot::tests`.
+    use super::*;
+    use crate::futex::tests::{WAKE_BOUND, ended, tid, until_asleep};
+    use crate::slot::tests::{HOT, zeroed};
+    use crate::slot::{GEN_MASK, Task, owner_word};
+    use std::time::Instant;
+
+    /// A free slot paused for a restart closes for its worker at once; no
+    /// one claims it, and it is not "closed" (it opens again); once reset,
+    /// `resume` opens it and generations go on.
+    #[test]
+    fn a_pause_closes_a_free_slot_for_its_worker_and_resume_opens_it() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        assert!(s.unclaim(c));
+        assert!(!s.is_paused());
+        assert!(s.pause_if_idle(), "free: closed for its worker at once");
+        assert!(s.is_paused());
+        assert!(!s.is_closed(), "paused, not closed");
+        assert_eq!(s.control.word().state(), State::Closed);
+        assert_eq!(s.holder(), None, "no session holds it");
+        assert_eq!(s.try_claim(), None);
+        assert_eq!(s.control.wait_task(&HOT), Task::Closed, "its worker exits");
+        assert!(s.pause_if_idle(), "pausing again changes nothing");
+        assert!(s.is_paused());
+        // The SOC serves again: the master resets the slot and resumes it.
+        s.control.reset();
+        s.resume();
+        assert!(!s.is_paused() && !s.is_closed() && !s.is_held());
+        let c = s.try_claim().expect("open again");
+        assert_eq!(c.generation(), 2, "generations go on");
+        assert!(s.submit(c));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(2));
+    }
+
+    /// A session holding the slot when the pause comes keeps its claim:
+    /// it submits, its call runs uncancelled, it reads the result and
+    /// gives the slot back paused; the worker stops only then.
+    #[test]
+    fn a_paused_slot_lets_its_holder_call_and_give_it_back() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        let g = c.generation();
+        assert!(!s.pause_if_idle(), "a session holds it");
+        assert!(s.is_paused());
+        assert_eq!(s.holder(), Some(0), "the session keeps its claim");
+        assert!(s.submit(c), "a claim out during a pause may still submit");
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(g));
+        assert!(!s.pause_if_idle(), "the call runs");
+        assert!(!s.control.is_cancelled(), "a pause cancels no call");
+        assert!(!s.control.finish(g));
+        assert!(!s.pause_if_idle(), "its session has not read the result");
+        assert_eq!(s.wait_done(g, &HOT, None), Some(Outcome::Done));
+        assert!(!s.unclaim(c), "given back paused, not free");
+        assert_eq!(s.holder(), None);
+        assert_eq!(s.try_claim(), None, "paused");
+        assert!(s.pause_if_idle(), "now its worker may stop");
+        assert_eq!(s.control.wait_task(&HOT), Task::Closed);
+        s.control.reset();
+        s.resume();
+        let c2 = s.try_claim().expect("open again");
+        assert_eq!(c2.generation(), g + 1);
+    }
+
+    /// A session that gives up on its running call during a pause leaves
+    /// it to the worker, which frees the slot when the call ends; the
+    /// worker stops then, and `resume` opens the slot. An unsubmitted
+    /// claim given up during a pause frees at once, paused.
+    #[test]
+    fn a_call_given_up_during_a_pause_frees_the_slot_at_its_end() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        let g = c.generation();
+        assert!(s.submit(c));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(g));
+        assert!(!s.pause_if_idle());
+        assert!(!s.release(c), "the call runs: its worker frees the slot");
+        assert!(s.control.is_cancelled(), "its session gave up on it");
+        assert_eq!(s.holder(), None);
+        assert!(!s.pause_if_idle(), "the call still runs");
+        assert!(s.control.finish(g), "its end frees the slot");
+        assert_eq!(s.try_claim(), None, "paused");
+        assert!(s.pause_if_idle());
+        s.control.reset();
+        s.resume();
+        let c = s.try_claim().expect("open again");
+        assert_eq!(c.generation(), g + 1);
+
+        assert!(!s.pause_if_idle());
+        assert!(!s.release(c), "free, but paused");
+        assert_eq!(s.try_claim(), None);
+        assert!(s.pause_if_idle(), "no session, no call");
+    }
+
+    /// `resume` changes nothing on a slot that is not paused: a claim stays
+    /// the session's, a given-up running call keeps the slot, a closed
+    /// slot stays closed. On a paused claim it only lifts the pause.
+    #[test]
+    fn resume_opens_only_a_paused_slot() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        let before = s.owner.word.load(Ordering::Relaxed);
+        s.resume();
+        assert_eq!(s.owner.word.load(Ordering::Relaxed), before);
+        assert!(s.submit(c));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(c.generation()));
+        assert!(!s.release(c));
+        s.resume();
+        assert_eq!(s.try_claim(), None, "not while the given-up call runs");
+        assert!(s.control.finish(c.generation()));
+        assert!(s.try_claim().is_some());
+
+        let s = zeroed();
+        assert!(s.close_if_idle());
+        s.resume();
+        assert!(s.is_closed());
+        assert_eq!(s.try_claim(), None, "closed for good");
+
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        assert!(!s.pause_if_idle());
+        s.resume();
+        assert!(!s.is_paused());
+        assert_eq!(s.holder(), Some(0));
+        assert!(s.unclaim(c), "the claim gives the slot back free");
+        assert!(!s.is_held());
+    }
+
+    /// A pause asked of a slot that stops changes nothing: the stop goes
+    /// on, and the slot is not reported closed for its worker by the pause.
+    #[test]
+    fn a_pause_of_a_stopping_slot_changes_nothing() {
+        let s = zeroed();
+        assert!(s.close_if_idle());
+        let before = s.owner.word.load(Ordering::Relaxed);
+        assert!(!s.pause_if_idle(), "stopping, not paused");
+        assert!(!s.is_paused());
+        assert_eq!(s.owner.word.load(Ordering::Relaxed), before);
+        assert!(s.is_closed());
+    }
+
+    /// A stop during a pause: the claim out cannot submit any more, and
+    /// given back (by `unclaim` or `release`) leaves the slot to close.
+    #[test]
+    fn a_stop_during_a_pause_takes_the_claim_back_closed() {
+        for give_back in [SessionSlot::unclaim, SessionSlot::release] {
+            let s = zeroed();
+            let c = s.try_claim().unwrap();
+            assert!(!s.pause_if_idle());
+            assert!(!s.close_if_idle());
+            assert!(s.is_paused() && s.is_closed());
+            assert!(!s.submit(c), "no call starts on a closing slot");
+            assert!(!give_back(&s, c), "given back closed, not free");
+            assert_eq!(s.holder(), None);
+            assert_eq!(s.try_claim(), None);
+            assert!(s.close_if_idle());
+            assert_eq!(s.control.wait_task(&HOT), Task::Closed);
+        }
+    }
+
+    /// A call given up while its slot is both paused and stopping is
+    /// cancelled, and the slot closes once the call ended.
+    #[test]
+    fn a_call_given_up_during_a_pause_and_a_stop_is_cancelled() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        let g = c.generation();
+        assert!(s.submit(c));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(g));
+        assert!(!s.pause_if_idle());
+        assert!(!s.close_if_idle());
+        assert!(!s.control.is_cancelled(), "neither cancels the call");
+        assert!(!s.release(c), "the call runs");
+        assert!(s.control.is_cancelled(), "its session gave up on it");
+        assert!(!s.close_if_idle(), "the call still runs");
+        assert!(s.control.finish(g));
+        assert!(s.close_if_idle());
+    }
+
+    /// A state word closed by the master (forced, after a stop's
+    /// deadline) is a closed slot, unless the slot is paused.
+    #[test]
+    fn a_closed_state_word_closes_the_slot_unless_paused() {
+        let s = zeroed();
+        assert!(!s.is_closed());
+        assert!(s.control.close());
+        assert!(s.is_closed());
+        let s = zeroed();
+        assert!(s.pause_if_idle());
+        assert_eq!(s.control.word().state(), State::Closed);
+        assert!(!s.is_closed());
+    }
+
+    /// The master's `close_by`: closes a free slot at once; gives up at its
+    /// deadline while a session holds the slot; while a call runs it
+    /// sleeps in the kernel on the state word until the call ends, then
+    /// closes the slot as soon as the session gives it back.
+    #[test]
+    fn close_by_waits_for_the_call_then_for_its_session() {
+        let s = zeroed();
+        assert!(s.close_by(Instant::now() + Duration::from_secs(5)));
+        assert!(s.is_closed());
+
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        let start = Instant::now();
+        assert!(!s.close_by(start + Duration::from_millis(20)));
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(20) && took < WAKE_BOUND,
+            "{took:?}"
+        );
+        assert!(!s.submit(c), "closing");
+        assert!(!s.unclaim(c));
+        assert!(s.close_by(Instant::now() + Duration::from_secs(5)));
+
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        let g = c.generation();
+        assert!(s.submit(c));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(g));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tid_tx.send(tid());
+            let closed = s.close_by(Instant::now() + Duration::from_secs(60));
+            let _ = tx.send((closed, Instant::now()));
+        });
+        let master = tid_rx.recv_timeout(WAKE_BOUND).unwrap();
+        until_asleep(master, &s.control.state);
+        assert!(!s.control.finish(g));
+        assert_eq!(s.wait_done(g, &HOT, None), Some(Outcome::Done));
+        let given_back = Instant::now();
+        assert!(!s.unclaim(c), "given back closed");
+        assert!(ended(&rx, given_back, "the closing master"), "closed");
+        assert_eq!(s.control.word().state(), State::Closed);
+    }
+
+    /// A claim knows who made it and which call it is; the slot names its
+    /// holder while it is held, no one once it is free.
+    #[test]
+    fn a_claim_names_its_holder_and_generation() {
+        let s = zeroed();
+        assert_eq!(s.holder(), None, "never claimed");
+        let c = s.try_claim_noting(7, &mut false).unwrap();
+        assert_eq!((c.holder(), c.generation()), (7, 1));
+        assert_eq!(s.holder(), Some(7));
+        assert!(s.unclaim(c));
+        assert_eq!(s.holder(), None, "given back");
+        let c = s.try_claim().unwrap();
+        assert_eq!((c.holder(), c.generation()), (0, 2));
+    }
+
+    /// `release_for` gives up a client's claim of any generation, 0 (after
+    /// the wrap) included, and never takes the closed slot's marker for a
+    /// client.
+    #[test]
+    fn release_for_takes_clients_only() {
+        let s = zeroed();
+        s.owner
+            .word
+            .store(owner_word(0, GEN_MASK, 0), Ordering::Relaxed);
+        let c = s.try_claim_noting(7, &mut false).unwrap();
+        assert_eq!(c.generation(), 0);
+        assert!(s.release_for(7), "an unsubmitted claim frees at once");
+        assert!(!s.submit(c));
+
+        let s = zeroed();
+        assert!(s.close_if_idle());
+        let before = s.owner.word.load(Ordering::Relaxed);
+        assert!(!s.release_for(CLOSED_HOLDER));
+        assert_eq!(s.owner.word.load(Ordering::Relaxed), before);
+    }
+
+    /// The hard limit sees no call in a slot that no session holds, even
+    /// when the last claim was stamped and its SOC died before the submit
+    /// (the state word shows no end of that call).
+    #[test]
+    fn the_hard_limit_sees_no_call_in_a_free_slot() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        let g = c.generation();
+        s.stamp(g, 42);
+        s.control.fail();
+        assert!(!s.submit(c), "its SOC died");
+        assert!(s.unclaim(c));
+        assert_eq!(s.running_call(), None, "free");
+    }
+
+    /// A session that looks for its result after the slot closed (its
+    /// call done, the result unread) finds none: lost.
+    #[test]
+    fn a_call_whose_slot_closed_is_lost() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        let g = c.generation();
+        assert!(s.submit(c));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(g));
+        assert!(!s.control.finish(g));
+        assert!(s.control.close(), "the call is over");
+        assert_eq!(s.wait_done(g, &HOT, None), Some(Outcome::Lost));
+    }
+}

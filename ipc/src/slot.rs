@@ -609,18 +609,21 @@ impl<'r> SlotRef<'r> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    //! Also what the session's tests share: a zeroed slot and the wait
+    //! policies.
     use super::*;
 
     /// The claim of call `generation` by the engine's own process.
     fn held(generation: u32) -> crate::session::Claimed {
         crate::session::Claimed::new(0, generation, 0)
     }
+    use crate::futex::tests::WAKE_BOUND;
     use crate::session::*;
     use std::time::Instant;
 
     /// A zeroed control block and owner line, leaked (tests only).
-    fn zeroed() -> SessionSlot<'static> {
+    pub(crate) fn zeroed() -> SessionSlot<'static> {
         // SAFETY: both are ShmSafe: valid when zeroed.
         unsafe {
             SessionSlot {
@@ -630,7 +633,7 @@ mod tests {
         }
     }
 
-    const HOT: WaitPolicy = WaitPolicy {
+    pub(crate) const HOT: WaitPolicy = WaitPolicy {
         spin: Duration::from_micros(50),
         yield_after: Duration::from_micros(1),
     };
@@ -660,6 +663,204 @@ mod tests {
         assert_eq!(size_of::<SlotControl>(), 256);
         assert_eq!(size_of::<OwnerLine>(), 128);
         assert_eq!(align_of::<OwnerLine>(), 128);
+    }
+
+    /// What the worker writes (counters, thread id, response) is what the
+    /// master and the session read back, field by field.
+    #[test]
+    fn worker_fields_read_back_as_written() {
+        let s = zeroed();
+        let c = s.control;
+        assert_eq!(c.counts(), SlotCounts::default());
+        c.count_call(false);
+        c.count_call(true);
+        c.count_call(false);
+        assert_eq!(
+            c.counts(),
+            SlotCounts {
+                calls: 3,
+                errors: 1
+            }
+        );
+        // Wrapping, whatever an earlier SOC left there.
+        c.stats.calls.store(u64::MAX, Ordering::Relaxed);
+        c.count_call(true);
+        assert_eq!(
+            c.counts(),
+            SlotCounts {
+                calls: 0,
+                errors: 2
+            }
+        );
+        c.set_os_tid(4242);
+        assert_eq!(c.os_tid.load(Ordering::Relaxed), 4242);
+        let r = Response {
+            status: 3,
+            error_code: 77,
+            output_len: 1 << 40,
+            message_len: 12,
+        };
+        c.write_response(&r);
+        assert_eq!(s.response(), r);
+        assert_eq!(s.result(), (3, 1 << 40));
+    }
+
+    /// `u32::MAX` in the planned CPU means "not bound"; any other value is
+    /// the CPU, 0 included.
+    #[test]
+    fn planned_cpu_none_only_when_unbound() {
+        let s = zeroed();
+        for (stored, read) in [(u32::MAX, None), (0, Some(0)), (1, Some(1)), (37, Some(37))] {
+            s.control.planned_cpu.store(stored, Ordering::Relaxed);
+            assert_eq!(s.control.planned_cpu(), read, "{stored}");
+        }
+    }
+
+    /// The request the session writes is what the worker reads: the
+    /// procedure, the input length, whether to hand the CPU over and the
+    /// cancellation deadline, each changed and changed back.
+    #[test]
+    fn the_request_reaches_the_worker() {
+        let s = zeroed();
+        let c = s.control;
+        s.write_request(9, 1234, 0, true);
+        assert_eq!(
+            c.request(),
+            Request {
+                proc_id: 9,
+                input_len: 1234
+            }
+        );
+        assert!(c.hand_off());
+        assert!(!c.is_cancelled(), "no deadline");
+        let past = monotonic_ns() - 1;
+        s.write_request(10, 0, past, false);
+        assert_eq!(
+            c.request(),
+            Request {
+                proc_id: 10,
+                input_len: 0
+            }
+        );
+        assert!(!c.hand_off());
+        assert_eq!(c.deadline_ns.load(Ordering::Relaxed), past);
+        assert!(c.is_cancelled(), "its deadline passed");
+        assert!(!c.is_abandoned(), "cancelled by the deadline alone");
+        let future = monotonic_ns() + 3_600_000_000_000;
+        s.write_request(10, 0, future, true);
+        assert_eq!(c.deadline_ns.load(Ordering::Relaxed), future);
+        assert!(c.hand_off());
+        assert!(!c.is_cancelled(), "its deadline is an hour away");
+        s.write_request(10, 0, 0, true);
+        assert_eq!(c.deadline_ns.load(Ordering::Relaxed), 0);
+        assert!(!c.is_cancelled());
+    }
+
+    /// `monotonic_ns` is CLOCK_MONOTONIC in nanoseconds: between two
+    /// readings of that clock taken around it, and advancing with it.
+    #[test]
+    fn monotonic_ns_is_the_monotonic_clock() {
+        let clock = || {
+            let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+            t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+        };
+        for _ in 0..100 {
+            let before = clock();
+            let ns = monotonic_ns();
+            let after = clock();
+            assert!(before <= ns && ns <= after, "{before} <= {ns} <= {after}");
+        }
+        let start = monotonic_ns();
+        std::thread::sleep(Duration::from_millis(10));
+        let took = monotonic_ns() - start;
+        assert!(took >= 10_000_000, "{took} ns");
+    }
+
+    /// A slot's buffers have the capacities they were made with; a read
+    /// of more than the capacity is cut to it.
+    #[test]
+    fn buffers_keep_their_capacities() {
+        let s = zeroed();
+        let buffer = |len: usize| Box::leak(vec![0u8; len].into_boxed_slice()).as_mut_ptr();
+        let (message, input, output) = (buffer(MESSAGE_CAPACITY), buffer(24), buffer(40));
+        // SAFETY: three leaked buffers of the given sizes, apart.
+        let slot = unsafe { SlotRef::from_parts(s.control, message, (input, 24), (output, 40)) };
+        assert_eq!((slot.input_capacity(), slot.output_capacity()), (24, 40));
+        assert_eq!(
+            (slot.message_ptr(), slot.input_ptr(), slot.output_ptr()),
+            (message, input, output)
+        );
+        // SAFETY: nothing else uses the buffers.
+        unsafe {
+            assert_eq!(slot.input_mut().len(), 24);
+            assert_eq!(slot.output_mut().len(), 40);
+            assert_eq!(slot.message_mut().len(), MESSAGE_CAPACITY);
+            assert_eq!(slot.input(100).len(), 24);
+            assert_eq!(slot.input(5).len(), 5);
+            assert_eq!(slot.output(100).len(), 40);
+            assert_eq!(slot.message(MESSAGE_CAPACITY + 1).len(), MESSAGE_CAPACITY);
+        }
+    }
+
+    /// The master's `close_by`: closes an idle slot at once; gives up at
+    /// its deadline on a call that keeps running; and, while it waits for
+    /// one, sleeps in the kernel on the state word (it does not spin)
+    /// until the call's end wakes it, and then closes the slot.
+    #[test]
+    fn close_by_sleeps_until_the_call_ends() {
+        use crate::futex::tests::{ended, tid, until_asleep};
+        let s = zeroed();
+        assert!(s.control.close_by(Instant::now() + Duration::from_secs(5)));
+        assert_eq!(s.control.word().state(), State::Closed);
+
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        assert!(s.submit(c));
+        let g = c.generation();
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(g));
+        let start = Instant::now();
+        assert!(!s.control.close_by(start + Duration::from_millis(20)));
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(20) && took < WAKE_BOUND,
+            "{took:?}"
+        );
+        assert_eq!(s.control.word().state(), State::Submitted);
+
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tid_tx.send(tid());
+            let closed = s.control.close_by(Instant::now() + Duration::from_secs(60));
+            let _ = tx.send((closed, Instant::now()));
+        });
+        let master = tid_rx.recv_timeout(WAKE_BOUND).unwrap();
+        until_asleep(master, &s.control.state);
+        let finished = Instant::now();
+        assert!(!s.control.finish(g));
+        assert!(ended(&rx, finished, "the closing master"), "closed");
+        assert_eq!(s.control.word().state(), State::Closed);
+    }
+
+    /// A worker that finishes a call after the master failed its slot (the
+    /// SOC was declared dead) or reset it (a new SOC) changes nothing: the
+    /// failure and the new generation stand, and nothing is freed.
+    #[test]
+    fn a_finish_after_a_failure_or_a_reset_changes_nothing() {
+        let s = zeroed();
+        let c = s.try_claim().unwrap();
+        let g = c.generation();
+        assert!(s.submit(c));
+        assert_eq!(s.control.wait_task(&HOT), Task::Submitted(g));
+        s.control.fail();
+        assert!(!s.control.finish(g), "nothing to free");
+        assert_eq!(s.control.word(), Word::new(State::Failed, g, 0));
+        assert_eq!(s.wait_done(g, &HOT, None), Some(Outcome::Failed));
+        s.control.reset();
+        let reset = s.control.word();
+        assert!(!s.control.finish(g), "nothing to free");
+        assert_eq!(s.control.word(), reset);
+        assert_eq!(s.wait_done(g, &HOT, None), Some(Outcome::Lost));
     }
 
     #[test]

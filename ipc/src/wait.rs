@@ -262,6 +262,158 @@ mod tests {
         }
     }
 
+    /// A timeout of `Duration::MAX` means "no deadline"; any other is
+    /// that far from now.
+    #[test]
+    fn deadline_in_is_none_only_beyond_what_an_instant_holds() {
+        assert_eq!(deadline_in(Duration::MAX), None);
+        let before = Instant::now();
+        let d = deadline_in(Duration::from_secs(1)).expect("a second from now");
+        let after = Instant::now();
+        assert!(
+            d >= before + Duration::from_secs(1) && d <= after + Duration::from_secs(1),
+            "{:?} from the call",
+            d - before
+        );
+    }
+
+    /// An internal deadline is `d` from now, saturated at a century (of
+    /// 365-day years) from now.
+    #[test]
+    fn saturating_deadline_stops_at_a_century() {
+        const CENTURY: Duration = Duration::from_secs(3_153_600_000);
+        for (d, expected) in [
+            (Duration::from_secs(1), Duration::from_secs(1)),
+            (CENTURY, CENTURY),
+            (Duration::MAX, CENTURY),
+            (CENTURY * 2, CENTURY),
+        ] {
+            let before = Instant::now();
+            let deadline = saturating_deadline(d);
+            let after = Instant::now();
+            assert!(
+                deadline >= before + expected && deadline <= after + expected,
+                "{d:?}: {:?} from the call",
+                deadline - before
+            );
+        }
+    }
+
+    /// A waiter with a zero spin sleeps at its first miss: its second look
+    /// at the word is the one before it sets its sleeping bit, its third
+    /// the first after. (The probe looks at the sleeping bit, as no real
+    /// `until` may.)
+    #[test]
+    fn a_waiter_without_spin_sleeps_at_once() {
+        let w = AtomicU32::new(0);
+        let mut looks = 0;
+        let mut first_asleep = None;
+        // The sleep ends with its timeout; the look after it ends the wait.
+        let timeout = Some(Duration::from_millis(20));
+        let seen = wait_on(&w, &policy(0), timeout, SLEEP, |v| {
+            looks += 1;
+            if v & SLEEP != 0 {
+                first_asleep = Some(looks);
+                return true;
+            }
+            false
+        });
+        assert_eq!(seen, Some(SLEEP));
+        assert_eq!(first_asleep, Some(3), "looks before the sleep");
+    }
+
+    /// A spinning waiter keeps looking (never sleeping) while its spin
+    /// lasts: here the word "changes" at its 2000th look, within a spin of
+    /// a minute, and the waiter sees it without having set its bit.
+    #[test]
+    fn a_spinning_waiter_looks_until_its_spin_ends() {
+        let w = AtomicU32::new(0);
+        let spin = WaitPolicy {
+            spin: Duration::from_secs(60),
+            yield_after: Duration::from_micros(1),
+        };
+        let mut looks = 0u32;
+        let seen = wait_on(&w, &spin, Some(Duration::from_secs(30)), SLEEP, |v| {
+            looks += 1;
+            v & SLEEP == 0 && looks == 2000
+        });
+        assert_eq!(seen, Some(0), "seen while spinning, after {looks} looks");
+        assert_eq!(looks, 2000);
+        assert_eq!(w.load(Ordering::Relaxed), 0, "no sleeping bit set");
+    }
+
+    /// Calls `wait_on_sliced` (zero spin, ten seconds' timeout) on a word
+    /// that changes at each of its looks (the `until` changes it), so that
+    /// every attempt to set the sleeping bit fails, until look `looks`;
+    /// returns the time between each look and the next.
+    fn churning_gaps(slice: Option<Duration>, looks: usize) -> Vec<Duration> {
+        let w = AtomicU32::new(0);
+        let mut at = Vec::with_capacity(looks);
+        let seen = wait_on_sliced(
+            &w,
+            &policy(0),
+            Some(Duration::from_secs(10)),
+            slice,
+            SLEEP,
+            |v| {
+                at.push(Instant::now());
+                w.store((v + 1) & !SLEEP, Ordering::Relaxed);
+                at.len() == looks
+            },
+        );
+        assert_eq!(seen, Some(looks as u32 - 1), "the value of the last look");
+        assert_eq!(at.len(), looks);
+        at.windows(2).map(|p| p[1] - p[0]).collect()
+    }
+
+    /// A sliced waiter (a session, which must not trust the writer) on a
+    /// word that keeps changing tries `CONTENDED_TRIES + 1` times to set
+    /// its bit, then sleeps a millisecond without it, and again: it
+    /// neither spins on the word nor gives up trying at the first failure.
+    #[test]
+    fn a_sliced_waiter_on_a_churning_word_sleeps_between_rounds_of_tries() {
+        let round = CONTENDED_TRIES as usize + 1;
+        // The first look is before the sleep loop; the tries of round k
+        // follow looks 2 + (k-1)·round ..= 1 + k·round.
+        let gaps = churning_gaps(Some(Duration::from_millis(50)), 1 + 3 * round + 1);
+        let slept: Vec<usize> = (1..=3).map(|k| k * round).collect();
+        for &i in &slept {
+            assert!(
+                gaps[i] >= Duration::from_millis(1),
+                "no sleep after look {}: {:?}",
+                i + 1,
+                gaps[i]
+            );
+        }
+        // Elsewhere the next look follows at once (a preemption may make
+        // a few gaps long).
+        let long_elsewhere = gaps
+            .iter()
+            .enumerate()
+            .filter(|(i, g)| !slept.contains(i) && **g >= Duration::from_millis(1))
+            .count();
+        assert!(
+            long_elsewhere < round / 2,
+            "slept {long_elsewhere} times out of {} between tries",
+            gaps.len() - slept.len()
+        );
+    }
+
+    /// An unsliced waiter (a worker: it trusts the writer of its word)
+    /// never sleeps without its bit: on a word that keeps changing it
+    /// keeps trying to set it.
+    #[test]
+    fn an_unsliced_waiter_on_a_churning_word_keeps_trying() {
+        let gaps = churning_gaps(None, 1000);
+        let long = gaps
+            .iter()
+            .filter(|g| **g >= Duration::from_millis(1))
+            .count();
+        // A preemption may make a few gaps long; a sleep after every
+        // round of tries would make 15.
+        assert!(long < 8, "{long} pauses of 1 ms or more in 1000 looks");
+    }
+
     #[test]
     fn update_declined_leaves_word() {
         let w = AtomicU32::new(3);
