@@ -204,7 +204,8 @@ impl SessionSlot<'_> {
 
     /// Master, once the slot's SOC serves again and the slot was reset:
     /// opens a paused slot for claims (a session whose claim is still out
-    /// keeps it, unmarked). The caller signals waiting sessions.
+    /// keeps it, unmarked; a slot the stop closed stays closed). The caller
+    /// signals waiting sessions.
     pub fn resume(&self) {
         let mut w = self.owner.word.load(Ordering::Acquire);
         for _ in 0..CAS_TRIES {
@@ -212,7 +213,8 @@ impl SessionSlot<'_> {
             if o & OWNER_PAUSED == 0 {
                 return;
             }
-            let next = if owner_holder(w) == CLOSED_HOLDER || o & OWNER_ABANDONED != 0 {
+            let sessionless = owner_holder(w) == CLOSED_HOLDER || o & OWNER_ABANDONED != 0;
+            let next = if sessionless && o & OWNER_CLOSING == 0 {
                 owner_word(0, owner_generation(o), 0)
             } else {
                 w & !(OWNER_PAUSED as u64)
@@ -759,6 +761,17 @@ mod tests {
         assert_eq!(s.holder(), Some(0));
         assert!(s.unclaim(c), "the claim gives the slot back free");
         assert!(!s.is_held());
+
+        // Paused, then closed by a stop, then reset by a restart: the
+        // resume lifts the pause and leaves the slot closed.
+        let s = zeroed();
+        assert!(s.pause_if_idle());
+        assert!(s.close_if_idle(), "closed for its worker already");
+        s.control.reset();
+        s.resume();
+        assert!(!s.is_paused());
+        assert!(s.is_closed());
+        assert_eq!(s.try_claim(), None, "a stopping slot stays closed");
     }
 
     /// A pause asked of a slot that stops changes nothing: the stop goes
