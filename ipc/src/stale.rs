@@ -339,6 +339,25 @@ mod tests {
         );
     }
 
+    /// The creator recorded for this process is this instance: its start
+    /// time as its stat says, and the boot id as the kernel writes it.
+    #[test]
+    fn this_process_records_its_start_time_and_boot_id() {
+        let me = Creator::this_process();
+        assert_eq!(me.start_ticks, ProcStat::read("self").unwrap().start_ticks);
+        let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        let hex: String = me.boot_id.iter().map(|b| format!("{b:02x}")).collect();
+        let dashed = format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        );
+        assert_eq!(dashed, text.trim());
+    }
+
     #[test]
     fn only_objects_of_dead_masters_are_removed() {
         let dead = ShmName::new("staletest", std::process::id(), 1, "g").unwrap();
@@ -422,6 +441,47 @@ mod tests {
         for n in [old, held] {
             nix::sys::mman::shm_unlink(n.path().as_str()).unwrap();
         }
+    }
+
+    /// An object gone between the listing and the look is left out, not
+    /// reported as one that cannot be opened.
+    #[test]
+    fn an_object_gone_before_the_look_is_left_out() {
+        let gone = ShmName::new("stalegone", 4_194_305, 0, "g").unwrap();
+        assert!(!exists(&gone));
+        assert!(examine(&gone).is_none());
+    }
+
+    /// A symlink under an object's name is not followed: whatever it points
+    /// to (here a file of this user that nobody locks) is not judged, and
+    /// nothing is removed; a symlink of another user is not ours.
+    #[test]
+    fn a_symlink_under_an_objects_name_is_not_followed() {
+        let link = ShmName::new("stalelink", std::process::id(), 0, "g").unwrap();
+        let target = Path::new(SHM_DIR).join(format!("stalelink-target-{}", std::process::id()));
+        std::fs::write(&target, [0u8; 64]).unwrap();
+        let at = Path::new(SHM_DIR).join(link.to_string());
+        std::os::unix::fs::symlink(&target, &at).unwrap();
+        let cleanup = remove_stale(Some("stalelink")).unwrap();
+        assert!(cleanup.removed.is_empty(), "{cleanup:?}");
+        assert_eq!(cleanup.found.len(), 1, "{cleanup:?}");
+        assert!(
+            matches!(&cleanup.found[0].verdict, Verdict::Unknown(why) if why.contains("cannot open it")),
+            "{cleanup:?}"
+        );
+        assert!(target.exists() && at.symlink_metadata().is_ok());
+        if nix::unistd::geteuid().is_root() {
+            // Only root can give a symlink away.
+            std::os::unix::fs::lchown(&at, Some(65534), Some(65534)).unwrap();
+            let found = scan(Some("stalelink")).unwrap();
+            assert_eq!(
+                found[0].verdict,
+                Verdict::NotOurs { uid: 65534 },
+                "{found:?}"
+            );
+        }
+        std::fs::remove_file(&at).unwrap();
+        std::fs::remove_file(&target).unwrap();
     }
 
     /// Another user's object is skipped, and the cleanup goes on to remove
