@@ -866,6 +866,32 @@ mod tests {
         assert!(err.to_string().contains("numaproc-ipctest-"), "{err}");
     }
 
+    /// A region holds its header at least; one of exactly a header's size
+    /// is made.
+    #[test]
+    fn create_refuses_a_size_below_a_header() {
+        let n = name("tiny");
+        let header = size_of::<RegionHeader>();
+        assert!(matches!(
+            Region::create(&n, header - 1, shape()),
+            Err(RegionError::Map { size, .. }) if size == header - 1
+        ));
+        assert!(!exists(&n));
+        let r = Region::create(&n, header, shape()).unwrap();
+        assert_eq!(r.len(), header);
+    }
+
+    /// The object is its creator's user's alone: read and write for it,
+    /// nothing for anyone else.
+    #[test]
+    fn create_makes_an_object_only_its_user_can_read_and_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let n = name("mode");
+        let _r = Region::create(&n, 4096, shape()).unwrap();
+        let meta = std::fs::metadata(std::path::Path::new(SHM_DIR).join(n.to_string())).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    }
+
     #[test]
     fn create_is_exclusive() {
         let n = name("d");

@@ -397,3 +397,237 @@ pub struct GlobalFill<'a> {
     /// Settings text for SOCs that are not forked from the master.
     pub settings: &'a str,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ShmName;
+
+    /// 3 SOCs, 2 names, 10 bytes of settings and 32 owner lines: the owner
+    /// lines end exactly at the end of the region.
+    const LAYOUT: GlobalLayout = GlobalLayout {
+        soc_count: 3,
+        name_count: 2,
+        settings_len: 10,
+        slot_count: 32,
+    };
+
+    fn record(name: &str, id: u32) -> NameRecord {
+        NameRecord {
+            name: name.to_owned(),
+            tag: id + 10,
+            label: format!("lib {id}"),
+            id,
+        }
+    }
+
+    fn region(seq: u64, layout: &GlobalLayout) -> Region {
+        let r = Region::create(
+            &ShmName::new("globaltest", std::process::id(), seq, "g").unwrap(),
+            layout.size(),
+            GlobalLayout::SHAPE,
+        )
+        .unwrap();
+        let socs = [
+            SocFill {
+                node: 0,
+                workers: 2,
+                region_size: 100,
+            },
+            SocFill {
+                node: 1,
+                workers: 3,
+                region_size: 200,
+            },
+            SocFill {
+                node: 3,
+                workers: 1,
+                region_size: 300,
+            },
+        ];
+        // SAFETY: freshly created with layout.size() bytes.
+        unsafe {
+            init_global(
+                &r,
+                layout,
+                GlobalFill {
+                    engine_seq: 7,
+                    input_capacity: 11,
+                    output_capacity: 22,
+                    worker_spin: Duration::from_nanos(33),
+                    worker_yield_after: Duration::from_nanos(44),
+                    socs: &socs[..layout.soc_count],
+                    names: &[record("a", 1), record("b", 2)][..layout.name_count],
+                    settings: "settings text, cut to the area",
+                },
+            )
+        };
+        r.publish();
+        r
+    }
+
+    #[test]
+    fn the_parts_follow_each_other_in_order() {
+        let l = LAYOUT;
+        let header = header_offset() + size_of::<GlobalHeader>();
+        assert_eq!(l.soc_table(), header);
+        assert_eq!(l.name_table(), header + 3 * size_of::<SocEntry>());
+        assert_eq!(l.settings(), l.name_table() + 2 * size_of::<NameEntry>());
+        assert!(l.settings() + 10 < PAGE, "the test's layout fits a page");
+        assert_eq!(l.signals(), PAGE);
+        assert_eq!(l.owners(), 2 * PAGE);
+        assert_eq!(l.size(), 2 * PAGE + 32 * size_of::<OwnerLine>());
+        assert_eq!(l.size() % PAGE, 0);
+        let odd = GlobalLayout {
+            soc_count: 0,
+            name_count: 0,
+            settings_len: PAGE,
+            slot_count: 1,
+        };
+        assert_eq!(odd.signals(), 2 * PAGE, "rounded up to a page");
+        assert_eq!(odd.size(), 4 * PAGE, "rounded up to a page");
+    }
+
+    #[test]
+    fn the_master_reads_back_what_it_wrote() {
+        let r = region(1, &LAYOUT);
+        let v = GlobalView::with_layout(&r, &LAYOUT);
+        let h = v.header();
+        assert_eq!((h.soc_count, h.name_count, h.slot_count), (3, 2, 32));
+        assert_eq!(h.engine_seq, 7);
+        assert_eq!((h.input_capacity, h.output_capacity), (11, 22));
+        assert_eq!((h.worker_spin_ns, h.worker_yield_after_ns), (33, 44));
+        assert_eq!(h.settings_len, 10);
+        assert_eq!(v.settings(), "settings t");
+        let soc = |node, workers, first_slot, region_size| SocRecordEntry {
+            node,
+            workers,
+            first_slot,
+            region_size,
+        };
+        let socs = [soc(0, 2, 0, 100), soc(1, 3, 2, 200), soc(3, 1, 5, 300)];
+        assert_eq!(v.socs(), socs);
+        assert_eq!(v.names(), [record("a", 1), record("b", 2)]);
+        let theirs = GlobalView::from_header(&r).unwrap();
+        assert_eq!(theirs.socs(), socs);
+        assert_eq!(theirs.names(), [record("a", 1), record("b", 2)]);
+        assert!(std::ptr::eq(v.signals(), r.get(PAGE)));
+        assert!(std::ptr::eq(theirs.signals(), r.get(PAGE)));
+        for i in [0, 5, 31] {
+            let at: &OwnerLine = r.get(2 * PAGE + i * size_of::<OwnerLine>());
+            assert!(std::ptr::eq(v.owner(i), at));
+            assert!(std::ptr::eq(theirs.owner(i), at));
+        }
+        let parts = v.parts();
+        assert_eq!(parts.read_only, 0..PAGE);
+        assert_eq!(parts.signals, PAGE..2 * PAGE);
+        assert_eq!(parts.owners, 2 * PAGE..r.len());
+    }
+
+    /// Owner line `slot_count` is refused even where the region has room
+    /// after the last line.
+    #[test]
+    fn an_owner_line_beyond_the_count_is_refused() {
+        let l = GlobalLayout {
+            slot_count: 31,
+            ..LAYOUT
+        };
+        let r = region(2, &l);
+        let v = GlobalView::with_layout(&r, &l);
+        assert!(r.len() > l.owners() + 31 * size_of::<OwnerLine>());
+        let _ = v.owner(30);
+        let beyond = std::panic::catch_unwind(|| {
+            let _ = v.owner(31);
+        });
+        assert!(beyond.is_err());
+    }
+
+    /// Whether `from_header` takes the region's header once `change` has
+    /// changed it (the header is restored after).
+    fn takes(r: &Region, change: impl FnOnce(&mut GlobalHeader)) -> bool {
+        let p = r
+            .bytes_ptr(header_offset(), size_of::<GlobalHeader>())
+            .cast::<GlobalHeader>();
+        let mut saved = [0u8; size_of::<GlobalHeader>()];
+        // SAFETY: in bounds and aligned; only this test uses the region.
+        unsafe {
+            std::ptr::copy_nonoverlapping(p.cast::<u8>(), saved.as_mut_ptr(), saved.len());
+            change(&mut *p);
+        }
+        let ok = GlobalView::from_header(r).is_ok();
+        // SAFETY: as above.
+        unsafe { std::ptr::copy_nonoverlapping(saved.as_ptr(), p.cast::<u8>(), saved.len()) };
+        ok
+    }
+
+    #[test]
+    fn a_header_whose_parts_do_not_fit_is_refused() {
+        let r = region(3, &LAYOUT);
+        let len = r.len() as u64;
+        let page = PAGE as u64;
+        let soc_table = LAYOUT.soc_table() as u64;
+        let name_table = LAYOUT.name_table() as u64;
+        assert!(takes(&r, |_| {}), "the header as written");
+        // At the limits: settings of no bytes where the signals start.
+        assert!(takes(&r, |h| {
+            h.settings_offset = h.signals_offset;
+            h.settings_len = 0;
+        }));
+        // One thing wrong at a time.
+        let cases: Vec<(&str, Box<dyn Fn(&mut GlobalHeader)>)> = vec![
+            (
+                "SOC table past the end",
+                Box::new(move |h| {
+                    h.soc_count = ((len - soc_table) / size_of::<SocEntry>() as u64 + 1) as u32;
+                }),
+            ),
+            (
+                "name table past the end",
+                Box::new(move |h| {
+                    h.name_count = ((len - name_table) / size_of::<NameEntry>() as u64 + 1) as u32;
+                }),
+            ),
+            (
+                "SOC table misaligned",
+                Box::new(|h| h.soc_table_offset += 8),
+            ),
+            (
+                "name table misaligned",
+                Box::new(|h| h.name_table_offset += 2),
+            ),
+            (
+                "settings past the end",
+                Box::new(move |h| h.settings_len = len - h.settings_offset + 1),
+            ),
+            (
+                "settings after the signals",
+                Box::new(|h| {
+                    h.settings_offset = h.signals_offset + 8;
+                    h.settings_len = 0;
+                }),
+            ),
+            (
+                "signals page past the end",
+                Box::new(move |h| h.signals_offset = len),
+            ),
+            ("signals not on a page", Box::new(|h| h.signals_offset += 8)),
+            ("owner lines past the end", Box::new(|h| h.slot_count += 1)),
+            (
+                "owner lines not on a page",
+                Box::new(|h| {
+                    h.owners_offset += 128;
+                    h.slot_count -= 1;
+                }),
+            ),
+            (
+                "owner lines in the signals page",
+                Box::new(|h| {
+                    h.owners_offset = h.signals_offset;
+                }),
+            ),
+        ];
+        for (what, change) in cases {
+            assert!(!takes(&r, change), "{what}");
+        }
+    }
+}
