@@ -463,3 +463,49 @@ unsafe fn run_init(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Arc;
+
+    /// Loads of one file share one descriptor while one of them lives; a
+    /// file loaded anew after its last load ended gets a descriptor of its
+    /// own, and the table forgets the ended one.
+    #[test]
+    fn loads_of_one_file_share_one_descriptor_while_loaded() {
+        let d = std::env::temp_dir().join(format!("numaproc-shared-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let (a, b) = (d.join("a"), d.join("b"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let open = |p: &Path| shared_descriptor(std::fs::File::open(p).unwrap()).unwrap();
+        let key = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            (m.dev(), m.ino())
+        };
+        let entries = |p: &Path| {
+            let k = key(p);
+            LOADED_FILES
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .filter(|(other, _)| *other == k)
+                .count()
+        };
+        let first = open(&a);
+        let second = open(&a);
+        assert!(Arc::ptr_eq(&first, &second));
+        let other = open(&b);
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(entries(&a), 1);
+        drop((first, second));
+        let again = open(&a);
+        assert_eq!(Arc::strong_count(&again), 1, "a descriptor of its own");
+        assert_eq!(entries(&a), 1, "the ended load is forgotten");
+        drop((again, other));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
