@@ -436,3 +436,159 @@ impl<'r> SocView<'r> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ShmName;
+
+    const LAYOUT: SocLayout = SocLayout {
+        worker_count: 2,
+        names_capacity: 2,
+        input_capacity: 10,
+        output_capacity: 20,
+    };
+
+    fn region(seq: u64) -> Region {
+        let r = Region::create(
+            &ShmName::new("soctest", std::process::id(), seq, "s0").unwrap(),
+            LAYOUT.size().unwrap(),
+            SocLayout::SHAPE,
+        )
+        .unwrap();
+        // SAFETY: freshly created with LAYOUT.size() bytes, no SOC runs.
+        unsafe { write_soc_header(&r, &LAYOUT, 0, 0, &[4, 5], 1, "plan") };
+        r
+    }
+
+    /// Whether `from_header` takes the region's header once `change` has
+    /// changed it (the header is restored after).
+    fn takes(r: &Region, change: impl FnOnce(&mut SocHeader)) -> bool {
+        let p = r
+            .bytes_ptr(header_offset(), size_of::<SocHeader>())
+            .cast::<SocHeader>();
+        let mut saved = [0u8; size_of::<SocHeader>()];
+        // SAFETY: in bounds and aligned; only this test uses the region.
+        unsafe {
+            std::ptr::copy_nonoverlapping(p.cast::<u8>(), saved.as_mut_ptr(), saved.len());
+            change(&mut *p);
+        }
+        let ok = SocView::from_header(r).is_ok();
+        // SAFETY: as above.
+        unsafe { std::ptr::copy_nonoverlapping(saved.as_ptr(), p.cast::<u8>(), saved.len()) };
+        ok
+    }
+
+    /// One field wrong at a time, each is refused (sizes that would
+    /// overflow the layout's arithmetic too, without a panic); at the
+    /// limits, the header is taken.
+    #[test]
+    fn a_header_that_does_not_describe_its_layout_is_refused() {
+        let r = region(1);
+        assert_eq!(r.len(), LAYOUT.size().unwrap(), "the slots end the region");
+        assert!(takes(&r, |_| {}), "the header as written");
+        assert!(takes(&r, |h| h.plan_len = SocLayout::PLAN_CAPACITY as u32));
+        let cases: [(&str, fn(&mut SocHeader)); 13] = [
+            ("one worker more", |h| h.worker_count += 1),
+            ("names past the first page", |h| {
+                h.names_capacity = 2 * (PAGE / size_of::<NameEntry>()) as u32
+            }),
+            ("a page of input more", |h| h.input_capacity += PAGE as u64),
+            ("a page of output more", |h| {
+                h.output_capacity += PAGE as u64
+            }),
+            ("input that overflows", |h| h.input_capacity = u64::MAX),
+            ("output that overflows", |h| h.output_capacity = u64::MAX),
+            ("slots", |h| h.slots_offset += PAGE as u64),
+            ("stride", |h| h.slot_stride += PAGE as u64),
+            ("input offset", |h| h.input_offset += PAGE as u64),
+            ("output offset", |h| h.output_offset += PAGE as u64),
+            ("names", |h| h.names_offset += 8),
+            ("plan", |h| h.plan_offset += PAGE as u64),
+            ("report", |h| h.report_offset += PAGE as u64),
+        ];
+        for (what, change) in cases {
+            assert!(!takes(&r, change), "{what}");
+        }
+        assert!(!takes(&r, |h| h.plan_len = SocLayout::PLAN_CAPACITY as u32 + 1));
+    }
+
+    #[test]
+    fn the_parts_follow_each_other_in_order() {
+        let l = LAYOUT;
+        assert_eq!(l.names(), header_offset() + size_of::<SocHeader>());
+        assert_eq!(l.plan(), PAGE, "the names fit the first page");
+        assert_eq!(l.report(), PAGE + SocLayout::PLAN_CAPACITY);
+        assert_eq!(
+            l.slots(),
+            PAGE + SocLayout::PLAN_CAPACITY + SocLayout::REPORT_CAPACITY
+        );
+        assert_eq!(l.input_offset(), PAGE);
+        assert_eq!(l.output_offset(), 2 * PAGE);
+        assert_eq!(l.stride(), 3 * PAGE);
+        assert_eq!(l.size(), Some(l.slots() + 2 * 3 * PAGE));
+        let many = SocLayout {
+            names_capacity: PAGE / size_of::<NameEntry>() * 2,
+            input_capacity: 0,
+            output_capacity: PAGE + 1,
+            ..l
+        };
+        assert_eq!(many.plan(), 3 * PAGE, "rounded up to a page");
+        assert_eq!(
+            many.output_offset(),
+            2 * PAGE,
+            "an input of a page at least"
+        );
+        assert_eq!(many.stride(), 4 * PAGE);
+    }
+
+    #[test]
+    fn the_soc_reads_what_the_master_wrote() {
+        let r = region(2);
+        let v = SocView::from_header(&r).unwrap();
+        assert_eq!(v.layout(), LAYOUT);
+        assert_eq!(v.worker_count(), 2);
+        let h = v.header();
+        assert_eq!((h.worker_count, h.names_capacity), (2, 2));
+        assert_eq!(h.message_capacity as usize, MESSAGE_CAPACITY);
+        assert_eq!((h.input_capacity, h.output_capacity), (10, 20));
+        for w in 0..2 {
+            let slot = v.slot(w);
+            let base = LAYOUT.slots() + w * LAYOUT.stride();
+            assert!(std::ptr::eq(slot.control, r.get::<SlotControl>(base)));
+            assert_eq!(slot.control.worker.load(Ordering::Relaxed), w as u32);
+            assert_eq!(
+                slot.control.planned_cpu.load(Ordering::Relaxed),
+                4 + w as u32
+            );
+        }
+        assert!(std::panic::catch_unwind(|| v.slot(2)).is_err());
+        // A worker without a planned CPU.
+        // SAFETY: no SOC runs.
+        unsafe { write_soc_header(&r, &LAYOUT, 0, 0, &[4], 2, "") };
+        assert_eq!(
+            v.slot(1).control.planned_cpu.load(Ordering::Relaxed),
+            u32::MAX
+        );
+        assert_eq!(v.plan().as_deref(), Some(""));
+    }
+
+    #[test]
+    fn names_and_reports_up_to_their_areas_are_taken() {
+        let r = region(3);
+        let v = SocView::from_header(&r).unwrap();
+        let record = |id| NameRecord {
+            name: format!("p{id}"),
+            tag: id,
+            label: String::new(),
+            id,
+        };
+        v.set_names(&[record(1), record(2)]).unwrap();
+        assert_eq!(v.names(), [record(1), record(2)]);
+        assert!(v.set_names(&[record(1), record(2), record(3)]).is_err());
+        let full = "r".repeat(SocLayout::REPORT_CAPACITY);
+        v.set_report(&full).unwrap();
+        assert_eq!(v.report(), full);
+        assert!(v.set_report(&format!("{full}r")).is_err());
+    }
+}
