@@ -37,9 +37,15 @@ impl LibraryFile {
     }
 }
 
+/// Whether `owner` is `user` or root: the owners a library file or
+/// directory may have.
+fn owned_by_user_or_root(owner: u32, user: u32) -> bool {
+    owner == user || owner == 0
+}
+
 /// Why a user may not own or write `mode`/`owner`, if anything.
 fn unsafe_owner_or_mode(owner: u32, mode: u32, user: u32) -> Option<String> {
-    if owner != user && owner != 0 {
+    if !owned_by_user_or_root(owner, user) {
         return Some(format!(
             "owned by uid {owner}, not by this engine's user (uid {user}) or root"
         ));
@@ -86,7 +92,7 @@ pub fn open(dir: &Path, entry: &str, soc: u32) -> Result<LibraryFile, LoadError>
     if !meta.is_file() {
         return Err(LoadError::NotAFile { path });
     }
-    if meta.uid() != user && meta.uid() != 0 {
+    if !owned_by_user_or_root(meta.uid(), user) {
         return Err(LoadError::NotOwned {
             path,
             owner: meta.uid(),
@@ -216,4 +222,68 @@ fn open_beneath(
     )
     .map(std::fs::File::from)
     .map_err(open_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rules for any user, not only the one running the tests: its
+    /// own or root's, and writable by neither group nor others.
+    #[test]
+    fn owners_and_modes_allowed_to_a_user() {
+        assert_eq!(unsafe_owner_or_mode(1000, 0o755, 1000), None);
+        assert_eq!(unsafe_owner_or_mode(0, 0o755, 1000), None);
+        assert_eq!(unsafe_owner_or_mode(0, 0o644, 0), None);
+        let other = unsafe_owner_or_mode(1001, 0o755, 1000).unwrap();
+        assert!(other.contains("owned by uid 1001"), "{other}");
+        let other = unsafe_owner_or_mode(1000, 0o755, 0).unwrap();
+        assert!(other.contains("owned by uid 1000"), "{other}");
+        for mode in [0o775, 0o757, 0o1777] {
+            let open = unsafe_owner_or_mode(1000, mode, 1000).unwrap();
+            assert!(open.contains("writable by group or others"), "{open}");
+        }
+        assert!(owned_by_user_or_root(1000, 1000));
+        assert!(owned_by_user_or_root(0, 1000));
+        assert!(!owned_by_user_or_root(1001, 1000));
+        assert!(!owned_by_user_or_root(1000, 0));
+    }
+
+    /// The descriptor a library is loaded through is not inherited by a
+    /// program the engine runs, and its open did not wait (a FIFO would
+    /// have blocked it).
+    #[test]
+    fn a_library_is_opened_close_on_exec_and_without_waiting() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::PermissionsExt;
+        let d = std::env::temp_dir().join(format!("numaproc-openflags-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let lib = d.join("libflags.so");
+        std::fs::write(&lib, b"not really a library").unwrap();
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let f = open(&d, "flags", 0).unwrap();
+        let fd = f.file.as_raw_fd();
+        // SAFETY: fcntl queries on a descriptor this test owns.
+        let (fd_flags, fl_flags) = unsafe {
+            (
+                nix::libc::fcntl(fd, nix::libc::F_GETFD),
+                nix::libc::fcntl(fd, nix::libc::F_GETFL),
+            )
+        };
+        assert_ne!(fd_flags & nix::libc::FD_CLOEXEC, 0, "close on exec");
+        assert_ne!(
+            fl_flags & nix::libc::O_NONBLOCK,
+            0,
+            "opened without waiting"
+        );
+        assert_eq!(
+            fl_flags & nix::libc::O_ACCMODE,
+            nix::libc::O_RDONLY,
+            "read only"
+        );
+        drop(f);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }
