@@ -443,6 +443,18 @@ mod tests {
         }
     }
 
+    /// A whole header's worth of bytes without the magic is no header,
+    /// whatever its version field holds: the object goes by its lock.
+    #[test]
+    fn an_object_with_a_header_size_but_no_magic_goes_by_its_lock() {
+        let name = ShmName::new("stalemagic", std::process::id(), 0, "g").unwrap();
+        std::fs::write(Path::new(SHM_DIR).join(name.to_string()), [0xffu8; 4096]).unwrap();
+        let cleanup = remove_stale(Some("stalemagic")).unwrap();
+        assert_eq!(cleanup.removed, vec![name.clone()], "{cleanup:?}");
+        assert_eq!(cleanup.found[0].creator, None);
+        assert!(!exists(&name));
+    }
+
     /// An object gone between the listing and the look is left out, not
     /// reported as one that cannot be opened.
     #[test]
