@@ -486,6 +486,11 @@ mod tests {
         };
         assert_eq!(odd.signals(), 2 * PAGE, "rounded up to a page");
         assert_eq!(odd.size(), 4 * PAGE, "rounded up to a page");
+        let two_pages_of_lines = GlobalLayout {
+            slot_count: 2 * PAGE / size_of::<OwnerLine>(),
+            ..l
+        };
+        assert_eq!(two_pages_of_lines.size(), 4 * PAGE);
     }
 
     #[test]
