@@ -547,6 +547,9 @@ mod tests {
         assert!(beyond.is_err());
     }
 
+    /// A change to a valid header.
+    type Change = Box<dyn Fn(&mut GlobalHeader)>;
+
     /// Whether `from_header` takes the region's header once `change` has
     /// changed it (the header is restored after).
     fn takes(r: &Region, change: impl FnOnce(&mut GlobalHeader)) -> bool {
@@ -569,7 +572,6 @@ mod tests {
     fn a_header_whose_parts_do_not_fit_is_refused() {
         let r = region(3, &LAYOUT);
         let len = r.len() as u64;
-        let page = PAGE as u64;
         let soc_table = LAYOUT.soc_table() as u64;
         let name_table = LAYOUT.name_table() as u64;
         assert!(takes(&r, |_| {}), "the header as written");
@@ -579,7 +581,7 @@ mod tests {
             h.settings_len = 0;
         }));
         // One thing wrong at a time.
-        let cases: Vec<(&str, Box<dyn Fn(&mut GlobalHeader)>)> = vec![
+        let cases: Vec<(&str, Change)> = vec![
             (
                 "SOC table past the end",
                 Box::new(move |h| {

@@ -461,6 +461,9 @@ mod tests {
         r
     }
 
+    /// A change to a valid header.
+    type Change = fn(&mut SocHeader);
+
     /// Whether `from_header` takes the region's header once `change` has
     /// changed it (the header is restored after).
     fn takes(r: &Region, change: impl FnOnce(&mut SocHeader)) -> bool {
@@ -488,7 +491,7 @@ mod tests {
         assert_eq!(r.len(), LAYOUT.size().unwrap(), "the slots end the region");
         assert!(takes(&r, |_| {}), "the header as written");
         assert!(takes(&r, |h| h.plan_len = SocLayout::PLAN_CAPACITY as u32));
-        let cases: [(&str, fn(&mut SocHeader)); 13] = [
+        let cases: [(&str, Change); 13] = [
             ("one worker more", |h| h.worker_count += 1),
             ("names past the first page", |h| {
                 h.names_capacity = 2 * (PAGE / size_of::<NameEntry>()) as u32
