@@ -559,6 +559,10 @@ mod tests {
             let slot = v.slot(w);
             let base = LAYOUT.slots() + w * LAYOUT.stride();
             assert!(std::ptr::eq(slot.control, r.get::<SlotControl>(base)));
+            let at = |offset| r.bytes_ptr(base + offset, 1);
+            assert_eq!(slot.message_ptr(), at(size_of::<SlotControl>()));
+            assert_eq!(slot.input_ptr(), at(LAYOUT.input_offset()));
+            assert_eq!(slot.output_ptr(), at(LAYOUT.output_offset()));
             assert_eq!(slot.control.worker.load(Ordering::Relaxed), w as u32);
             assert_eq!(
                 slot.control.planned_cpu.load(Ordering::Relaxed),
@@ -588,6 +592,12 @@ mod tests {
         };
         v.set_names(&[record(1), record(2)]).unwrap();
         assert_eq!(v.names(), [record(1), record(2)]);
+        let second: &NameEntry = r.get(LAYOUT.names() + size_of::<NameEntry>());
+        assert_eq!(
+            second.as_str(),
+            Some("p2"),
+            "entry 1 where the layout has it"
+        );
         assert!(v.set_names(&[record(1), record(2), record(3)]).is_err());
         let full = "r".repeat(SocLayout::REPORT_CAPACITY);
         v.set_report(&full).unwrap();
