@@ -892,6 +892,24 @@ mod tests {
         assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
     }
 
+    /// The mapping's addresses are those of its bytes, and a creator hands
+    /// out a descriptor of the same object (an opener has none to give).
+    #[test]
+    fn address_range_and_reopen_name_the_mapping_and_the_object() {
+        let n = name("reopen");
+        let r = Region::create(&n, 8192, shape()).unwrap();
+        let range = r.address_range();
+        assert_eq!(range.start, r.bytes_ptr(0, 1) as usize);
+        assert_eq!(range.end - range.start, 8192);
+        r.get::<AtomicU32>(4096).store(7, Ordering::Relaxed);
+        r.publish();
+        let fd = r.reopen().unwrap().unwrap();
+        let o =
+            Region::from_file(File::from(fd), "reopened", shape(), Duration::from_secs(1)).unwrap();
+        assert_eq!(o.get::<AtomicU32>(4096).load(Ordering::Relaxed), 7);
+        assert!(o.reopen().is_none());
+    }
+
     #[test]
     fn create_is_exclusive() {
         let n = name("d");
