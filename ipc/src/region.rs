@@ -910,6 +910,58 @@ mod tests {
         assert!(o.reopen().is_none());
     }
 
+    /// Only whole pages of the mapping can be protected (the last one may
+    /// end with the mapping); a protected page still reads, and its name,
+    /// size and emptiness are the region's.
+    #[test]
+    fn only_whole_pages_of_the_mapping_are_protected() {
+        let n = name("protect");
+        let r = Region::create(&n, 3 * 4096 + 100, shape()).unwrap();
+        assert_eq!(r.name(), n.to_string());
+        assert!(!r.is_empty());
+        let end = r.len();
+        for bad in [1..4096, 0..4095, 4096..0, 0..end + 4096, 8192..4096] {
+            assert!(r.protect_read_only(bad.clone()).is_err(), "{bad:?}");
+        }
+        r.protect_read_only(4096..4096).unwrap();
+        r.protect_read_only(3 * 4096..end).unwrap();
+        r.protect_read_only(0..4096).unwrap();
+        assert_eq!(r.header().magic, REGION_MAGIC);
+        // A protected page faults when written: seen from a child, which
+        // dies of it while the page stays as it was.
+        let at = r.bytes_ptr(8, 1) as usize;
+        // SAFETY: the child writes one byte to a page of its copy of the
+        // mapping, then exits at once; the parent only waits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: the write that must fault.
+                unsafe { std::ptr::write_volatile(at as *mut u8, 1) };
+                // SAFETY: _exit after fork.
+                unsafe { nix::libc::_exit(0) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert!(
+                    matches!(
+                        status,
+                        nix::sys::wait::WaitStatus::Signaled(
+                            _,
+                            nix::sys::signal::Signal::SIGSEGV,
+                            _
+                        )
+                    ),
+                    "{status:?}"
+                );
+            }
+        }
+        // The pages after the protected one are still writable.
+        r.get::<AtomicU32>(4096).store(1, Ordering::Relaxed);
+        // SAFETY: the range is not used again by this test.
+        unsafe { r.discard(8192..3 * 4096) }.unwrap();
+        // SAFETY: as above.
+        assert!(unsafe { r.discard(8192..8193) }.is_err());
+    }
+
     #[test]
     fn create_is_exclusive() {
         let n = name("d");
