@@ -472,8 +472,18 @@ mod tests {
     fn a_symlink_under_an_objects_name_is_not_followed() {
         let link = ShmName::new("stalelink", std::process::id(), 0, "g").unwrap();
         let target = Path::new(SHM_DIR).join(format!("stalelink-target-{}", std::process::id()));
-        std::fs::write(&target, [0u8; 64]).unwrap();
         let at = Path::new(SHM_DIR).join(link.to_string());
+        // Both go when the test ends, passed or failed.
+        struct Remove<'a>(&'a [&'a Path]);
+        impl Drop for Remove<'_> {
+            fn drop(&mut self) {
+                for p in self.0 {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        let _remove = Remove(&[&at, &target]);
+        std::fs::write(&target, [0u8; 64]).unwrap();
         std::os::unix::fs::symlink(&target, &at).unwrap();
         let cleanup = remove_stale(Some("stalelink")).unwrap();
         assert!(!cleanup.removed.contains(&link), "{cleanup:?}");
@@ -490,8 +500,6 @@ mod tests {
             let mine = found.iter().find(|f| f.name == link).unwrap();
             assert_eq!(mine.verdict, Verdict::NotOurs { uid: 65534 }, "{found:?}");
         }
-        std::fs::remove_file(&at).unwrap();
-        std::fs::remove_file(&target).unwrap();
     }
 
     /// Another user's object is skipped, and the cleanup goes on to remove
