@@ -706,11 +706,20 @@ impl Watch {
     }
 
     fn restart(&mut self, i: usize) {
-        let record = &self.s.records[i];
-        record.restarts.fetch_add(1, Ordering::Relaxed);
+        self.s.records[i].restarts.fetch_add(1, Ordering::Relaxed);
+        let plan = self.s.plans[i].clone();
+        if let Err(e) = self.start_again(i, &plan) {
+            // A failed start counts as a death (with its back-off).
+            let why = format!("could not be started again: {e}");
+            self.s.records[i].set_last_error(&why);
+            self.schedule_restart(i, &why);
+        }
+    }
+
+    /// Starts SOC `i`, dead now, with library plan `plan`: its header and
+    /// plan written again, its start-up deadline set.
+    fn start_again(&mut self, i: usize, plan: &str) -> Result<(), String> {
         self.starts[i] += 1;
-        let start = self.starts[i];
-        let plan = &self.s.plans[i];
         let memory = &self.s.memory;
         let p = &memory.placement[i];
         // SAFETY: the region has its layout's size (created so), and no
@@ -727,25 +736,17 @@ impl Watch {
                 i as u32,
                 p.node,
                 &p.cpus,
-                start,
+                self.starts[i],
                 plan,
             )
         };
-        match self.socs.launcher.launch(i) {
-            Ok(h) => {
-                record.set_pid(h.pid());
-                self.socs.handles[i] = Some(h);
-                self.starting[i] = Some(numaproc_ipc::wait::saturating_deadline(
-                    self.s.startup_timeout,
-                ));
-            }
-            Err(e) => {
-                // A failed start counts as a death (with its back-off).
-                let why = format!("could not be started again: {e}");
-                record.set_last_error(&why);
-                self.schedule_restart(i, &why);
-            }
-        }
+        let h = self.socs.launcher.launch(i)?;
+        self.s.records[i].set_pid(h.pid());
+        self.socs.handles[i] = Some(h);
+        self.starting[i] = Some(numaproc_ipc::wait::saturating_deadline(
+            self.s.startup_timeout,
+        ));
+        Ok(())
     }
 
     /// Takes the restart requests that arrived.
@@ -885,37 +886,14 @@ impl Watch {
 
     /// Starts SOC `i` (restarted on purpose, dead now) with `plan`.
     fn cycle_launch(&mut self, i: usize, plan: String) -> bool {
-        let memory = Arc::clone(&self.s.memory);
-        let view = memory.view(i);
+        let view = self.s.memory.view(i);
         // Closed for its old workers; the new ones must find the slots
         // not closed (they leave at once otherwise): failed until ready.
         for w in 0..view.worker_count() {
             view.slot(w).control.fail();
         }
-        self.starts[i] += 1;
-        let p = &memory.placement[i];
-        // SAFETY: the region has its layout's size, and no process of
-        // this SOC runs (its liveness descriptor said it ended; see
-        // `restart`).
-        unsafe {
-            memory.regions[i].restore_header();
-            write_soc_header(
-                &memory.regions[i],
-                &memory.layouts[i],
-                i as u32,
-                p.node,
-                &p.cpus,
-                self.starts[i],
-                &plan,
-            )
-        };
-        match self.socs.launcher.launch(i) {
-            Ok(h) => {
-                self.s.records[i].set_pid(h.pid());
-                self.socs.handles[i] = Some(h);
-                self.starting[i] = Some(numaproc_ipc::wait::saturating_deadline(
-                    self.s.startup_timeout,
-                ));
+        match self.start_again(i, &plan) {
+            Ok(()) => {
                 if let Some(c) = &mut self.cycles[i] {
                     c.phase = Phase::Starting;
                 }

@@ -298,37 +298,57 @@ fn a_damaged_catalog_is_reported_and_left_alone() {
     served.stop_clean(&pids);
 }
 
+/// A server of one SOC with `workers` workers, `ver1.so` loaded and a
+/// drain of a minute (a change waits for the calls in flight).
+fn start_slow_drain(tag: &str, libs: &Libs, workers: usize) -> Served {
+    Served::start(
+        tag,
+        &format!(
+            "socs = 1\nworkers_per_soc = {workers}\ndrain_timeout_ms = 60000\n{}\nlibraries = [\"ver1.so\"]",
+            libs.toml()
+        ),
+    )
+}
+
+/// `numaproc ARGS` against `served`, in the background, its output piped.
+fn spawn(served: &Served, args: &[&str]) -> std::process::Child {
+    let mut cmd = served.command(args);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    common::die_with_parent(&mut cmd).spawn().unwrap()
+}
+
+/// Waits until `watcher` sees SOC 0 restarting.
+fn wait_restarting(watcher: &numaproc::Client) {
+    let deadline = std::time::Instant::now() + common::STEP;
+    while watcher.status(common::STEP).unwrap().socs[0].state != numaproc::SocState::Restarting {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SOC 0 never began restarting"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// While a change waits for a call to end (its SOC drains), the server
 /// answers every other request at once, and reclaims a client that dies:
 /// the dead client's call is given up, the drain ends, the change
 /// completes.
 #[test]
 fn a_change_in_flight_holds_up_no_other_request() {
-    use std::process::Stdio;
     use std::time::{Duration, Instant};
     let libs = Libs::new("inflight");
-    let mut served = Served::start(
-        "libs-inflight",
-        &format!(
-            "socs = 1\nworkers_per_soc = 2\ndrain_timeout_ms = 60000\n{}\nlibraries = [\"ver1.so\"]",
-            libs.toml()
-        ),
-    );
+    let mut served = start_slow_drain("libs-inflight", &libs, 2);
     let client = served.client();
     let pids = served.soc_pids();
     // Another process's call, running on worker 0 for a minute.
-    let mut caller = served.command(&["call", "--soc", "0", "--worker", "0", "sys_sleep", "60000"]);
-    caller.stdout(Stdio::null()).stderr(Stdio::null());
-    let mut caller = common::die_with_parent(&mut caller).spawn().unwrap();
+    let mut caller = spawn(
+        &served,
+        &["call", "--soc", "0", "--worker", "0", "sys_sleep", "60000"],
+    );
     common::wait_held_by_other(&client, 0, 0);
-    let mut upgrade = served.command(&["libs", "upgrade", "ver", "ver2.so"]);
-    upgrade.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut upgrade = common::die_with_parent(&mut upgrade).spawn().unwrap();
-    let deadline = Instant::now() + common::STEP;
-    while client.status(common::STEP).unwrap().socs[0].state != numaproc::SocState::Restarting {
-        assert!(Instant::now() < deadline, "SOC 0 never began restarting");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let mut upgrade = spawn(&served, &["libs", "upgrade", "ver", "ver2.so"]);
+    wait_restarting(&client);
     // The change waits for the call; everything else is answered now.
     let asked = Instant::now();
     let list = listed(&served);
@@ -368,35 +388,19 @@ fn a_change_in_flight_holds_up_no_other_request() {
 /// without the change.
 #[test]
 fn a_change_whose_server_dies_ends_in_a_lost_request() {
-    use std::process::Stdio;
     use std::time::{Duration, Instant};
     let libs = Libs::new("lost");
-    let mut served = Served::start(
-        "libs-lost",
-        &format!(
-            "socs = 1\nworkers_per_soc = 1\ndrain_timeout_ms = 60000\n{}\nlibraries = [\"ver1.so\"]",
-            libs.toml()
-        ),
-    );
+    let mut served = start_slow_drain("libs-lost", &libs, 1);
     let client = served.client();
-    let mut caller = served.command(&["call", "sys_sleep", "60000"]);
-    caller.stdout(Stdio::null()).stderr(Stdio::null());
-    let mut caller = common::die_with_parent(&mut caller).spawn().unwrap();
+    let mut caller = spawn(&served, &["call", "sys_sleep", "60000"]);
     common::wait_held_by_other(&client, 0, 0);
-    let mut upgrade = served.command(&["libs", "upgrade", "ver", "ver2.so"]);
-    upgrade.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut upgrade = common::die_with_parent(&mut upgrade).spawn().unwrap();
+    let mut upgrade = spawn(&served, &["libs", "upgrade", "ver", "ver2.so"]);
     let watcher = served.client();
     std::thread::scope(|s| {
         // The same through the Rust client, from another thread (its
         // requests wait for one another: another client watches).
         let rust = s.spawn(|| client.unload_library("ver"));
-        let deadline = Instant::now() + common::STEP;
-        while watcher.status(common::STEP).unwrap().socs[0].state != numaproc::SocState::Restarting
-        {
-            assert!(Instant::now() < deadline, "SOC 0 never began restarting");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_restarting(&watcher);
         let killed = Instant::now();
         served.kill();
         let status = common::wait_bounded(&mut upgrade, common::STEP).expect("libs upgrade ends");

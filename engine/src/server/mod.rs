@@ -532,18 +532,7 @@ impl Catalog {
     /// The libraries served, and the catalog's entries that failed.
     fn list(&self, engine: &Engine) -> Vec<crate::LibraryInfo> {
         let mut list = engine.libraries();
-        for (e, why) in self.failed().iter() {
-            list.push(crate::LibraryInfo {
-                name: e.name.clone(),
-                version: e.version.clone(),
-                entry: e.entry.clone(),
-                path: String::new(),
-                socs: Vec::new(),
-                procedures: Vec::new(),
-                loaded_at_ms: 0,
-                failed: Some(why.clone()),
-            });
-        }
+        list.extend(self.failed().iter().cloned().map(catalog_info));
         list
     }
 
