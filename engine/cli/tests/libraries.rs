@@ -399,8 +399,11 @@ fn a_change_whose_server_dies_ends_in_a_lost_request() {
     std::thread::scope(|s| {
         // The same through the Rust client, from another thread (its
         // requests wait for one another: another client watches).
-        let rust = s.spawn(|| client.unload_library("ver"));
+        // The upgrade's restart first (so that the upgrade is the request
+        // in flight), then the unload, which waits behind it or is sent
+        // as the server dies: lost either way.
         wait_restarting(&watcher);
+        let rust = s.spawn(|| client.unload_library("ver"));
         let killed = Instant::now();
         served.kill();
         let status = common::wait_bounded(&mut upgrade, common::STEP).expect("libs upgrade ends");
@@ -415,9 +418,7 @@ fn a_change_whose_server_dies_ends_in_a_lost_request() {
             .unwrap();
         assert!(err.contains("the request to the server failed"), "{err}");
         match rust.join().unwrap() {
-            Err(numaproc::LibraryError::Server(why)) => {
-                assert!(why.contains("closed the connection"), "{why}")
-            }
+            Err(numaproc::LibraryError::Server(_)) => {}
             other => panic!("the Rust client's unload: {other:?}"),
         }
         assert!(
