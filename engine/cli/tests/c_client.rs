@@ -275,7 +275,16 @@ fn the_c_example_prints_what_it_should() {
     );
     assert!(out.status.success(), "{cc}: {out:?}");
     let (name, dir) = (served.name.clone(), served.dir.clone());
-    let run = || run_bounded(Command::new(&exe).arg(&name).arg(&dir), None);
+    // The library found above, not another copy on cargo's library path.
+    let run = || {
+        run_bounded(
+            Command::new(&exe)
+                .arg(&name)
+                .arg(&dir)
+                .env("LD_LIBRARY_PATH", &lib),
+            None,
+        )
+    };
     let out = run();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

@@ -128,16 +128,24 @@ pub fn objects_left(prefix: &str) -> Vec<String> {
 /// before this test: beside this executable or above it.
 pub fn cargo_built(file_name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
     let mut dir = exe.parent();
     while let Some(d) = dir {
         for c in [d.join(file_name), d.join("deps").join(file_name)] {
-            if c.is_file() {
-                return c;
+            if let Ok(modified) = std::fs::metadata(&c).and_then(|m| m.modified()) {
+                found.push((modified, c));
             }
         }
         dir = d.parent();
     }
-    panic!("{file_name} not found near {}", exe.display());
+    // The newest: a copy an earlier `cargo build` left beside `deps/` is
+    // not rebuilt by `cargo test`, which builds the dev-dependency in
+    // `deps/`.
+    found
+        .into_iter()
+        .max_by_key(|(modified, _)| *modified)
+        .map(|(_, path)| path)
+        .unwrap_or_else(|| panic!("{file_name} not found near {}", exe.display()))
 }
 
 /// The Rust example library, built by cargo as a dev-dependency.
