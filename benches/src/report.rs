@@ -83,6 +83,9 @@ pub const TARGET_START_SPAWNED_MS: f64 = 10.0;
 /// Target: a killed SOC serves again within this many ms beyond its
 /// back-off.
 pub const TARGET_RESTART_MS: f64 = 3.0;
+/// Sessions sharing fewer workers, where the threads fit the CPUs: at
+/// least this share of the calls/s of as many pairs as there are workers.
+pub const TARGET_SHARED: f64 = 0.7;
 
 fn find(r: &LatencyResult, c: Contender, size: usize) -> Option<&ContenderResult> {
     r.results
@@ -332,6 +335,7 @@ fn targets(report: &Report, md: &mut String) {
         }
     }
     any |= start_rows(report, md);
+    any |= shared_rows(report, md);
     if !any {
         let _ = writeln!(md, "| (no job with a target ran) | | | | | |");
     }
@@ -388,6 +392,47 @@ fn large_rows(r: &LatencyResult, md: &mut String) -> bool {
         );
     }
     any
+}
+
+/// The target rows of sessions sharing fewer workers where the sessions
+/// and workers fit the CPUs with at most one thread more than CPUs (here:
+/// 2 sessions on 1 worker on 2 CPUs); whether any.
+fn shared_rows(report: &Report, md: &mut String) -> bool {
+    let cpus = report.machine.cpus.len();
+    let mut any = false;
+    for t in &report.throughput {
+        let (k, m) = (t.job.sessions, t.job.workers);
+        if k <= m || k + m > cpus + 1 {
+            continue;
+        }
+        let Some(one) = pair_rate(report, t) else {
+            continue;
+        };
+        let share = t.calls_per_s / (m as f64 * one);
+        any = true;
+        let _ = writeln!(
+            md,
+            "| {k} sessions on {m} workers ≥ {:.0}% of {m} pairs | {} SOC, sys_ping, {} s; claim wait p99 {} (worst session {}) | {} | {m} × one pair {} | {share:.2}× | {} |",
+            TARGET_SHARED * 100.0,
+            t.job.kind,
+            t.seconds.round(),
+            fmt_ns(t.claim_wait.p99_ns as f64),
+            fmt_ns(worst_wait_p99(t) as f64),
+            fmt_rate(t.calls_per_s),
+            fmt_rate(one),
+            verdict(share, TARGET_SHARED, false)
+        );
+    }
+    any
+}
+
+/// The highest per-session p99 claim wait of a throughput job.
+fn worst_wait_p99(t: &ThroughputResult) -> u64 {
+    t.claim_wait_per_session
+        .iter()
+        .map(|w| w.p99_ns)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The start and restart target rows; whether any.
@@ -937,6 +982,12 @@ fn pair_rate(report: &Report, t: &ThroughputResult) -> Option<f64> {
         .map(|x| x.calls_per_s)
 }
 
+/// Pairs that can run at once: no more than the sessions, the workers,
+/// or half the CPUs (a spinning pair keeps two busy).
+fn limit_pairs(t: &ThroughputResult, cpus: usize) -> usize {
+    t.job.sessions.min(t.job.workers).min(cpus / 2).max(1)
+}
+
 /// Scaling efficiency: calls/s over (pairs × one pair's calls/s), where
 /// pairs = min(sessions, workers).
 pub fn efficiency(report: &Report, t: &ThroughputResult) -> Option<f64> {
@@ -950,30 +1001,54 @@ fn throughput_table(report: &Report, md: &mut String) {
         return;
     }
     let _ = writeln!(md, "\n## Throughput (sys_ping, sessions × workers)\n");
+    let cpus = report.machine.cpus.len();
     let _ = writeln!(
         md,
-        "| kind | sessions | workers | calls/s | × one pair | efficiency |"
+        "| kind | sessions | workers | calls/s | × one pair | efficiency | of the limit | claim wait p50 / p99 | worst session p99 | calls per session |"
     );
-    let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        md,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for t in &report.throughput {
         let one = pair_rate(report, t);
+        let limit = limit_pairs(t, cpus) as f64;
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} |",
             t.job.kind,
             t.job.sessions,
             t.job.workers,
             fmt_rate(t.calls_per_s),
             one.map_or("–".to_owned(), |o| format!("{:.2}×", t.calls_per_s / o)),
-            efficiency(report, t).map_or("–".to_owned(), |e| format!("{:.0}%", e * 100.0))
+            efficiency(report, t).map_or("–".to_owned(), |e| format!("{:.0}%", e * 100.0)),
+            one.map_or("–".to_owned(), |o| format!(
+                "{:.0}%",
+                t.calls_per_s / (limit * o) * 100.0
+            )),
+            fmt_ns(t.claim_wait.p50_ns as f64),
+            fmt_ns(t.claim_wait.p99_ns as f64),
+            fmt_ns(worst_wait_p99(t) as f64),
+            t.per_session
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" / ")
         );
     }
     let _ = writeln!(
         md,
         "\nEfficiency = calls/s ÷ (min(sessions, workers) × the calls/s of one \
-         session with one worker). On this machine sessions and workers share \
-         {} CPUs, so more than one pair cannot scale.",
-        report.machine.cpus.len()
+         session with one worker). A pair of a spinning session and a spinning \
+         worker keeps two CPUs busy, so on {cpus} CPUs at most {} pairs run at \
+         once: *of the limit* is calls/s ÷ (min(sessions, workers, {}) × one \
+         pair's), the physical limit where sessions and workers do not fit the \
+         CPUs. The claim wait is the time `claim` took for one call in {} of \
+         each session (the wait for a worker, p50 / p99 of all sessions, and \
+         the p99 of the session that waited most).",
+        (cpus / 2).max(1),
+        (cpus / 2).max(1),
+        crate::spec::CLAIM_SAMPLE_EVERY
     );
 }
 
@@ -1203,18 +1278,28 @@ fn csv_restart(report: &Report) -> String {
 }
 
 fn csv_throughput(report: &Report) -> String {
-    let mut s = String::from("kind,sessions,workers,calls,seconds,calls_per_s,efficiency\n");
+    let mut s = String::from(
+        "kind,sessions,workers,calls,seconds,calls_per_s,efficiency,claim_wait_p50_ns,claim_wait_p99_ns,claim_wait_worst_session_p99_ns,per_session\n",
+    );
     for t in &report.throughput {
         let _ = writeln!(
             s,
-            "{},{},{},{},{:.3},{:.1},{}",
+            "{},{},{},{},{:.3},{:.1},{},{},{},{},{}",
             t.job.kind,
             t.job.sessions,
             t.job.workers,
             t.calls,
             t.seconds,
             t.calls_per_s,
-            efficiency(report, t).map_or(String::new(), |e| format!("{e:.4}"))
+            efficiency(report, t).map_or(String::new(), |e| format!("{e:.4}")),
+            t.claim_wait.p50_ns,
+            t.claim_wait.p99_ns,
+            worst_wait_p99(t),
+            t.per_session
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     s

@@ -258,7 +258,18 @@ pub struct ThroughputResult {
     pub per_session: Vec<u64>,
     /// CPU each session was pinned to.
     pub session_cpus: Vec<Option<u32>>,
+    /// Waits for a worker (the claim) of every session together: one call
+    /// in [`CLAIM_SAMPLE_EVERY`] of each session is timed.
+    #[serde(default)]
+    pub claim_wait: Summary,
+    /// The same, per session.
+    #[serde(default)]
+    pub claim_wait_per_session: Vec<Summary>,
 }
+
+/// A throughput job times the claim of one call in this many per session
+/// (timing each would add two clock reads to a call of ~150 ns).
+pub const CLAIM_SAMPLE_EVERY: u64 = 8;
 
 /// A NUMA memory job: every (worker node, memory node) pair.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -338,7 +338,7 @@ fn watch_server(
                     place.session().control.fail();
                 }
             }
-            core.signal_free();
+            core.signal_all();
             return;
         }
     }

@@ -112,7 +112,7 @@ impl<'c> Claim<'c> {
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         if self.slot.session().unclaim(self.claimed) {
-            self.core.signal_free();
+            self.core.signal_freed(self.slot);
         }
     }
 }
@@ -314,7 +314,7 @@ impl Drop for Session<'_> {
             session.release(self.claimed)
         };
         if freed {
-            self.core.signal_free();
+            self.core.signal_freed(self.slot);
         }
     }
 }

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 use numaproc_ipc::layout::LayoutError;
 use numaproc_ipc::session::Claimed;
-use numaproc_ipc::table::SlotTable;
+use numaproc_ipc::signal::{Notified, WAKE_WINDOW};
+use numaproc_ipc::slot::monotonic_ns;
+use numaproc_ipc::table::{SlotPlace, SlotTable};
 use numaproc_ipc::{Region, WaitPolicy};
 use numaproc_procs::{Origin, ProcId, Registry};
 
@@ -31,7 +33,29 @@ thread_local! {
     /// last, per core: tried first on the next call, which keeps one worker
     /// hot for a thread making calls in a row.
     static LAST_SLOT: Cell<(u64, usize)> = const { Cell::new((u64::MAX, 0)) };
+    /// Set when this thread's release woke sessions waiting for a slot:
+    /// its next claim on that core first stands back (see
+    /// [`SessionCore::stand_back`]).
+    static STAND_BACK: Cell<Option<StandBack>> = const { Cell::new(None) };
 }
+
+/// A release that woke sleepers, for the releaser's next claim.
+#[derive(Debug, Clone, Copy)]
+struct StandBack {
+    core: u64,
+    /// The freed slot's position.
+    pos: usize,
+    /// `FreeSignal::misses` before the wake, and how many it woke.
+    misses: u32,
+    woken: usize,
+    /// `monotonic_ns` after which the releaser stops standing back.
+    until_ns: u64,
+}
+
+/// Longest a releaser that woke sleepers stands back from the slot it
+/// freed, waiting for one of them to take it (they usually do, or miss, in
+/// microseconds).
+const STAND_BACK_MAX: Duration = Duration::from_micros(100);
 
 /// Whether a SOC can serve, now or later: the engine knows it from its
 /// supervisor; a process that only maps the memory assumes it can.
@@ -414,8 +438,12 @@ impl SessionCore {
         }
     }
 
-    /// One pass over the candidate slots; claims the first idle one.
-    fn claim_once(&self, target: Target, list: &[usize]) -> Option<(usize, Claimed)> {
+    /// One pass over the candidate slots; claims the first idle one. When
+    /// `polite`, a slot whose worker runs on this thread's CPU is left to a
+    /// session that spins for a slot, if there is one (it runs on a CPU of
+    /// its own and makes many calls in the time this thread makes one on
+    /// the worker's CPU).
+    fn claim_once(&self, target: Target, list: &[usize], polite: bool) -> Option<(usize, Claimed)> {
         let all = target == Target::Any;
         let places = self.table.places();
         let n = if all { places.len() } else { list.len() };
@@ -439,11 +467,12 @@ impl SessionCore {
         // the SOC of the worker on this CPU if there is one (this CPU's
         // node): first that SOC's other workers, then any other, then the
         // one on this CPU.
-        let here = if self.binding && n > 1 {
+        let here = if self.binding && (n > 1 || polite) {
             current_cpu()
         } else {
             None
         };
+        let give_way = polite && here.is_some() && self.table.signals().someone_spins();
         let near = here.and_then(|cpu| {
             let pos = self.cpus.iter().position(|&c| c == Some(cpu))?;
             Some(self.table.place(pos)?.soc())
@@ -467,7 +496,7 @@ impl SessionCore {
                     (_, 1) => on_here,
                     _ => false,
                 };
-                if skip {
+                if skip || (give_way && on_here) {
                     continue;
                 }
                 let mut released = false;
@@ -501,11 +530,12 @@ impl SessionCore {
         &self,
         target: Target,
         list: &[usize],
+        polite: bool,
     ) -> Option<Result<(usize, Claimed), CallError>> {
         if let Some(e) = self.engine_gone() {
             return Some(Err(e));
         }
-        if let Some(c) = self.claim_once(target, list) {
+        if let Some(c) = self.claim_once(target, list, polite) {
             return Some(Ok(c));
         }
         if self.watched && self.all_closed(list) {
@@ -523,6 +553,9 @@ impl SessionCore {
 
     #[inline]
     fn claim_impl(&self, target: Target, wait: Option<Duration>) -> Result<Claim<'_>, CallError> {
+        if STAND_BACK.with(|c| c.get().is_some()) {
+            self.stand_back();
+        }
         match self.claim_preferred(target) {
             Some(claim) => Ok(claim),
             None => self.claim_scan(target, wait),
@@ -536,7 +569,13 @@ impl SessionCore {
         let (pos, same_cpu) = match target {
             Target::Worker { soc, worker } => {
                 let pos = *self.by_soc.get(soc)?.get(worker)?;
-                (pos, self.binding && self.cpus[pos] == current_cpu())
+                let same_cpu = self.binding && self.cpus[pos] == current_cpu();
+                // A session spinning for a slot may want it: let the scan
+                // decide whether to give way.
+                if same_cpu && self.table.signals().someone_spins() {
+                    return None;
+                }
+                (pos, same_cpu)
             }
             Target::Any | Target::Soc(_) => {
                 let (core, last) = LAST_SLOT.with(Cell::get);
@@ -571,15 +610,28 @@ impl SessionCore {
     #[inline(never)]
     fn claim_scan(&self, target: Target, wait: Option<Duration>) -> Result<Claim<'_>, CallError> {
         let list = self.candidates(target)?;
-        let got = match self.attempt(target, list) {
+        let got = match self.attempt(target, list, true) {
             Some(r) => Some(r),
             None => match wait {
                 None => return Err(CallError::Busy),
-                Some(d) => self.table.signals().wait_for(
-                    numaproc_ipc::wait::deadline_in(d),
-                    self.settings.session_policy.spin.min(d),
-                    || self.attempt(target, list),
-                ),
+                Some(d) => {
+                    // Spinning on a worker's CPU takes the CPU from the
+                    // worker (serving someone else): sleep at once there.
+                    let spin = if self.on_a_workers_cpu() {
+                        Duration::ZERO
+                    } else {
+                        self.settings.session_policy.spin.min(d)
+                    };
+                    // Giving way to spinning sessions lasts a wake window:
+                    // by then this thread has slept through a wake, which
+                    // makes the releaser stand back for it.
+                    let started = Instant::now();
+                    self.table
+                        .signals()
+                        .wait_for(numaproc_ipc::wait::deadline_in(d), spin, || {
+                            self.attempt(target, list, started.elapsed() < WAKE_WINDOW)
+                        })
+                }
             },
         };
         let (pos, claimed) =
@@ -806,10 +858,80 @@ impl SessionCore {
         self.availability.gone_now().map(CallError::EngineGone)
     }
 
-    /// Wakes sessions waiting for a free slot (after a release).
+    /// Wakes sessions waiting for a free slot (after a release by
+    /// someone else's claim).
     #[inline]
     pub(crate) fn signal_free(&self) {
         self.table.signals().notify();
+    }
+
+    /// Wakes sessions waiting for a free slot after this thread freed
+    /// `slot`; if the wake woke any, this thread's next claim stands back
+    /// for them (see [`SessionCore::stand_back`]).
+    #[inline]
+    pub(crate) fn signal_freed(&self, slot: &SlotPlace) {
+        if let Notified::Woken { woken, misses } = self.table.signals().notify()
+            && woken > 0
+        {
+            self.note_stand_back(slot, woken, misses);
+        }
+    }
+
+    /// Wakes every session waiting for a slot now, whatever the wake
+    /// window: they must see a change at once (the engine gone).
+    pub(crate) fn signal_all(&self) {
+        self.table.signals().notify_now();
+    }
+
+    #[cold]
+    fn note_stand_back(&self, slot: &SlotPlace, woken: usize, misses: u32) {
+        let places = self.table.places();
+        let Some(pos) = places.iter().position(|p| std::ptr::eq(p, slot)) else {
+            return;
+        };
+        let until_ns = monotonic_ns().saturating_add(STAND_BACK_MAX.as_nanos() as u64);
+        STAND_BACK.with(|c| {
+            c.set(Some(StandBack {
+                core: self.id,
+                pos,
+                misses,
+                woken,
+                until_ns,
+            }));
+        });
+    }
+
+    /// Before a claim of a thread whose last release woke sessions
+    /// sleeping for a slot: waits (yielding) until one of them took the
+    /// slot it freed, or all of them looked and missed (their target is
+    /// another), or [`STAND_BACK_MAX`] passed. Without it, a thread calling
+    /// in a loop takes the slot back before any woken session runs, and
+    /// the sleepers, woken for nothing window after window, never get a
+    /// call through.
+    #[cold]
+    #[inline(never)]
+    fn stand_back(&self) {
+        let Some(sb) = STAND_BACK.with(Cell::take) else {
+            return;
+        };
+        if sb.core != self.id {
+            return;
+        }
+        let Some(place) = self.table.place(sb.pos) else {
+            return;
+        };
+        let signals = self.table.signals();
+        while !place.session().is_held()
+            && !signals.stood_back(sb.misses, sb.woken)
+            && monotonic_ns() < sb.until_ns
+        {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Whether this thread runs on the CPU of one of the engine's workers.
+    fn on_a_workers_cpu(&self) -> bool {
+        self.binding && current_cpu().is_some_and(|c| self.cpus.contains(&Some(c)))
     }
 }
 
@@ -883,4 +1005,90 @@ pub(crate) fn stopping() -> CallError {
 fn current_cpu() -> Option<u32> {
     // SAFETY: sched_getcpu has no preconditions.
     u32::try_from(unsafe { nix::libc::sched_getcpu() }).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Engine, EngineOptions, SocKind};
+
+    /// A one-worker emulated engine, its worker's CPU and another CPU;
+    /// `None` with fewer than 2 CPUs.
+    fn one_worker(prefix: &str) -> Option<(Engine, u32, u32)> {
+        let cpus = crate::allowed_cpus().expect("allowed CPUs");
+        if cpus.len() < 2 {
+            eprintln!("{prefix}: needs 2 CPUs; not run");
+            return None;
+        }
+        let engine = Engine::start(
+            EngineOptions::new()
+                .soc_kind(SocKind::Emulated)
+                .socs(1)
+                .workers_per_soc(1)
+                .name_prefix(prefix),
+        )
+        .expect("start");
+        assert!(engine.plan().binding);
+        let worker = engine.plan().socs[0].workers[0].cpu;
+        let other = *cpus.iter().find(|&&c| c != worker).expect("another CPU");
+        Some((engine, worker, other))
+    }
+
+    fn on_cpu<T: Send>(cpu: u32, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                crate::pin_current_thread(cpu).expect("pin");
+                f()
+            })
+            .join()
+            .expect("the pinned thread")
+        })
+    }
+
+    /// While a session spins for a slot, a caller on the worker's own CPU
+    /// leaves the idle worker to it (`try_claim` says `Busy`, by any
+    /// target), for a wake window at most when it waits; a caller on
+    /// another CPU takes the worker; with nobody spinning, so does the
+    /// caller on the worker's CPU. (The spinner is the counter set by
+    /// hand: a real one would take the worker before the check.)
+    #[test]
+    fn a_caller_on_the_workers_cpu_gives_way_to_a_spinning_one() {
+        let Some((engine, worker, other)) = one_worker("giveway") else {
+            return;
+        };
+        let spinners = &engine.core().table.signals().spinners;
+        let only = Target::Worker { soc: 0, worker: 0 };
+        spinners.store(1, Ordering::SeqCst);
+        on_cpu(worker, || {
+            for target in [Target::Any, Target::Soc(0), only] {
+                assert!(
+                    matches!(engine.try_claim(target), Err(CallError::Busy)),
+                    "{target:?}: took the worker a spinning session waits for"
+                );
+            }
+            // Waiting, it gives way for a window, then takes the worker.
+            let t = Instant::now();
+            let claim = engine
+                .claim_with_timeout(Target::Any, Duration::from_secs(20))
+                .expect("the worker, after the window");
+            let took = t.elapsed();
+            assert!(
+                took >= WAKE_WINDOW && took < Duration::from_secs(2),
+                "{took:?}"
+            );
+            drop(claim);
+        });
+        on_cpu(other, || {
+            engine
+                .try_claim(Target::Any)
+                .expect("no giving way off the worker's CPU");
+        });
+        spinners.store(0, Ordering::SeqCst);
+        on_cpu(worker, || {
+            for target in [Target::Any, only] {
+                engine.try_claim(target).expect("nobody spins");
+            }
+        });
+        engine.shutdown().unwrap();
+    }
 }

@@ -405,7 +405,7 @@ impl Watch {
     /// (slots failed or reset, a SOC's state).
     fn signal(&self) {
         std::sync::atomic::fence(Ordering::SeqCst);
-        self.free().notify();
+        self.free().notify_now();
     }
 
     fn view(&self, i: usize) -> SocView<'_> {

@@ -1,28 +1,86 @@
 //! The free-slot signal: sessions waiting for a free slot sleep on it,
-//! whoever frees a slot wakes them.
+//! whoever frees a slot wakes them, at most once per [`WAKE_WINDOW`].
+//!
+//! Where sessions outnumber workers, waking the sleepers on every release
+//! costs the releaser a system call per call and sends the sleepers to the
+//! CPUs of the busy caller and worker for nothing (the releaser takes the
+//! slot again before they run). So a release wakes sleepers only when the
+//! last wake is at least a window old; the sleepers of a window that had
+//! a wake sleep one window at a time and look again by themselves. A
+//! releaser whose wake woke someone steps back from the slot for a moment
+//! ([`FreeSignal::stood_back`]) so that the woken session gets it, and a
+//! session whose worker shares its CPU gives way to one that spins for a
+//! slot (see `numaproc::SessionCore`), so that each window serves the
+//! sleepers once and the hot pair the rest of the time.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::slot::monotonic_ns;
 use crate::{ShmSafe, futex};
 
 /// Sessions waiting for a free slot sleep on `seq`; whoever frees a slot
-/// bumps it and wakes them, but only when `waiters` is not zero.
+/// bumps it and wakes them, but only when `waiters` is not zero and the
+/// last wake (`last_wake`) is a window old.
+///
+/// Every field is writable by every process that maps the engine's memory:
+/// a wrong value costs a waiter at most a sleep slice, never a lost
+/// wake-up for good.
 #[repr(C, align(128))]
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct FreeSignal {
-    /// Bumped on every signal.
+    /// Bumped on every wake.
     pub seq: AtomicU32,
-    /// Number of sessions sleeping on `seq`.
+    /// Number of sessions announced to sleep on `seq`.
     pub waiters: AtomicU32,
+    /// Number of sessions spinning for a free slot (not announced).
+    pub spinners: AtomicU32,
+    /// Looks for a slot that found none, by sessions back from a sleep.
+    pub misses: AtomicU32,
+    /// `CLOCK_MONOTONIC` nanoseconds of the last wake (0: none yet).
+    pub last_wake: AtomicU64,
 }
 
 // SAFETY: repr(C), atomics only.
 unsafe impl ShmSafe for FreeSignal {}
 
+/// Shortest time between two wakes of the sleepers of a
+/// [`FreeSignal`], and the longest a sleeper waits for a release that did
+/// not wake it: the share of a contended worker that sessions sleeping
+/// for it get.
+pub const WAKE_WINDOW: Duration = Duration::from_micros(200);
+
+/// What [`FreeSignal::notify`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notified {
+    /// No session was waiting.
+    Nobody,
+    /// Sessions wait, but the last wake is younger than [`WAKE_WINDOW`]:
+    /// they look again by themselves before the window ends.
+    Deferred,
+    /// The sleepers were woken: `woken` of them were asleep in the kernel
+    /// (others, about to sleep, see the change and do not), and `misses`
+    /// is the count of failed looks just before the wake (for
+    /// [`FreeSignal::stood_back`]).
+    Woken {
+        /// Sleepers the kernel woke.
+        woken: usize,
+        /// [`FreeSignal::misses`] before the wake.
+        misses: u32,
+    },
+}
+
+impl Notified {
+    /// Whether any session was waiting.
+    pub fn saw_waiters(self) -> bool {
+        self != Notified::Nobody
+    }
+}
+
 impl FreeSignal {
-    /// Says a slot became free; wakes sleepers if there are any. Returns
-    /// whether it saw any.
+    /// Says a slot became free; wakes sleepers if there are any and the
+    /// last wake is [`WAKE_WINDOW`] old (sooner, they look again by
+    /// themselves).
     ///
     /// The write that freed the slot must be `SeqCst` (or be followed by a
     /// `SeqCst` fence): it and the load of `waiters` here, against the
@@ -31,26 +89,78 @@ impl FreeSignal {
     /// weaker orderings let both sides miss each other and the waiter
     /// sleep while a slot is free.
     #[inline]
-    pub fn notify(&self) -> bool {
+    pub fn notify(&self) -> Notified {
         if self.waiters.load(Ordering::SeqCst) == 0 {
-            return false;
+            return Notified::Nobody;
         }
+        self.notify_waiters(false)
+    }
+
+    /// Wakes every sleeper now, whatever the window: after a change every
+    /// waiter must see at once (a SOC's state, slots failed or reset, the
+    /// engine gone).
+    pub fn notify_now(&self) -> Notified {
+        if self.waiters.load(Ordering::SeqCst) == 0 {
+            return Notified::Nobody;
+        }
+        self.notify_waiters(true)
+    }
+
+    #[cold]
+    fn notify_waiters(&self, now_anyway: bool) -> Notified {
+        let now = monotonic_ns();
+        let last = self.last_wake.load(Ordering::SeqCst);
+        // A value from the future (written by a peer that lies) defers
+        // nothing.
+        if !now_anyway && last <= now && now - last < window_ns() {
+            return Notified::Deferred;
+        }
+        let misses = self.misses.load(Ordering::SeqCst);
+        // Before the bump: a session announced after the bump reads this
+        // time and sleeps no longer than a window (see `wait_for`).
+        self.last_wake.store(now, Ordering::SeqCst);
         self.seq.fetch_add(1, Ordering::SeqCst);
-        futex::wake_all(&self.seq);
-        true
+        Notified::Woken {
+            woken: futex::wake_all(&self.seq),
+            misses,
+        }
+    }
+
+    /// After a [`Notified::Woken`] wake by this thread, whether the woken
+    /// sessions have all looked for a slot and missed since (`misses` then
+    /// grew by `woken`): the releaser that stood back to let them take the
+    /// slot can stop waiting.
+    pub fn stood_back(&self, misses: u32, woken: usize) -> bool {
+        let seen = self.misses.load(Ordering::Acquire).wrapping_sub(misses);
+        seen as usize >= woken
+    }
+
+    /// Whether a session spins for a slot now.
+    #[inline]
+    pub fn someone_spins(&self) -> bool {
+        self.spinners.load(Ordering::Relaxed) != 0
     }
 
     /// A waiter says it is about to sleep: returns the sequence number to
-    /// sleep on. After this, a release that [`FreeSignal::notify`] does not
-    /// see is visible to the waiter's next attempt.
-    fn announce(&self) -> u32 {
+    /// sleep on and how long to sleep at most. After this, a release that
+    /// [`FreeSignal::notify`] does not see is visible to the waiter's next
+    /// attempt, and one that it sees but defers comes at most a window
+    /// after the last wake, which this waiter then sleeps no longer than.
+    fn announce(&self) -> (u32, Duration) {
         let seq = self.seq.load(Ordering::SeqCst);
         self.waiters.fetch_add(1, Ordering::SeqCst);
         // Pairs with the SeqCst release and the SeqCst load of `waiters`
         // in `notify`: without it the attempt below may read the slot as
         // it was before the release while the releaser reads no waiter.
         std::sync::atomic::fence(Ordering::SeqCst);
-        seq
+        // Read before the attempt that follows: a release the attempt does
+        // not see comes after this reading, and is deferred only if the
+        // last wake was a window before it. If that wake is this one, the
+        // slice is a window; if it is a later one, it wakes this waiter.
+        let last = self.last_wake.load(Ordering::SeqCst);
+        let now = monotonic_ns();
+        let recent = last > now || now - last < window_ns();
+        (seq, if recent { WAKE_WINDOW } else { SLEEP_SLICE })
     }
 
     fn withdraw(&self) {
@@ -59,8 +169,10 @@ impl FreeSignal {
 
     /// Runs `attempt` until it returns `Some`: first spinning (with
     /// yields) for `spin`, since a worker is usually freed within
-    /// microseconds, then sleeping between tries until a slot is freed (or
-    /// a SOC changes state); gives up at `deadline` (`None`: never).
+    /// microseconds, counted in `spinners` meanwhile (`Duration::ZERO`:
+    /// sleep at once, for a session whose spinning would take the CPU of a
+    /// worker), then sleeping between tries until a slot is freed (or a
+    /// SOC changes state); gives up at `deadline` (`None`: never).
     pub fn wait_for<T>(
         &self,
         deadline: Option<Instant>,
@@ -68,19 +180,26 @@ impl FreeSignal {
         mut attempt: impl FnMut() -> Option<T>,
     ) -> Option<T> {
         let expired = |now: Instant| deadline.is_some_and(|d| now >= d);
-        let spin_until = crate::wait::deadline_in(spin);
-        loop {
-            let now = Instant::now();
-            if expired(now) || spin_until.is_none_or(|s| now >= s) {
-                break;
-            }
-            std::thread::yield_now();
-            if let Some(v) = attempt() {
-                return Some(v);
+        if !spin.is_zero() {
+            let spin_until = crate::wait::deadline_in(spin);
+            self.spinners.fetch_add(1, Ordering::SeqCst);
+            let got = loop {
+                let now = Instant::now();
+                if expired(now) || spin_until.is_none_or(|s| now >= s) {
+                    break None;
+                }
+                std::thread::yield_now();
+                if let Some(v) = attempt() {
+                    break Some(v);
+                }
+            };
+            self.spinners.fetch_sub(1, Ordering::SeqCst);
+            if got.is_some() {
+                return got;
             }
         }
         loop {
-            let seq = self.announce();
+            let (seq, slice) = self.announce();
             // Re-try after announcing ourselves, so a release between the
             // last attempt and the announcement is not missed.
             if let Some(v) = attempt() {
@@ -89,8 +208,8 @@ impl FreeSignal {
             }
             // Sleep in slices: a peer process that corrupts the counters
             // can then delay a waiter by a slice, never strand it.
-            let left = deadline.map_or(SLEEP_SLICE, |d| {
-                d.saturating_duration_since(Instant::now()).min(SLEEP_SLICE)
+            let left = deadline.map_or(slice, |d| {
+                d.saturating_duration_since(Instant::now()).min(slice)
             });
             if !left.is_zero() {
                 futex::wait(&self.seq, seq, Some(left));
@@ -99,6 +218,9 @@ impl FreeSignal {
             if let Some(v) = attempt() {
                 return Some(v);
             }
+            // Tells a releaser standing back for this waiter that it
+            // missed.
+            self.misses.fetch_add(1, Ordering::SeqCst);
             if expired(Instant::now()) {
                 return None;
             }
@@ -106,7 +228,12 @@ impl FreeSignal {
     }
 }
 
-/// Longest single sleep of a session waiting for a free slot.
+fn window_ns() -> u64 {
+    WAKE_WINDOW.as_nanos() as u64
+}
+
+/// Longest single sleep of a session waiting for a free slot when no wake
+/// was deferred.
 const SLEEP_SLICE: Duration = Duration::from_millis(50);
 
 #[cfg(test)]
@@ -117,10 +244,7 @@ mod tests {
     use std::sync::mpsc;
 
     fn leaked_signal() -> &'static FreeSignal {
-        Box::leak(Box::new(FreeSignal {
-            seq: AtomicU32::new(0),
-            waiters: AtomicU32::new(0),
-        }))
+        Box::leak(Box::new(FreeSignal::default()))
     }
 
     /// A session announced and asleep on the signal (seen in the kernel,
@@ -133,7 +257,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let _ = tid_tx.send(tid());
-            let seq = f.announce();
+            let (seq, _) = f.announce();
             let outcome = futex::wait(&f.seq, seq, Some(Duration::from_secs(60)));
             f.withdraw();
             let _ = tx.send((outcome, Instant::now()));
@@ -141,13 +265,16 @@ mod tests {
         let sleeper = tid_rx.recv_timeout(WAKE_BOUND).unwrap();
         until_asleep(sleeper, &f.seq);
         let woken = Instant::now();
-        assert!(f.notify(), "notify saw the waiter");
+        assert!(
+            matches!(f.notify(), Notified::Woken { woken: 1, .. }),
+            "notify woke the sleeper"
+        );
         assert_eq!(
             ended(&rx, woken, "the announced sleeper"),
             futex::WaitOutcome::Woken
         );
         assert_eq!(f.waiters.load(Ordering::SeqCst), 0);
-        assert!(!f.notify(), "nobody waits any more");
+        assert_eq!(f.notify(), Notified::Nobody, "nobody waits any more");
     }
 
     /// A session in `wait_for` without a deadline, asleep (seen in the
@@ -176,13 +303,16 @@ mod tests {
         until_asleep(waiter, &f.seq);
         flag.store(1, Ordering::SeqCst);
         let woken_at = Instant::now();
-        assert!(f.notify(), "notify saw the waiter");
+        assert!(
+            matches!(f.notify(), Notified::Woken { woken: 1, .. }),
+            "notify woke the sleeper"
+        );
         let seen = ended(&rx, woken_at, "the waiter").expect("the waiter saw the flag");
         assert!(
             seen >= woken_at,
             "the waiter saw the flag before it was set"
         );
-        assert!(!f.notify(), "nobody waits any more");
+        assert_eq!(f.notify(), Notified::Nobody, "nobody waits any more");
         let start = Instant::now();
         let none = f.wait_for(
             Instant::now().checked_add(Duration::from_millis(5)),
@@ -204,6 +334,168 @@ mod tests {
         assert_eq!(got, Some(7));
     }
 
+    /// A release wakes the sleepers once per window: a second one within
+    /// the window is deferred (no system call, they look again by
+    /// themselves), one a window later wakes again, and `notify_now`
+    /// always wakes.
+    #[test]
+    fn a_second_wake_within_the_window_is_deferred() {
+        let f = leaked_signal();
+        f.waiters.store(1, Ordering::SeqCst);
+        assert!(matches!(f.notify(), Notified::Woken { woken: 0, .. }));
+        assert_eq!(f.seq.load(Ordering::SeqCst), 1);
+        let woke_at = f.last_wake.load(Ordering::SeqCst);
+        assert!(woke_at > 0 && woke_at <= monotonic_ns());
+        assert_eq!(f.notify(), Notified::Deferred);
+        assert_eq!(
+            f.seq.load(Ordering::SeqCst),
+            1,
+            "a deferred wake bumps nothing"
+        );
+        // The last wake a window (and a nanosecond) ago: wakes again.
+        f.last_wake
+            .store(monotonic_ns() - window_ns() - 1, Ordering::SeqCst);
+        assert!(matches!(f.notify(), Notified::Woken { .. }));
+        assert_eq!(f.seq.load(Ordering::SeqCst), 2);
+        assert!(matches!(f.notify_now(), Notified::Woken { .. }));
+        assert_eq!(
+            f.seq.load(Ordering::SeqCst),
+            3,
+            "notify_now ignores the window"
+        );
+        f.waiters.store(0, Ordering::SeqCst);
+        assert_eq!(f.notify(), Notified::Nobody);
+        assert_eq!(f.notify_now(), Notified::Nobody);
+        assert_eq!(f.seq.load(Ordering::SeqCst), 3);
+    }
+
+    /// A wake time from the future (a peer that lies) defers no wake, and
+    /// makes waiters sleep a window at a time, not the long slice.
+    #[test]
+    fn a_wake_time_from_the_future_defers_nothing() {
+        let f = leaked_signal();
+        f.waiters.store(1, Ordering::SeqCst);
+        f.last_wake.store(u64::MAX, Ordering::SeqCst);
+        assert!(matches!(f.notify(), Notified::Woken { .. }));
+        f.last_wake.store(u64::MAX, Ordering::SeqCst);
+        let (_, slice) = f.announce();
+        assert_eq!(slice, WAKE_WINDOW);
+    }
+
+    /// A waiter announced within a window of the last wake sleeps a
+    /// window at most (a release may be deferred for it); otherwise the
+    /// long slice (every release wakes it).
+    #[test]
+    fn a_waiter_sleeps_a_window_only_after_a_recent_wake() {
+        let f = leaked_signal();
+        let (seq, slice) = f.announce();
+        assert_eq!((seq, slice), (0, SLEEP_SLICE), "no wake yet");
+        f.withdraw();
+        assert!(f.notify().saw_waiters() || f.waiters.load(Ordering::SeqCst) == 0);
+        f.waiters.store(1, Ordering::SeqCst);
+        assert!(matches!(f.notify(), Notified::Woken { .. }));
+        f.waiters.store(0, Ordering::SeqCst);
+        let (seq, slice) = f.announce();
+        assert_eq!((seq, slice), (1, WAKE_WINDOW), "just after a wake");
+        f.withdraw();
+        f.last_wake
+            .store(monotonic_ns() - window_ns() - 1, Ordering::SeqCst);
+        let (_, slice) = f.announce();
+        assert_eq!(slice, SLEEP_SLICE, "a window after the wake");
+        f.withdraw();
+        assert_eq!(f.waiters.load(Ordering::SeqCst), 0);
+    }
+
+    /// `stood_back` says the woken have all looked once `misses` grew by
+    /// their number (wrapping).
+    #[test]
+    fn stood_back_counts_the_misses_of_the_woken() {
+        let f = leaked_signal();
+        f.misses.store(u32::MAX - 1, Ordering::SeqCst);
+        f.waiters.store(1, Ordering::SeqCst);
+        f.last_wake.store(0, Ordering::SeqCst);
+        let Notified::Woken { misses, .. } = f.notify() else {
+            panic!("not woken");
+        };
+        assert_eq!(misses, u32::MAX - 1);
+        assert!(f.stood_back(misses, 0));
+        assert!(!f.stood_back(misses, 2));
+        f.misses.fetch_add(1, Ordering::SeqCst);
+        assert!(!f.stood_back(misses, 2));
+        f.misses.fetch_add(1, Ordering::SeqCst);
+        assert!(f.stood_back(misses, 2), "across the wrap");
+        assert!(!f.stood_back(misses, 3));
+    }
+
+    /// A waiter counts itself in `spinners` while it spins, and never
+    /// when it sleeps at once (`spin` zero); it counts a miss for each
+    /// look after a sleep that found nothing.
+    #[test]
+    fn spinners_and_misses_are_counted() {
+        let f = leaked_signal();
+        let mut seen = Vec::new();
+        let got = f.wait_for(None, Duration::from_secs(10), || {
+            seen.push(f.spinners.load(Ordering::SeqCst));
+            (seen.len() == 3).then_some(())
+        });
+        assert_eq!(got, Some(()));
+        assert_eq!(seen, [1, 1, 1], "counted while spinning");
+        assert_eq!(f.spinners.load(Ordering::SeqCst), 0);
+        let mut looks = 0;
+        let got = f.wait_for(
+            Instant::now().checked_add(Duration::from_millis(1)),
+            Duration::ZERO,
+            || {
+                assert_eq!(f.spinners.load(Ordering::SeqCst), 0, "never counted");
+                looks += 1;
+                None::<()>
+            },
+        );
+        assert_eq!(got, None);
+        // Each round: a look after announcing, and one after the sleep,
+        // which counts a miss.
+        assert!(looks >= 2 && looks % 2 == 0, "{looks}");
+        assert_eq!(f.misses.load(Ordering::SeqCst), looks / 2);
+        assert_eq!(f.waiters.load(Ordering::SeqCst), 0);
+    }
+
+    /// A waiter woken for nothing goes back to sleep; a release deferred
+    /// within the window that follows (no wake) is still seen: the waiter
+    /// looks again by itself.
+    #[test]
+    fn a_deferred_release_is_seen_without_a_wake() {
+        let f = leaked_signal();
+        let flag: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+        let (tid_tx, tid_rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tid_tx.send(tid());
+            let seen = f.wait_for(None, Duration::ZERO, || {
+                (flag.load(Ordering::SeqCst) == 1).then(Instant::now)
+            });
+            let _ = tx.send((seen, Instant::now()));
+        });
+        let waiter = tid_rx.recv_timeout(WAKE_BOUND).unwrap();
+        until_asleep(waiter, &f.seq);
+        assert!(matches!(f.notify(), Notified::Woken { woken: 1, .. }));
+        // Woken for nothing: it misses and sleeps again.
+        let deadline = Instant::now() + WAKE_BOUND;
+        while f.misses.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the woken waiter never looked");
+            std::thread::yield_now();
+        }
+        until_asleep(waiter, &f.seq);
+        flag.store(1, Ordering::SeqCst);
+        let released = Instant::now();
+        // As if another release had just woken: this one is deferred (the
+        // waiter read the wake's time before it slept, so it sleeps a
+        // window at most).
+        f.last_wake.store(monotonic_ns(), Ordering::SeqCst);
+        assert_eq!(f.notify(), Notified::Deferred);
+        let seen = ended(&rx, released, "the waiter").expect("it saw the flag");
+        assert!(seen >= released);
+    }
+
     /// The store-buffering litmus test of a slot's release against a
     /// session's announcement, on the real functions: in each round one
     /// thread frees a slot and then looks for waiters, while the other
@@ -218,10 +510,7 @@ mod tests {
         fn leak<T>(v: T) -> &'static T {
             Box::leak(Box::new(v))
         }
-        let f = leak(FreeSignal {
-            seq: AtomicU32::new(0),
-            waiters: AtomicU32::new(0),
-        });
+        let f = leak(FreeSignal::default());
         // SAFETY: both are ShmSafe: valid when zeroed.
         let s = unsafe {
             SessionSlot {
@@ -267,7 +556,7 @@ mod tests {
                 std::hint::spin_loop();
             }
             assert!(s.unclaim(c));
-            let saw_waiter = f.notify();
+            let saw_waiter = f.notify().saw_waiters();
             while waiter_looked.load(Ordering::Acquire) < r {
                 std::hint::spin_loop();
             }

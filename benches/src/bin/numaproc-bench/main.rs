@@ -196,7 +196,7 @@ impl Scale {
                 block_ms: 15,
                 block_calls: 5_000,
                 sleep_block_calls: 200,
-                throughput: vec![(1, 1), (2, 2)],
+                throughput: vec![(1, 1), (2, 1), (2, 2)],
                 throughput_ms: 200,
                 numa_bytes: 64 << 20,
                 numa_passes: 2,
@@ -222,7 +222,22 @@ impl Scale {
                 block_ms: 40,
                 block_calls: 50_000,
                 sleep_block_calls: 2_000,
-                throughput: vec![(1, 1), (1, 2), (2, 1), (2, 2), (4, 2), (4, 4)],
+                // Up to 8 sessions on 4 workers where the machine has the
+                // CPUs for them to mean something.
+                throughput: if allowed_cpus().len() >= 8 {
+                    vec![
+                        (1, 1),
+                        (1, 2),
+                        (2, 1),
+                        (2, 2),
+                        (4, 2),
+                        (4, 4),
+                        (6, 4),
+                        (8, 4),
+                    ]
+                } else {
+                    vec![(1, 1), (1, 2), (2, 1), (2, 2), (4, 2), (4, 4)]
+                },
                 throughput_ms: 2_000,
                 numa_bytes: 512 << 20,
                 numa_passes: 5,

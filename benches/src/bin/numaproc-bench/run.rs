@@ -12,8 +12,8 @@ use numaproc_benches::peers::{
     FnPeer, IoxPeer, MAX_PAYLOAD, ShmPeer, StreamKind, StreamPeer, ThreadPeer, WaitMode,
 };
 use numaproc_benches::spec::{
-    Contender, ContenderResult, JobResult, LatencyJob, LatencyResult, NumaCell, NumaJob,
-    NumaResult, ThroughputJob, ThroughputResult, WaitCase,
+    CLAIM_SAMPLE_EVERY, Contender, ContenderResult, JobResult, LatencyJob, LatencyResult, NumaCell,
+    NumaJob, NumaResult, ThroughputJob, ThroughputResult, WaitCase,
 };
 use numaproc_benches::stats::Recorder;
 use numaproc_benches::sys::{allowed_cpus, current_cpu, memory_nodes, pin_to};
@@ -503,9 +503,12 @@ pub fn throughput(job: ThroughputJob) -> Result<JobResult> {
     let phase = AtomicU64::new(0);
     let started = AtomicU64::new(0);
     let counts: Vec<AtomicU64> = (0..job.sessions).map(|_| AtomicU64::new(0)).collect();
+    let waits: Vec<std::sync::Mutex<Recorder>> = (0..job.sessions)
+        .map(|_| std::sync::Mutex::new(Recorder::new()))
+        .collect();
     let errors = std::sync::Mutex::new(Vec::<String>::new());
     let elapsed = std::thread::scope(|s| {
-        for (count, cpu) in counts.iter().zip(&session_cpus) {
+        for ((count, cpu), waits) in counts.iter().zip(&session_cpus).zip(&waits) {
             let (engine, phase, started, errors) = (&engine, &phase, &started, &errors);
             s.spawn(move || {
                 if let Some(cpu) = *cpu {
@@ -513,15 +516,23 @@ pub fn throughput(job: ThroughputJob) -> Result<JobResult> {
                 }
                 started.fetch_add(1, Ordering::SeqCst);
                 let mut n = 0u64;
+                let mut k = 0u64;
+                let mut recorder = Recorder::new();
                 loop {
                     let p = phase.load(Ordering::Relaxed);
                     if p == 2 {
                         break;
                     }
-                    let r = engine
-                        .claim(Target::Any)
-                        .and_then(|c| c.submit(ping, 0))
-                        .and_then(|mut s| s.wait().map(|_| ()));
+                    k += 1;
+                    let timed = p == 1 && k.is_multiple_of(CLAIM_SAMPLE_EVERY);
+                    let t = timed.then(Instant::now);
+                    let r = engine.claim(Target::Any).and_then(|c| {
+                        if let Some(t) = t {
+                            recorder.record(t.elapsed().as_nanos() as u64);
+                        }
+                        c.submit(ping, 0)
+                    });
+                    let r = r.and_then(|mut s| s.wait().map(|_| ()));
                     if let Err(e) = r {
                         if let Ok(mut v) = errors.lock() {
                             v.push(e.to_string());
@@ -533,6 +544,9 @@ pub fn throughput(job: ThroughputJob) -> Result<JobResult> {
                     }
                 }
                 count.store(n, Ordering::SeqCst);
+                if let Ok(mut w) = waits.lock() {
+                    *w = recorder;
+                }
             });
         }
         while started.load(Ordering::SeqCst) < job.sessions as u64 {
@@ -554,7 +568,17 @@ pub fn throughput(job: ThroughputJob) -> Result<JobResult> {
         bail!("a session failed: {e}");
     }
     let calls: u64 = per_session.iter().sum();
+    let per_session_waits: Vec<Recorder> = waits
+        .into_iter()
+        .map(|w| w.into_inner().unwrap_or_default())
+        .collect();
+    let mut all_waits = Recorder::new();
+    for w in &per_session_waits {
+        all_waits.merge(w);
+    }
     Ok(JobResult::Throughput(ThroughputResult {
+        claim_wait: all_waits.summary(),
+        claim_wait_per_session: per_session_waits.iter().map(Recorder::summary).collect(),
         session_cpus,
         calls_per_s: calls as f64 / elapsed.max(1e-9),
         seconds: elapsed,
