@@ -290,14 +290,18 @@ mod tests {
     /// A prefix of this test process's own, `{what}_{pid}`: the tests
     /// count every object of their prefix, which a leftover of a crashed
     /// run or the same test running in another process at the moment must
-    /// not share. What is left of it goes when it drops, whether the test
-    /// passed or failed (made first in a test, it drops last), found by
-    /// its file names, not by the code under test.
+    /// not share. Its files (`numaproc-{prefix}-…`) are removed, by name,
+    /// not by the code under test, when it is made (they can only be left
+    /// by an earlier process with this pid, which is dead: pids are reused)
+    /// and when it drops, whether the test passed or failed (made first in
+    /// a test, it drops last).
     struct Prefix(String);
 
     impl Prefix {
         fn new(what: &str) -> Self {
-            Self(format!("{what}_{}", std::process::id()))
+            let prefix = Self(format!("{what}_{}", std::process::id()));
+            prefix.remove_files();
+            prefix
         }
 
         fn get(&self) -> Option<&str> {
@@ -307,16 +311,26 @@ mod tests {
         fn name(&self, pid: u32, seq: u64, what: &str) -> ShmName {
             ShmName::new(&self.0, pid, seq, what).unwrap()
         }
-    }
 
-    impl Drop for Prefix {
-        fn drop(&mut self) {
+        /// `/dev/shm/numaproc-{prefix}-{rest}`: a file of this prefix that
+        /// is not a numaproc object's name.
+        fn file(&self, rest: &str) -> std::path::PathBuf {
+            Path::new(SHM_DIR).join(format!("{}{}-{rest}", crate::NAME_ROOT, self.0))
+        }
+
+        fn remove_files(&self) {
             let start = format!("{}{}-", crate::NAME_ROOT, self.0);
             for entry in std::fs::read_dir(SHM_DIR).into_iter().flatten().flatten() {
                 if entry.file_name().to_string_lossy().starts_with(&start) {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
+        }
+    }
+
+    impl Drop for Prefix {
+        fn drop(&mut self) {
+            self.remove_files();
         }
     }
 
@@ -511,18 +525,9 @@ mod tests {
     fn a_symlink_under_an_objects_name_is_not_followed() {
         let prefix = Prefix::new("stalelink");
         let link = prefix.name(std::process::id(), 0, "g");
-        let target = Path::new(SHM_DIR).join(format!("stalelink-target-{}", std::process::id()));
+        // Not an object's name, so not judged; both go with the prefix.
+        let target = prefix.file("target");
         let at = Path::new(SHM_DIR).join(link.to_string());
-        // Both go when the test ends, passed or failed.
-        struct Remove<'a>(&'a [&'a Path]);
-        impl Drop for Remove<'_> {
-            fn drop(&mut self) {
-                for p in self.0 {
-                    let _ = std::fs::remove_file(p);
-                }
-            }
-        }
-        let _remove = Remove(&[&at, &target]);
         std::fs::write(&target, [0u8; 64]).unwrap();
         std::os::unix::fs::symlink(&target, &at).unwrap();
         let cleanup = remove_stale(prefix.get()).unwrap();
