@@ -287,6 +287,53 @@ mod tests {
         extra_size: 0,
     };
 
+    /// A prefix of this test process's own, `{what}_{pid}`: the tests
+    /// count every object of their prefix, which a leftover of a crashed
+    /// run or the same test running in another process at the moment must
+    /// not share. Its files (`numaproc-{prefix}-…`) are removed, by name,
+    /// not by the code under test, when it is made (they can only be left
+    /// by an earlier process with this pid, which is dead: pids are reused)
+    /// and when it drops, whether the test passed or failed (made first in
+    /// a test, it drops last).
+    struct Prefix(String);
+
+    impl Prefix {
+        fn new(what: &str) -> Self {
+            let prefix = Self(format!("{what}_{}", std::process::id()));
+            prefix.remove_files();
+            prefix
+        }
+
+        fn get(&self) -> Option<&str> {
+            Some(&self.0)
+        }
+
+        fn name(&self, pid: u32, seq: u64, what: &str) -> ShmName {
+            ShmName::new(&self.0, pid, seq, what).unwrap()
+        }
+
+        /// `/dev/shm/numaproc-{prefix}-{rest}`: a file of this prefix that
+        /// is not a numaproc object's name.
+        fn file(&self, rest: &str) -> std::path::PathBuf {
+            Path::new(SHM_DIR).join(format!("{}{}-{rest}", crate::NAME_ROOT, self.0))
+        }
+
+        fn remove_files(&self) {
+            let start = format!("{}{}-", crate::NAME_ROOT, self.0);
+            for entry in std::fs::read_dir(SHM_DIR).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&start) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+
+    impl Drop for Prefix {
+        fn drop(&mut self) {
+            self.remove_files();
+        }
+    }
+
     fn exists(n: &ShmName) -> bool {
         Path::new(SHM_DIR).join(n.to_string()).exists()
     }
@@ -360,20 +407,21 @@ mod tests {
 
     #[test]
     fn only_objects_of_dead_masters_are_removed() {
-        let dead = ShmName::new("staletest", std::process::id(), 1, "g").unwrap();
-        let live = ShmName::new("staletest", std::process::id(), 2, "g").unwrap();
+        let prefix = Prefix::new("staletest");
+        let dead = prefix.name(std::process::id(), 1, "g");
+        let live = prefix.name(std::process::id(), 2, "g");
         orphan(&dead);
         let _l = Region::create(&live, 4096, SHAPE).unwrap();
-        let verdicts: Vec<Verdict> = scan(Some("staletest"))
+        let verdicts: Vec<Verdict> = scan(prefix.get())
             .unwrap()
             .into_iter()
             .map(|f| f.verdict)
             .collect();
         assert_eq!(verdicts, [Verdict::Dead, Verdict::Live]);
-        let cleanup = remove_stale(Some("staletest")).unwrap();
+        let cleanup = remove_stale(prefix.get()).unwrap();
         assert_eq!(cleanup.removed, vec![dead.clone()]);
         assert!(cleanup.failed.is_empty());
-        assert_eq!(list(Some("staletest")).unwrap(), vec![live]);
+        assert_eq!(list(prefix.get()).unwrap(), vec![live]);
         assert!(!exists(&dead));
     }
 
@@ -382,15 +430,16 @@ mod tests {
     /// whatever pid its name and header carry.
     #[test]
     fn a_locked_object_is_kept_whatever_its_pid_says() {
+        let prefix = Prefix::new("stalens");
         // A pid above the kernel's limit (2^22): no process has it here.
-        let name = ShmName::new("stalens", 4_194_305, 0, "g").unwrap();
+        let name = prefix.name(4_194_305, 0, "g");
         let held = Region::create(&name, 4096, SHAPE).unwrap();
         poke(
             &name,
             std::mem::offset_of!(RegionHeader, master_pid),
             &4_194_305u32.to_le_bytes(),
         );
-        let cleanup = remove_stale(Some("stalens")).unwrap();
+        let cleanup = remove_stale(prefix.get()).unwrap();
         assert!(cleanup.removed.is_empty(), "{cleanup:?}");
         assert_eq!(cleanup.found[0].verdict, Verdict::Live);
         assert_eq!(cleanup.found[0].creator.map(|c| c.pid), Some(4_194_305));
@@ -404,18 +453,20 @@ mod tests {
     /// its objects are still removed.
     #[test]
     fn objects_of_a_dead_master_whose_pid_lives_on_are_removed() {
-        let name = ShmName::new("stalereuse", std::process::id(), 0, "g").unwrap();
+        let prefix = Prefix::new("stalereuse");
+        let name = prefix.name(std::process::id(), 0, "g");
         orphan(&name);
-        let cleanup = remove_stale(Some("stalereuse")).unwrap();
+        let cleanup = remove_stale(prefix.get()).unwrap();
         assert_eq!(cleanup.removed, vec![name.clone()]);
         assert!(!exists(&name));
     }
 
     #[test]
     fn objects_of_other_versions_are_kept_and_headerless_ones_go_by_their_lock() {
-        let garbage = ShmName::new("staleunknown", 4_194_305, 0, "a").unwrap();
-        let old = ShmName::new("staleunknown", 4_194_305, 0, "b").unwrap();
-        let held = ShmName::new("staleunknown", 4_194_305, 0, "c").unwrap();
+        let prefix = Prefix::new("staleunknown");
+        let garbage = prefix.name(4_194_305, 0, "a");
+        let old = prefix.name(4_194_305, 0, "b");
+        let held = prefix.name(4_194_305, 0, "c");
         // No header (as a SOC that scribbled over it leaves it), a region of
         // another layout version, and a headerless object someone locks.
         std::fs::write(Path::new(SHM_DIR).join(garbage.to_string()), [0xffu8; 64]).unwrap();
@@ -429,7 +480,7 @@ mod tests {
         std::fs::write(&holder, b"").unwrap();
         let lock_holder = File::open(&holder).unwrap();
         lock(&lock_holder, LockKind::Exclusive).unwrap();
-        let cleanup = remove_stale(Some("staleunknown")).unwrap();
+        let cleanup = remove_stale(prefix.get()).unwrap();
         assert_eq!(cleanup.removed, vec![garbage.clone()], "{cleanup:?}");
         assert!(
             matches!(cleanup.found[1].verdict, Verdict::Unknown(_)),
@@ -447,9 +498,10 @@ mod tests {
     /// whatever its version field holds: the object goes by its lock.
     #[test]
     fn an_object_with_a_header_size_but_no_magic_goes_by_its_lock() {
-        let name = ShmName::new("stalemagic", std::process::id(), 0, "g").unwrap();
+        let prefix = Prefix::new("stalemagic");
+        let name = prefix.name(std::process::id(), 0, "g");
         std::fs::write(Path::new(SHM_DIR).join(name.to_string()), [0xffu8; 4096]).unwrap();
-        let cleanup = remove_stale(Some("stalemagic")).unwrap();
+        let cleanup = remove_stale(prefix.get()).unwrap();
         assert!(cleanup.removed.contains(&name), "{cleanup:?}");
         let found = cleanup.found.iter().find(|f| f.name == name).unwrap();
         assert_eq!(found.creator, None);
@@ -460,7 +512,8 @@ mod tests {
     /// reported as one that cannot be opened.
     #[test]
     fn an_object_gone_before_the_look_is_left_out() {
-        let gone = ShmName::new("stalegone", 4_194_305, 0, "g").unwrap();
+        let prefix = Prefix::new("stalegone");
+        let gone = prefix.name(4_194_305, 0, "g");
         assert!(!exists(&gone));
         assert!(examine(&gone).is_none());
     }
@@ -470,22 +523,14 @@ mod tests {
     /// nothing is removed; a symlink of another user is not ours.
     #[test]
     fn a_symlink_under_an_objects_name_is_not_followed() {
-        let link = ShmName::new("stalelink", std::process::id(), 0, "g").unwrap();
-        let target = Path::new(SHM_DIR).join(format!("stalelink-target-{}", std::process::id()));
+        let prefix = Prefix::new("stalelink");
+        let link = prefix.name(std::process::id(), 0, "g");
+        // Not an object's name, so not judged; both go with the prefix.
+        let target = prefix.file("target");
         let at = Path::new(SHM_DIR).join(link.to_string());
-        // Both go when the test ends, passed or failed.
-        struct Remove<'a>(&'a [&'a Path]);
-        impl Drop for Remove<'_> {
-            fn drop(&mut self) {
-                for p in self.0 {
-                    let _ = std::fs::remove_file(p);
-                }
-            }
-        }
-        let _remove = Remove(&[&at, &target]);
         std::fs::write(&target, [0u8; 64]).unwrap();
         std::os::unix::fs::symlink(&target, &at).unwrap();
-        let cleanup = remove_stale(Some("stalelink")).unwrap();
+        let cleanup = remove_stale(prefix.get()).unwrap();
         assert!(!cleanup.removed.contains(&link), "{cleanup:?}");
         let found = cleanup.found.iter().find(|f| f.name == link).unwrap();
         assert!(
@@ -496,7 +541,7 @@ mod tests {
         if nix::unistd::geteuid().is_root() {
             // Only root can give a symlink away.
             std::os::unix::fs::lchown(&at, Some(65534), Some(65534)).unwrap();
-            let found = scan(Some("stalelink")).unwrap();
+            let found = scan(prefix.get()).unwrap();
             let mine = found.iter().find(|f| f.name == link).unwrap();
             assert_eq!(mine.verdict, Verdict::NotOurs { uid: 65534 }, "{found:?}");
         }
@@ -506,8 +551,9 @@ mod tests {
     /// this user's stale objects after it.
     #[test]
     fn objects_of_other_users_are_skipped_and_the_cleanup_goes_on() {
-        let theirs = ShmName::new("staleusers", 4_194_305, 0, "a").unwrap();
-        let mine = ShmName::new("staleusers", 4_194_305, 0, "b").unwrap();
+        let prefix = Prefix::new("staleusers");
+        let theirs = prefix.name(4_194_305, 0, "a");
+        let mine = prefix.name(4_194_305, 0, "b");
         orphan(&theirs);
         orphan(&mine);
         let path = Path::new(SHM_DIR).join(theirs.to_string());
@@ -520,7 +566,7 @@ mod tests {
             return;
         }
         std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
-        let cleanup = remove_stale(Some("staleusers")).unwrap();
+        let cleanup = remove_stale(prefix.get()).unwrap();
         assert_eq!(cleanup.removed, vec![mine]);
         assert_eq!(
             cleanup.found[0].verdict,

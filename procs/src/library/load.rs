@@ -467,8 +467,346 @@ unsafe fn run_init(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
-    use std::sync::Arc;
+    use crate::ProcKind;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    /// The directory of this test process's fixture libraries, laid out as
+    /// [`open`](crate::library::open()) requires (owned by this user, mode
+    /// 0755). Made once per process; the directories of test processes
+    /// that ended are removed then, as nothing else removes them.
+    fn fixture_dir() -> &'static Path {
+        static DIR: OnceLock<PathBuf> = OnceLock::new();
+        DIR.get_or_init(|| {
+            const PREFIX: &str = "numaproc-loader-fixtures-";
+            let base = std::env::temp_dir();
+            for entry in std::fs::read_dir(&base).unwrap().flatten() {
+                let name = entry.file_name();
+                let pid = name.to_str().and_then(|n| n.strip_prefix(PREFIX));
+                if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok())
+                    && !Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+            let d = base.join(format!("{PREFIX}{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+            d
+        })
+    }
+
+    /// `lib{name}.so` of the fixture directory, opened for [`load`]:
+    /// `testdata/loader.c` compiled with `flags` by the system C compiler
+    /// (`$CC`, else `cc`) the first time this process asks for it. Each
+    /// test loads files of its own, so that no other test maps them while
+    /// it looks whether they are mapped.
+    fn fixture(name: &str, flags: &[&str]) -> LibraryFile {
+        static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let dir = fixture_dir();
+        let mut built = BUILT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !built.iter().any(|b| b == name) {
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+            let target = dir.join(format!("lib{name}.so"));
+            let out = std::process::Command::new(&cc)
+                .args(["-shared", "-fPIC", "-Wall", "-I"])
+                .arg(manifest.join("abi/include"))
+                .args(flags)
+                .arg("-o")
+                .arg(&target)
+                .arg(manifest.join("src/library/testdata/loader.c"))
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run the C compiler {cc:?} ({e}): the loader's tests build \
+                         their fixture libraries with it; install one, or name it in CC"
+                    )
+                });
+            assert!(
+                out.status.success(),
+                "{cc} failed to build {}:\n{}",
+                target.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+            built.push(name.to_owned());
+        }
+        drop(built);
+        crate::library::open(dir, name, 0).unwrap()
+    }
+
+    /// A host table whose log keeps what the library says in it.
+    struct TestHost {
+        services: Box<HostServices>,
+        said: Box<Mutex<Vec<String>>>,
+    }
+
+    impl TestHost {
+        fn new() -> Self {
+            let said = Box::new(Mutex::new(Vec::new()));
+            let services = Box::new(HostServices {
+                struct_size: size_of::<HostServices>() as u32,
+                abi_major: ABI_MAJOR,
+                abi_minor: ABI_MINOR,
+                soc: 0,
+                node: 0,
+                workers: 1,
+                log: keep,
+                is_cancelled: never,
+                host_data: std::ptr::from_ref::<Mutex<Vec<String>>>(&said).cast(),
+            });
+            Self { services, said }
+        }
+
+        fn table(&self) -> *const HostServices {
+            &raw const *self.services
+        }
+
+        fn said(&self) -> Vec<String> {
+            self.said
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        }
+    }
+
+    /// The log of a [`TestHost`]: keeps the message.
+    unsafe extern "C" fn keep(
+        host: *const HostServices,
+        _level: u32,
+        msg: *const c_char,
+        len: usize,
+    ) {
+        // SAFETY: `host` is a TestHost's table, whose data is its `said`;
+        // `msg` holds `len` bytes (ABI contract).
+        let (said, msg) = unsafe {
+            (
+                &*(*host).host_data.cast::<Mutex<Vec<String>>>(),
+                std::slice::from_raw_parts(msg.cast::<u8>(), len),
+            )
+        };
+        said.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(String::from_utf8_lossy(msg).into_owned());
+    }
+
+    unsafe extern "C" fn never(_call: *const Call) -> i32 {
+        0
+    }
+
+    /// Whether this process maps `file` (`/proc/self/maps`).
+    fn mapped(file: &Path) -> bool {
+        let tail = format!(" {}", file.display());
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .any(|l| l.ends_with(&tail))
+    }
+
+    /// How many descriptors of this process are open on `file`.
+    fn descriptors_on(file: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == file))
+            .count()
+    }
+
+    /// Calls the library procedure `name` of `registry` with `input`: its
+    /// status and output.
+    fn call(registry: &Registry, name: &str, input: &[u8]) -> (u32, Vec<u8>) {
+        let entry = registry.get(registry.id(name).unwrap()).unwrap();
+        let ProcKind::Library(func) = entry.kind else {
+            panic!("{name} is not a library procedure: {entry:?}");
+        };
+        let mut output = vec![0u8; 64];
+        let mut call = Call {
+            struct_size: size_of::<Call>() as u32,
+            soc: 0,
+            node: 0,
+            worker: 0,
+            input: input.as_ptr(),
+            input_len: input.len() as u64,
+            output: output.as_mut_ptr(),
+            output_capacity: output.len() as u64,
+            output_len: 0,
+            error: std::ptr::null_mut(),
+            error_capacity: 0,
+            error_len: 0,
+            error_code: 0,
+            reserved: 0,
+            host: std::ptr::null(),
+        };
+        // SAFETY: a procedure of a library the caller keeps loaded, with
+        // buffers of the lengths given.
+        let status = unsafe { func(&raw mut call) };
+        output.truncate(call.output_len as usize);
+        (status, output)
+    }
+
+    /// The names and origins of `registry`'s procedures.
+    fn listed(registry: &Registry) -> Vec<(String, Origin)> {
+        registry
+            .procedures()
+            .map(|(_, e)| (e.name.clone(), e.origin.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_loaded_library_has_its_name_version_procedures_and_init() {
+        let f = fixture("unit", &[]);
+        let (path, file) = (f.path().to_owned(), f.resolved().to_owned());
+        let host = TestHost::new();
+        let mut registry = Registry::new();
+        let before = listed(&registry);
+        // SAFETY: the fixture built from testdata/loader.c; the host
+        // outlives the library, dropped first.
+        let lib = unsafe { load(f, &mut registry, host.table()) }.unwrap();
+        assert_eq!(lib.name(), "unitlib");
+        assert_eq!(lib.version(), "1.2.3");
+        assert_eq!(lib.path(), path);
+        let origin = Origin::Library {
+            name: "unitlib".to_owned(),
+            version: "1.2.3".to_owned(),
+        };
+        let mut expected = before;
+        expected.push(("unit.echo".to_owned(), origin.clone()));
+        expected.push(("unit.ok".to_owned(), origin));
+        assert_eq!(listed(&registry), expected);
+        assert_eq!(
+            call(&registry, "unit.echo", b"hello"),
+            (numaproc_abi::STATUS_OK, b"hello".to_vec())
+        );
+        assert_eq!(
+            call(&registry, "unit.ok", b"hello"),
+            (numaproc_abi::STATUS_OK, Vec::new())
+        );
+        assert_eq!(host.said(), ["init"], "init ran once, deinit not yet");
+        assert!(mapped(&file));
+        assert_eq!(descriptors_on(&file), 1, "loaded through one descriptor");
+        drop(lib);
+    }
+
+    #[test]
+    fn dropping_a_library_runs_deinit_then_unmaps_it_and_closes_its_descriptor() {
+        let f = fixture("unit_drop", &[]);
+        let file = f.resolved().to_owned();
+        let host = TestHost::new();
+        let mut registry = Registry::new();
+        // SAFETY: as in a_loaded_library_has_its_name_version_procedures_and_init.
+        let lib = unsafe { load(f, &mut registry, host.table()) }.unwrap();
+        assert_eq!(host.said(), ["init"]);
+        drop(lib);
+        assert_eq!(host.said(), ["init", "deinit"]);
+        assert!(!mapped(&file), "unloaded");
+        assert_eq!(descriptors_on(&file), 0, "its descriptor closed");
+    }
+
+    /// Two loads of one file share its descriptor: the first dropped leaves
+    /// it open for the second (still loaded), the last closes it.
+    #[test]
+    fn the_last_of_two_loads_of_a_file_closes_its_descriptor() {
+        let f = fixture("unit_twice", &[]);
+        let file = f.resolved().to_owned();
+        let g = crate::library::open(fixture_dir(), "unit_twice", 0).unwrap();
+        let host = TestHost::new();
+        let (mut r1, mut r2) = (Registry::new(), Registry::new());
+        // SAFETY: as in a_loaded_library_has_its_name_version_procedures_and_init.
+        let first = unsafe { load(f, &mut r1, host.table()) }.unwrap();
+        // SAFETY: as above.
+        let second = unsafe { load(g, &mut r2, host.table()) }.unwrap();
+        assert!(Arc::ptr_eq(&first._file, &second._file));
+        assert_eq!(descriptors_on(&file), 1);
+        assert_eq!(host.said(), ["init", "init"]);
+        drop(first);
+        assert_eq!(host.said(), ["init", "init", "deinit"]);
+        assert!(mapped(&file), "still loaded by the second load");
+        assert_eq!(descriptors_on(&file), 1);
+        drop(second);
+        assert_eq!(host.said(), ["init", "init", "deinit", "deinit"]);
+        assert!(!mapped(&file));
+        assert_eq!(descriptors_on(&file), 0, "closed, not kept");
+    }
+
+    /// A library the dynamic loader keeps after its last close (linked
+    /// with `-z nodelete`) stays known by its descriptor's name: the
+    /// descriptor stays open, so that its number never names another
+    /// library.
+    #[test]
+    fn a_library_that_stays_loaded_keeps_its_descriptor_open() {
+        let f = fixture("unit_nodelete", &["-Wl,-z,nodelete"]);
+        let file = f.resolved().to_owned();
+        let host = TestHost::new();
+        let mut registry = Registry::new();
+        // SAFETY: as in a_loaded_library_has_its_name_version_procedures_and_init.
+        let lib = unsafe { load(f, &mut registry, host.table()) }.unwrap();
+        let fd = lib._file.as_raw_fd();
+        drop(lib);
+        assert_eq!(host.said(), ["init", "deinit"]);
+        assert!(mapped(&file), "nodelete: still loaded");
+        assert_eq!(descriptors_on(&file), 1, "its descriptor kept open");
+        let pinned = PINNED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|p| p.as_raw_fd() == fd)
+            .count();
+        assert_eq!(pinned, 1, "kept for good");
+    }
+
+    /// Loads `lib{name}.so` built with `flags`, which must fail: the error,
+    /// after checking that the failed load left the registry as it was,
+    /// ran no init and left the library neither loaded nor open.
+    fn refused(name: &str, flags: &[&str]) -> (PathBuf, LoadError) {
+        let f = fixture(name, flags);
+        let (path, file) = (f.path().to_owned(), f.resolved().to_owned());
+        let host = TestHost::new();
+        let mut registry = Registry::new();
+        let before = listed(&registry);
+        // SAFETY: as in a_loaded_library_has_its_name_version_procedures_and_init.
+        let e = unsafe { load(f, &mut registry, host.table()) }.unwrap_err();
+        assert_eq!(listed(&registry), before, "{name}: the registry as it was");
+        assert_eq!(host.said(), Vec::<String>::new(), "{name}: no init");
+        assert!(!mapped(&file), "{name}: unloaded");
+        assert_eq!(descriptors_on(&file), 0, "{name}: closed");
+        (path, e)
+    }
+
+    #[test]
+    fn an_entry_point_that_returns_null_is_refused() {
+        let (path, e) = refused("unit_null", &["-DNULL_DESCRIPTOR"]);
+        assert_eq!(e, LoadError::NullDescriptor { path });
+    }
+
+    #[test]
+    fn a_misaligned_descriptor_is_refused_before_it_is_read() {
+        let (path, e) = refused("unit_misaligned", &["-DMISALIGNED"]);
+        assert_eq!(
+            e,
+            LoadError::BadDescriptor {
+                path,
+                what: "the descriptor is misaligned".to_owned(),
+            }
+        );
+    }
+
+    /// An entry point the dynamic loader finds at address 0 (an absolute
+    /// symbol) is not called: it is reported as missing, as one of another
+    /// name is.
+    #[test]
+    fn an_entry_point_at_address_zero_or_missing_is_refused() {
+        for (name, flag) in [
+            ("unit_nullsym", "-DNULL_SYMBOL"),
+            ("unit_nosym", "-DNO_SYMBOL"),
+        ] {
+            let (path, e) = refused(name, &[flag]);
+            assert_eq!(e, LoadError::MissingSymbol { path }, "{name}");
+        }
+    }
 
     /// Loads of one file share one descriptor while one of them lives; a
     /// file loaded anew after its last load ended gets a descriptor of its
