@@ -405,21 +405,24 @@ fn shared_rows(report: &Report, md: &mut String) -> bool {
         if k <= m || k + m > cpus + 1 {
             continue;
         }
-        let Some(one) = pair_rate(report, t) else {
+        let (Some(one), Some(ratio)) = (pair_rate(report, t), pair_ratio(report, t)) else {
             continue;
         };
-        let share = t.calls_per_s / (m as f64 * one);
+        let share = ratio / m as f64;
         any = true;
         let _ = writeln!(
             md,
-            "| {k} sessions on {m} workers ≥ {:.0}% of {m} pairs | {} SOC, sys_ping, {} s; claim wait p99 {} (worst session {}) | {} | {m} × one pair {} | {share:.2}× | {} |",
+            "| {k} sessions on {m} worker{} ≥ {:.0}% of {m} pair{} | {} SOC, sys_ping, {} s; claim wait p99 {} (worst session {}) | {} | {m} × one pair {} | {:.2}× / {share:.2}× | {} |",
+            if m == 1 { "" } else { "s" },
             TARGET_SHARED * 100.0,
+            if m == 1 { "" } else { "s" },
             t.job.kind,
             t.seconds.round(),
             fmt_ns(t.claim_wait.p99_ns as f64),
             fmt_ns(worst_wait_p99(t) as f64),
             fmt_rate(t.calls_per_s),
             fmt_rate(one),
+            t.calls_per_s / (m as f64 * one),
             verdict(share, TARGET_SHARED, false)
         );
     }
@@ -973,13 +976,29 @@ fn latency_tables(report: &Report, md: &mut String) {
     }
 }
 
-/// Throughput of one pair (1 session, 1 worker) of the same kind.
+/// Throughput of one pair (1 session, 1 worker) of the same kind: the
+/// job's own baseline, measured beside it, or else the one-pair job of
+/// the run.
 fn pair_rate(report: &Report, t: &ThroughputResult) -> Option<f64> {
+    if let Some(p) = &t.paired {
+        return Some(p.pair_calls_per_s);
+    }
     report
         .throughput
         .iter()
         .find(|x| x.job.kind == t.job.kind && x.job.sessions == 1 && x.job.workers == 1)
         .map(|x| x.calls_per_s)
+}
+
+/// A throughput job's calls/s over one pair's: the median over its block
+/// pairs where it has a baseline of its own, else the ratio of the totals
+/// to the run's one-pair job (1 for that job itself).
+fn pair_ratio(report: &Report, t: &ThroughputResult) -> Option<f64> {
+    if let Some(p) = &t.paired {
+        return Some(p.ratio_median);
+    }
+    let one = pair_rate(report, t)?;
+    (one > 0.0).then(|| t.calls_per_s / one)
 }
 
 /// Pairs that can run at once: no more than the sessions, the workers,
@@ -991,9 +1010,8 @@ fn limit_pairs(t: &ThroughputResult, cpus: usize) -> usize {
 /// Scaling efficiency: calls/s over (pairs × one pair's calls/s), where
 /// pairs = min(sessions, workers).
 pub fn efficiency(report: &Report, t: &ThroughputResult) -> Option<f64> {
-    let one = pair_rate(report, t)?;
     let pairs = t.job.sessions.min(t.job.workers).max(1) as f64;
-    (one > 0.0).then(|| t.calls_per_s / (pairs * one))
+    Some(pair_ratio(report, t)? / pairs)
 }
 
 fn throughput_table(report: &Report, md: &mut String) {
@@ -1011,7 +1029,7 @@ fn throughput_table(report: &Report, md: &mut String) {
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for t in &report.throughput {
-        let one = pair_rate(report, t);
+        let ratio = pair_ratio(report, t);
         let limit = limit_pairs(t, cpus) as f64;
         let _ = writeln!(
             md,
@@ -1020,12 +1038,9 @@ fn throughput_table(report: &Report, md: &mut String) {
             t.job.sessions,
             t.job.workers,
             fmt_rate(t.calls_per_s),
-            one.map_or("–".to_owned(), |o| format!("{:.2}×", t.calls_per_s / o)),
+            ratio.map_or("–".to_owned(), |r| format!("{r:.2}×")),
             efficiency(report, t).map_or("–".to_owned(), |e| format!("{:.0}%", e * 100.0)),
-            one.map_or("–".to_owned(), |o| format!(
-                "{:.0}%",
-                t.calls_per_s / (limit * o) * 100.0
-            )),
+            ratio.map_or("–".to_owned(), |r| format!("{:.0}%", r / limit * 100.0)),
             fmt_ns(t.claim_wait.p50_ns as f64),
             fmt_ns(t.claim_wait.p99_ns as f64),
             fmt_ns(worst_wait_p99(t) as f64),
@@ -1038,11 +1053,14 @@ fn throughput_table(report: &Report, md: &mut String) {
     }
     let _ = writeln!(
         md,
-        "\nEfficiency = calls/s ÷ (min(sessions, workers) × the calls/s of one \
-         session with one worker). A pair of a spinning session and a spinning \
+        "\n*× one pair* is the median over the job's blocks of its calls/s ÷ \
+         those of one session calling one worker of the same engine, measured in \
+         blocks alternating with the job's (so that both see the same state \
+         of the machine, whose vCPUs may move between runs). Efficiency = \
+         × one pair ÷ min(sessions, workers). A pair of a spinning session and a spinning \
          worker keeps two CPUs busy, so on {cpus} CPUs at most {} pairs run at \
-         once: *of the limit* is calls/s ÷ (min(sessions, workers, {}) × one \
-         pair's), the physical limit where sessions and workers do not fit the \
+         once: *of the limit* is × one pair ÷ min(sessions, workers, {}), \
+         the physical limit where sessions and workers do not fit the \
          CPUs. The claim wait is the time `claim` took for one call in {} of \
          each session (the wait for a worker, p50 / p99 of all sessions, and \
          the p99 of the session that waited most).",
@@ -1279,18 +1297,20 @@ fn csv_restart(report: &Report) -> String {
 
 fn csv_throughput(report: &Report) -> String {
     let mut s = String::from(
-        "kind,sessions,workers,calls,seconds,calls_per_s,efficiency,claim_wait_p50_ns,claim_wait_p99_ns,claim_wait_worst_session_p99_ns,per_session\n",
+        "kind,sessions,workers,calls,seconds,calls_per_s,pair_calls_per_s,over_one_pair,efficiency,claim_wait_p50_ns,claim_wait_p99_ns,claim_wait_worst_session_p99_ns,per_session\n",
     );
     for t in &report.throughput {
         let _ = writeln!(
             s,
-            "{},{},{},{},{:.3},{:.1},{},{},{},{},{}",
+            "{},{},{},{},{:.3},{:.1},{},{},{},{},{},{},{}",
             t.job.kind,
             t.job.sessions,
             t.job.workers,
             t.calls,
             t.seconds,
             t.calls_per_s,
+            pair_rate(report, t).map_or(String::new(), |r| format!("{r:.1}")),
+            pair_ratio(report, t).map_or(String::new(), |r| format!("{r:.4}")),
             efficiency(report, t).map_or(String::new(), |e| format!("{e:.4}")),
             t.claim_wait.p50_ns,
             t.claim_wait.p99_ns,
@@ -1428,6 +1448,100 @@ mod tests {
         assert_eq!(size_name(1 << 20), "1 MiB");
         assert_eq!(size_name(4096), "4 KiB");
         assert_eq!(size_name(0), "0 B");
+    }
+
+    /// A shared-worker job's ratio is its block-paired median where it
+    /// has a baseline of its own, else the ratio to the run's one-pair
+    /// job; its target row appears where sessions and workers fit the
+    /// CPUs with one thread to spare, with the verdict of that median.
+    #[test]
+    fn shared_worker_targets_use_the_paired_baseline() {
+        use crate::spec::{PairedBaseline, ThroughputJob};
+        let tp =
+            |sessions: usize, workers: usize, rate: f64, paired: Option<f64>| ThroughputResult {
+                job: ThroughputJob {
+                    kind: numaproc::SocKind::Forked,
+                    sessions,
+                    workers,
+                    duration_ms: 1000,
+                    blocks: 4,
+                    prefix: "t".into(),
+                },
+                calls: (rate as u64),
+                seconds: 1.0,
+                calls_per_s: rate,
+                per_session: vec![rate as u64 / sessions as u64; sessions],
+                session_cpus: vec![None; sessions],
+                claim_wait: Summary::default(),
+                claim_wait_per_session: vec![
+                    Summary {
+                        p99_ns: 300_000,
+                        ..Summary::default()
+                    };
+                    sessions
+                ],
+                paired: paired.map(|r| PairedBaseline {
+                    pair_calls_per_s: 5e6,
+                    ratio_median: r,
+                    blocks: 4,
+                }),
+            };
+        let mut report = Report {
+            date: String::new(),
+            machine: Machine {
+                cpu_model: String::new(),
+                cpus: vec![0, 1],
+                mem_nodes: vec![0],
+                kernel: String::new(),
+            },
+            quick: false,
+            seconds: 1.0,
+            latency: vec![],
+            throughput: vec![
+                tp(1, 1, 8e6, None),
+                tp(2, 1, 4e6, Some(0.82)),
+                tp(4, 2, 3e6, Some(0.75)),
+                tp(2, 2, 4e6, None),
+            ],
+            numa: vec![],
+            start: vec![],
+            probes: vec![],
+            failures: vec![],
+        };
+        let ratio = |r: &Report, i: usize| pair_ratio(r, &r.throughput[i]).unwrap();
+        assert!((ratio(&report, 0) - 1.0).abs() < 1e-9);
+        assert!((ratio(&report, 1) - 0.82).abs() < 1e-9, "the paired median");
+        assert!(
+            (ratio(&report, 3) - 0.5).abs() < 1e-9,
+            "4 M/s over the pair job's 8"
+        );
+        assert!((efficiency(&report, &report.throughput[2]).unwrap() - 0.375).abs() < 1e-9);
+        let mut md = String::new();
+        assert!(shared_rows(&report, &mut md));
+        assert_eq!(md.lines().count(), 1, "only 2 on 1 fits 2 CPUs: {md}");
+        assert!(
+            md.contains("2 sessions on 1 worker ≥ 70% of 1 pair"),
+            "{md}"
+        );
+        assert!(
+            md.contains("0.80× / 0.82×") && md.ends_with("| met |\n"),
+            "{md}"
+        );
+        assert!(md.contains("worst session 300.0 µs"), "{md}");
+        report.throughput[1].paired.as_mut().unwrap().ratio_median = 0.56;
+        let mut md = String::new();
+        shared_rows(&report, &mut md);
+        assert!(md.ends_with("| missed by 20% |\n"), "{md}");
+        // On 16 CPUs, 4 on 2 fits too.
+        report.machine.cpus = (0..16).collect();
+        let mut md = String::new();
+        shared_rows(&report, &mut md);
+        assert_eq!(md.lines().count(), 2, "{md}");
+        assert!(
+            md.contains("4 sessions on 2 workers ≥ 70% of 2 pairs"),
+            "{md}"
+        );
+        assert!(md.contains("missed by 46%"), "0.75 / 2 = 0.375: {md}");
     }
 
     #[test]

@@ -237,10 +237,31 @@ pub struct ThroughputJob {
     pub sessions: usize,
     /// Workers (one SOC).
     pub workers: usize,
-    /// Measured time.
+    /// Measured time (of this configuration; its one-pair baseline runs
+    /// as long beside it).
     pub duration_ms: u64,
+    /// Blocks the time is cut into, alternating with blocks of one
+    /// session calling one worker of the same engine (the baseline).
+    #[serde(default = "one_block")]
+    pub blocks: usize,
     /// Shared-memory name prefix.
     pub prefix: String,
+}
+
+fn one_block() -> usize {
+    1
+}
+
+/// A throughput job's baseline, one session calling worker 0 of the same
+/// engine, run in blocks alternating with the job's own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairedBaseline {
+    /// The baseline's calls/s over all its blocks.
+    pub pair_calls_per_s: f64,
+    /// Median over the block pairs of (the job's calls/s ÷ the baseline's).
+    pub ratio_median: f64,
+    /// The block pairs.
+    pub blocks: usize,
 }
 
 /// What a throughput job measured.
@@ -265,6 +286,10 @@ pub struct ThroughputResult {
     /// The same, per session.
     #[serde(default)]
     pub claim_wait_per_session: Vec<Summary>,
+    /// One session calling one worker of the same engine, measured in
+    /// blocks beside this job's (none for one session on one worker).
+    #[serde(default)]
+    pub paired: Option<PairedBaseline>,
 }
 
 /// A throughput job times the claim of one call in this many per session

@@ -47,7 +47,7 @@ struct StandBack {
     pos: usize,
     /// `FreeSignal::misses` before the wake, and how many it woke.
     misses: u32,
-    woken: usize,
+    waiters: u32,
     /// `monotonic_ns` after which the releaser stops standing back.
     until_ns: u64,
 }
@@ -870,10 +870,8 @@ impl SessionCore {
     /// for them (see [`SessionCore::stand_back`]).
     #[inline]
     pub(crate) fn signal_freed(&self, slot: &SlotPlace) {
-        if let Notified::Woken { woken, misses } = self.table.signals().notify()
-            && woken > 0
-        {
-            self.note_stand_back(slot, woken, misses);
+        if let Notified::Woken { waiters, misses } = self.table.signals().notify() {
+            self.note_stand_back(slot, waiters, misses);
         }
     }
 
@@ -884,7 +882,7 @@ impl SessionCore {
     }
 
     #[cold]
-    fn note_stand_back(&self, slot: &SlotPlace, woken: usize, misses: u32) {
+    fn note_stand_back(&self, slot: &SlotPlace, waiters: u32, misses: u32) {
         let places = self.table.places();
         let Some(pos) = places.iter().position(|p| std::ptr::eq(p, slot)) else {
             return;
@@ -895,7 +893,7 @@ impl SessionCore {
                 core: self.id,
                 pos,
                 misses,
-                woken,
+                waiters,
                 until_ns,
             }));
         });
@@ -922,7 +920,7 @@ impl SessionCore {
         };
         let signals = self.table.signals();
         while !place.session().is_held()
-            && !signals.stood_back(sb.misses, sb.woken)
+            && !signals.stood_back(sb.misses, sb.waiters)
             && monotonic_ns() < sb.until_ns
         {
             std::thread::yield_now();

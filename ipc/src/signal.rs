@@ -1,27 +1,27 @@
 //! The free-slot signal: sessions waiting for a free slot sleep on it,
-//! whoever frees a slot wakes them, at most once per [`WAKE_WINDOW`].
+//! whoever frees a slot wakes them, about once per [`WAKE_WINDOW`].
 //!
 //! Where sessions outnumber workers, waking the sleepers on every release
 //! costs the releaser a system call per call and sends the sleepers to the
 //! CPUs of the busy caller and worker for nothing (the releaser takes the
-//! slot again before they run). So a release wakes sleepers only when the
-//! last wake is at least a window old; the sleepers of a window that had
-//! a wake sleep one window at a time and look again by themselves. A
-//! releaser whose wake woke someone steps back from the slot for a moment
-//! ([`FreeSignal::stood_back`]) so that the woken session gets it, and a
+//! slot again before they run). So a wake raises `deferring`, and while it
+//! is raised releases wake no one: the sleepers announced meanwhile sleep
+//! one window at most, and the first whose window passes without a wake
+//! lowers the flag and wakes the others. A releaser whose wake found
+//! sleepers stands back from the slot for a moment
+//! ([`FreeSignal::stood_back`]) so that a woken session gets it, and a
 //! session whose worker shares its CPU gives way to one that spins for a
 //! slot (see `numaproc::SessionCore`), so that each window serves the
 //! sleepers once and the hot pair the rest of the time.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::slot::monotonic_ns;
 use crate::{ShmSafe, futex};
 
 /// Sessions waiting for a free slot sleep on `seq`; whoever frees a slot
-/// bumps it and wakes them, but only when `waiters` is not zero and the
-/// last wake (`last_wake`) is a window old.
+/// bumps it and wakes them, but only when `waiters` is not zero and no
+/// wake is being deferred (`deferring`).
 ///
 /// Every field is writable by every process that maps the engine's memory:
 /// a wrong value costs a waiter at most a sleep slice, never a lost
@@ -33,21 +33,22 @@ pub struct FreeSignal {
     pub seq: AtomicU32,
     /// Number of sessions announced to sleep on `seq`.
     pub waiters: AtomicU32,
+    /// Not 0 from a wake until a sleeper announced after it slept a whole
+    /// [`WAKE_WINDOW`]: releases meanwhile wake no one.
+    pub deferring: AtomicU32,
     /// Number of sessions spinning for a free slot (not announced).
     pub spinners: AtomicU32,
     /// Looks for a slot that found none, by sessions back from a sleep.
     pub misses: AtomicU32,
-    /// `CLOCK_MONOTONIC` nanoseconds of the last wake (0: none yet).
-    pub last_wake: AtomicU64,
 }
 
 // SAFETY: repr(C), atomics only.
 unsafe impl ShmSafe for FreeSignal {}
 
-/// Shortest time between two wakes of the sleepers of a
-/// [`FreeSignal`], and the longest a sleeper waits for a release that did
-/// not wake it: the share of a contended worker that sessions sleeping
-/// for it get.
+/// The longest a sleeper announced after a wake sleeps before it looks
+/// again by itself (and ends the deferring): about the time between two
+/// wakes of the sleepers where releases are frequent, and so the share of
+/// a contended worker that sessions sleeping for it get.
 pub const WAKE_WINDOW: Duration = Duration::from_micros(200);
 
 /// What [`FreeSignal::notify`] did.
@@ -55,16 +56,16 @@ pub const WAKE_WINDOW: Duration = Duration::from_micros(200);
 pub enum Notified {
     /// No session was waiting.
     Nobody,
-    /// Sessions wait, but the last wake is younger than [`WAKE_WINDOW`]:
-    /// they look again by themselves before the window ends.
+    /// Sessions wait, but a wake is being deferred: they look again by
+    /// themselves within a window.
     Deferred,
-    /// The sleepers were woken: `woken` of them were asleep in the kernel
-    /// (others, about to sleep, see the change and do not), and `misses`
-    /// is the count of failed looks just before the wake (for
+    /// The waiters were woken: `waiters` were announced (each looks again
+    /// and either takes a slot or counts a miss), and `misses` is the
+    /// count of failed looks just before the wake (for
     /// [`FreeSignal::stood_back`]).
     Woken {
-        /// Sleepers the kernel woke.
-        woken: usize,
+        /// Sessions announced when the wake came.
+        waiters: u32,
         /// [`FreeSignal::misses`] before the wake.
         misses: u32,
     },
@@ -78,9 +79,9 @@ impl Notified {
 }
 
 impl FreeSignal {
-    /// Says a slot became free; wakes sleepers if there are any and the
-    /// last wake is [`WAKE_WINDOW`] old (sooner, they look again by
-    /// themselves).
+    /// Says a slot became free; wakes the waiters if there are any and no
+    /// wake is being deferred (then they look again by themselves within
+    /// a window).
     ///
     /// The write that freed the slot must be `SeqCst` (or be followed by a
     /// `SeqCst` fence): it and the load of `waiters` here, against the
@@ -90,49 +91,48 @@ impl FreeSignal {
     /// sleep while a slot is free.
     #[inline]
     pub fn notify(&self) -> Notified {
-        if self.waiters.load(Ordering::SeqCst) == 0 {
+        let waiters = self.waiters.load(Ordering::SeqCst);
+        if waiters == 0 {
             return Notified::Nobody;
         }
-        self.notify_waiters(false)
+        if self.deferring.load(Ordering::SeqCst) != 0 {
+            return Notified::Deferred;
+        }
+        self.wake(waiters, true)
     }
 
-    /// Wakes every sleeper now, whatever the window: after a change every
+    /// Wakes every waiter now, deferring or not: after a change every
     /// waiter must see at once (a SOC's state, slots failed or reset, the
     /// engine gone).
     pub fn notify_now(&self) -> Notified {
-        if self.waiters.load(Ordering::SeqCst) == 0 {
+        let waiters = self.waiters.load(Ordering::SeqCst);
+        if waiters == 0 {
             return Notified::Nobody;
         }
-        self.notify_waiters(true)
+        self.wake(waiters, true)
     }
 
+    /// Wakes the waiters; `defer`: and defers the next wakes until a
+    /// waiter announced after this one slept a whole window.
     #[cold]
-    fn notify_waiters(&self, now_anyway: bool) -> Notified {
-        let now = monotonic_ns();
-        let last = self.last_wake.load(Ordering::SeqCst);
-        // A value from the future (written by a peer that lies) defers
-        // nothing.
-        if !now_anyway && last <= now && now - last < window_ns() {
-            return Notified::Deferred;
-        }
+    fn wake(&self, waiters: u32, defer: bool) -> Notified {
         let misses = self.misses.load(Ordering::SeqCst);
-        // Before the bump: a session announced after the bump reads this
-        // time and sleeps no longer than a window (see `wait_for`).
-        self.last_wake.store(now, Ordering::SeqCst);
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        Notified::Woken {
-            woken: futex::wake_all(&self.seq),
-            misses,
+        if defer {
+            // Before the bump: a session announced after the bump sees it
+            // and sleeps a window at most (see `announce`).
+            self.deferring.store(1, Ordering::SeqCst);
         }
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        futex::wake_all(&self.seq);
+        Notified::Woken { waiters, misses }
     }
 
     /// After a [`Notified::Woken`] wake by this thread, whether the woken
     /// sessions have all looked for a slot and missed since (`misses` then
-    /// grew by `woken`): the releaser that stood back to let them take the
-    /// slot can stop waiting.
-    pub fn stood_back(&self, misses: u32, woken: usize) -> bool {
-        let seen = self.misses.load(Ordering::Acquire).wrapping_sub(misses);
-        seen as usize >= woken
+    /// grew by `waiters`): the releaser that stood back to let them take
+    /// the slot can stop waiting.
+    pub fn stood_back(&self, misses: u32, waiters: u32) -> bool {
+        self.misses.load(Ordering::Acquire).wrapping_sub(misses) >= waiters
     }
 
     /// Whether a session spins for a slot now.
@@ -144,8 +144,9 @@ impl FreeSignal {
     /// A waiter says it is about to sleep: returns the sequence number to
     /// sleep on and how long to sleep at most. After this, a release that
     /// [`FreeSignal::notify`] does not see is visible to the waiter's next
-    /// attempt, and one that it sees but defers comes at most a window
-    /// after the last wake, which this waiter then sleeps no longer than.
+    /// attempt, and one that it sees and defers was deferred by a wake
+    /// that this waiter either slept through (it sleeps a window at most)
+    /// or is woken by.
     fn announce(&self) -> (u32, Duration) {
         let seq = self.seq.load(Ordering::SeqCst);
         self.waiters.fetch_add(1, Ordering::SeqCst);
@@ -153,14 +154,10 @@ impl FreeSignal {
         // in `notify`: without it the attempt below may read the slot as
         // it was before the release while the releaser reads no waiter.
         std::sync::atomic::fence(Ordering::SeqCst);
-        // Read before the attempt that follows: a release the attempt does
-        // not see comes after this reading, and is deferred only if the
-        // last wake was a window before it. If that wake is this one, the
-        // slice is a window; if it is a later one, it wakes this waiter.
-        let last = self.last_wake.load(Ordering::SeqCst);
-        let now = monotonic_ns();
-        let recent = last > now || now - last < window_ns();
-        (seq, if recent { WAKE_WINDOW } else { SLEEP_SLICE })
+        // Read after `seq`: a wake that raised the flag after this reading
+        // bumped `seq` after it too, and so wakes this waiter.
+        let deferring = self.deferring.load(Ordering::SeqCst) != 0;
+        (seq, if deferring { WAKE_WINDOW } else { SLEEP_SLICE })
     }
 
     fn withdraw(&self) {
@@ -211,10 +208,23 @@ impl FreeSignal {
             let left = deadline.map_or(slice, |d| {
                 d.saturating_duration_since(Instant::now()).min(slice)
             });
-            if !left.is_zero() {
-                futex::wait(&self.seq, seq, Some(left));
-            }
+            let outcome = if left.is_zero() {
+                futex::WaitOutcome::Woken
+            } else {
+                futex::wait(&self.seq, seq, Some(left))
+            };
             self.withdraw();
+            if outcome == futex::WaitOutcome::TimedOut && slice == WAKE_WINDOW {
+                // A window without a wake: end the deferring, so that the
+                // next release wakes (and its releaser stands back), and
+                // wake the others, for whom releases may have been
+                // deferred too.
+                self.deferring.store(0, Ordering::SeqCst);
+                let others = self.waiters.load(Ordering::SeqCst);
+                if others != 0 {
+                    self.wake(others, false);
+                }
+            }
             if let Some(v) = attempt() {
                 return Some(v);
             }
@@ -228,12 +238,8 @@ impl FreeSignal {
     }
 }
 
-fn window_ns() -> u64 {
-    WAKE_WINDOW.as_nanos() as u64
-}
-
 /// Longest single sleep of a session waiting for a free slot when no wake
-/// was deferred.
+/// is deferred.
 const SLEEP_SLICE: Duration = Duration::from_millis(50);
 
 #[cfg(test)]
@@ -266,7 +272,11 @@ mod tests {
         until_asleep(sleeper, &f.seq);
         let woken = Instant::now();
         assert!(
-            matches!(f.notify(), Notified::Woken { woken: 1, .. }),
+            f.notify()
+                == Notified::Woken {
+                    waiters: 1,
+                    misses: 0
+                },
             "notify woke the sleeper"
         );
         assert_eq!(
@@ -304,7 +314,11 @@ mod tests {
         flag.store(1, Ordering::SeqCst);
         let woken_at = Instant::now();
         assert!(
-            matches!(f.notify(), Notified::Woken { woken: 1, .. }),
+            f.notify()
+                == Notified::Woken {
+                    waiters: 1,
+                    misses: 0
+                },
             "notify woke the sleeper"
         );
         let seen = ended(&rx, woken_at, "the waiter").expect("the waiter saw the flag");
@@ -334,74 +348,75 @@ mod tests {
         assert_eq!(got, Some(7));
     }
 
-    /// A release wakes the sleepers once per window: a second one within
-    /// the window is deferred (no system call, they look again by
-    /// themselves), one a window later wakes again, and `notify_now`
-    /// always wakes.
+    /// A wake raises the deferring: later releases wake no one (no system
+    /// call) until it is lowered; `notify_now` always wakes, and leaves the
+    /// flag as it was when it wakes without deferring.
     #[test]
-    fn a_second_wake_within_the_window_is_deferred() {
+    fn a_wake_defers_the_next_ones() {
         let f = leaked_signal();
-        f.waiters.store(1, Ordering::SeqCst);
-        assert!(matches!(f.notify(), Notified::Woken { woken: 0, .. }));
+        f.waiters.store(2, Ordering::SeqCst);
+        assert_eq!(
+            f.notify(),
+            Notified::Woken {
+                waiters: 2,
+                misses: 0
+            }
+        );
         assert_eq!(f.seq.load(Ordering::SeqCst), 1);
-        let woke_at = f.last_wake.load(Ordering::SeqCst);
-        assert!(woke_at > 0 && woke_at <= monotonic_ns());
+        assert_eq!(f.deferring.load(Ordering::SeqCst), 1);
         assert_eq!(f.notify(), Notified::Deferred);
         assert_eq!(
             f.seq.load(Ordering::SeqCst),
             1,
             "a deferred wake bumps nothing"
         );
-        // The last wake a window (and a nanosecond) ago: wakes again.
-        f.last_wake
-            .store(monotonic_ns() - window_ns() - 1, Ordering::SeqCst);
-        assert!(matches!(f.notify(), Notified::Woken { .. }));
-        assert_eq!(f.seq.load(Ordering::SeqCst), 2);
-        assert!(matches!(f.notify_now(), Notified::Woken { .. }));
+        assert!(matches!(f.notify_now(), Notified::Woken { waiters: 2, .. }));
         assert_eq!(
             f.seq.load(Ordering::SeqCst),
-            3,
-            "notify_now ignores the window"
+            2,
+            "notify_now ignores the deferring"
         );
+        f.deferring.store(0, Ordering::SeqCst);
+        f.misses.store(7, Ordering::SeqCst);
+        assert_eq!(
+            f.notify(),
+            Notified::Woken {
+                waiters: 2,
+                misses: 7
+            }
+        );
+        assert_eq!(f.seq.load(Ordering::SeqCst), 3);
         f.waiters.store(0, Ordering::SeqCst);
+        f.deferring.store(0, Ordering::SeqCst);
         assert_eq!(f.notify(), Notified::Nobody);
         assert_eq!(f.notify_now(), Notified::Nobody);
         assert_eq!(f.seq.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            f.deferring.load(Ordering::SeqCst),
+            0,
+            "no wake, no deferring"
+        );
     }
 
-    /// A wake time from the future (a peer that lies) defers no wake, and
-    /// makes waiters sleep a window at a time, not the long slice.
+    /// A waiter announced while a wake is deferred sleeps a window at most
+    /// (a release may be deferred for it); otherwise the long slice (every
+    /// release wakes it). Any value but 0 counts as deferring (a peer that
+    /// lies costs short sleeps, not lost wakes).
     #[test]
-    fn a_wake_time_from_the_future_defers_nothing() {
+    fn a_waiter_sleeps_a_window_only_while_wakes_are_deferred() {
         let f = leaked_signal();
-        f.waiters.store(1, Ordering::SeqCst);
-        f.last_wake.store(u64::MAX, Ordering::SeqCst);
-        assert!(matches!(f.notify(), Notified::Woken { .. }));
-        f.last_wake.store(u64::MAX, Ordering::SeqCst);
-        let (_, slice) = f.announce();
-        assert_eq!(slice, WAKE_WINDOW);
-    }
-
-    /// A waiter announced within a window of the last wake sleeps a
-    /// window at most (a release may be deferred for it); otherwise the
-    /// long slice (every release wakes it).
-    #[test]
-    fn a_waiter_sleeps_a_window_only_after_a_recent_wake() {
-        let f = leaked_signal();
-        let (seq, slice) = f.announce();
-        assert_eq!((seq, slice), (0, SLEEP_SLICE), "no wake yet");
+        assert_eq!(f.announce(), (0, SLEEP_SLICE), "no wake yet");
         f.withdraw();
-        assert!(f.notify().saw_waiters() || f.waiters.load(Ordering::SeqCst) == 0);
         f.waiters.store(1, Ordering::SeqCst);
         assert!(matches!(f.notify(), Notified::Woken { .. }));
         f.waiters.store(0, Ordering::SeqCst);
-        let (seq, slice) = f.announce();
-        assert_eq!((seq, slice), (1, WAKE_WINDOW), "just after a wake");
+        assert_eq!(f.announce(), (1, WAKE_WINDOW), "after a wake");
         f.withdraw();
-        f.last_wake
-            .store(monotonic_ns() - window_ns() - 1, Ordering::SeqCst);
-        let (_, slice) = f.announce();
-        assert_eq!(slice, SLEEP_SLICE, "a window after the wake");
+        f.deferring.store(u32::MAX, Ordering::SeqCst);
+        assert_eq!(f.announce(), (1, WAKE_WINDOW));
+        f.withdraw();
+        f.deferring.store(0, Ordering::SeqCst);
+        assert_eq!(f.announce(), (1, SLEEP_SLICE), "deferring over");
         f.withdraw();
         assert_eq!(f.waiters.load(Ordering::SeqCst), 0);
     }
@@ -412,12 +427,11 @@ mod tests {
     fn stood_back_counts_the_misses_of_the_woken() {
         let f = leaked_signal();
         f.misses.store(u32::MAX - 1, Ordering::SeqCst);
-        f.waiters.store(1, Ordering::SeqCst);
-        f.last_wake.store(0, Ordering::SeqCst);
-        let Notified::Woken { misses, .. } = f.notify() else {
+        f.waiters.store(2, Ordering::SeqCst);
+        let Notified::Woken { misses, waiters } = f.notify() else {
             panic!("not woken");
         };
-        assert_eq!(misses, u32::MAX - 1);
+        assert_eq!((misses, waiters), (u32::MAX - 1, 2));
         assert!(f.stood_back(misses, 0));
         assert!(!f.stood_back(misses, 2));
         f.misses.fetch_add(1, Ordering::SeqCst);
@@ -459,41 +473,60 @@ mod tests {
         assert_eq!(f.waiters.load(Ordering::SeqCst), 0);
     }
 
-    /// A waiter woken for nothing goes back to sleep; a release deferred
-    /// within the window that follows (no wake) is still seen: the waiter
-    /// looks again by itself.
+    /// A waiter that slept a whole window while wakes were deferred ends
+    /// the deferring and wakes the other waiters (without deferring
+    /// again), then looks: a release deferred meanwhile is seen without
+    /// any releaser's wake, and the next release wakes again.
     #[test]
-    fn a_deferred_release_is_seen_without_a_wake() {
+    fn a_window_without_a_wake_ends_the_deferring() {
         let f = leaked_signal();
         let flag: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+        // Another waiter, asleep (announced with the long slice before the
+        // wake below raised the flag): the window's end must wake it.
         let (tid_tx, tid_rx) = mpsc::channel();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let _ = tid_tx.send(tid());
-            let seen = f.wait_for(None, Duration::ZERO, || {
-                (flag.load(Ordering::SeqCst) == 1).then(Instant::now)
-            });
-            let _ = tx.send((seen, Instant::now()));
+            let (seq, slice) = f.announce();
+            assert_eq!(slice, SLEEP_SLICE);
+            let outcome = futex::wait(&f.seq, seq, Some(Duration::from_secs(60)));
+            f.withdraw();
+            let _ = tx.send((outcome, Instant::now()));
         });
-        let waiter = tid_rx.recv_timeout(WAKE_BOUND).unwrap();
-        until_asleep(waiter, &f.seq);
-        assert!(matches!(f.notify(), Notified::Woken { woken: 1, .. }));
-        // Woken for nothing: it misses and sleeps again.
-        let deadline = Instant::now() + WAKE_BOUND;
-        while f.misses.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < deadline, "the woken waiter never looked");
-            std::thread::yield_now();
-        }
-        until_asleep(waiter, &f.seq);
-        flag.store(1, Ordering::SeqCst);
-        let released = Instant::now();
-        // As if another release had just woken: this one is deferred (the
-        // waiter read the wake's time before it slept, so it sleeps a
-        // window at most).
-        f.last_wake.store(monotonic_ns(), Ordering::SeqCst);
-        assert_eq!(f.notify(), Notified::Deferred);
-        let seen = ended(&rx, released, "the waiter").expect("it saw the flag");
-        assert!(seen >= released);
+        let other = tid_rx.recv_timeout(WAKE_BOUND).unwrap();
+        until_asleep(other, &f.seq);
+        f.deferring.store(1, Ordering::SeqCst);
+        let seq = f.seq.load(Ordering::SeqCst);
+        let start = Instant::now();
+        let mut looks = 0;
+        let got = f.wait_for(None, Duration::ZERO, || {
+            looks += 1;
+            if looks == 1 {
+                // The release this waiter's first look misses: deferred.
+                flag.store(1, Ordering::SeqCst);
+                assert_eq!(f.notify(), Notified::Deferred);
+                return None;
+            }
+            (flag.load(Ordering::SeqCst) == 1).then_some(looks)
+        });
+        let took = start.elapsed();
+        assert_eq!(got, Some(2), "seen on the look after the window");
+        assert!(took >= WAKE_WINDOW && took < WAKE_BOUND, "{took:?}");
+        assert_eq!(f.deferring.load(Ordering::SeqCst), 0, "the deferring ended");
+        assert_eq!(
+            ended(&rx, start, "the other waiter"),
+            futex::WaitOutcome::Woken
+        );
+        assert_eq!(
+            f.seq.load(Ordering::SeqCst),
+            seq + 1,
+            "one wake, for the other"
+        );
+        assert_eq!(f.misses.load(Ordering::SeqCst), 0);
+        // The next release wakes (and defers again).
+        f.waiters.store(1, Ordering::SeqCst);
+        assert!(matches!(f.notify(), Notified::Woken { .. }));
+        f.waiters.store(0, Ordering::SeqCst);
     }
 
     /// The store-buffering litmus test of a slot's release against a

@@ -176,6 +176,7 @@ struct Scale {
     sleep_block_calls: usize,
     throughput: Vec<(usize, usize)>,
     throughput_ms: u64,
+    throughput_blocks: usize,
     numa_bytes: usize,
     numa_passes: usize,
     numa_loads: usize,
@@ -198,6 +199,7 @@ impl Scale {
                 sleep_block_calls: 200,
                 throughput: vec![(1, 1), (2, 1), (2, 2)],
                 throughput_ms: 200,
+                throughput_blocks: 4,
                 numa_bytes: 64 << 20,
                 numa_passes: 2,
                 numa_loads: 500_000,
@@ -239,6 +241,7 @@ impl Scale {
                     vec![(1, 1), (1, 2), (2, 1), (2, 2), (4, 2), (4, 4)]
                 },
                 throughput_ms: 2_000,
+                throughput_blocks: 10,
                 numa_bytes: 512 << 20,
                 numa_passes: 5,
                 numa_loads: 20_000_000,
@@ -394,6 +397,7 @@ fn plan_jobs(args: &RunArgs, scale: &Scale) -> (Vec<Job>, Vec<String>) {
                     sessions,
                     workers,
                     duration_ms: scale.throughput_ms,
+                    blocks: scale.throughput_blocks,
                     prefix: prefix.clone(),
                 }));
             }

@@ -13,9 +13,9 @@ use numaproc_benches::peers::{
 };
 use numaproc_benches::spec::{
     CLAIM_SAMPLE_EVERY, Contender, ContenderResult, JobResult, LatencyJob, LatencyResult, NumaCell,
-    NumaJob, NumaResult, ThroughputJob, ThroughputResult, WaitCase,
+    NumaJob, NumaResult, PairedBaseline, ThroughputJob, ThroughputResult, WaitCase,
 };
-use numaproc_benches::stats::Recorder;
+use numaproc_benches::stats::{Recorder, median};
 use numaproc_benches::sys::{allowed_cpus, current_cpu, memory_nodes, pin_to};
 
 use crate::client::{ClientPeer, round_trip};
@@ -475,115 +475,219 @@ fn run_block(
     }
 }
 
-/// Runs a throughput job.
-pub fn throughput(job: ThroughputJob) -> Result<JobResult> {
-    let options = EngineOptions::new()
-        .soc_kind(job.kind)
-        .name_prefix(job.prefix.clone())
-        .socs(1)
-        .workers_per_soc(job.workers)
-        .input_capacity(64)
-        .output_capacity(64);
-    let engine = Engine::start(options).context("starting the engine")?;
-    let ping = engine.proc_id("sys_ping")?;
-    // Sessions are pinned round-robin, CPUs without a worker first, so that
-    // a session shares a core with a worker only when it must.
-    let plan = engine.plan();
-    let worker_cpus: Vec<u32> = plan
-        .socs
-        .iter()
-        .flat_map(|s| s.workers.iter().map(|w| w.cpu))
-        .collect();
-    let mut cpus = allowed_cpus();
-    cpus.sort_by_key(|c| worker_cpus.contains(c));
-    let session_cpus: Vec<Option<u32>> = (0..job.sessions)
-        .map(|i| (plan.binding && !cpus.is_empty()).then(|| cpus[i % cpus.len()]))
-        .collect();
-    // 0: warming up, 1: counting, 2: stop.
-    let phase = AtomicU64::new(0);
-    let started = AtomicU64::new(0);
-    let counts: Vec<AtomicU64> = (0..job.sessions).map(|_| AtomicU64::new(0)).collect();
-    let waits: Vec<std::sync::Mutex<Recorder>> = (0..job.sessions)
-        .map(|_| std::sync::Mutex::new(Recorder::new()))
-        .collect();
-    let errors = std::sync::Mutex::new(Vec::<String>::new());
-    let elapsed = std::thread::scope(|s| {
-        for ((count, cpu), waits) in counts.iter().zip(&session_cpus).zip(&waits) {
-            let (engine, phase, started, errors) = (&engine, &phase, &started, &errors);
-            s.spawn(move || {
-                if let Some(cpu) = *cpu {
-                    let _ = pin_to(cpu);
-                }
-                started.fetch_add(1, Ordering::SeqCst);
-                let mut n = 0u64;
-                let mut k = 0u64;
-                let mut recorder = Recorder::new();
-                loop {
-                    let p = phase.load(Ordering::Relaxed);
-                    if p == 2 {
-                        break;
-                    }
-                    k += 1;
-                    let timed = p == 1 && k.is_multiple_of(CLAIM_SAMPLE_EVERY);
-                    let t = timed.then(Instant::now);
-                    let r = engine.claim(Target::Any).and_then(|c| {
-                        if let Some(t) = t {
-                            recorder.record(t.elapsed().as_nanos() as u64);
-                        }
-                        c.submit(ping, 0)
-                    });
-                    let r = r.and_then(|mut s| s.wait().map(|_| ()));
-                    if let Err(e) = r {
-                        if let Ok(mut v) = errors.lock() {
-                            v.push(e.to_string());
-                        }
-                        break;
-                    }
-                    if p == 1 && phase.load(Ordering::Relaxed) == 1 {
-                        n += 1;
-                    }
-                }
-                count.store(n, Ordering::SeqCst);
-                if let Ok(mut w) = waits.lock() {
-                    *w = recorder;
-                }
-            });
-        }
-        while started.load(Ordering::SeqCst) < job.sessions as u64 {
-            std::thread::yield_now();
-        }
-        std::thread::sleep(Duration::from_millis((job.duration_ms / 10).clamp(5, 200)));
-        // Count the calls that start and end inside the window.
-        let t = Instant::now();
-        phase.store(1, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(job.duration_ms));
-        phase.store(2, Ordering::Relaxed);
-        t.elapsed().as_secs_f64()
-    });
-    let per_session: Vec<u64> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
-    engine
-        .shutdown()
-        .map_err(|e| anyhow::anyhow!("engine shutdown: {e}"))?;
-    if let Some(e) = errors.into_inner().ok().and_then(|v| v.into_iter().next()) {
-        bail!("a session failed: {e}");
+/// An engine of a throughput job, with the CPUs its sessions are pinned
+/// to: round-robin, CPUs without a worker first, so that a session shares
+/// a core with a worker only when it must.
+struct Bench {
+    engine: Engine,
+    ping: ProcId,
+    session_cpus: Vec<Option<u32>>,
+    /// The CPU of the baseline's one session: not worker 0's, if the
+    /// machine has another.
+    pair_cpu: Option<u32>,
+}
+
+impl Bench {
+    fn start(job: &ThroughputJob, sessions: usize, workers: usize) -> Result<Self> {
+        let options = EngineOptions::new()
+            .soc_kind(job.kind)
+            .name_prefix(job.prefix.clone())
+            .socs(1)
+            .workers_per_soc(workers)
+            .input_capacity(64)
+            .output_capacity(64);
+        let engine = Engine::start(options).context("starting the engine")?;
+        let ping = engine.proc_id("sys_ping")?;
+        let plan = engine.plan();
+        let worker_cpus: Vec<u32> = plan
+            .socs
+            .iter()
+            .flat_map(|s| s.workers.iter().map(|w| w.cpu))
+            .collect();
+        let mut cpus = allowed_cpus();
+        cpus.sort_by_key(|c| worker_cpus.contains(c));
+        let session_cpus = (0..sessions)
+            .map(|i| (plan.binding && !cpus.is_empty()).then(|| cpus[i % cpus.len()]))
+            .collect();
+        let pair_cpu = plan.binding.then(|| {
+            cpus.iter()
+                .copied()
+                .find(|c| worker_cpus.first() != Some(c))
+                .or_else(|| cpus.first().copied())
+        });
+        Ok(Self {
+            engine,
+            ping,
+            session_cpus,
+            pair_cpu: pair_cpu.flatten(),
+        })
     }
+
+    fn stop(self) -> Result<()> {
+        self.engine
+            .shutdown()
+            .map_err(|e| anyhow::anyhow!("engine shutdown: {e}"))
+    }
+
+    /// Every session calls `sys_ping` back to back (`Target::Any`) for a
+    /// warm-up, then for `ms` counted; returns the calls of each session
+    /// inside the counted window, its sampled claim waits, and the
+    /// window's length.
+    fn block(&self, pair: bool, warm_ms: u64, ms: u64) -> Result<(Vec<u64>, Vec<Recorder>, f64)> {
+        let (session_cpus, target) = if pair {
+            (vec![self.pair_cpu], Target::Worker { soc: 0, worker: 0 })
+        } else {
+            (self.session_cpus.clone(), Target::Any)
+        };
+        let sessions = session_cpus.len();
+        // 0: warming up, 1: counting, 2: stop.
+        let phase = AtomicU64::new(0);
+        let started = AtomicU64::new(0);
+        let counts: Vec<AtomicU64> = (0..sessions).map(|_| AtomicU64::new(0)).collect();
+        let waits: Vec<std::sync::Mutex<Recorder>> = (0..sessions)
+            .map(|_| std::sync::Mutex::new(Recorder::new()))
+            .collect();
+        let errors = std::sync::Mutex::new(Vec::<String>::new());
+        let (engine, ping) = (&self.engine, self.ping);
+        let elapsed = std::thread::scope(|s| {
+            for ((count, cpu), waits) in counts.iter().zip(&session_cpus).zip(&waits) {
+                let (phase, started, errors) = (&phase, &started, &errors);
+                s.spawn(move || {
+                    if let Some(cpu) = *cpu {
+                        let _ = pin_to(cpu);
+                    }
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let mut n = 0u64;
+                    let mut k = 0u64;
+                    let mut recorder = Recorder::new();
+                    loop {
+                        let p = phase.load(Ordering::Relaxed);
+                        if p == 2 {
+                            break;
+                        }
+                        k += 1;
+                        let timed = p == 1 && k.is_multiple_of(CLAIM_SAMPLE_EVERY);
+                        let t = timed.then(Instant::now);
+                        let r = engine.claim(target).and_then(|c| {
+                            if let Some(t) = t {
+                                recorder.record(t.elapsed().as_nanos() as u64);
+                            }
+                            c.submit(ping, 0)
+                        });
+                        let r = r.and_then(|mut s| s.wait().map(|_| ()));
+                        if let Err(e) = r {
+                            if let Ok(mut v) = errors.lock() {
+                                v.push(e.to_string());
+                            }
+                            break;
+                        }
+                        if p == 1 && phase.load(Ordering::Relaxed) == 1 {
+                            n += 1;
+                        }
+                    }
+                    count.store(n, Ordering::SeqCst);
+                    if let Ok(mut w) = waits.lock() {
+                        *w = recorder;
+                    }
+                });
+            }
+            while started.load(Ordering::SeqCst) < sessions as u64 {
+                std::thread::yield_now();
+            }
+            std::thread::sleep(Duration::from_millis(warm_ms));
+            // Count the calls that start and end inside the window.
+            let t = Instant::now();
+            phase.store(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(ms));
+            phase.store(2, Ordering::Relaxed);
+            t.elapsed().as_secs_f64()
+        });
+        if let Some(e) = errors.into_inner().ok().and_then(|v| v.into_iter().next()) {
+            bail!("a session failed: {e}");
+        }
+        Ok((
+            counts.iter().map(|c| c.load(Ordering::SeqCst)).collect(),
+            waits
+                .into_iter()
+                .map(|w| w.into_inner().unwrap_or_default())
+                .collect(),
+            elapsed,
+        ))
+    }
+}
+
+/// Runs a throughput job: its configuration in `blocks` blocks, each
+/// beside a block of the baseline, one session calling worker 0 of the
+/// same engine (in alternating order), so that both see the same state of
+/// the machine. (One engine: a second forked one could not start once the
+/// first one's threads run.)
+pub fn throughput(job: ThroughputJob) -> Result<JobResult> {
+    let blocks = job.blocks.max(1) as u64;
+    let block_ms = (job.duration_ms / blocks).max(10);
+    let warm_ms = (block_ms / 10).clamp(5, 50);
+    let bench = Bench::start(&job, job.sessions, job.workers)?;
+    let paired = !(job.sessions == 1 && job.workers == 1);
+    let mut per_session = vec![0u64; job.sessions];
+    let mut waits: Vec<Recorder> = (0..job.sessions).map(|_| Recorder::new()).collect();
+    let mut seconds = 0.0;
+    let (mut pair_calls, mut pair_seconds) = (0u64, 0.0);
+    let mut ratios = Vec::new();
+    let session_cpus = bench.session_cpus.clone();
+    let mut run = || -> Result<()> {
+        for b in 0..blocks {
+            let mut own = None;
+            let mut base = None;
+            for first in [b % 2 == 0, b % 2 != 0] {
+                if first {
+                    own = Some(bench.block(false, warm_ms, block_ms)?);
+                } else if paired {
+                    base = Some(bench.block(true, warm_ms, block_ms)?);
+                }
+            }
+            let (calls, w, secs) = own.context("no block of the job")?;
+            let rate = calls.iter().sum::<u64>() as f64 / secs.max(1e-9);
+            for (total, n) in per_session.iter_mut().zip(&calls) {
+                *total += n;
+            }
+            for (all, w) in waits.iter_mut().zip(&w) {
+                all.merge(w);
+            }
+            seconds += secs;
+            if let Some((c, _, s)) = base {
+                let n: u64 = c.iter().sum();
+                pair_calls += n;
+                pair_seconds += s;
+                let pair_rate = n as f64 / s.max(1e-9);
+                if pair_rate > 0.0 {
+                    ratios.push(rate / pair_rate);
+                }
+            }
+        }
+        Ok(())
+    };
+    let outcome = run();
+    let stopped = bench.stop();
+    outcome?;
+    stopped?;
     let calls: u64 = per_session.iter().sum();
-    let per_session_waits: Vec<Recorder> = waits
-        .into_iter()
-        .map(|w| w.into_inner().unwrap_or_default())
-        .collect();
     let mut all_waits = Recorder::new();
-    for w in &per_session_waits {
+    for w in &waits {
         all_waits.merge(w);
     }
+    let paired = (!ratios.is_empty()).then(|| PairedBaseline {
+        pair_calls_per_s: pair_calls as f64 / pair_seconds.max(1e-9),
+        ratio_median: median(&ratios),
+        blocks: ratios.len(),
+    });
     Ok(JobResult::Throughput(ThroughputResult {
         claim_wait: all_waits.summary(),
-        claim_wait_per_session: per_session_waits.iter().map(Recorder::summary).collect(),
+        claim_wait_per_session: waits.iter().map(Recorder::summary).collect(),
         session_cpus,
-        calls_per_s: calls as f64 / elapsed.max(1e-9),
-        seconds: elapsed,
+        calls_per_s: calls as f64 / seconds.max(1e-9),
+        seconds,
         calls,
         per_session,
+        paired,
         job,
     }))
 }
