@@ -132,10 +132,74 @@ struct DemoReport {
     user_proc: String,
     library_procs: Vec<String>,
     latency: Latency,
+    /// Which case the latency is: where the caller and the worker ran.
+    case: Case,
     floor: Latency,
     floor_cpus: (Option<u32>, Option<u32>),
     shutdown: String,
     ok: bool,
+}
+
+/// Where the measured calls ran: the caller's CPU against the CPU of the
+/// worker that served each call.
+#[derive(Serialize)]
+struct Case {
+    /// "cross-core", "same-core", "mixed" or "unpinned".
+    name: &'static str,
+    /// Calls whose worker ran on another CPU than the caller.
+    cross_core: usize,
+    /// Calls whose worker was pinned to the caller's CPU.
+    same_core: usize,
+    /// (caller CPU, worker CPU, calls) seen.
+    placements: Vec<(u32, u32, usize)>,
+    /// Why this case.
+    why: String,
+}
+
+impl Case {
+    fn of(binding: bool, workers: usize, placements: Vec<(u32, u32, usize)>) -> Self {
+        let count = |same: bool| -> usize {
+            placements
+                .iter()
+                .filter(|(c, w, _)| (c == w) == same)
+                .map(|p| p.2)
+                .sum()
+        };
+        let (same_core, cross_core) = (count(true), count(false));
+        let (name, why) = if !binding {
+            (
+                "unpinned",
+                "workers are not pinned to CPUs here, so where each call ran is the scheduler's choice"
+                    .to_owned(),
+            )
+        } else if same_core == 0 {
+            (
+                "cross-core",
+                format!(
+                    "a call takes an idle worker on another CPU than the caller's first, and one of the {workers} workers always was"
+                ),
+            )
+        } else if cross_core == 0 {
+            (
+                "same-core",
+                "no worker runs on another CPU than the caller's: the caller hands its CPU to the worker and sleeps until the answer"
+                    .to_owned(),
+            )
+        } else {
+            (
+                "mixed",
+                "for some calls the only idle worker was on the caller's CPU (it moved between CPUs, or another program kept the others busy)"
+                    .to_owned(),
+            )
+        };
+        Case {
+            name,
+            cross_core,
+            same_core,
+            placements,
+            why,
+        }
+    }
 }
 
 /// Runs the demo: options, start, a check of every worker, the latency
@@ -149,6 +213,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     let rows = check_every_worker(&engine, user_proc)?;
     let Measured {
         latency,
+        case,
         floor,
         floor_cpus,
     } = measure(&engine, args.calls)?;
@@ -177,6 +242,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         user_proc: user_proc.to_owned(),
         library_procs,
         latency,
+        case,
         floor,
         floor_cpus,
         shutdown,
@@ -274,14 +340,23 @@ fn check_every_worker(engine: &Engine, user_proc: &str) -> Result<Vec<WorkerRow>
 /// The round trip beside the floor, and where the floor ran.
 struct Measured {
     latency: Latency,
+    case: Case,
     floor: Latency,
     floor_cpus: (Option<u32>, Option<u32>),
 }
 
 /// Step 3: back-to-back `sys_ping` calls on any worker, the name resolved
 /// once, in blocks interleaved with blocks of the raw floor, so that both
-/// see the same placement of this machine's (virtual) CPUs.
+/// see the same placement of this machine's (virtual) CPUs; each call's
+/// caller CPU and worker CPU are noted (outside the timed part).
 fn measure(engine: &Engine, calls: usize) -> Result<Measured> {
+    let plan = engine.plan();
+    let worker_cpu = |w: numaproc::WorkerId| {
+        plan.socs
+            .get(w.soc)
+            .and_then(|s| s.workers.get(w.worker))
+            .map(|w| w.cpu)
+    };
     let ping = engine.proc_id("sys_ping")?;
     let floor_cpus = floor_cpus(engine);
     let warmup = Instant::now();
@@ -292,16 +367,30 @@ fn measure(engine: &Engine, calls: usize) -> Result<Measured> {
     let per_block = calls.div_ceil(BLOCKS);
     let mut samples = Vec::with_capacity(calls);
     let mut floor_samples = Vec::with_capacity(calls);
+    let mut placements: std::collections::BTreeMap<(u32, u32), usize> = Default::default();
     for _ in 0..BLOCKS {
         floor_samples.extend(floor::spin_ping_pong(floor_cpus, per_block));
         for _ in 0..per_block {
             let t = Instant::now();
-            engine.call(ping, b"")?;
+            let mut session = engine.submit(Target::Any, ping, b"")?;
+            session.wait()?;
             samples.push(t.elapsed().as_nanos() as u64);
+            if let (Some(c), Some(w)) = (current_cpu(), worker_cpu(session.worker())) {
+                *placements.entry((c, w)).or_default() += 1;
+            }
         }
     }
+    let workers = plan.socs.iter().map(|s| s.workers.len()).sum();
     Ok(Measured {
         latency: Latency::of(samples),
+        case: Case::of(
+            plan.binding,
+            workers,
+            placements
+                .into_iter()
+                .map(|((c, w), n)| (c, w, n))
+                .collect(),
+        ),
         floor: Latency::of(floor_samples),
         floor_cpus,
     })
@@ -392,6 +481,15 @@ fn print_report(r: &DemoReport) {
         r.latency.calls
     );
     line("sys_ping", &r.latency);
+    let calls_on = r
+        .case
+        .placements
+        .iter()
+        .map(|(c, w, n)| format!("{n} from CPU {c} on the worker of CPU {w}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("  case: {} ({calls_on})", r.case.name);
+    println!("  why: {}", r.case.why);
     line("floor", &r.floor);
     println!(
         "  floor: two threads ping-pong one cache line by pure spinning ({} and {});",
@@ -403,4 +501,10 @@ fn print_report(r: &DemoReport) {
         r.latency.p50_ns as f64 / r.floor.p50_ns.max(1) as f64
     );
     println!("shutdown: {}", r.shutdown);
+}
+
+/// The CPU this thread runs on now.
+fn current_cpu() -> Option<u32> {
+    // SAFETY: sched_getcpu has no preconditions.
+    u32::try_from(unsafe { nix::libc::sched_getcpu() }).ok()
 }

@@ -150,6 +150,36 @@ fn demo_runs_in_both_kinds_and_leaves_nothing() {
             assert_eq!(w["affinity"], serde_json::json!([w["planned_cpu"]]));
         }
         assert_eq!(v["latency"]["calls"], 500);
+        // Every call is counted in the case, with the CPU it came from and
+        // its worker's; the case's name follows from them.
+        let case = &v["case"];
+        let (cross, same) = (
+            case["cross_core"].as_u64().unwrap(),
+            case["same_core"].as_u64().unwrap(),
+        );
+        let placements = case["placements"].as_array().unwrap();
+        let counted: u64 = placements.iter().map(|p| p[2].as_u64().unwrap()).sum();
+        let same_counted: u64 = placements
+            .iter()
+            .filter(|p| p[0] == p[1])
+            .map(|p| p[2].as_u64().unwrap())
+            .sum();
+        assert_eq!((counted, same_counted), (cross + same, same), "{case}");
+        let binding = v["binding"].as_bool().unwrap();
+        let expected = match (binding, cross, same) {
+            (false, ..) => "unpinned",
+            (true, _, 0) => "cross-core",
+            (true, 0, _) => "same-core",
+            _ => "mixed",
+        };
+        assert_eq!(case["name"], expected, "{case}");
+        assert!(!case["why"].as_str().unwrap().is_empty());
+        if binding {
+            // (Which case it is depends on where the scheduler moves the
+            // caller while other tests run: engine/tests/placement.rs pins
+            // it to check the rule.)
+            assert_eq!(counted, 500, "{case}");
+        }
         assert!(
             objects_left(&prefix).is_empty(),
             "{:?}",
