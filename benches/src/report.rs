@@ -412,12 +412,12 @@ fn shared_rows(report: &Report, md: &mut String) -> bool {
         any = true;
         let _ = writeln!(
             md,
-            "| {k} sessions on {m} worker{} ≥ {:.0}% of {m} pair{} | {} SOC, sys_ping, {} s; claim wait p99 {} (worst session {}) | {} | {m} × one pair {} | {:.2}× / {share:.2}× | {} |",
+            "| {k} sessions on {m} worker{} ≥ {:.0}% of {m} pair{} | {} SOC, sys_ping, {:.1} s; claim wait p99 {} (worst session {}) | {} | {m} × one pair {} | {:.2}× / {share:.2}× | {} |",
             if m == 1 { "" } else { "s" },
             TARGET_SHARED * 100.0,
             if m == 1 { "" } else { "s" },
             t.job.kind,
-            t.seconds.round(),
+            t.seconds,
             fmt_ns(t.claim_wait.p99_ns as f64),
             fmt_ns(worst_wait_p99(t) as f64),
             fmt_rate(t.calls_per_s),
