@@ -4,19 +4,21 @@
 //! Where sessions outnumber workers, waking the sleepers on every release
 //! costs the releaser a system call per call and sends the sleepers to the
 //! CPUs of the busy caller and worker for nothing (the releaser takes the
-//! slot again before they run). So a wake raises `deferring`, and while it
-//! is raised releases wake no one: the sleepers announced meanwhile sleep
-//! one window at most, and the first whose window passes without a wake
-//! lowers the flag and wakes the others. A releaser whose wake found
+//! slot again before they run). So a wake raises `deferring` (to its
+//! time), and while it is raised releases wake no one: the sleepers
+//! announced within a window of the wake sleep one window at most, and the
+//! first whose window passes without a wake lowers the flag and wakes the
+//! others; one announced later finds the flag stale and lowers it. A releaser whose wake found
 //! sleepers stands back from the slot for a moment
 //! ([`FreeSignal::stood_back`]) so that a woken session gets it, and a
 //! session whose worker shares its CPU gives way to one that spins for a
 //! slot (see `numaproc::SessionCore`), so that each window serves the
 //! sleepers once and the hot pair the rest of the time.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::slot::monotonic_ns;
 use crate::{ShmSafe, futex};
 
 /// Sessions waiting for a free slot sleep on `seq`; whoever frees a slot
@@ -33,13 +35,15 @@ pub struct FreeSignal {
     pub seq: AtomicU32,
     /// Number of sessions announced to sleep on `seq`.
     pub waiters: AtomicU32,
-    /// Not 0 from a wake until a sleeper announced after it slept a whole
-    /// [`WAKE_WINDOW`]: releases meanwhile wake no one.
-    pub deferring: AtomicU32,
     /// Number of sessions spinning for a free slot (not announced).
     pub spinners: AtomicU32,
     /// Looks for a slot that found none, by sessions back from a sleep.
     pub misses: AtomicU32,
+    /// From a wake until a waiter lowers it, the wake's time
+    /// (`CLOCK_MONOTONIC` ns; 0: lowered): releases meanwhile wake no one.
+    /// Lowered by a waiter that slept a whole [`WAKE_WINDOW`] after it, or
+    /// that announces itself a window or more after it.
+    pub deferring: AtomicU64,
 }
 
 // SAFETY: repr(C), atomics only.
@@ -119,8 +123,9 @@ impl FreeSignal {
         let misses = self.misses.load(Ordering::SeqCst);
         if defer {
             // Before the bump: a session announced after the bump sees it
-            // and sleeps a window at most (see `announce`).
-            self.deferring.store(1, Ordering::SeqCst);
+            // and sleeps a window at most (see `announce`). Never 0.
+            self.deferring
+                .store(monotonic_ns().max(1), Ordering::SeqCst);
         }
         self.seq.fetch_add(1, Ordering::SeqCst);
         futex::wake_all(&self.seq);
@@ -156,8 +161,21 @@ impl FreeSignal {
         std::sync::atomic::fence(Ordering::SeqCst);
         // Read after `seq`: a wake that raised the flag after this reading
         // bumped `seq` after it too, and so wakes this waiter.
-        let deferring = self.deferring.load(Ordering::SeqCst) != 0;
-        (seq, if deferring { WAKE_WINDOW } else { SLEEP_SLICE })
+        let raised = self.deferring.load(Ordering::SeqCst);
+        if raised == 0 {
+            return (seq, SLEEP_SLICE);
+        }
+        let now = monotonic_ns();
+        if raised <= now && now - raised < window_ns() {
+            return (seq, WAKE_WINDOW);
+        }
+        // A window old (or from the future: a peer that lies): lower it,
+        // unless a new wake raised it meanwhile. The look that follows sees
+        // every release that read it raised before this.
+        let _ = self
+            .deferring
+            .compare_exchange(raised, 0, Ordering::SeqCst, Ordering::SeqCst);
+        (seq, SLEEP_SLICE)
     }
 
     fn withdraw(&self) {
@@ -219,7 +237,15 @@ impl FreeSignal {
                 // next release wakes (and its releaser stands back), and
                 // wake the others, for whom releases may have been
                 // deferred too.
-                self.deferring.store(0, Ordering::SeqCst);
+                let raised = self.deferring.load(Ordering::SeqCst);
+                if raised != 0 {
+                    let _ = self.deferring.compare_exchange(
+                        raised,
+                        0,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
+                }
                 let others = self.waiters.load(Ordering::SeqCst);
                 if others != 0 {
                     self.wake(others, false);
@@ -241,6 +267,10 @@ impl FreeSignal {
 /// Longest single sleep of a session waiting for a free slot when no wake
 /// is deferred.
 const SLEEP_SLICE: Duration = Duration::from_millis(50);
+
+fn window_ns() -> u64 {
+    WAKE_WINDOW.as_nanos() as u64
+}
 
 #[cfg(test)]
 mod tests {
@@ -363,7 +393,11 @@ mod tests {
             }
         );
         assert_eq!(f.seq.load(Ordering::SeqCst), 1);
-        assert_eq!(f.deferring.load(Ordering::SeqCst), 1);
+        let raised = f.deferring.load(Ordering::SeqCst);
+        assert!(
+            raised > 0 && raised <= monotonic_ns(),
+            "raised to the wake's time"
+        );
         assert_eq!(f.notify(), Notified::Deferred);
         assert_eq!(
             f.seq.load(Ordering::SeqCst),
@@ -398,26 +432,33 @@ mod tests {
         );
     }
 
-    /// A waiter announced while a wake is deferred sleeps a window at most
-    /// (a release may be deferred for it); otherwise the long slice (every
-    /// release wakes it). Any value but 0 counts as deferring (a peer that
-    /// lies costs short sleeps, not lost wakes).
+    /// A waiter announced within a window of the wake that raised the
+    /// deferring sleeps a window at most (a release may be deferred for
+    /// it); otherwise the long slice (every release wakes it), and a flag
+    /// raised a window ago or more, or from the future (a peer that lies),
+    /// is lowered by that waiter, so that the next release wakes.
     #[test]
-    fn a_waiter_sleeps_a_window_only_while_wakes_are_deferred() {
+    fn a_waiter_sleeps_a_window_only_within_a_window_of_the_wake() {
         let f = leaked_signal();
         assert_eq!(f.announce(), (0, SLEEP_SLICE), "no wake yet");
         f.withdraw();
         f.waiters.store(1, Ordering::SeqCst);
         assert!(matches!(f.notify(), Notified::Woken { .. }));
         f.waiters.store(0, Ordering::SeqCst);
-        assert_eq!(f.announce(), (1, WAKE_WINDOW), "after a wake");
+        assert_eq!(f.announce(), (1, WAKE_WINDOW), "just after a wake");
         f.withdraw();
-        f.deferring.store(u32::MAX, Ordering::SeqCst);
-        assert_eq!(f.announce(), (1, WAKE_WINDOW));
-        f.withdraw();
-        f.deferring.store(0, Ordering::SeqCst);
-        assert_eq!(f.announce(), (1, SLEEP_SLICE), "deferring over");
-        f.withdraw();
+        assert_ne!(f.deferring.load(Ordering::SeqCst), 0, "still raised");
+        for stale in [monotonic_ns() - window_ns() - 1, 1, u64::MAX] {
+            f.deferring.store(stale, Ordering::SeqCst);
+            assert_eq!(f.announce(), (1, SLEEP_SLICE), "raised at {stale}");
+            f.withdraw();
+            assert_eq!(f.deferring.load(Ordering::SeqCst), 0, "lowered: {stale}");
+            // And so the next release wakes.
+            f.waiters.store(1, Ordering::SeqCst);
+            assert!(matches!(f.notify(), Notified::Woken { .. }));
+            f.waiters.store(0, Ordering::SeqCst);
+            assert_eq!(f.seq.swap(1, Ordering::SeqCst), 2);
+        }
         assert_eq!(f.waiters.load(Ordering::SeqCst), 0);
     }
 
@@ -495,7 +536,7 @@ mod tests {
         });
         let other = tid_rx.recv_timeout(WAKE_BOUND).unwrap();
         until_asleep(other, &f.seq);
-        f.deferring.store(1, Ordering::SeqCst);
+        f.deferring.store(monotonic_ns(), Ordering::SeqCst);
         let seq = f.seq.load(Ordering::SeqCst);
         let start = Instant::now();
         let mut looks = 0;
