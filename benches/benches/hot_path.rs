@@ -11,7 +11,10 @@ use std::hint::black_box;
 use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+
+use criterion::{Criterion, criterion_group};
 use numaproc::{
     Engine, EngineOptions, OutputBuf, ProcContext, ProcFn, ProcId, Registry, SocKind, Target,
     WorkerStats,
@@ -185,4 +188,41 @@ criterion_group! {
         .sample_size(30);
     targets = slot, wake, dispatch, engine
 }
-criterion_main!(benches);
+
+/// The arguments without the libtest options criterion does not know
+/// (`scripts/test -- --test-threads 1` passes them to every test binary):
+/// `--test-threads N` (criterion runs one benchmark at a time anyway) is
+/// dropped, `-q` becomes `--quiet`.
+fn criterion_args(args: &[OsString]) -> Vec<OsString> {
+    let mut kept = Vec::with_capacity(args.len());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let text = a.to_string_lossy();
+        if text == "--test-threads" {
+            it.next();
+        } else if text.starts_with("--test-threads=") {
+        } else if text == "-q" {
+            kept.push(OsString::from("--quiet"));
+        } else {
+            kept.push(a.clone());
+        }
+    }
+    kept
+}
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let kept = criterion_args(&args);
+    if kept != args {
+        // Criterion reads the process's own arguments: run again with
+        // the ones it knows.
+        let err = match std::env::current_exe() {
+            Ok(exe) => std::process::Command::new(exe).args(&kept).exec(),
+            Err(e) => e,
+        };
+        eprintln!("hot_path: cannot run again without the libtest options: {err}");
+        std::process::exit(2);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

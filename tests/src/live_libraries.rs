@@ -47,10 +47,14 @@ fn maps_file(pid: u32, file: &str) -> Result<bool> {
 /// clock) and its outcome.
 type Seen = Vec<(Instant, Result<Vec<u8>, CallError>)>;
 
+/// Workers that serve while a change runs in these scenarios: the other
+/// SOC's two (two SOCs), or the one SOC's two between its restarts.
+const SERVING: usize = 2;
+
 /// Runs `callers` threads calling `call` in a loop while `during` runs,
 /// and for `after` more once it returned; returns what each saw and when
-/// `during` returned. Each caller must have made calls while `during`
-/// ran (checked), so that the change is driven under calls.
+/// `during` returned. At least [`SERVING`] callers must have made calls
+/// while `during` ran (checked), so that the change is driven under calls.
 fn under_calls<T>(
     callers: usize,
     call: &(dyn Fn(usize) -> Result<Vec<u8>, CallError> + Sync),
@@ -91,17 +95,26 @@ fn under_calls<T>(
         (out, began, returned)
     });
     let seen: Vec<Seen> = seen.into_iter().map(|m| m.into_inner().unwrap()).collect();
-    for (c, calls) in seen.iter().enumerate() {
-        let during = calls
-            .iter()
-            .filter(|(at, _)| *at >= began && *at < returned)
-            .count();
-        ensure!(
-            during > 0,
-            "caller {c} made no call while the change ran (it made {})",
-            calls.len()
-        );
-    }
+    // Calls started while the change ran, per caller. With more callers
+    // than the workers that serve meanwhile, a caller may wait for a
+    // worker through the whole change (a caller on a worker's CPU sleeps
+    // and gets a worker about once per wake window): at least as many
+    // callers as those workers must have called.
+    let during: Vec<usize> = seen
+        .iter()
+        .map(|calls| {
+            calls
+                .iter()
+                .filter(|(at, _)| *at >= began && *at < returned)
+                .count()
+        })
+        .collect();
+    let calling = during.iter().filter(|&&n| n > 0).count();
+    ensure!(
+        calling >= callers.min(SERVING),
+        "only {calling} of {callers} callers made calls while the change ran: {during:?} (all calls: {:?})",
+        seen.iter().map(Vec::len).collect::<Vec<_>>()
+    );
     Ok((out, began, returned, seen))
 }
 
@@ -117,7 +130,7 @@ fn every_worker_answers(engine: &Engine, digit: &[u8]) -> Result<()> {
 }
 
 /// A load while 4 callers call other procedures: none of their calls
-/// fails, each made calls while the SOCs restarted in turn, and the
+/// fails, at least two made calls while the SOCs restarted in turn, and the
 /// library's procedures serve in every worker by name and by id once the
 /// load returned. No SOC restart counts as a death.
 pub fn a_library_loads_while_callers_call_other_procedures(kind: SocKind) -> Result<()> {
