@@ -462,6 +462,83 @@ mod tests {
         assert_eq!(f.waiters.load(Ordering::SeqCst), 0);
     }
 
+    /// What `notify` says about waiters, and whether anyone spins.
+    #[test]
+    fn notified_and_spinners_say_what_they_saw() {
+        assert!(!Notified::Nobody.saw_waiters());
+        assert!(Notified::Deferred.saw_waiters());
+        assert!(
+            Notified::Woken {
+                waiters: 1,
+                misses: 0
+            }
+            .saw_waiters()
+        );
+        let f = leaked_signal();
+        assert!(!f.someone_spins());
+        f.spinners.store(1, Ordering::SeqCst);
+        assert!(f.someone_spins());
+        f.spinners.store(0, Ordering::SeqCst);
+        assert!(!f.someone_spins());
+    }
+
+    /// A deadline ends a waiter's wait in its spin phase too, however
+    /// long the spin.
+    #[test]
+    fn a_deadline_ends_the_spin() {
+        let f = leaked_signal();
+        let start = Instant::now();
+        let got = f.wait_for(
+            Instant::now().checked_add(Duration::from_millis(5)),
+            Duration::from_secs(10),
+            || None::<()>,
+        );
+        let took = start.elapsed();
+        assert_eq!(got, None);
+        assert!(
+            took >= Duration::from_millis(5) && took < WAKE_BOUND,
+            "{took:?}"
+        );
+        assert_eq!(f.spinners.load(Ordering::SeqCst), 0);
+    }
+
+    /// Only a waiter that slept a whole window ends the deferring: one
+    /// whose long sleep ended at its deadline (shorter than the long
+    /// slice, so it sleeps once) leaves a word raised meanwhile alone.
+    /// (Tried again if the machine was too slow to raise it in time.)
+    #[test]
+    fn a_long_sleep_ended_by_its_deadline_leaves_the_deferring_alone() {
+        let deadline = SLEEP_SLICE * 4 / 5;
+        for _ in 0..5 {
+            let f = leaked_signal();
+            let (tid_tx, tid_rx) = mpsc::channel();
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tid_tx.send(tid());
+                let got = f.wait_for(Instant::now().checked_add(deadline), Duration::ZERO, || {
+                    None::<()>
+                });
+                let _ = tx.send((got, Instant::now()));
+            });
+            let waiter = tid_rx.recv_timeout(WAKE_BOUND).unwrap();
+            until_asleep(waiter, &f.seq);
+            // Raised after the waiter chose its (long) slice, without a
+            // wake.
+            let raised = monotonic_ns();
+            f.deferring.store(raised, Ordering::SeqCst);
+            let raised_at = Instant::now();
+            let (got, ended_at) = rx.recv_timeout(WAKE_BOUND).expect("the waiter ended");
+            assert_eq!(got, None);
+            if ended_at <= raised_at {
+                continue;
+            }
+            assert_eq!(f.deferring.load(Ordering::SeqCst), raised);
+            assert_eq!(f.waiters.load(Ordering::SeqCst), 0);
+            return;
+        }
+        panic!("the waiter ended before the word was raised, five times");
+    }
+
     /// `stood_back` says the woken have all looked once `misses` grew by
     /// their number (wrapping).
     #[test]
