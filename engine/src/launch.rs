@@ -102,6 +102,9 @@ pub(crate) struct SocHandle {
     report: ReportPipe,
     /// Whether the liveness descriptor has said the SOC ended.
     ended: bool,
+    /// A spawned SOC started during its back-off: the write end of the
+    /// pipe it waits on before serving (see [`SocHandle::release`]).
+    hold: Option<OwnedFd>,
 }
 
 /// Starts an emulated SOC: a thread of this process.
@@ -123,6 +126,7 @@ pub(crate) fn launch_thread(soc: usize, setup: SocSetup) -> Result<SocHandle, St
         liveness,
         report: ReportPipe::Open(report),
         ended: false,
+        hold: None,
     })
 }
 
@@ -166,7 +170,43 @@ impl SocHandle {
             liveness: pidfd,
             report: ReportPipe::Open(report),
             ended: false,
+            hold: None,
         }
+    }
+
+    /// The same SOC, waiting on `hold` before it serves.
+    pub fn holding(mut self, hold: Option<OwnedFd>) -> Self {
+        self.hold = hold;
+        self
+    }
+
+    /// Whether the SOC waits for [`SocHandle::release`].
+    pub fn is_held(&self) -> bool {
+        self.hold.is_some()
+    }
+
+    /// Lets a held SOC go on (load its libraries, serve, report); false if
+    /// it was not held or the byte could not be sent (it ended: its
+    /// liveness descriptor says so). A socket, sent to without `SIGPIPE`.
+    pub fn release(&mut self) -> bool {
+        let Some(hold) = self.hold.take() else {
+            return false;
+        };
+        use std::os::fd::AsRawFd;
+        matches!(
+            nix::sys::socket::send(
+                hold.as_raw_fd(),
+                &[1],
+                nix::sys::socket::MsgFlags::MSG_NOSIGNAL
+            ),
+            Ok(1)
+        )
+    }
+
+    /// Closes the hold pipe of a held SOC, which then exits without
+    /// serving.
+    pub fn drop_hold(&mut self) {
+        self.hold = None;
     }
 
     /// A SOC forked by the zygote, watched through `pidfd`.
@@ -177,6 +217,7 @@ impl SocHandle {
             liveness: pidfd,
             report: ReportPipe::Open(report),
             ended: false,
+            hold: None,
         }
     }
 

@@ -51,7 +51,18 @@ impl Launcher {
                     .ok_or_else(|| format!("no SOC {soc}"))?,
             ),
             Self::Zygote(z) => z.launch(soc),
-            Self::Spawn { engine, exe } => crate::spawn::launch(soc, engine, exe.as_deref()),
+            Self::Spawn { engine, exe } => crate::spawn::launch(soc, engine, exe.as_deref(), false),
+        }
+    }
+
+    /// Starts SOC `soc` held (see [`crate::spawn::launch`]): only spawned
+    /// SOCs, whose exec is worth starting early; `None` for the others.
+    pub fn launch_held(&self, soc: usize) -> Option<Result<SocHandle, String>> {
+        match self {
+            Self::Spawn { engine, exe } => {
+                Some(crate::spawn::launch(soc, engine, exe.as_deref(), true))
+            }
+            _ => None,
         }
     }
 
@@ -157,6 +168,8 @@ impl Socs {
             let Some(mut h) = slot.take() else {
                 continue;
             };
+            // A restart held during its back-off exits when its pipe closes.
+            h.drop_hold();
             let mut ended = h.wait_exit(deadline);
             // A forked SOC that ended by itself: the zygote knows how.
             if ended == Ended::Clean

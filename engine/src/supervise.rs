@@ -562,6 +562,15 @@ impl Watch {
             }
             Some(StartEvent::Ready) => {
                 self.starting[i] = None;
+                // A SOC executable that does not know the hold (an older
+                // build) serves without waiting for its back-off: it is
+                // the restart.
+                if h.is_held() {
+                    h.drop_hold();
+                    self.restart_at[i] = None;
+                    self.s.records[i].restarts.fetch_add(1, Ordering::Relaxed);
+                }
+                self.s.records[i].set_pid(h.pid());
                 let view = self.view(i);
                 let served = view.names();
                 let report = view.report();
@@ -703,10 +712,46 @@ impl Watch {
             "SOC {i}: {reason}; restarting it in {backoff:?}"
         );
         self.restart_at[i] = Some(numaproc_ipc::wait::saturating_deadline(backoff));
+        self.launch_early(i);
+    }
+
+    /// Starts the process of SOC `i`'s restart now, held until its
+    /// back-off ends (spawned SOCs: the exec and the attach, most of a
+    /// restart's cost, happen during the back-off; nothing is served
+    /// before it ends). If it cannot, the restart starts it as usual.
+    fn launch_early(&mut self, i: usize) {
+        let plan = self.s.plans[i].clone();
+        self.prepare(i, &plan);
+        match self.socs.launcher.launch_held(i) {
+            // Its pid shows once it is let go: until then the SOC is the
+            // one that died, restarting.
+            Some(Ok(h)) => self.socs.handles[i] = Some(h),
+            Some(Err(e)) => {
+                event!(
+                    warn,
+                    { soc = i },
+                    "SOC {i}: cannot start its restart early: {e}"
+                );
+            }
+            None => {}
+        }
     }
 
     fn restart(&mut self, i: usize) {
         self.s.records[i].restarts.fetch_add(1, Ordering::Relaxed);
+        if let Some(h) = self.socs.handles[i].as_mut()
+            && h.is_held()
+        {
+            // Started during the back-off: let it load and serve. If it
+            // ended meanwhile, its end is handled as a death of a start.
+            if h.release() {
+                self.s.records[i].set_pid(h.pid());
+                self.starting[i] = Some(numaproc_ipc::wait::saturating_deadline(
+                    self.s.startup_timeout,
+                ));
+            }
+            return;
+        }
         let plan = self.s.plans[i].clone();
         if let Err(e) = self.start_again(i, &plan) {
             // A failed start counts as a death (with its back-off).
@@ -719,6 +764,18 @@ impl Watch {
     /// Starts SOC `i`, dead now, with library plan `plan`: its header and
     /// plan written again, its start-up deadline set.
     fn start_again(&mut self, i: usize, plan: &str) -> Result<(), String> {
+        self.prepare(i, plan);
+        let h = self.socs.launcher.launch(i)?;
+        self.s.records[i].set_pid(h.pid());
+        self.socs.handles[i] = Some(h);
+        self.starting[i] = Some(numaproc_ipc::wait::saturating_deadline(
+            self.s.startup_timeout,
+        ));
+        Ok(())
+    }
+
+    /// Writes SOC `i`'s headers and library plan again for its next start.
+    fn prepare(&mut self, i: usize, plan: &str) {
         self.starts[i] += 1;
         let memory = &self.s.memory;
         let p = &memory.placement[i];
@@ -740,13 +797,6 @@ impl Watch {
                 plan,
             )
         };
-        let h = self.socs.launcher.launch(i)?;
-        self.s.records[i].set_pid(h.pid());
-        self.socs.handles[i] = Some(h);
-        self.starting[i] = Some(numaproc_ipc::wait::saturating_deadline(
-            self.s.startup_timeout,
-        ));
-        Ok(())
     }
 
     /// Takes the restart requests that arrived.

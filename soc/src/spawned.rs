@@ -8,7 +8,11 @@
 //! - [`ENV_INDEX`]: the SOC's index;
 //! - [`ENV_MASTER`]: the master's pid (the SOC watches it through a pidfd
 //!   and exits the moment it ends);
-//! - [`ENV_REPORT`]: the inherited write end of its report pipe.
+//! - [`ENV_REPORT`]: the inherited write end of its report pipe;
+//! - [`ENV_HOLD`] (only for a restart started during its back-off): the
+//!   inherited read end of a pipe; the SOC attaches, then waits for one
+//!   byte on it before it loads its libraries and serves, and exits
+//!   quietly when the master closes it instead.
 //!
 //! The library directory comes from the [`Settings`] text in the global
 //! region; which libraries to load, from the plan the master writes into
@@ -41,6 +45,8 @@ pub const ENV_INDEX: &str = "NUMAPROC_SOC_INDEX";
 pub const ENV_MASTER: &str = "NUMAPROC_SOC_MASTER";
 /// The descriptor number of the report pipe's write end.
 pub const ENV_REPORT: &str = "NUMAPROC_SOC_REPORT_FD";
+/// The descriptor number of the hold pipe's read end (see the module).
+pub const ENV_HOLD: &str = "NUMAPROC_SOC_HOLD_FD";
 
 const SETTINGS_HEADER: &str = "numaproc-settings 1";
 
@@ -133,13 +139,30 @@ fn env_number<T: std::str::FromStr>(name: &str) -> Result<T, String> {
         .ok_or_else(|| format!("{name} is missing or not a number"))
 }
 
+/// Waits for the master's byte on the hold pipe: true when it came, false
+/// when the pipe was closed (or broke) without it.
+fn released(hold: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(hold, &mut byte) {
+            Ok(1) => return true,
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => return false,
+        }
+    }
+}
+
 fn serve(engine: &str) -> Result<(), String> {
     // An exec keeps the blocked signals of the master's thread.
     process::reset_signals();
     let fd: i32 = env_number(ENV_REPORT)?;
     let soc: u32 = env_number(ENV_INDEX)?;
     let master: i32 = env_number(ENV_MASTER)?;
-    for var in [ENV_ENGINE, ENV_INDEX, ENV_MASTER, ENV_REPORT] {
+    let hold: Option<i32> = match std::env::var_os(ENV_HOLD) {
+        Some(_) => Some(env_number(ENV_HOLD)?),
+        None => None,
+    };
+    for var in [ENV_ENGINE, ENV_INDEX, ENV_MASTER, ENV_REPORT, ENV_HOLD] {
         // SAFETY: this runs first thing in main (run_if_spawned's
         // contract), before this process starts any thread: nothing reads
         // the environment concurrently. What procedures start must not
@@ -160,6 +183,24 @@ fn serve(engine: &str) -> Result<(), String> {
     // SAFETY: the engine passed this descriptor to us as our report pipe's
     // write end; nothing else in this process owns it.
     let report = unsafe { OwnedFd::from_raw_fd(fd) };
+    let hold = match hold {
+        Some(h) if h < 3 || h == fd => {
+            return Err(format!("{ENV_HOLD}={h} is not a pipe of the engine"));
+        }
+        Some(h) => {
+            nix::fcntl::fcntl(
+                // SAFETY: a descriptor number the engine gave us; borrowed
+                // for the call.
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(h) },
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(|e| format!("{ENV_HOLD}={h} is not a pipe of the engine: {e}"))?;
+            // SAFETY: the engine passed this descriptor to us as our hold
+            // pipe's read end; nothing else in this process owns it.
+            Some(unsafe { OwnedFd::from_raw_fd(h) })
+        }
+        None => None,
+    };
     // Die with the master: watch its process (not the thread that spawned
     // us, which is what PR_SET_PDEATHSIG would follow); then make sure it
     // did not die before the watch began.
@@ -193,6 +234,14 @@ fn serve(engine: &str) -> Result<(), String> {
             return Err(e);
         }
     };
+    // Started during the back-off of a restart: attached, wait for the
+    // master's word before loading libraries and serving.
+    if let Some(hold) = hold
+        && !released(&hold)
+    {
+        // The master closed the pipe (it stops, or gave this start up).
+        return Ok(());
+    }
     let registry = Registry::new();
     let cfg = SocConfig {
         soc,

@@ -118,6 +118,7 @@ macro_rules! for_each_scenario {
                 supervision::a_given_up_soc_is_unavailable,
                 supervision::restart_backoff_doubles_to_its_cap_and_deaths_leave_the_window,
                 supervision::a_killed_soc_is_restarting_during_its_backoff_or_given_up,
+                supervision::a_restart_runs_its_process_during_the_backoff_and_serves_after_it,
                 supervision::any_target_calls_go_around_a_restarting_soc,
                 supervision::hard_limit_kills_an_overrunning_soc,
                 supervision::a_killed_masters_socs_are_gone_within_a_second,

@@ -927,3 +927,129 @@ pub fn any_target_calls_go_around_a_restarting_soc(kind: SocKind) -> Result<()> 
     );
     shutdown_clean(engine)
 }
+
+/// The restart of a spawned SOC starts its process during the back-off,
+/// held: it execs and attaches while the back-off runs, serves nothing
+/// until it ends (calls on the SOC are `Busy`, its status keeps the dead
+/// process), and then serves as that very process. A held process that
+/// dies counts as a death of the start; an engine shut down during a
+/// back-off ends the held process at once (its hold closes), not after
+/// the shutdown timeout. Forked SOCs fork at the end of the back-off, as
+/// before: no new process meanwhile.
+pub fn a_restart_runs_its_process_during_the_backoff_and_serves_after_it(
+    kind: SocKind,
+) -> Result<()> {
+    const BACKOFF: Duration = Duration::from_millis(1500);
+    let libs = crash_libs(kind, "early")?;
+    let engine = Engine::start(
+        crash_options(kind, "early", &libs)
+            .workers_per_soc(1)
+            .shutdown_timeout(Duration::from_secs(10))
+            .restart(numaproc::RestartPolicy {
+                max_restarts: 10,
+                window_ms: 60_000,
+                backoff_ms: BACKOFF.as_millis() as u64,
+                max_backoff_ms: BACKOFF.as_millis() as u64,
+            }),
+    )?;
+    let spawned = kind == SocKind::Spawned;
+    // The new child of this process during SOC 0's back-off, if any.
+    let held_child = |known: &[u32]| -> Option<u32> {
+        crate::support::children()
+            .into_iter()
+            .find(|p| !known.contains(p) && process_running(*p))
+    };
+    // Waits (a second at most) for a held child; None for forked SOCs.
+    let wait_held = |known: &[u32]| -> Result<Option<u32>> {
+        let start = Instant::now();
+        loop {
+            let found = held_child(known);
+            if found.is_some() || start.elapsed() > Duration::from_secs(1) {
+                ensure!(
+                    found.is_some() == spawned,
+                    "{kind}: a new process during the back-off: {found:?}"
+                );
+                return Ok(found);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let known = |engine: &Engine| -> Vec<u32> {
+        let mut k: Vec<u32> = crate::support::children();
+        k.extend(engine.socs().iter().map(|s| s.pid));
+        k
+    };
+
+    // 1. Killed: the restart's process runs held during the back-off.
+    let before = known(&engine);
+    let dead = engine.socs()[0].pid;
+    let killed = Instant::now();
+    kill_9(dead)?;
+    let status = after_death(&engine, 0)?;
+    ensure!(status.state == SocState::Restarting, "{status:?}");
+    let held = wait_held(&before)?;
+    let s = engine.socs()[0].clone();
+    ensure!(
+        s.state == SocState::Restarting && s.pid == dead && s.restarts == 0,
+        "during the back-off: {s:?}"
+    );
+    let e = expect_err(
+        engine.try_call_on(Target::Soc(0), "crash.echo", b""),
+        "held",
+    )?;
+    ensure!(e == CallError::Busy, "{e:?}");
+    wait_ready_again(&engine, 0, 1)?;
+    ensure!(
+        killed.elapsed() >= BACKOFF,
+        "served again {:?} after the kill, before its back-off ended",
+        killed.elapsed()
+    );
+    if let Some(held) = held {
+        ensure!(
+            engine.socs()[0].pid == held,
+            "SOC 0 serves as {}, not as the process held during its back-off ({held})",
+            engine.socs()[0].pid
+        );
+    }
+    ensure!(engine.call_on(Target::Soc(0), "crash.echo", b"back")? == b"back");
+
+    // 2. The held process killed during the back-off: a death of the
+    // start, restarted in turn.
+    if spawned {
+        let before = known(&engine);
+        kill_9(engine.socs()[0].pid)?;
+        after_death(&engine, 0)?;
+        let held = wait_held(&before)?.context("a held process")?;
+        kill_9(held)?;
+        let start = Instant::now();
+        loop {
+            let s = engine.socs()[0].clone();
+            let why = s.last_error.clone().unwrap_or_default();
+            if why.contains("before reporting ready") {
+                ensure!(s.state == SocState::Restarting && s.restarts == 1, "{s:?}");
+                break;
+            }
+            ensure!(
+                start.elapsed() < Duration::from_secs(1),
+                "the held process's death was not seen: {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        wait_ready_again(&engine, 0, 2)?;
+        ensure!(engine.call_on(Target::Soc(0), "crash.echo", b"again")? == b"again");
+    }
+
+    // 3. Shut down during a back-off: the held process ends with its hold.
+    let before = known(&engine);
+    kill_9(engine.socs()[0].pid)?;
+    after_death(&engine, 0)?;
+    wait_held(&before)?;
+    let start = Instant::now();
+    shutdown_clean(engine)?;
+    let took = start.elapsed();
+    ensure!(
+        took < Duration::from_secs(2),
+        "the shutdown took {took:?} (its timeout is 10 s)"
+    );
+    Ok(())
+}
