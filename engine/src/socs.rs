@@ -55,6 +55,11 @@ impl Launcher {
         }
     }
 
+    /// Whether [`Launcher::launch_held`] starts SOCs early (spawned).
+    pub fn can_hold(&self) -> bool {
+        matches!(self, Self::Spawn { .. })
+    }
+
     /// Starts SOC `soc` held (see [`crate::spawn::launch`]): only spawned
     /// SOCs, whose exec is worth starting early; `None` for the others.
     pub fn launch_held(&self, soc: usize) -> Option<Result<SocHandle, String>> {

@@ -291,6 +291,10 @@ struct Watch {
     killing: Vec<Option<String>>,
     deaths: Vec<VecDeque<Instant>>,
     restart_at: Vec<Option<Instant>>,
+    /// Per SOC: its last process died held, before its back-off ended: the
+    /// next restart starts at the end of its back-off, not early (a start
+    /// that keeps failing waits its back-offs, as without early starts).
+    held_died: Vec<bool>,
 }
 
 use crate::log::event;
@@ -315,6 +319,7 @@ impl Supervisor {
             killing: vec![None; n],
             deaths: vec![VecDeque::new(); n],
             restart_at: vec![None; n],
+            held_died: vec![false; n],
         };
         // The watch reaches the thread once it runs: a thread that cannot
         // be started leaves it here, to give the SOCs back.
@@ -633,6 +638,7 @@ impl Watch {
         let Some(mut handle) = self.socs.handles[i].take() else {
             return;
         };
+        self.held_died[i] = handle.is_held();
         let how = self.socs.launcher.how_ended(&mut handle);
         drop(handle);
         let cycling = self.cycles[i].is_some();
@@ -720,6 +726,9 @@ impl Watch {
     /// restart's cost, happen during the back-off; nothing is served
     /// before it ends). If it cannot, the restart starts it as usual.
     fn launch_early(&mut self, i: usize) {
+        if !self.socs.launcher.can_hold() || std::mem::take(&mut self.held_died[i]) {
+            return;
+        }
         let plan = self.s.plans[i].clone();
         self.prepare(i, &plan);
         match self.socs.launcher.launch_held(i) {

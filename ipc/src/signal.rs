@@ -175,6 +175,10 @@ impl FreeSignal {
         let _ = self
             .deferring
             .compare_exchange(raised, 0, Ordering::SeqCst, Ordering::SeqCst);
+        // The look that follows must come after the lowering, as it must
+        // after the announcement (its loads of the owner words are not
+        // SeqCst).
+        std::sync::atomic::fence(Ordering::SeqCst);
         (seq, SLEEP_SLICE)
     }
 

@@ -932,7 +932,8 @@ pub fn any_target_calls_go_around_a_restarting_soc(kind: SocKind) -> Result<()> 
 /// held: it execs and attaches while the back-off runs, serves nothing
 /// until it ends (calls on the SOC are `Busy`, its status keeps the dead
 /// process), and then serves as that very process. A held process that
-/// dies counts as a death of the start; an engine shut down during a
+/// dies counts as a death of the start, and the next start waits for its
+/// back-off (no early start after it); an engine shut down during a
 /// back-off ends the held process at once (its hold closes), not after
 /// the shutdown timeout. Forked SOCs fork at the end of the back-off, as
 /// before: no new process meanwhile.
@@ -1020,6 +1021,8 @@ pub fn a_restart_runs_its_process_during_the_backoff_and_serves_after_it(
         kill_9(engine.socs()[0].pid)?;
         after_death(&engine, 0)?;
         let held = wait_held(&before)?.context("a held process")?;
+        // Every child now, the held one included: any later one is new.
+        let before = known(&engine);
         kill_9(held)?;
         let start = Instant::now();
         loop {
@@ -1034,6 +1037,17 @@ pub fn a_restart_runs_its_process_during_the_backoff_and_serves_after_it(
                 "the held process's death was not seen: {s:?}"
             );
             std::thread::sleep(Duration::from_millis(5));
+        }
+        // The next start waits for its back-off (a start that keeps
+        // failing must not be retried at once): no new process meanwhile.
+        let quiet = Instant::now();
+        while quiet.elapsed() < Duration::from_millis(300) {
+            let s = engine.socs()[0].clone();
+            ensure!(
+                s.state == SocState::Restarting && held_child(&before).is_none(),
+                "a new process right after the held one died: {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
         wait_ready_again(&engine, 0, 2)?;
         ensure!(engine.call_on(Target::Soc(0), "crash.echo", b"again")? == b"again");
