@@ -19,7 +19,7 @@ use numaproc::{
     Engine, EngineOptions, OutputBuf, ProcContext, ProcFn, ProcId, Registry, SocKind, Target,
     WorkerStats,
 };
-use numaproc_ipc::session::{OwnerLine, SessionSlot};
+use numaproc_ipc::session::{OwnerLine, RequestInput, SessionSlot};
 use numaproc_ipc::slot::{Response, SlotControl, Task};
 use numaproc_ipc::wait::{WaitPolicy, update_and_wake, wait_on};
 use numaproc_ipc::{ShmSafe, futex};
@@ -64,7 +64,7 @@ fn slot(c: &mut Criterion) {
         // the worker's wait and finish, the session's wait and release.
         b.iter(|| {
             let Some(c) = s.try_claim() else { return };
-            s.write_request(0, 0, 0, false);
+            s.write_request(0, RequestInput::Inline(&[]), 0, false);
             s.submit(c);
             if let Task::Submitted(g) = control.wait_task(&HOT) {
                 control.write_response(&Response::default());

@@ -77,6 +77,7 @@ pub use engine::{Engine, ShutdownError, SocStatus};
 pub use error::{CallError, OptionsError, StartError};
 pub use libraries::{LibraryError, LibraryInfo, LibraryProc, LibrarySoc};
 pub use memory::MemoryError;
+pub use numaproc_ipc::slot::INLINE_CAPACITY;
 pub use numaproc_ipc::{ShmName, stale};
 pub use numaproc_procs::cpu::{allowed_cpus, pin_current_thread};
 pub use numaproc_procs::sys;

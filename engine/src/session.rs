@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use numaproc_ipc::session::{Claimed, Outcome};
-use numaproc_ipc::slot::{Response, monotonic_ns};
+use numaproc_ipc::session::{Claimed, Outcome, RequestInput};
+use numaproc_ipc::slot::{INLINE_CAPACITY, Placed, Response, monotonic_ns};
 use numaproc_ipc::table::SlotPlace;
 use numaproc_procs::{CallStatus, ProcId};
 
@@ -67,16 +67,50 @@ impl<'c> Claim<'c> {
     }
 
     /// Hands the first `len` bytes of the input buffer to the worker as the
-    /// input of `proc`, and returns the session to wait on.
+    /// input of `proc`, and returns the session to wait on. (Up to
+    /// [`INLINE_CAPACITY`] bytes travel in the slot's hot line instead.)
     #[inline]
-    pub fn submit(self, proc: impl IntoProc, len: usize) -> Result<Session<'c>, CallError> {
+    pub fn submit(mut self, proc: impl IntoProc, len: usize) -> Result<Session<'c>, CallError> {
         let id = proc.resolve(self.core)?;
         let capacity = self.core.input_capacity();
         if len > capacity {
             return Err(CallError::InputTooLarge { len, capacity });
         }
+        if len <= INLINE_CAPACITY {
+            let mut small = [0u8; INLINE_CAPACITY];
+            small[..len].copy_from_slice(&self.input_mut()[..len]);
+            return self.submit_request(id, RequestInput::Inline(&small[..len]));
+        }
+        self.submit_request(id, RequestInput::Buffer(len as u64))
+    }
+
+    /// Hands `input` to the worker as the input of `proc` (copied into the
+    /// input buffer, or into the hot line when it fits there), and returns
+    /// the session to wait on.
+    #[inline]
+    pub(crate) fn submit_bytes(
+        mut self,
+        proc: ProcId,
+        input: &[u8],
+    ) -> Result<Session<'c>, CallError> {
+        let capacity = self.core.input_capacity();
+        if input.len() > capacity {
+            return Err(CallError::InputTooLarge {
+                len: input.len(),
+                capacity,
+            });
+        }
+        if input.len() <= INLINE_CAPACITY {
+            return self.submit_request(proc, RequestInput::Inline(input));
+        }
+        self.input_mut()[..input.len()].copy_from_slice(input);
+        self.submit_request(proc, RequestInput::Buffer(input.len() as u64))
+    }
+
+    #[inline]
+    fn submit_request(self, id: ProcId, input: RequestInput<'_>) -> Result<Session<'c>, CallError> {
         let session = self.slot.session();
-        session.write_request(id.index(), len as u64, self.deadline_ns, self.same_cpu);
+        session.write_request(id.index(), input, self.deadline_ns, self.same_cpu);
         if self.core.settings().hard_limit.is_some() {
             // The supervisor reads it (with the owner word) to tell an
             // overrun, in the sessions' own memory, where the SOC cannot
@@ -100,6 +134,8 @@ impl<'c> Claim<'c> {
             claimed: self.claimed,
             proc: id,
             len: PENDING,
+            placed: Placed::Output,
+            inline: [0; INLINE_CAPACITY],
             error: None,
             same_cpu: self.same_cpu,
         };
@@ -149,6 +185,10 @@ pub struct Session<'c> {
     /// The output length once the call succeeded; [`PENDING`] until the
     /// outcome is known (then `error` may hold it instead).
     len: usize,
+    /// Where the output lies once the call succeeded.
+    placed: Placed,
+    /// The output, when it came in the hot line ([`Placed::Inline`]).
+    inline: [u8; INLINE_CAPACITY],
     /// The call's error, once known.
     error: Option<Box<CallError>>,
     /// Whether this thread runs on the worker's CPU: then it sleeps at once
@@ -196,10 +236,15 @@ impl Session<'_> {
 
     #[inline]
     fn output_slice(&self) -> &[u8] {
-        // SAFETY: the slot is Done under our generation and stays so until
-        // this session releases it in `drop`, which the borrow of `self`
-        // prevents while the slice lives.
-        unsafe { self.slot.buffers().output(self.len) }
+        match self.placed {
+            Placed::Inline => &self.inline[..self.len.min(INLINE_CAPACITY)],
+            // SAFETY: the slot is Done under our generation and stays so
+            // until this session releases it in `drop`, which the borrow of
+            // `self` prevents while the slice lives.
+            Placed::Input => unsafe { self.slot.buffers().input(self.len) },
+            // SAFETY: as above.
+            Placed::Output => unsafe { self.slot.buffers().output(self.len) },
+        }
     }
 
     #[inline]
@@ -218,12 +263,26 @@ impl Session<'_> {
                 None => return Err(CallError::CallTimeout(timeout.unwrap_or_default())),
                 Some(Outcome::Done) => {
                     // Each field read once: the SOC can change them.
-                    let (status, len) = self.slot.session().result();
+                    let (status, len, placed) = self.slot.session().result();
                     let len = usize::try_from(len).unwrap_or(usize::MAX);
-                    if status == CallStatus::Ok as u32
-                        && len <= self.slot.buffers().output_capacity()
-                    {
+                    let buffers = self.slot.buffers();
+                    // The place's bounds, as the master computed them (an
+                    // answer in the input buffer keeps the output limit).
+                    let fits = len <= buffers.output_capacity()
+                        && match placed {
+                            Placed::Inline => len <= INLINE_CAPACITY,
+                            Placed::Input => len <= buffers.input_capacity(),
+                            Placed::Output => true,
+                        };
+                    if status == CallStatus::Ok as u32 && fits {
+                        if placed == Placed::Inline {
+                            self.inline = self.slot.session().inline_output(len);
+                        }
                         self.len = len;
+                        self.placed = placed;
+                    } else if status == CallStatus::Ok as u32 && placed != Placed::Output {
+                        // No worker of this engine says so.
+                        self.error = Some(Box::new(CallError::SocMisbehaved(self.slot.soc())));
                     } else {
                         self.error = Some(Box::new(self.call_error(status, len)));
                     }
@@ -316,5 +375,125 @@ impl Drop for Session<'_> {
         if freed {
             self.core.signal_freed(self.slot);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What a session makes of a response that lies about where, and how
+    //! long, the output is: the test writes it as a SOC could, after the
+    //! worker's own and before the session reads it.
+    use std::time::Instant;
+
+    use numaproc_ipc::slot::{SlotControl, State};
+
+    use super::*;
+    use crate::{Engine, EngineOptions, SocKind, Target};
+
+    /// An emulated engine of one worker with these buffer capacities.
+    fn engine(prefix: &str, input: usize, output: usize) -> Engine {
+        Engine::start(
+            EngineOptions::new()
+                .soc_kind(SocKind::Emulated)
+                .socs(1)
+                .workers_per_soc(1)
+                .input_capacity(input)
+                .output_capacity(output)
+                .name_prefix(prefix),
+        )
+        .expect("start")
+    }
+
+    /// Submits `sys_echo` of `input`, waits (at most 2 s) until the worker
+    /// is done, then overwrites the response with `lie` (and the hot line
+    /// with `inline`) and returns what the session reads.
+    fn read_after(
+        engine: &Engine,
+        input: &[u8],
+        lie: Response,
+        inline: &[u8],
+    ) -> Result<Vec<u8>, CallError> {
+        let mut session = engine.submit(Target::Any, "sys_echo", input)?;
+        let control: &SlotControl = engine
+            .core()
+            .table()
+            .place(0)
+            .expect("slot 0")
+            .buffers()
+            .control;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while control.word().state() != State::Done {
+            assert!(Instant::now() < deadline, "the call did not end within 2s");
+            std::thread::yield_now();
+        }
+        control.write_inline_output(inline);
+        control.write_response(&lie);
+        session.wait().map(<[u8]>::to_vec)
+    }
+
+    fn ok(output_len: u64, placed: Placed) -> Response {
+        Response {
+            status: CallStatus::Ok as u32,
+            output_len,
+            placed,
+            ..Response::default()
+        }
+    }
+
+    #[test]
+    fn a_response_is_read_only_within_the_bounds_of_its_place() {
+        let long: Vec<u8> = (0..200u8).collect();
+        // Input 1024 bytes, output 512.
+        let e = engine("placelie", 1024, 512);
+        let misbehaved = Err(CallError::SocMisbehaved(0));
+        // Where the worker says, within bounds: the bytes of that place.
+        assert_eq!(
+            read_after(&e, &long, ok(16, Placed::Inline), &[7; 16]),
+            Ok(vec![7; 16])
+        );
+        assert_eq!(
+            read_after(&e, &long, ok(150, Placed::Input), &[]),
+            Ok(long[..150].to_vec())
+        );
+        // (The echo is in the input buffer: the output buffer's bytes are
+        // whatever it held.)
+        assert_eq!(
+            read_after(&e, &long, ok(100, Placed::Output), &[]).map(|v| v.len()),
+            Ok(100)
+        );
+        // Past the hot line, past the output limit in the input buffer,
+        // past the input buffer: a SOC that broke the protocol.
+        assert_eq!(
+            read_after(&e, &long, ok(17, Placed::Inline), &[7; 16]),
+            misbehaved
+        );
+        assert_eq!(
+            read_after(&e, &long, ok(513, Placed::Input), &[]),
+            misbehaved
+        );
+        // Past the output buffer, where the output is: too large, as before.
+        assert_eq!(
+            read_after(&e, &long, ok(513, Placed::Output), &[]),
+            Err(CallError::OutputTooLarge {
+                proc: "sys_echo".into(),
+                needed: 513,
+                capacity: 512
+            })
+        );
+        // The engine serves on.
+        assert_eq!(e.call("sys_echo", &long), Ok(long.clone()));
+        e.shutdown().expect("shutdown");
+
+        // Input 512 bytes, output 1024: past the input buffer.
+        let e = engine("placelie2", 512, 1024);
+        assert_eq!(
+            read_after(&e, &long, ok(513, Placed::Input), &[]),
+            misbehaved
+        );
+        assert_eq!(
+            read_after(&e, &long, ok(512, Placed::Input), &[]).map(|v| v.len()),
+            Ok(512)
+        );
+        e.shutdown().expect("shutdown");
     }
 }

@@ -701,8 +701,7 @@ impl SessionCore {
         if let Some(d) = deadline {
             claim.deadline_in(d);
         }
-        claim.input_mut()[..input.len()].copy_from_slice(input);
-        claim.submit(id, input.len())
+        claim.submit_bytes(id, input)
     }
 
     /// Starts a call on an idle worker of `target` (waiting up to the claim

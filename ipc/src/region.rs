@@ -22,7 +22,7 @@ pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"NUMAPROC");
 
 /// Version of the shared-memory layout. Bump on any change of a structure
 /// placed in shared memory or of the slot state encoding.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Value of [`RegionHeader::ready`] once the creator has filled the region.
 pub const READY: u32 = 0x5245_4459; // "READ"

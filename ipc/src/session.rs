@@ -44,9 +44,10 @@ use std::time::Duration;
 
 use crate::ShmSafe;
 use crate::slot::{
-    ABANDONED, CAS_TRIES, CLOSED_HOLDER, GEN_MASK, HELD, OWNER_ABANDONED, OWNER_CLOSING,
-    OWNER_PAUSED, Response, SESSION_SLEEPING, SESSION_SLICE, SLEEPING, SlotControl, State,
-    WORKER_SLEEPING, Word, owner_generation, owner_holder, owner_low, owner_word,
+    ABANDONED, CAS_TRIES, CLOSED_HOLDER, GEN_MASK, HELD, INLINE_CAPACITY, OWNER_ABANDONED,
+    OWNER_CLOSING, OWNER_PAUSED, Placed, REQUEST_HAND_OFF, REQUEST_INLINE, Response,
+    SESSION_SLEEPING, SESSION_SLICE, SLEEPING, SlotControl, State, WORKER_SLEEPING, Word,
+    owner_generation, owner_holder, owner_low, owner_word, store_inline,
 };
 use crate::wait::{WaitPolicy, wait_on_sliced};
 
@@ -70,6 +71,16 @@ pub struct OwnerLine {
 
 // SAFETY: repr(C), atomics and integer arrays only, valid when zeroed.
 unsafe impl ShmSafe for OwnerLine {}
+
+/// Where the input of a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestInput<'a> {
+    /// The first `n` bytes of the input buffer.
+    Buffer(u64),
+    /// These bytes, at most [`INLINE_CAPACITY`], carried in the hot line
+    /// (the input buffer is not read).
+    Inline(&'a [u8]),
+}
 
 /// A session's claim on a slot, from [`SessionSlot::try_claim`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,33 +399,58 @@ impl SessionSlot<'_> {
     }
 
     /// Writes the request of the claimed call (before
-    /// [`SessionSlot::submit`]): procedure, input length, the cancellation
+    /// [`SessionSlot::submit`]): procedure, input (its length, or the bytes
+    /// themselves when they travel in the hot line), the cancellation
     /// deadline (CLOCK_MONOTONIC ns; 0: none) and whether the session runs
-    /// on the worker's CPU (see [`SlotControl::hand_off`]), the last two
-    /// only when they differ from the slot's (every store costs on the
-    /// worker's side of the hand-over).
+    /// on the worker's CPU (see [`SlotControl::hand_off`]), the flags and
+    /// the deadline only when they differ from the slot's (every store
+    /// costs on the worker's side of the hand-over).
     #[inline]
-    pub fn write_request(&self, proc_id: u32, input_len: u64, deadline_ns: u64, hand_off: bool) {
+    pub fn write_request(
+        &self,
+        proc_id: u32,
+        input: RequestInput<'_>,
+        deadline_ns: u64,
+        hand_off: bool,
+    ) {
         let c = self.control;
         c.proc_id.store(proc_id, Ordering::Relaxed);
-        c.input_len.store(input_len, Ordering::Relaxed);
+        let mut flags = if hand_off { REQUEST_HAND_OFF } else { 0 };
+        match input {
+            RequestInput::Buffer(len) => c.input_len.store(len, Ordering::Relaxed),
+            RequestInput::Inline(bytes) => {
+                let bytes = &bytes[..bytes.len().min(INLINE_CAPACITY)];
+                c.input_len.store(bytes.len() as u64, Ordering::Relaxed);
+                store_inline(&c.inline, bytes);
+                flags |= REQUEST_INLINE;
+            }
+        }
         if c.deadline_ns.load(Ordering::Relaxed) != deadline_ns {
             c.deadline_ns.store(deadline_ns, Ordering::Relaxed);
         }
-        if (c.hand_off.load(Ordering::Relaxed) != 0) != hand_off {
-            c.hand_off.store(u32::from(hand_off), Ordering::Relaxed);
+        if c.flags.load(Ordering::Relaxed) != flags {
+            c.flags.store(flags, Ordering::Relaxed);
         }
     }
 
-    /// The status and output length of a call whose outcome was
-    /// [`Outcome::Done`] (what a successful call needs; each read once).
+    /// The status, output length and output place of a call whose outcome
+    /// was [`Outcome::Done`] (what a successful call needs; each read once).
     #[inline]
-    pub fn result(&self) -> (u32, u64) {
+    pub fn result(&self) -> (u32, u64, Placed) {
         let c = self.control;
         (
             c.status.load(Ordering::Relaxed),
             c.output_len.load(Ordering::Relaxed),
+            Placed::from_u16(c.placed.load(Ordering::Relaxed)),
         )
+    }
+
+    /// The first `len` (at most [`INLINE_CAPACITY`]) bytes of the output of
+    /// a call that was [`Outcome::Done`] with its output placed
+    /// [`Placed::Inline`], copied out of the hot line.
+    #[inline]
+    pub fn inline_output(&self, len: usize) -> [u8; INLINE_CAPACITY] {
+        crate::slot::load_inline(&self.control.inline, len)
     }
 
     /// The whole response of a call whose outcome was [`Outcome::Done`],
@@ -425,7 +461,8 @@ impl SessionSlot<'_> {
             status: c.status.load(Ordering::Relaxed),
             error_code: c.error_code.load(Ordering::Relaxed),
             output_len: c.output_len.load(Ordering::Relaxed),
-            message_len: c.message_len.load(Ordering::Relaxed),
+            message_len: u32::from(c.message_len.load(Ordering::Relaxed)),
+            placed: Placed::from_u16(c.placed.load(Ordering::Relaxed)),
         }
     }
 

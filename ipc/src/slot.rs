@@ -8,7 +8,7 @@
 //! state word:  [ generation (26 bits) | ABANDONED | SESSION_SLEEPING | WORKER_SLEEPING | state (3 bits) ]
 //! ```
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::ShmSafe;
@@ -16,6 +16,76 @@ use crate::wait::{WaitPolicy, wait_on, wait_on_sliced};
 
 /// Bytes of the error-message buffer of a slot.
 pub const MESSAGE_CAPACITY: usize = 1024;
+
+/// Bytes of input, and of output, that travel in the slot's hot line
+/// instead of its buffers: a small call moves one cache line each way and
+/// touches no buffer on the other side.
+pub const INLINE_CAPACITY: usize = 16;
+const INLINE_WORDS: usize = INLINE_CAPACITY / 8;
+
+/// Request flag: the session runs on the worker's CPU (see
+/// [`SlotControl::hand_off`]).
+pub(crate) const REQUEST_HAND_OFF: u32 = 1;
+/// Request flag: the input is in the hot line (at most
+/// [`INLINE_CAPACITY`] bytes), not in the input buffer.
+pub(crate) const REQUEST_INLINE: u32 = 2;
+
+/// Where the output of a successful call lies (the response's claim: the
+/// session checks the length against the place's capacity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u16)]
+pub enum Placed {
+    /// In the output buffer.
+    #[default]
+    Output = 0,
+    /// In the hot line (at most [`INLINE_CAPACITY`] bytes).
+    Inline = 1,
+    /// In the input buffer: the procedure answered with its input, in
+    /// place.
+    Input = 2,
+}
+
+impl Placed {
+    /// Decodes the response field; unknown values read as the output
+    /// buffer (whose bounds the session checks like any other).
+    #[inline]
+    pub fn from_u16(v: u16) -> Self {
+        match v {
+            1 => Self::Inline,
+            2 => Self::Input,
+            _ => Self::Output,
+        }
+    }
+}
+
+/// Packs up to [`INLINE_CAPACITY`] bytes into the words of the hot line
+/// (the bytes past `bytes` are zero).
+#[inline]
+pub(crate) fn store_inline(words: &[AtomicU64; INLINE_WORDS], bytes: &[u8]) {
+    let n = bytes.len().min(INLINE_CAPACITY);
+    let mut buf = [0u8; INLINE_CAPACITY];
+    buf[..n].copy_from_slice(&bytes[..n]);
+    for (i, w) in words.iter().enumerate().take(n.div_ceil(8)) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&buf[i * 8..i * 8 + 8]);
+        w.store(u64::from_le_bytes(word), Ordering::Relaxed);
+    }
+}
+
+/// Reads the first `len` (at most [`INLINE_CAPACITY`]) bytes of the hot
+/// line's words, each word once.
+#[inline]
+pub(crate) fn load_inline(words: &[AtomicU64; INLINE_WORDS], len: usize) -> [u8; INLINE_CAPACITY] {
+    let mut buf = [0u8; INLINE_CAPACITY];
+    for (i, w) in words
+        .iter()
+        .enumerate()
+        .take(len.min(INLINE_CAPACITY).div_ceil(8))
+    {
+        buf[i * 8..i * 8 + 8].copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+    }
+    buf
+}
 
 /// Slot states (the low 3 bits of the state word).
 ///
@@ -155,6 +225,10 @@ pub struct Request {
     pub proc_id: u32,
     /// Input length in bytes (unchecked: compare with the capacity).
     pub input_len: u64,
+    /// The input when it came in the hot line (the first `input_len`
+    /// bytes, at most [`INLINE_CAPACITY`], count); `None`: it is in the
+    /// input buffer.
+    pub inline: Option<[u8; INLINE_CAPACITY]>,
 }
 
 /// A call's response: what the worker writes before it finishes, and what
@@ -169,12 +243,16 @@ pub struct Response {
     pub output_len: u64,
     /// Bytes used in the message buffer.
     pub message_len: u32,
+    /// Where the output lies (successful calls).
+    pub placed: Placed,
 }
 
 /// The control block of a slot, in its SOC's region. The first 128 bytes
-/// are the hot line: the state word, the request (written by the session)
-/// and the response (written by the worker) travel in one cache line each
-/// way. The second block holds what only the worker writes.
+/// are the hot block, and its first 64 the hot line: the state word, the
+/// request (written by the session) and the response (written by the
+/// worker), with up to [`INLINE_CAPACITY`] bytes of input or output, travel
+/// in that one cache line each way. The second block holds what only the
+/// worker writes.
 ///
 /// Everything here can be written by the SOC's code: whoever reads it on
 /// the master's side treats it as a claim to check, never as a fact.
@@ -193,17 +271,24 @@ pub struct SlotControl {
     pub(crate) error_code: AtomicU32,
     /// Response: output length in bytes (or the size the procedure needed).
     pub(crate) output_len: AtomicU64,
-    /// Response: bytes used in the message buffer.
-    pub(crate) message_len: AtomicU32,
-    /// Request: non-zero when the session runs on the worker's CPU. It
-    /// then sleeps at once after submitting, and the worker sleeps at once
-    /// after answering: each hands the CPU straight to the other, as a
-    /// futex ping-pong does, instead of spinning where the other would run.
-    pub(crate) hand_off: AtomicU32,
+    /// Response: bytes used in the message buffer (at most
+    /// [`MESSAGE_CAPACITY`]).
+    pub(crate) message_len: AtomicU16,
+    /// Response: where the output of a successful call lies ([`Placed`]).
+    pub(crate) placed: AtomicU16,
+    /// Request: flags. [`REQUEST_HAND_OFF`]: the session runs on the
+    /// worker's CPU. It then sleeps at once after submitting, and the worker
+    /// sleeps at once after answering: each hands the CPU straight to the
+    /// other, as a futex ping-pong does, instead of spinning where the other
+    /// would run. [`REQUEST_INLINE`]: the input is in `inline`.
+    pub(crate) flags: AtomicU32,
     /// Request: CLOCK_MONOTONIC time (ns) after which the call counts as
     /// cancelled; 0: none.
     pub(crate) deadline_ns: AtomicU64,
-    _hot_pad: [u64; 10],
+    /// Request: the input, when [`REQUEST_INLINE`]; response: the output,
+    /// when placed [`Placed::Inline`]. Little-endian bytes.
+    pub(crate) inline: [AtomicU64; INLINE_WORDS],
+    _hot_pad: [u64; 8],
     /// Static: worker index within its SOC.
     pub(crate) worker: AtomicU32,
     /// Static: planned CPU (OS index), or `u32::MAX` when not bound.
@@ -240,17 +325,35 @@ impl SlotControl {
     /// Worker: the request of the submitted call.
     #[inline]
     pub fn request(&self) -> Request {
+        let input_len = self.input_len.load(Ordering::Relaxed);
+        let inline = (self.flags.load(Ordering::Relaxed) & REQUEST_INLINE != 0).then(|| {
+            load_inline(
+                &self.inline,
+                usize::try_from(input_len).unwrap_or(usize::MAX),
+            )
+        });
         Request {
             proc_id: self.proc_id.load(Ordering::Relaxed),
-            input_len: self.input_len.load(Ordering::Relaxed),
+            input_len,
+            inline,
         }
+    }
+
+    /// Worker: writes the output of the running call into the hot line
+    /// (at most [`INLINE_CAPACITY`] bytes; then the response says
+    /// [`Placed::Inline`]).
+    #[inline]
+    pub fn write_inline_output(&self, bytes: &[u8]) {
+        store_inline(&self.inline, bytes);
     }
 
     /// Worker: writes the response of the running call (then
     /// [`SlotControl::finish`] publishes it).
     #[inline]
     pub fn write_response(&self, r: &Response) {
-        self.message_len.store(r.message_len, Ordering::Relaxed);
+        let message_len = u16::try_from(r.message_len).unwrap_or(u16::MAX);
+        self.message_len.store(message_len, Ordering::Relaxed);
+        self.placed.store(r.placed as u16, Ordering::Relaxed);
         self.status.store(r.status, Ordering::Relaxed);
         self.error_code.store(r.error_code, Ordering::Relaxed);
         self.output_len.store(r.output_len, Ordering::Relaxed);
@@ -380,7 +483,7 @@ impl SlotControl {
     /// without spinning.
     #[inline]
     pub fn hand_off(&self) -> bool {
-        self.hand_off.load(Ordering::Relaxed) != 0
+        self.flags.load(Ordering::Relaxed) & REQUEST_HAND_OFF != 0
     }
 
     /// Worker: whether the session gave up on the running call.
@@ -663,6 +766,10 @@ pub(crate) mod tests {
         assert_eq!(size_of::<SlotControl>(), 256);
         assert_eq!(size_of::<OwnerLine>(), 128);
         assert_eq!(align_of::<OwnerLine>(), 128);
+        // The request, the response and the inline bytes share the first
+        // cache line: a small call moves that one line each way.
+        assert_eq!(std::mem::offset_of!(SlotControl, inline), 48);
+        assert_eq!(std::mem::offset_of!(SlotControl, _hot_pad), 64);
     }
 
     /// What the worker writes (counters, thread id, response) is what the
@@ -699,10 +806,88 @@ pub(crate) mod tests {
             error_code: 77,
             output_len: 1 << 40,
             message_len: 12,
+            placed: Placed::Input,
         };
         c.write_response(&r);
         assert_eq!(s.response(), r);
-        assert_eq!(s.result(), (3, 1 << 40));
+        assert_eq!(s.result(), (3, 1 << 40, Placed::Input));
+        for placed in [Placed::Output, Placed::Inline] {
+            c.write_response(&Response { placed, ..r });
+            assert_eq!(s.result().2, placed);
+        }
+        // A message length past the field's range reads as its largest
+        // value (the session clamps it to the buffer).
+        c.write_response(&Response {
+            message_len: 1 << 20,
+            ..r
+        });
+        assert_eq!(s.response().message_len, u32::from(u16::MAX));
+    }
+
+    /// Unknown placements read as the output buffer, whose bounds the
+    /// session checks like any other.
+    #[test]
+    fn unknown_placements_read_as_the_output_buffer() {
+        assert_eq!(Placed::from_u16(0), Placed::Output);
+        assert_eq!(Placed::from_u16(1), Placed::Inline);
+        assert_eq!(Placed::from_u16(2), Placed::Input);
+        for v in [3, 7, 0x100, u16::MAX] {
+            assert_eq!(Placed::from_u16(v), Placed::Output, "{v}");
+        }
+    }
+
+    /// Inline input reaches the worker byte for byte at every length up to
+    /// the hot line's capacity, with zeros past it whatever an earlier call
+    /// left; inline output reaches the session the same way.
+    #[test]
+    fn inline_bytes_travel_both_ways() {
+        let s = zeroed();
+        let c = s.control;
+        let bytes: Vec<u8> = (1..=INLINE_CAPACITY as u8).collect();
+        for len in 0..=INLINE_CAPACITY {
+            // Fill the line with garbage first.
+            s.write_request(1, RequestInput::Inline(&[0xee; INLINE_CAPACITY]), 0, false);
+            s.write_request(7, RequestInput::Inline(&bytes[..len]), 0, false);
+            let r = c.request();
+            assert_eq!((r.proc_id, r.input_len), (7, len as u64));
+            let inline = r.inline.expect("inline input");
+            assert_eq!(&inline[..len], &bytes[..len], "length {len}");
+            assert!(
+                inline[len..].iter().all(|&b| b == 0),
+                "length {len}: {inline:?}"
+            );
+
+            c.write_inline_output(&[0xee; INLINE_CAPACITY]);
+            c.write_inline_output(&bytes[..len]);
+            let out = s.inline_output(len);
+            assert_eq!(&out[..len], &bytes[..len], "output length {len}");
+            assert!(out[len..].iter().all(|&b| b == 0), "output length {len}");
+        }
+        // More than the line holds: only its capacity travels, and the
+        // length says so.
+        let long = [5u8; INLINE_CAPACITY + 9];
+        s.write_request(7, RequestInput::Inline(&long), 0, false);
+        let r = c.request();
+        assert_eq!(r.input_len, INLINE_CAPACITY as u64);
+        assert_eq!(r.inline, Some([5; INLINE_CAPACITY]));
+        // A buffer request says nothing is inline.
+        s.write_request(7, RequestInput::Buffer(3), 0, false);
+        assert_eq!(c.request().inline, None);
+        assert_eq!(c.request().input_len, 3);
+    }
+
+    /// A request whose length exceeds the hot line while it claims inline
+    /// input (a session that lies) reads as the line's bytes only.
+    #[test]
+    fn an_inline_length_past_the_line_reads_the_line_only() {
+        let s = zeroed();
+        let c = s.control;
+        s.write_request(7, RequestInput::Inline(&[9; INLINE_CAPACITY]), 0, false);
+        c.input_len.store(u64::MAX, Ordering::Relaxed);
+        let r = c.request();
+        assert_eq!(r.input_len, u64::MAX, "the length is the worker's to clamp");
+        assert_eq!(r.inline, Some([9; INLINE_CAPACITY]));
+        assert_eq!(s.inline_output(usize::MAX), [9; INLINE_CAPACITY]);
     }
 
     /// `u32::MAX` in the planned CPU means "not bound"; any other value is
@@ -723,23 +908,25 @@ pub(crate) mod tests {
     fn the_request_reaches_the_worker() {
         let s = zeroed();
         let c = s.control;
-        s.write_request(9, 1234, 0, true);
+        s.write_request(9, RequestInput::Buffer(1234), 0, true);
         assert_eq!(
             c.request(),
             Request {
                 proc_id: 9,
-                input_len: 1234
+                input_len: 1234,
+                inline: None,
             }
         );
         assert!(c.hand_off());
         assert!(!c.is_cancelled(), "no deadline");
         let past = monotonic_ns() - 1;
-        s.write_request(10, 0, past, false);
+        s.write_request(10, RequestInput::Buffer(0), past, false);
         assert_eq!(
             c.request(),
             Request {
                 proc_id: 10,
-                input_len: 0
+                input_len: 0,
+                inline: None,
             }
         );
         assert!(!c.hand_off());
@@ -747,11 +934,11 @@ pub(crate) mod tests {
         assert!(c.is_cancelled(), "its deadline passed");
         assert!(!c.is_abandoned(), "cancelled by the deadline alone");
         let future = monotonic_ns() + 3_600_000_000_000;
-        s.write_request(10, 0, future, true);
+        s.write_request(10, RequestInput::Buffer(0), future, true);
         assert_eq!(c.deadline_ns.load(Ordering::Relaxed), future);
         assert!(c.hand_off());
         assert!(!c.is_cancelled(), "its deadline is an hour away");
-        s.write_request(10, 0, 0, true);
+        s.write_request(10, RequestInput::Inline(&[]), 0, true);
         assert_eq!(c.deadline_ns.load(Ordering::Relaxed), 0);
         assert!(!c.is_cancelled());
     }

@@ -9,7 +9,7 @@ use crossbeam_channel::Sender;
 use numaproc_abi::{Call, HostServices, ProcCFn};
 use numaproc_ipc::WaitPolicy;
 use numaproc_ipc::layout::{FreeSignal, PAGE, SocView};
-use numaproc_ipc::slot::{Response, SlotControl, SlotRef, Task};
+use numaproc_ipc::slot::{INLINE_CAPACITY, Placed, Response, SlotControl, SlotRef, Task};
 use numaproc_procs::cpu::pin_current_thread;
 use numaproc_procs::stats::{ProcCounters, ProcStats, summarize};
 use numaproc_procs::{
@@ -201,6 +201,9 @@ struct Outcome {
     message: Option<String>,
     /// Output length, or the size needed when it did not fit.
     output_len: usize,
+    /// The output is the first `output_len` bytes of the input
+    /// ([`OutputBuf::answer_with_input`]).
+    from_input: bool,
 }
 
 impl Outcome {
@@ -211,6 +214,7 @@ impl Outcome {
             code: 0,
             message: None,
             output_len,
+            from_input: false,
         }
     }
 
@@ -221,6 +225,7 @@ impl Outcome {
             code,
             message: Some(message),
             output_len: 0,
+            from_input: false,
         }
     }
 
@@ -304,12 +309,20 @@ fn serve(
     let started = counter
         .is_some_and(ProcCounters::should_time)
         .then(std::time::Instant::now);
-    // Clamped to the buffer by `input`.
+    // Clamped to the buffer by `input`, to the hot line below.
     let input_len = usize::try_from(request.input_len).unwrap_or(usize::MAX);
+    // A small input came in the hot line: the procedure reads this copy.
+    let inline_input = request.inline.unwrap_or([0; INLINE_CAPACITY]);
     // SAFETY: the slot is Submitted, run by this worker: the session wrote the
     // input before submitting and touches neither buffer until Done.
-    let (input, output, message) =
-        unsafe { (slot.input(input_len), slot.output_mut(), slot.message_mut()) };
+    let (input, output, message) = unsafe {
+        let input = if request.inline.is_some() {
+            &inline_input[..input_len.min(INLINE_CAPACITY)]
+        } else {
+            slot.input(input_len)
+        };
+        (input, slot.output_mut(), slot.message_mut())
+    };
     let outcome = match ctx.registry().get(ProcId::from_index(id)) {
         None => Outcome::not_ok(
             CallStatus::NotFound,
@@ -324,7 +337,7 @@ fn serve(
                 format!("{} is not loaded in SOC {}", entry.name, ctx.soc()),
             ),
             ProcKind::Rust(func) => {
-                let mut out = OutputBuf::new(output);
+                let mut out = OutputBuf::with_input(output, input);
                 let result = catch_unwind(AssertUnwindSafe(|| func(ctx, input, &mut out)));
                 match (result, out.overflow()) {
                     (Ok(_), Some(needed)) => Outcome::too_large(
@@ -335,7 +348,10 @@ fn serve(
                             out.capacity()
                         ),
                     ),
-                    (Ok(Ok(())), None) => Outcome::ok(out.len()),
+                    (Ok(Ok(())), None) => Outcome {
+                        from_input: out.is_input(),
+                        ..Outcome::ok(out.len())
+                    },
                     (Ok(Err(e)), None) => Outcome::not_ok(CallStatus::Failed, e.code, e.message),
                     (Err(panic), _) => {
                         Outcome::not_ok(CallStatus::Panicked, 0, panic_text(&*panic))
@@ -353,6 +369,27 @@ fn serve(
         let ns = started.map(|t| t.elapsed().as_nanos() as u64);
         c.record_call(ns, failed);
     }
+    // Where the output of a success lies: a small one also in the hot line
+    // (the session then reads no buffer), a larger answer with the input
+    // where the input is.
+    let len = outcome.output_len;
+    let placed = if failed {
+        Placed::Output
+    } else {
+        let bytes = if outcome.from_input {
+            input.get(..len)
+        } else {
+            output.get(..len)
+        };
+        match bytes {
+            Some(bytes) if len <= INLINE_CAPACITY => {
+                control.write_inline_output(bytes);
+                Placed::Inline
+            }
+            _ if outcome.from_input => Placed::Input,
+            _ => Placed::Output,
+        }
+    };
     let n = match outcome.message {
         None => 0,
         Some(text) => {
@@ -366,6 +403,7 @@ fn serve(
         error_code: outcome.code,
         output_len: outcome.output_len as u64,
         message_len: n as u32,
+        placed,
     });
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, ensure};
 use numaproc::sys::ProcListing;
-use numaproc::{CallError, Engine, SocKind, SocState, Target};
+use numaproc::{CallError, Engine, INLINE_CAPACITY, SocKind, SocState, Target};
 use numaproc_ipc::slot::State;
 use numaproc_ipc::table::SlotPlace;
 
@@ -141,6 +141,65 @@ pub fn zero_copy_claim_and_read(kind: SocKind) -> Result<()> {
     ensure!(session.wait()? == expected_reverse(b"hello").as_slice());
     ensure!(session.output() == Some(expected_reverse(b"hello").as_slice()));
     drop(session);
+    shutdown_clean(engine)
+}
+
+/// Every input length, from none to past what the slot's hot line carries
+/// and up to the input buffer's capacity, comes back byte for byte from
+/// `sys_echo` and from a library's `example.reverse` through `call`,
+/// `submit` and a zero-copy claim, each call right after a longer one
+/// (nothing of its bytes shows); an echo too long for the hot line lies
+/// where the claim wrote its input (`sys_echo` answers in place), a shorter
+/// one in the session.
+pub fn every_size_comes_back_whole_and_echo_answers_in_place(kind: SocKind) -> Result<()> {
+    let (engine, _libs) = crate::errors::engine_with(kind, "sizes", 4096, 4096)?;
+    let capacity = engine.input_capacity();
+    let sizes = (0..=INLINE_CAPACITY + 2).chain([100, capacity]);
+    let garbage = vec![0xeeu8; capacity];
+    let reversed = |v: &[u8]| v.iter().rev().copied().collect::<Vec<u8>>();
+    for len in sizes {
+        let input: Vec<u8> = (0..len).map(|i| (i * 7 + len + 1) as u8).collect();
+        // The call before each leaves longer garbage in every place.
+        let garbage = &garbage[..(len + 8).min(capacity)];
+        for (proc, want) in [
+            ("sys_echo", input.clone()),
+            ("example.reverse", reversed(&input)),
+        ] {
+            ensure!(engine.call(proc, garbage)?.len() == garbage.len());
+            let out = engine.call(proc, &input)?;
+            ensure!(out == want, "{proc}: call of {len} bytes: {out:?}");
+
+            ensure!(engine.call(proc, garbage)?.len() == garbage.len());
+            let mut session = engine.submit(Target::Any, proc, &input)?;
+            let out = session.wait()?;
+            ensure!(
+                out == want.as_slice(),
+                "{proc}: submit of {len} bytes: {out:?}"
+            );
+            drop(session);
+
+            ensure!(engine.call(proc, garbage)?.len() == garbage.len());
+            let mut claim = engine.claim(Target::Any)?;
+            let buffer = claim.input_mut();
+            buffer[..len].copy_from_slice(&input);
+            buffer[len..(len + 8).min(capacity)].fill(0xdd);
+            let at = buffer.as_ptr();
+            let mut session = claim.submit(proc, len)?;
+            let out = session.wait()?;
+            ensure!(
+                out == want.as_slice(),
+                "{proc}: claim of {len} bytes: {out:?}"
+            );
+            if proc == "sys_echo" && len > INLINE_CAPACITY {
+                ensure!(out.as_ptr() == at, "{len} bytes: not answered in place");
+            } else {
+                ensure!(
+                    out.as_ptr() != at,
+                    "{proc}: {len} bytes read from the input buffer"
+                );
+            }
+        }
+    }
     shutdown_clean(engine)
 }
 

@@ -38,7 +38,7 @@ fn has_rust_procedures(kind: SocKind) -> bool {
 /// out, with both example libraries, and the registered Rust procedures
 /// where the kind has them; and the library directory, to keep while it
 /// runs.
-fn engine_with(
+pub(crate) fn engine_with(
     kind: SocKind,
     prefix: &str,
     input: usize,
@@ -152,6 +152,14 @@ pub fn oversized_output_is_output_too_large(kind: SocKind) -> Result<()> {
     let full: Vec<u8> = (0..512).map(|i| (i % 251) as u8).collect();
     let back: Vec<u8> = full.iter().rev().copied().collect();
     ensure!(engine.call_on(ONE, "example.reverse", &full)? == back);
+    // sys_echo answers in its input buffer (1024 bytes here), but the
+    // output limit holds all the same.
+    let e = expect_err(
+        engine.call_on(ONE, "sys_echo", &full.repeat(2)[..513]),
+        "sys_echo",
+    )?;
+    ensure!(e == too_large("sys_echo", 513), "{e:?}");
+    ensure!(engine.call_on(ONE, "sys_echo", &full)? == full);
     let e = expect_err(engine.call_on(ONE, "c.upper", &[b'a'; 1000]), "C library")?;
     ensure!(e == too_large("c.upper", 1000), "{e:?}");
     serves_on(&engine, "a C library's output too large")?;

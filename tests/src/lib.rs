@@ -73,6 +73,7 @@ macro_rules! for_each_scenario {
             // procedures (or with them only where the kind has them):
             // every kind.
             [Emulated, Forked, Spawned] {
+                calls::every_size_comes_back_whole_and_echo_answers_in_place,
                 start::a_supervisor_that_cannot_start_leaves_nothing,
                 start::an_engine_dropped_without_shutdown_leaves_nothing,
                 errors::unknown_procedures_are_proc_not_found,

@@ -297,8 +297,10 @@ pub unsafe fn __dispatch(call: *mut Call, func: RustProcFn) -> u32 {
         // SAFETY: as above, for output_capacity bytes, exclusively ours.
         let output = unsafe { slice_or_empty_mut(call.output, call.output_capacity as usize) };
         let ctx = CallContext { call: &*call };
-        let mut out = OutputBuf::new(output);
+        let mut out = OutputBuf::with_input(output, input);
         let r = func(&ctx, input, &mut out);
+        // ABI 1.0 has no way to say the output lies in the input buffer.
+        out.materialize();
         (r, out.len(), out.overflow())
     }));
     match result {
