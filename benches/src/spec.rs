@@ -51,8 +51,8 @@ pub enum Contender {
     /// The Rust example library's `example.sum` with one u64 in (8 bytes)
     /// and its sum out (8 bytes).
     RustLib,
-    /// The C example library's `c.wordcount` with 8 bytes in and the word
-    /// count out (8 bytes).
+    /// The C example library's `c.sum` with one u64 in (8 bytes) and its
+    /// sum out (8 bytes): the same work as [`Contender::RustLib`].
     CLib,
 }
 
@@ -102,7 +102,7 @@ impl Contender {
                 "numaproc call of the Rust example library's example.sum, one u64 in (8 B), its sum out (8 B)"
             }
             Self::CLib => {
-                "numaproc call of the C example library's c.wordcount, 8 B of text in, the count out (8 B)"
+                "numaproc call of the C example library's c.sum, one u64 in (8 B), its sum out (8 B)"
             }
         }
     }

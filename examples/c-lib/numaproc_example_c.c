@@ -6,6 +6,9 @@
  * Procedures:
  *   c.crc32      CRC-32 (IEEE) of the input, 4 bytes little-endian
  *   c.wordcount  number of whitespace-separated words, 8 bytes little-endian
+ *   c.sum        the sum of the input read as little-endian u64 words (error
+ *                22 when its length is not a multiple of 8), 8 bytes
+ *                little-endian: what example.sum of the Rust example does
  *   c.upper      the input with ASCII letters upper-cased
  */
 #include <stdio.h>
@@ -59,6 +62,27 @@ static uint32_t wordcount_proc(numaproc_call *call) {
     return put(call, out, 8);
 }
 
+/* The little-endian u64 at p (one load where the host is little-endian;
+ * applied to a host-order value, it gives its little-endian bytes). */
+static uint64_t le64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
+static uint32_t sum_proc(numaproc_call *call) {
+    if (call->input_len % 8 != 0) {
+        return fail(call, 22, "input is not a whole number of u64 words");
+    }
+    uint64_t total = 0;
+    for (uint64_t i = 0; i < call->input_len; i += 8) total += le64(call->input + i);
+    total = le64((const uint8_t *)&total); /* back to little-endian bytes */
+    return put(call, &total, 8);
+}
+
 static uint32_t upper_proc(numaproc_call *call) {
     if (call->input_len > call->output_capacity) {
         call->output_len = call->input_len;
@@ -88,6 +112,7 @@ static int32_t init(const numaproc_host *host, char *error, size_t error_capacit
 static const numaproc_procedure procedures[] = {
     {"c.crc32", crc32_proc, 0, 0},
     {"c.wordcount", wordcount_proc, 0, 0},
+    {"c.sum", sum_proc, 0, 0},
     {"c.upper", upper_proc, 0, 0},
 };
 

@@ -57,10 +57,17 @@ pub fn example_libraries_serve_in_every_soc(kind: SocKind) -> Result<()> {
                 == numaproc_abi::fnv1a(b"abc").to_le_bytes()
         );
         ensure!(engine.call_on(t, "example.reverse", b"abc")? == b"cba");
+        ensure!(engine.call_on(t, "example.trim", b"keep  me \t\n ")? == b"keep  me");
+        ensure!(engine.call_on(t, "example.trim", b" \n")?.is_empty());
         ensure!(engine.call_on(t, "example.sum", &u64s(&[1, 2, 39]))? == 42u64.to_le_bytes());
         ensure!(engine.call_on(t, "example.div", &u64s(&[7, 2]))? == 3u64.to_le_bytes());
         ensure!(engine.call_on(t, "c.crc32", b"123456789")? == 0xCBF4_3926u32.to_le_bytes());
         ensure!(engine.call_on(t, "c.wordcount", b" two  words\n")? == 2u64.to_le_bytes());
+        ensure!(engine.call_on(t, "c.sum", &u64s(&[1, 2, 39]))? == 42u64.to_le_bytes());
+        ensure!(
+            engine.call_on(t, "c.sum", &u64s(&[u64::MAX, 2, 1 << 40]))?
+                == (1u64 << 40).wrapping_add(1).to_le_bytes()
+        );
         ensure!(engine.call_on(t, "c.upper", b"Hello, C!")? == b"HELLO, C!");
         let where_ = String::from_utf8(engine.call_on(t, "example.where", b"")?)?;
         ensure!(where_.starts_with(&format!("soc {soc} ")), "{where_}");
@@ -90,6 +97,15 @@ pub fn library_errors_come_back_typed(kind: SocKind) -> Result<()> {
         ensure!(engine.call_on(t, "example.div", &u64s(&[9, 3]))? == 3u64.to_le_bytes());
         let e = expect_err(engine.call_on(t, "example.sum", b"abc"), "not whole words")?;
         ensure!(matches!(&e, CallError::Failed { code: 22, .. }), "{e:?}");
+        let e = expect_err(engine.call_on(t, "c.sum", b"abc"), "not whole words")?;
+        ensure!(
+            e == CallError::Failed {
+                proc: "c.sum".into(),
+                code: 22,
+                message: "input is not a whole number of u64 words".into()
+            },
+            "{e:?}"
+        );
         let e = expect_err(engine.call_on(t, "c.upper", b"\0x"), "C error")?;
         ensure!(
             e == CallError::Failed {
@@ -108,6 +124,15 @@ pub fn library_errors_come_back_typed(kind: SocKind) -> Result<()> {
             matches!(&e, CallError::OutputTooLarge { needed: 3000, capacity: 2048, proc } if proc == "example.reverse"),
             "{e:?}"
         );
+        // An answer with the input keeps the output limit (the input
+        // buffer holds 64 KiB here, the output 2048 bytes).
+        let e = expect_err(engine.call_on(t, "example.trim", &[b'a'; 2049]), "trim")?;
+        ensure!(
+            matches!(&e, CallError::OutputTooLarge { needed: 2049, capacity: 2048, proc } if proc == "example.trim"),
+            "{e:?}"
+        );
+        let kept = [b'k'; 2048];
+        ensure!(engine.call_on(t, "example.trim", &[&kept[..], b"  "].concat())? == kept);
         let e = expect_err(engine.call_on(t, "c.upper", &[b'a'; 2500]), "C output")?;
         ensure!(
             matches!(&e, CallError::OutputTooLarge { needed: 2500, .. }),

@@ -635,7 +635,7 @@ fn library(report: &Report) -> Option<DotChart> {
             (Contender::Numaproc, "sys_ping"),
             (Contender::Echo8, "sys_echo 8 B"),
             (Contender::RustLib, "Rust library: example.sum"),
-            (Contender::CLib, "C library: c.wordcount"),
+            (Contender::CLib, "C library: c.sum"),
         ],
         Goal {
             of: |_| Some(Contender::Numaproc),

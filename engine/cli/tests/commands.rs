@@ -453,7 +453,7 @@ fn status_counts_each_procedure_over_the_socs() {
         &[serde_json::json!({
             "name": "numaproc_example",
             "version": env!("CARGO_PKG_VERSION"),
-            "procedures": 5,
+            "procedures": 6,
         })]
     );
     let procs = v["procedures"].as_array().unwrap();
@@ -631,7 +631,8 @@ fn list_gives_the_procedures_in_id_order_with_their_origins() {
             "example.reverse",
             "example.sum",
             "example.div",
-            "example.where"
+            "example.where",
+            "example.trim"
         ]
     );
     let ran = run(Some(&served), &["list"], None);

@@ -11,7 +11,9 @@
 //! - `example.div`: two little-endian u64 (a, b) in, a / b out; panics when
 //!   b is 0, which the caller sees as a "panicked" error while the worker
 //!   keeps serving;
-//! - `example.where`: where the call ran, as text.
+//! - `example.where`: where the call ran, as text;
+//! - `example.trim`: the input without its trailing ASCII whitespace,
+//!   answered with the input itself ([`OutputBuf::answer_with_input`]).
 
 use numaproc_abi::{CallContext, HostServices, LOG_INFO, OutputBuf, ProcError};
 
@@ -70,6 +72,11 @@ fn where_(ctx: &CallContext<'_>, _: &[u8], out: &mut OutputBuf<'_>) -> Result<()
     out.write(text.as_bytes())
 }
 
+fn trim(_: &CallContext<'_>, input: &[u8], out: &mut OutputBuf<'_>) -> Result<(), ProcError> {
+    let len = input.trim_ascii_end().len();
+    out.answer_with_input(len)
+}
+
 fn init(host: &HostServices) -> Result<(), String> {
     host.log(
         LOG_INFO,
@@ -91,5 +98,6 @@ numaproc_abi::export_library! {
         ("example.sum", sum),
         ("example.div", div),
         ("example.where", where_),
+        ("example.trim", trim),
     ],
 }

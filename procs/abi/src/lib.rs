@@ -287,37 +287,18 @@ fn write_message(call: &mut Call, text: &str) {
 /// `call` must be a valid [`Call`] from the host, with `input` valid for
 /// `input_len` bytes and `output` valid for `output_capacity` bytes.
 #[doc(hidden)]
-pub unsafe fn __dispatch(call: *mut Call, func: RustProcFn) -> u32 {
+// Generic over the function: the wrapper of each procedure gets its own
+// copy, into which the procedure can be inlined (no indirect call).
+#[inline]
+pub unsafe fn __dispatch<F>(call: *mut Call, func: F) -> u32
+where
+    F: FnOnce(&CallContext<'_>, &[u8], &mut OutputBuf<'_>) -> Result<(), ProcError>,
+{
     // SAFETY: the host passes a valid, exclusive call (see the contract).
     let call = unsafe { &mut *call };
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: valid for their lengths (see the contract); the output
-        // buffer is not aliased while the procedure runs.
-        let input = unsafe { slice_or_empty(call.input, call.input_len as usize) };
-        // SAFETY: as above, for output_capacity bytes, exclusively ours.
-        let output = unsafe { slice_or_empty_mut(call.output, call.output_capacity as usize) };
-        let ctx = CallContext { call: &*call };
-        let mut out = OutputBuf::with_input(output, input);
-        let r = func(&ctx, input, &mut out);
-        // ABI 1.0 has no way to say the output lies in the input buffer.
-        out.materialize();
-        (r, out.len(), out.overflow())
-    }));
-    match result {
-        Ok((_, _, Some(needed))) => {
-            call.output_len = needed as u64;
-            STATUS_OUTPUT_TOO_LARGE
-        }
-        Ok((Ok(()), len, None)) => {
-            call.output_len = len as u64;
-            STATUS_OK
-        }
-        Ok((Err(e), _, None)) => {
-            call.output_len = 0;
-            call.error_code = e.code;
-            write_message(call, &e.message);
-            STATUS_ERROR
-        }
+    // SAFETY: as this function's contract.
+    match catch_unwind(AssertUnwindSafe(|| unsafe { run_call(&mut *call, func) })) {
+        Ok(status) => status,
         Err(panic) => {
             call.output_len = 0;
             let text = panic
@@ -327,6 +308,43 @@ pub unsafe fn __dispatch(call: *mut Call, func: RustProcFn) -> u32 {
                 .unwrap_or_else(|| "panic with a non-string payload".to_owned());
             write_message(call, &text);
             STATUS_PANICKED
+        }
+    }
+}
+
+/// Runs `func` for `call` and writes its outcome into `call`: the status
+/// is all that comes back (the hot path moves no more than that).
+///
+/// # Safety
+/// As [`__dispatch`].
+#[inline]
+unsafe fn run_call<F>(call: &mut Call, func: F) -> u32
+where
+    F: FnOnce(&CallContext<'_>, &[u8], &mut OutputBuf<'_>) -> Result<(), ProcError>,
+{
+    // SAFETY: valid for their lengths (see the contract); the output
+    // buffer is not aliased while the procedure runs.
+    let input = unsafe { slice_or_empty(call.input, call.input_len as usize) };
+    // SAFETY: as above, for output_capacity bytes, exclusively ours.
+    let output = unsafe { slice_or_empty_mut(call.output, call.output_capacity as usize) };
+    let mut out = OutputBuf::with_input(output, input);
+    let r = func(&CallContext { call: &*call }, input, &mut out);
+    // ABI 1.0 has no way to say the output lies in the input buffer.
+    out.materialize();
+    match (r, out.overflow()) {
+        (_, Some(needed)) => {
+            call.output_len = needed as u64;
+            STATUS_OUTPUT_TOO_LARGE
+        }
+        (Ok(()), None) => {
+            call.output_len = out.len() as u64;
+            STATUS_OK
+        }
+        (Err(e), None) => {
+            call.output_len = 0;
+            call.error_code = e.code;
+            write_message(call, &e.message);
+            STATUS_ERROR
         }
     }
 }
