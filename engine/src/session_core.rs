@@ -1064,11 +1064,26 @@ mod tests {
         let Some((engine, worker, other)) = one_worker("giveway") else {
             return;
         };
-        let spinners = &engine.core().table.signals().spinners;
+        let signals = engine.core().table.signals();
+        let spinners = &signals.spinners;
+        let minute = 60_000_000_000;
         let only = Target::Worker { soc: 0, worker: 0 };
+        let targets = [Target::Any, Target::Soc(0), only];
         spinners.store(1, Ordering::SeqCst);
+        signals
+            .spinning_until
+            .store(monotonic_ns() + minute, Ordering::SeqCst);
+        // A claim that may wait 100 µs, less than the window: it times out
+        // where it gives way.
+        let probe = |target| engine.claim_with_timeout(target, Duration::from_micros(100));
         on_cpu(worker, || {
-            for target in [Target::Any, Target::Soc(0), only] {
+            for target in targets {
+                assert!(
+                    matches!(probe(target), Err(CallError::ClaimTimeout(_))),
+                    "{target:?}: did not give way"
+                );
+            }
+            for target in targets {
                 // Giving way for a window, never a sleep slice (50 ms).
                 let t = Instant::now();
                 let claim = engine
@@ -1090,12 +1105,19 @@ mod tests {
                 .try_claim(Target::Any)
                 .expect("no giving way off the worker's CPU");
         });
-        spinners.store(0, Ordering::SeqCst);
-        on_cpu(worker, || {
-            for target in [Target::Any, only] {
-                engine.try_claim(target).expect("nobody spins");
-            }
-        });
+        // Nobody spins: a count whose spin is over (a session died
+        // spinning), or no count.
+        for (count, until) in [(1, monotonic_ns() - 1), (0, monotonic_ns() + minute)] {
+            spinners.store(count, Ordering::SeqCst);
+            signals.spinning_until.store(until, Ordering::SeqCst);
+            on_cpu(worker, || {
+                for target in targets {
+                    probe(target).unwrap_or_else(|e| {
+                        panic!("{target:?} gave way, {count} counted until {until}: {e}")
+                    });
+                }
+            });
+        }
         engine.shutdown().unwrap();
     }
 }

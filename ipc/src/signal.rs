@@ -44,6 +44,11 @@ pub struct FreeSignal {
     /// Lowered by a waiter that slept a whole [`WAKE_WINDOW`] after it, or
     /// that announces itself a window or more after it.
     pub deferring: AtomicU64,
+    /// The end of the latest spin counted in `spinners`
+    /// (`CLOCK_MONOTONIC` ns): past it, nobody spins, whatever the count
+    /// says (a session that died spinning leaves its count behind, not its
+    /// spin).
+    pub spinning_until: AtomicU64,
 }
 
 // SAFETY: repr(C), atomics only.
@@ -140,10 +145,17 @@ impl FreeSignal {
         self.misses.load(Ordering::Acquire).wrapping_sub(misses) >= waiters
     }
 
-    /// Whether a session spins for a slot now.
+    /// Whether a session spins for a slot now: one is counted, and the
+    /// latest spin has not ended (a count left by a session that died
+    /// spinning expires with its spin).
     #[inline]
     pub fn someone_spins(&self) -> bool {
-        self.spinners.load(Ordering::Relaxed) != 0
+        self.spinners.load(Ordering::Relaxed) != 0 && self.spin_not_over()
+    }
+
+    #[cold]
+    fn spin_not_over(&self) -> bool {
+        monotonic_ns() < self.spinning_until.load(Ordering::Relaxed)
     }
 
     /// A waiter says it is about to sleep: returns the sequence number to
@@ -201,6 +213,9 @@ impl FreeSignal {
         let expired = |now: Instant| deadline.is_some_and(|d| now >= d);
         if !spin.is_zero() {
             let spin_until = crate::wait::deadline_in(spin);
+            let spin_ns = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
+            self.spinning_until
+                .fetch_max(monotonic_ns().saturating_add(spin_ns), Ordering::Relaxed);
             self.spinners.fetch_add(1, Ordering::SeqCst);
             let got = loop {
                 let now = Instant::now();
@@ -480,6 +495,8 @@ mod tests {
         );
         let f = leaked_signal();
         assert!(!f.someone_spins());
+        f.spinning_until
+            .store(monotonic_ns() + 60_000_000_000, Ordering::SeqCst);
         f.spinners.store(1, Ordering::SeqCst);
         assert!(f.someone_spins());
         f.spinners.store(0, Ordering::SeqCst);
@@ -563,6 +580,24 @@ mod tests {
         assert!(!f.stood_back(misses, 3));
     }
 
+    /// A count of spinners whose spin is over (its session died spinning)
+    /// says nobody spins; a spin that has not ended says someone does.
+    #[test]
+    fn a_spin_counted_but_over_is_nobody_spinning() {
+        let f = leaked_signal();
+        f.spinners.store(1, Ordering::SeqCst);
+        assert!(!f.someone_spins(), "no spin ever started");
+        f.spinning_until
+            .store(monotonic_ns() + 60_000_000_000, Ordering::SeqCst);
+        assert!(f.someone_spins());
+        f.spinning_until.store(monotonic_ns() - 1, Ordering::SeqCst);
+        assert!(!f.someone_spins(), "the spin is over");
+        f.spinners.store(0, Ordering::SeqCst);
+        f.spinning_until
+            .store(monotonic_ns() + 60_000_000_000, Ordering::SeqCst);
+        assert!(!f.someone_spins(), "nobody counted");
+    }
+
     /// A waiter counts itself in `spinners` while it spins, and never
     /// when it sleeps at once (`spin` zero); it counts a miss for each
     /// look after a sleep that found nothing.
@@ -570,12 +605,17 @@ mod tests {
     fn spinners_and_misses_are_counted() {
         let f = leaked_signal();
         let mut seen = Vec::new();
+        let before = monotonic_ns();
         let got = f.wait_for(None, Duration::from_secs(10), || {
-            seen.push(f.spinners.load(Ordering::SeqCst));
+            seen.push((f.spinners.load(Ordering::SeqCst), f.someone_spins()));
             (seen.len() == 3).then_some(())
         });
         assert_eq!(got, Some(()));
-        assert_eq!(seen, [1, 1, 1], "counted while spinning");
+        assert_eq!(seen, [(1, true); 3], "counted while spinning");
+        // Its spin would have ended 10 s after it began.
+        let until = f.spinning_until.load(Ordering::SeqCst);
+        assert!(until >= before + 10_000_000_000, "{until} {before}");
+        assert!(until <= monotonic_ns() + 10_000_000_000, "{until}");
         assert_eq!(f.spinners.load(Ordering::SeqCst), 0);
         let mut looks = 0;
         let got = f.wait_for(
