@@ -70,16 +70,20 @@ impl<'c> Claim<'c> {
     /// input of `proc`, and returns the session to wait on. (Up to
     /// [`INLINE_CAPACITY`] bytes travel in the slot's hot line instead.)
     #[inline]
-    pub fn submit(mut self, proc: impl IntoProc, len: usize) -> Result<Session<'c>, CallError> {
+    pub fn submit(self, proc: impl IntoProc, len: usize) -> Result<Session<'c>, CallError> {
         let id = proc.resolve(self.core)?;
         let capacity = self.core.input_capacity();
         if len > capacity {
             return Err(CallError::InputTooLarge { len, capacity });
         }
+        if len == 0 {
+            return self.submit_request(id, RequestInput::Inline(&[]));
+        }
         if len <= INLINE_CAPACITY {
-            let mut small = [0u8; INLINE_CAPACITY];
-            small[..len].copy_from_slice(&self.input_mut()[..len]);
-            return self.submit_request(id, RequestInput::Inline(&small[..len]));
+            // SAFETY: this claim owns the slot and has not submitted; what
+            // it wrote into the input buffer stays there meanwhile.
+            let small = unsafe { self.slot.buffers().input(len) };
+            return self.submit_request(id, RequestInput::Inline(small));
         }
         self.submit_request(id, RequestInput::Buffer(len as u64))
     }
@@ -275,7 +279,7 @@ impl Session<'_> {
                             Placed::Output => true,
                         };
                     if status == CallStatus::Ok as u32 && fits {
-                        if placed == Placed::Inline {
+                        if placed == Placed::Inline && len != 0 {
                             self.inline = self.slot.session().inline_output(len);
                         }
                         self.len = len;

@@ -59,30 +59,31 @@ impl Placed {
 }
 
 /// Packs up to [`INLINE_CAPACITY`] bytes into the words of the hot line
-/// (the bytes past `bytes` are zero).
+/// (the bytes of the last word past `bytes` are zero). No call to memcpy:
+/// whole words are one load each, a partial one a few shifts.
 #[inline]
 pub(crate) fn store_inline(words: &[AtomicU64; INLINE_WORDS], bytes: &[u8]) {
-    let n = bytes.len().min(INLINE_CAPACITY);
-    let mut buf = [0u8; INLINE_CAPACITY];
-    buf[..n].copy_from_slice(&bytes[..n]);
-    for (i, w) in words.iter().enumerate().take(n.div_ceil(8)) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&buf[i * 8..i * 8 + 8]);
-        w.store(u64::from_le_bytes(word), Ordering::Relaxed);
+    let bytes = &bytes[..bytes.len().min(INLINE_CAPACITY)];
+    for (w, chunk) in words.iter().zip(bytes.chunks(8)) {
+        let v = match <[u8; 8]>::try_from(chunk) {
+            Ok(whole) => u64::from_le_bytes(whole),
+            Err(_) => chunk
+                .iter()
+                .enumerate()
+                .fold(0u64, |v, (k, &b)| v | (u64::from(b) << (8 * k))),
+        };
+        w.store(v, Ordering::Relaxed);
     }
 }
 
-/// Reads the first `len` (at most [`INLINE_CAPACITY`]) bytes of the hot
-/// line's words, each word once.
+/// Reads the words of the hot line that hold its first `len` (at most
+/// [`INLINE_CAPACITY`]) bytes, each once; the bytes past them are zero.
 #[inline]
 pub(crate) fn load_inline(words: &[AtomicU64; INLINE_WORDS], len: usize) -> [u8; INLINE_CAPACITY] {
     let mut buf = [0u8; INLINE_CAPACITY];
-    for (i, w) in words
-        .iter()
-        .enumerate()
-        .take(len.min(INLINE_CAPACITY).div_ceil(8))
-    {
-        buf[i * 8..i * 8 + 8].copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+    let n = len.min(INLINE_CAPACITY).div_ceil(8);
+    for (w, out) in words.iter().zip(buf.chunks_exact_mut(8)).take(n) {
+        out.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
     }
     buf
 }
@@ -225,10 +226,9 @@ pub struct Request {
     pub proc_id: u32,
     /// Input length in bytes (unchecked: compare with the capacity).
     pub input_len: u64,
-    /// The input when it came in the hot line (the first `input_len`
-    /// bytes, at most [`INLINE_CAPACITY`], count); `None`: it is in the
-    /// input buffer.
-    pub inline: Option<[u8; INLINE_CAPACITY]>,
+    /// Whether the input came in the hot line (read it with
+    /// [`SlotControl::inline_input`]), not in the input buffer.
+    pub inline: bool,
 }
 
 /// A call's response: what the worker writes before it finishes, and what
@@ -325,18 +325,18 @@ impl SlotControl {
     /// Worker: the request of the submitted call.
     #[inline]
     pub fn request(&self) -> Request {
-        let input_len = self.input_len.load(Ordering::Relaxed);
-        let inline = (self.flags.load(Ordering::Relaxed) & REQUEST_INLINE != 0).then(|| {
-            load_inline(
-                &self.inline,
-                usize::try_from(input_len).unwrap_or(usize::MAX),
-            )
-        });
         Request {
             proc_id: self.proc_id.load(Ordering::Relaxed),
-            input_len,
-            inline,
+            input_len: self.input_len.load(Ordering::Relaxed),
+            inline: self.flags.load(Ordering::Relaxed) & REQUEST_INLINE != 0,
         }
+    }
+
+    /// Worker: the first `len` (at most [`INLINE_CAPACITY`]) bytes of an
+    /// input that came in the hot line ([`Request::inline`]).
+    #[inline]
+    pub fn inline_input(&self, len: usize) -> [u8; INLINE_CAPACITY] {
+        load_inline(&self.inline, len)
     }
 
     /// Worker: writes the output of the running call into the hot line
@@ -850,7 +850,8 @@ pub(crate) mod tests {
             s.write_request(7, RequestInput::Inline(&bytes[..len]), 0, false);
             let r = c.request();
             assert_eq!((r.proc_id, r.input_len), (7, len as u64));
-            let inline = r.inline.expect("inline input");
+            assert!(r.inline, "inline input");
+            let inline = c.inline_input(len);
             assert_eq!(&inline[..len], &bytes[..len], "length {len}");
             assert!(
                 inline[len..].iter().all(|&b| b == 0),
@@ -869,10 +870,11 @@ pub(crate) mod tests {
         s.write_request(7, RequestInput::Inline(&long), 0, false);
         let r = c.request();
         assert_eq!(r.input_len, INLINE_CAPACITY as u64);
-        assert_eq!(r.inline, Some([5; INLINE_CAPACITY]));
+        assert!(r.inline);
+        assert_eq!(c.inline_input(usize::MAX), [5; INLINE_CAPACITY]);
         // A buffer request says nothing is inline.
         s.write_request(7, RequestInput::Buffer(3), 0, false);
-        assert_eq!(c.request().inline, None);
+        assert!(!c.request().inline);
         assert_eq!(c.request().input_len, 3);
     }
 
@@ -886,7 +888,8 @@ pub(crate) mod tests {
         c.input_len.store(u64::MAX, Ordering::Relaxed);
         let r = c.request();
         assert_eq!(r.input_len, u64::MAX, "the length is the worker's to clamp");
-        assert_eq!(r.inline, Some([9; INLINE_CAPACITY]));
+        assert!(r.inline);
+        assert_eq!(c.inline_input(usize::MAX), [9; INLINE_CAPACITY]);
         assert_eq!(s.inline_output(usize::MAX), [9; INLINE_CAPACITY]);
     }
 
@@ -914,7 +917,7 @@ pub(crate) mod tests {
             Request {
                 proc_id: 9,
                 input_len: 1234,
-                inline: None,
+                inline: false,
             }
         );
         assert!(c.hand_off());
@@ -926,7 +929,7 @@ pub(crate) mod tests {
             Request {
                 proc_id: 10,
                 input_len: 0,
-                inline: None,
+                inline: false,
             }
         );
         assert!(!c.hand_off());

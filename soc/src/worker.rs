@@ -312,17 +312,19 @@ fn serve(
     // Clamped to the buffer by `input`, to the hot line below.
     let input_len = usize::try_from(request.input_len).unwrap_or(usize::MAX);
     // A small input came in the hot line: the procedure reads this copy.
-    let inline_input = request.inline.unwrap_or([0; INLINE_CAPACITY]);
-    // SAFETY: the slot is Submitted, run by this worker: the session wrote the
-    // input before submitting and touches neither buffer until Done.
-    let (input, output, message) = unsafe {
-        let input = if request.inline.is_some() {
-            &inline_input[..input_len.min(INLINE_CAPACITY)]
-        } else {
-            slot.input(input_len)
-        };
-        (input, slot.output_mut(), slot.message_mut())
+    let inline_input;
+    let input: &[u8] = if input_len == 0 {
+        &[]
+    } else if request.inline {
+        inline_input = control.inline_input(input_len);
+        &inline_input[..input_len.min(INLINE_CAPACITY)]
+    } else {
+        // SAFETY: the slot is Submitted, run by this worker: the session
+        // wrote the input before submitting and touches no buffer until Done.
+        unsafe { slot.input(input_len) }
     };
+    // SAFETY: as above.
+    let (output, message) = unsafe { (slot.output_mut(), slot.message_mut()) };
     let outcome = match ctx.registry().get(ProcId::from_index(id)) {
         None => Outcome::not_ok(
             CallStatus::NotFound,
@@ -375,20 +377,16 @@ fn serve(
     let len = outcome.output_len;
     let placed = if failed {
         Placed::Output
+    } else if len == 0 {
+        Placed::Inline
+    } else if len <= INLINE_CAPACITY {
+        let from = if outcome.from_input { input } else { &*output };
+        control.write_inline_output(from.get(..len).unwrap_or_default());
+        Placed::Inline
+    } else if outcome.from_input {
+        Placed::Input
     } else {
-        let bytes = if outcome.from_input {
-            input.get(..len)
-        } else {
-            output.get(..len)
-        };
-        match bytes {
-            Some(bytes) if len <= INLINE_CAPACITY => {
-                control.write_inline_output(bytes);
-                Placed::Inline
-            }
-            _ if outcome.from_input => Placed::Input,
-            _ => Placed::Output,
-        }
+        Placed::Output
     };
     let n = match outcome.message {
         None => 0,
