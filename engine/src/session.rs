@@ -111,7 +111,9 @@ impl<'c> Claim<'c> {
         self.submit_request(proc, RequestInput::Buffer(input.len() as u64))
     }
 
-    #[inline]
+    // Always inlined: out of line, moving the claim in and the session out
+    // costs the hot path tens of instructions.
+    #[inline(always)]
     fn submit_request(self, id: ProcId, input: RequestInput<'_>) -> Result<Session<'c>, CallError> {
         let session = self.slot.session();
         session.write_request(id.index(), input, self.deadline_ns, self.same_cpu);
